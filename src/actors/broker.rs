@@ -1,0 +1,113 @@
+//! The broker: the one entry point for events and sessions. It starts a room for an account when
+//! the account's first session joins, forwards joins, leaves and events to that room, and stops
+//! the room when its last session leaves.
+//!
+//! Because every message for a room passes through the broker, the broker's count of a room's
+//! members is exact, and a room is never stopped with a join still on its way to it.
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+
+use super::room::{Room, RoomEvent, Shutdown};
+use super::session::{Deliver, Joined};
+use crate::ids::{AccountId, SessionId, UserId};
+use crate::store::Store;
+
+/// A session asks to receive its account's events.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Join {
+    pub session: SessionId,
+    pub account: AccountId,
+    pub user: UserId,
+    /// The account's sequence number when the session was authorised: a new room catches up
+    /// from the database after it, so an event stored while the room was starting is not lost.
+    pub seen_seq: u64,
+    pub deliver: Recipient<Deliver>,
+    pub joined: Recipient<Joined>,
+}
+
+/// A session has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub session: SessionId,
+    pub account: AccountId,
+}
+
+/// A stored event, for the live sessions of its account.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Publish {
+    pub account: AccountId,
+    pub event: RoomEvent,
+}
+
+struct RoomEntry {
+    room: Addr<Room>,
+    members: usize,
+}
+
+pub struct Broker {
+    store: Store,
+    rooms: HashMap<AccountId, RoomEntry>,
+}
+
+impl Broker {
+    pub fn new(store: Store) -> Self {
+        Self {
+            store,
+            rooms: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for Broker {
+    type Context = Context<Self>;
+}
+
+impl Handler<Join> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, join: Join, _: &mut Context<Self>) {
+        let entry = self.rooms.entry(join.account.clone()).or_insert_with(|| {
+            log::debug!("room open account={}", join.account);
+            RoomEntry {
+                room: Room::new(join.account.clone(), join.seen_seq, self.store.clone()).start(),
+                members: 0,
+            }
+        });
+        entry.members += 1;
+        entry.room.do_send(join);
+    }
+}
+
+impl Handler<Leave> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, leave: Leave, _: &mut Context<Self>) {
+        let Some(entry) = self.rooms.get_mut(&leave.account) else {
+            return;
+        };
+        entry.members -= 1;
+        let account = leave.account.clone();
+        entry.room.do_send(leave);
+        if entry.members == 0 {
+            log::debug!("room close account={account}");
+            entry.room.do_send(Shutdown);
+            self.rooms.remove(&account);
+        }
+    }
+}
+
+impl Handler<Publish> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, publish: Publish, _: &mut Context<Self>) {
+        // No room means no live session: the event is stored, and that is all it needs.
+        if let Some(entry) = self.rooms.get(&publish.account) {
+            entry.room.do_send(publish.event);
+        }
+    }
+}

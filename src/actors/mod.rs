@@ -1,0 +1,14 @@
+//! The actors that move events: one [`broker::Broker`] per server, one [`room::Room`] per account
+//! with live sessions, one [`session::Session`] per WebSocket connection.
+//!
+//! ```text
+//!  publish API ──Publish──▶ Broker ──Publish/Join/Leave──▶ Room (account A) ──Deliver──▶ Session …
+//!  Session ──Join/Leave──▶ Broker                          Room (account B) ──Deliver──▶ Session …
+//! ```
+//!
+//! A room only ever holds sessions of its own account, and the broker routes by account id alone:
+//! there is no path by which an event reaches a session of another account.
+
+pub mod broker;
+pub mod room;
+pub mod session;

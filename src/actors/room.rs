@@ -1,0 +1,249 @@
+//! A room: the live sessions of one account, and the delivery of that account's events to them in
+//! sequence order.
+//!
+//! Events are stored before they reach the room, and two publishes stored concurrently can reach
+//! it in either order, so the room keeps early arrivals until the gap before them closes. A gap
+//! that stays open (an event stored by another server process, or handed over while the room was
+//! starting) is filled from the database: sequence numbers of an account are committed in order,
+//! so once the database shows seq N, every earlier event is there too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use serde_json::value::RawValue;
+
+use super::broker::{Join, Leave};
+use super::session::{Deliver, Joined};
+use crate::ids::{AccountId, SessionId, UserId};
+use crate::protocol::event_frame;
+use crate::store::{events, Store};
+
+/// How long a gap may stay open before the room reads the missing events from the database.
+/// Reordering between concurrent publishes resolves in microseconds; this only bounds the delay
+/// when an event will never arrive by hand-off.
+const GAP_GRACE: Duration = Duration::from_millis(200);
+/// How long to wait before reading again after the database failed.
+const FILL_RETRY: Duration = Duration::from_secs(1);
+/// Events read from the database per query.
+const FILL_BATCH: i64 = 1000;
+
+/// An event as the room handles it: serialized once, shared by every recipient.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct RoomEvent {
+    pub seq: u64,
+    /// When set, only this user's sessions receive it.
+    pub user: Option<UserId>,
+    pub frame: ByteString,
+}
+
+impl RoomEvent {
+    fn from_stored(row: events::StoredEvent) -> Self {
+        let seq = row.seq as u64;
+        // Stored data was valid JSON when it was published; a row edited by hand may not be.
+        let data = RawValue::from_string(row.data).unwrap_or_else(|_| {
+            log::error!(
+                "stored event is not JSON account={} seq={seq}",
+                row.account_id
+            );
+            RawValue::from_string("null".into()).expect("null is JSON")
+        });
+        Self {
+            seq,
+            user: row.user_id.and_then(|u| UserId::new(&u).ok()),
+            frame: event_frame(seq, &row.event, &data),
+        }
+    }
+}
+
+/// The broker closes the room after its last session left.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+struct Member {
+    user: UserId,
+    deliver: Recipient<Deliver>,
+}
+
+pub struct Room {
+    account: AccountId,
+    store: Store,
+    /// The last sequence number delivered (or known not to exist).
+    last_seq: u64,
+    members: HashMap<SessionId, Member>,
+    /// Each user's sessions (tabs), for events addressed to one user.
+    tabs: HashMap<UserId, Vec<SessionId>>,
+    /// Events that arrived before an earlier one.
+    pending: BTreeMap<u64, RoomEvent>,
+    /// A database read is scheduled or under way.
+    filling: bool,
+}
+
+impl Room {
+    pub fn new(account: AccountId, last_seq: u64, store: Store) -> Self {
+        Self {
+            account,
+            store,
+            last_seq,
+            members: HashMap::new(),
+            tabs: HashMap::new(),
+            pending: BTreeMap::new(),
+            filling: false,
+        }
+    }
+
+    fn fan_out(&self, event: &RoomEvent) {
+        let deliver = |id: &SessionId| {
+            if let Some(member) = self.members.get(id) {
+                member.deliver.do_send(Deliver(event.frame.clone()));
+            }
+        };
+        match &event.user {
+            None => self.members.keys().for_each(deliver),
+            Some(user) => self.tabs.get(user).into_iter().flatten().for_each(deliver),
+        }
+    }
+
+    /// Delivers every pending event that is next in sequence; schedules a fill if a gap remains.
+    fn deliver_ready(&mut self, ctx: &mut Context<Self>) {
+        while let Some(entry) = self.pending.first_entry() {
+            if *entry.key() != self.last_seq + 1 {
+                break;
+            }
+            let event = entry.remove();
+            self.fan_out(&event);
+            self.last_seq = event.seq;
+        }
+        if !self.pending.is_empty() && !self.filling {
+            self.filling = true;
+            ctx.run_later(GAP_GRACE, |room, ctx| {
+                if room.pending.is_empty() {
+                    room.filling = false;
+                } else {
+                    room.fill(ctx);
+                }
+            });
+        }
+    }
+
+    /// Reads the events after `last_seq` from the database and delivers them in order.
+    fn fill(&mut self, ctx: &mut Context<Self>) {
+        self.filling = true;
+        let store = self.store.clone();
+        let account = self.account.clone();
+        let after = self.last_seq;
+        let read = async move {
+            store
+                .run(move |conn| events::after(conn, &account, after, FILL_BATCH))
+                .await
+        };
+        ctx.spawn(read.into_actor(self).map(|result, room, ctx| {
+            room.filling = false;
+            match result {
+                Ok(rows) => room.apply_fill(rows, ctx),
+                Err(e) => {
+                    log::error!("room fill failed account={}: {e}", room.account);
+                    room.filling = true;
+                    ctx.run_later(FILL_RETRY, |room, ctx| room.fill(ctx));
+                }
+            }
+        }));
+    }
+
+    fn apply_fill(&mut self, rows: Vec<events::StoredEvent>, ctx: &mut Context<Self>) {
+        let more = rows.len() as i64 == FILL_BATCH;
+        let newest = rows.last().map(|row| row.seq as u64);
+        for row in rows {
+            let seq = row.seq as u64;
+            if seq > self.last_seq {
+                self.pending
+                    .entry(seq)
+                    .or_insert_with(|| RoomEvent::from_stored(row));
+            }
+        }
+        if let Some(newest) = newest {
+            // Everything up to `newest` that exists was in this read: deliver it, skipping
+            // numbers that are not there.
+            while let Some(entry) = self.pending.first_entry() {
+                if *entry.key() > newest {
+                    break;
+                }
+                let event = entry.remove();
+                self.fan_out(&event);
+                self.last_seq = event.seq;
+            }
+        }
+        if more {
+            self.fill(ctx);
+        } else {
+            self.deliver_ready(ctx);
+        }
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Catch up on anything stored between the first session's authorisation and now.
+        self.fill(ctx);
+    }
+}
+
+impl Handler<Join> for Room {
+    type Result = ();
+
+    fn handle(&mut self, join: Join, _: &mut Context<Self>) {
+        // Sent before any event for this session, so the welcome frame is always first.
+        join.joined.do_send(Joined { seq: self.last_seq });
+        self.tabs
+            .entry(join.user.clone())
+            .or_default()
+            .push(join.session);
+        self.members.insert(
+            join.session,
+            Member {
+                user: join.user,
+                deliver: join.deliver,
+            },
+        );
+    }
+}
+
+impl Handler<Leave> for Room {
+    type Result = ();
+
+    fn handle(&mut self, Leave { session, .. }: Leave, _: &mut Context<Self>) {
+        let Some(member) = self.members.remove(&session) else {
+            return;
+        };
+        if let Some(tabs) = self.tabs.get_mut(&member.user) {
+            tabs.retain(|id| *id != session);
+            if tabs.is_empty() {
+                self.tabs.remove(&member.user);
+            }
+        }
+    }
+}
+
+impl Handler<RoomEvent> for Room {
+    type Result = ();
+
+    fn handle(&mut self, event: RoomEvent, ctx: &mut Context<Self>) {
+        if event.seq > self.last_seq {
+            self.pending.insert(event.seq, event);
+            self.deliver_ready(ctx);
+        }
+    }
+}
+
+impl Handler<Shutdown> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

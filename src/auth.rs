@@ -1,0 +1,323 @@
+//! Identity: verifying the JWTs an application issues to its users, and minting development tokens.
+//!
+//! A session's account and user come only from a token verified here — never from a query
+//! parameter, a header or a frame the client writes. Each way a token can be wrong has its own
+//! [`TokenError`], so a client is told exactly why it was refused.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::HttpRequest;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{JwtConfig, JwtKey, Secret};
+use crate::ids::{AccountId, UserId};
+
+/// The claim that names the tenant; `sub` names the user.
+pub const ACCOUNT_CLAIM: &str = "account_id";
+
+/// Why a token was refused. Messages never include the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no token: send `Authorization: Bearer <jwt>` or `?token=<jwt>`")]
+    Missing,
+    #[error("the Authorization header must be `Bearer <jwt>`")]
+    BadAuthorizationHeader,
+    #[error("the token is not a well-formed JWT")]
+    Malformed,
+    #[error("the token's algorithm is not accepted; this server accepts {expected:?}")]
+    UnsupportedAlgorithm { expected: Algorithm },
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token has expired; get a new one from your application")]
+    Expired,
+    #[error("the token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("the token's audience (aud) is not accepted")]
+    WrongAudience,
+    #[error("the token's issuer (iss) is not accepted")]
+    WrongIssuer,
+    #[error("the token lacks the `{0}` claim")]
+    MissingClaim(String),
+    #[error("the token's `{claim}` claim {reason}")]
+    InvalidClaim { claim: String, reason: String },
+}
+
+impl TokenError {
+    /// The stable, documented code clients can branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing-token",
+            Self::BadAuthorizationHeader => "bad-authorization-header",
+            Self::Malformed => "malformed-token",
+            Self::UnsupportedAlgorithm { .. } => "unsupported-algorithm",
+            Self::BadSignature => "invalid-signature",
+            Self::Expired => "token-expired",
+            Self::NotYetValid => "token-not-yet-valid",
+            Self::WrongAudience => "invalid-audience",
+            Self::WrongIssuer => "invalid-issuer",
+            Self::MissingClaim(_) => "missing-claim",
+            Self::InvalidClaim { .. } => "invalid-claim",
+        }
+    }
+}
+
+/// Who a verified token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub account: AccountId,
+    pub user: UserId,
+    /// Seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// Verifies tokens with the configured key, algorithm, issuer and audience.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(config: &JwtConfig) -> Self {
+        let (key, algorithm) = match &config.key {
+            JwtKey::Secret(secret) => (
+                DecodingKey::from_secret(secret.expose().as_bytes()),
+                Algorithm::HS256,
+            ),
+            JwtKey::PublicKey { algorithm, pem } => {
+                let key = match algorithm {
+                    Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
+                    _ => DecodingKey::from_ec_pem(pem),
+                };
+                // Config::load parsed this very PEM already.
+                (key.expect("public key was validated at load"), *algorithm)
+            }
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if let Some(issuer) = &config.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = &config.audience {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        } else {
+            // Without a configured audience, a token's `aud` is the app's business, not ours.
+            validation.validate_aud = false;
+        }
+        validation.set_required_spec_claims(&required);
+        Self { key, validation }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.check_algorithm(token)?;
+        let data =
+            jsonwebtoken::decode::<HashMap<String, Value>>(token, &self.key, &self.validation)
+                .map_err(|e| token_error(e.kind(), self.validation.algorithms[0]))?;
+        let claims = data.claims;
+        let account = id_claim(&claims, ACCOUNT_CLAIM, AccountId::new)?;
+        let user = id_claim(&claims, "sub", UserId::new)?;
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+        Ok(Identity {
+            account,
+            user,
+            expires_at,
+        })
+    }
+
+    /// Refuses any algorithm but the configured one — `none` included — with its own error,
+    /// before the library would report it as a generic parse failure.
+    fn check_algorithm(&self, token: &str) -> Result<(), TokenError> {
+        #[derive(Deserialize)]
+        struct AlgOnly {
+            alg: String,
+        }
+        let expected = self.validation.algorithms[0];
+        let header = token.split('.').next().ok_or(TokenError::Malformed)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| TokenError::Malformed)?;
+        let header: AlgOnly = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+        if header.alg == format!("{expected:?}") {
+            Ok(())
+        } else {
+            Err(TokenError::UnsupportedAlgorithm { expected })
+        }
+    }
+}
+
+fn token_error(kind: &ErrorKind, expected: Algorithm) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::MissingRequiredClaim(claim) => TokenError::MissingClaim(claim.clone()),
+        ErrorKind::InvalidClaimFormat(claim) => TokenError::InvalidClaim {
+            claim: claim.clone(),
+            reason: "has the wrong type".into(),
+        },
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            TokenError::UnsupportedAlgorithm { expected }
+        }
+        _ => TokenError::Malformed,
+    }
+}
+
+/// Ids may be JSON strings or integers (many apps number their accounts).
+fn id_claim<T, E: std::fmt::Display>(
+    claims: &HashMap<String, Value>,
+    name: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, TokenError> {
+    let invalid = |reason: String| TokenError::InvalidClaim {
+        claim: name.into(),
+        reason,
+    };
+    let text = match claims.get(name) {
+        None | Some(Value::Null) => return Err(TokenError::MissingClaim(name.into())),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(_) => return Err(invalid("must be a string or an integer".into())),
+    };
+    parse(&text).map_err(|e| invalid(e.to_string()))
+}
+
+/// The token a WebSocket handshake carries: the `Authorization` header, else `?token=`.
+pub fn token_from_request(req: &HttpRequest) -> Result<String, TokenError> {
+    if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
+        return bearer(
+            value
+                .to_str()
+                .map_err(|_| TokenError::BadAuthorizationHeader)?,
+        )
+        .map(str::to_owned)
+        .ok_or(TokenError::BadAuthorizationHeader);
+    }
+    #[derive(Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
+    }
+    let query = actix_web::web::Query::<TokenQuery>::from_query(req.query_string())
+        .map_err(|_| TokenError::Malformed)?;
+    match query.into_inner().token {
+        Some(token) if !token.is_empty() => Ok(token),
+        _ => Err(TokenError::Missing),
+    }
+}
+
+/// The credential of an `Authorization: Bearer …` header value, if it is one.
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, credential) = header.split_once(' ')?;
+    let credential = credential.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
+}
+
+#[derive(Serialize)]
+struct MintedClaims<'a> {
+    sub: &'a str,
+    account_id: &'a str,
+    iat: u64,
+    exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
+}
+
+/// Why a development token cannot be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum MintError {
+    #[error("tokens can only be minted with an HS256 secret; with RS256/ES256 your application issues them")]
+    NoSecret,
+    #[error("signing failed: {0}")]
+    Signing(#[from] jsonwebtoken::errors::Error),
+}
+
+/// A signed HS256 token for trying Switchboard out; production tokens come from the application.
+pub fn mint(
+    config: &JwtConfig,
+    account: &AccountId,
+    user: &UserId,
+    ttl: Duration,
+) -> Result<String, MintError> {
+    let JwtKey::Secret(secret) = &config.key else {
+        return Err(MintError::NoSecret);
+    };
+    mint_with_secret(secret, config, account, user, ttl)
+}
+
+fn mint_with_secret(
+    secret: &Secret,
+    config: &JwtConfig,
+    account: &AccountId,
+    user: &UserId,
+    ttl: Duration,
+) -> Result<String, MintError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let claims = MintedClaims {
+        sub: user.as_str(),
+        account_id: account.as_str(),
+        iat: now,
+        exp: now + ttl.as_secs(),
+        iss: config.issuer.as_deref(),
+        aud: config.audience.as_deref(),
+    };
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            key: JwtKey::Secret(Secret::new("s".repeat(32))),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(0),
+        }
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let config = config();
+        let account = AccountId::new("acme").unwrap();
+        let user = UserId::new("alice").unwrap();
+        let token = mint(&config, &account, &user, Duration::from_secs(60)).unwrap();
+        let identity = Verifier::new(&config).verify(&token).unwrap();
+        assert_eq!((identity.account, identity.user), (account, user));
+    }
+
+    #[test]
+    fn bearer_is_case_insensitive() {
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("Bearer "), None);
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        let v = Verifier::new(&config());
+        assert_eq!(v.verify("abc").unwrap_err(), TokenError::Malformed);
+        assert_eq!(v.verify("").unwrap_err(), TokenError::Malformed);
+    }
+}

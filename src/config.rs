@@ -1,0 +1,532 @@
+//! Configuration: every setting, read once from flags or environment variables and validated into
+//! a typed [`Config`]. Nothing else in the crate reads the environment.
+//!
+//! When no JWT key or API key is configured, [`Config::load`] enters development mode: the missing
+//! keys are generated at random once and kept in a file beside the database (see [`dev_keys`]).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+
+/// The settings as given on the command line or in the environment, before validation.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "SWITCHBOARD_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    /// `postgres://…` for PostgreSQL; anything else is a SQLite file (created on first start).
+    #[arg(long, env = "DATABASE_URL", default_value = "switchboard.db")]
+    pub database_url: String,
+
+    /// Connections in the database pool.
+    #[arg(long, env = "SWITCHBOARD_DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: u32,
+
+    /// Where development mode keeps its generated keys [default: beside the SQLite file, or the
+    /// working directory for PostgreSQL].
+    #[arg(long, env = "SWITCHBOARD_DEV_KEYS_FILE")]
+    pub dev_keys_file: Option<PathBuf>,
+
+    /// Shared secret for HS256 tokens (at least 32 bytes). Prefer the environment variable.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key for RS256 or ES256 tokens, instead of a shared secret.
+    #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// HS256, RS256 or ES256 [default: HS256 with a secret, else inferred from the PEM key].
+    #[arg(long, env = "SWITCHBOARD_JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<String>,
+
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "SWITCHBOARD_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "SWITCHBOARD_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// Server API key for the publish API (at least 16 bytes). Prefer the environment variable.
+    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// How often the server pings each WebSocket.
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// A connection silent for this long (no pong, no frame) is closed.
+    #[arg(long, env = "SWITCHBOARD_CLIENT_TIMEOUT", default_value = "45s", value_parser = humantime::parse_duration)]
+    pub client_timeout: Duration,
+
+    /// Largest WebSocket message accepted from a client, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Largest publish API request body, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_PUBLISH_BYTES", default_value_t = 256 * 1024)]
+    pub max_publish_bytes: usize,
+
+    /// HTTP worker threads [default: one per core].
+    #[arg(long, env = "SWITCHBOARD_WORKERS")]
+    pub workers: Option<usize>,
+}
+
+/// A setting that cannot be used, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("development keys file {path}: {reason}")]
+    DevKeys { path: PathBuf, reason: String },
+}
+
+fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.into(),
+    }
+}
+
+/// A secret value; its `Debug` never shows it, so it cannot leak through a log or a panic.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// Which database, chosen at run time by the URL's scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Database {
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        if path.is_empty() || path.starts_with(':') {
+            // `:memory:` would give every pooled connection its own empty database.
+            return Err(invalid(
+                "DATABASE_URL",
+                "expected postgres://… or a SQLite file path",
+            ));
+        }
+        Ok(Self::Sqlite(PathBuf::from(path)))
+    }
+
+    /// For logs: the backend and where it is, without a password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite {}", path.display()),
+            Self::Postgres(url) => format!("postgres {}", redact_url_password(url)),
+        }
+    }
+}
+
+fn redact_url_password(url: &str) -> String {
+    // postgres://user:password@host/db → postgres://user:[redacted]@host/db
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:[redacted]@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The key tokens are verified with.
+#[derive(Clone)]
+pub enum JwtKey {
+    /// HS256 with a shared secret (also used to mint development tokens).
+    Secret(Secret),
+    /// RS256 or ES256 with a PEM public key; Switchboard cannot mint these.
+    PublicKey { algorithm: Algorithm, pem: Vec<u8> },
+}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Secret(_) => f.write_str("JwtKey::Secret([redacted])"),
+            Self::PublicKey { algorithm, .. } => write!(f, "JwtKey::PublicKey({algorithm:?})"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub key: JwtKey,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+}
+
+/// Heartbeat settings, shared by every session.
+#[derive(Debug, Clone, Copy)]
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub database: Database,
+    pub db_pool_size: u32,
+    pub jwt: JwtConfig,
+    pub api_key: Secret,
+    pub heartbeat: Heartbeat,
+    pub max_frame_bytes: usize,
+    pub max_publish_bytes: usize,
+    pub workers: Option<usize>,
+    /// Set when some keys were generated for development rather than configured.
+    pub dev_mode: Option<DevMode>,
+}
+
+/// What development mode generated, so start-up can say so loudly.
+#[derive(Debug, Clone)]
+pub struct DevMode {
+    pub keys_file: PathBuf,
+    pub generated_jwt_secret: bool,
+    pub generated_api_key: bool,
+}
+
+const MIN_JWT_SECRET_BYTES: usize = 32;
+const MIN_API_KEY_BYTES: usize = 16;
+
+impl Config {
+    /// Validates the settings; generates or reads development keys for those not configured.
+    pub fn load(settings: Settings) -> Result<Self, ConfigError> {
+        let bind = settings
+            .bind
+            .parse()
+            .map_err(|e| invalid("SWITCHBOARD_BIND", format!("{e} (expected host:port)")))?;
+        let database = Database::parse(&settings.database_url)?;
+        if settings.db_pool_size == 0 {
+            return Err(invalid("SWITCHBOARD_DB_POOL_SIZE", "must be at least 1"));
+        }
+        let heartbeat = Heartbeat {
+            interval: settings.heartbeat_interval,
+            timeout: settings.client_timeout,
+        };
+        if heartbeat.interval.is_zero() {
+            return Err(invalid(
+                "SWITCHBOARD_HEARTBEAT_INTERVAL",
+                "must be positive",
+            ));
+        }
+        if heartbeat.timeout <= heartbeat.interval {
+            return Err(invalid(
+                "SWITCHBOARD_CLIENT_TIMEOUT",
+                "must be longer than the heartbeat interval",
+            ));
+        }
+        if settings.max_frame_bytes < 128 {
+            return Err(invalid(
+                "SWITCHBOARD_MAX_FRAME_BYTES",
+                "must be at least 128",
+            ));
+        }
+        if settings.max_publish_bytes < 128 {
+            return Err(invalid(
+                "SWITCHBOARD_MAX_PUBLISH_BYTES",
+                "must be at least 128",
+            ));
+        }
+        if settings.workers == Some(0) {
+            return Err(invalid("SWITCHBOARD_WORKERS", "must be at least 1"));
+        }
+
+        let configured_key = configured_jwt_key(&settings)?;
+        let configured_api_key = match settings.api_key {
+            Some(key) if key.len() < MIN_API_KEY_BYTES => {
+                return Err(invalid(
+                    "SWITCHBOARD_API_KEY",
+                    format!("must be at least {MIN_API_KEY_BYTES} bytes"),
+                ))
+            }
+            other => other.map(Secret::new),
+        };
+
+        let (jwt_key, api_key, dev_mode) = match (configured_key, configured_api_key) {
+            (Some(jwt_key), Some(api_key)) => (jwt_key, api_key, None),
+            (jwt_key, api_key) => {
+                let keys_file = settings
+                    .dev_keys_file
+                    .clone()
+                    .unwrap_or_else(|| dev_keys::default_path(&database));
+                let dev = dev_keys::load_or_create(&keys_file)?;
+                let dev_mode = DevMode {
+                    keys_file,
+                    generated_jwt_secret: jwt_key.is_none(),
+                    generated_api_key: api_key.is_none(),
+                };
+                (
+                    jwt_key.unwrap_or(JwtKey::Secret(dev.jwt_secret)),
+                    api_key.unwrap_or(dev.api_key),
+                    Some(dev_mode),
+                )
+            }
+        };
+
+        Ok(Self {
+            bind,
+            database,
+            db_pool_size: settings.db_pool_size,
+            jwt: JwtConfig {
+                key: jwt_key,
+                issuer: settings.jwt_issuer,
+                audience: settings.jwt_audience,
+                leeway: settings.jwt_leeway,
+            },
+            api_key,
+            heartbeat,
+            max_frame_bytes: settings.max_frame_bytes,
+            max_publish_bytes: settings.max_publish_bytes,
+            workers: settings.workers,
+            dev_mode,
+        })
+    }
+}
+
+fn configured_jwt_key(settings: &Settings) -> Result<Option<JwtKey>, ConfigError> {
+    let algorithm = settings
+        .jwt_algorithm
+        .as_deref()
+        .map(|name| match name {
+            "HS256" => Ok(Algorithm::HS256),
+            "RS256" => Ok(Algorithm::RS256),
+            "ES256" => Ok(Algorithm::ES256),
+            _ => Err(invalid(
+                "SWITCHBOARD_JWT_ALGORITHM",
+                "expected HS256, RS256 or ES256",
+            )),
+        })
+        .transpose()?;
+
+    match (&settings.jwt_secret, &settings.jwt_public_key_file) {
+        (Some(_), Some(_)) => Err(invalid(
+            "SWITCHBOARD_JWT_SECRET",
+            "set either a secret or a public key file, not both",
+        )),
+        (Some(secret), None) => {
+            if algorithm.is_some_and(|a| a != Algorithm::HS256) {
+                return Err(invalid(
+                    "SWITCHBOARD_JWT_ALGORITHM",
+                    "a shared secret goes with HS256",
+                ));
+            }
+            if secret.len() < MIN_JWT_SECRET_BYTES {
+                return Err(invalid(
+                    "SWITCHBOARD_JWT_SECRET",
+                    format!("must be at least {MIN_JWT_SECRET_BYTES} bytes"),
+                ));
+            }
+            Ok(Some(JwtKey::Secret(Secret::new(secret.clone()))))
+        }
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            let algorithm = match algorithm {
+                Some(Algorithm::HS256) => {
+                    return Err(invalid(
+                        "SWITCHBOARD_JWT_ALGORITHM",
+                        "a public key goes with RS256 or ES256",
+                    ))
+                }
+                Some(algorithm) => algorithm,
+                None => infer_algorithm(&pem)?,
+            };
+            let parsed = match algorithm {
+                Algorithm::RS256 => jsonwebtoken::DecodingKey::from_rsa_pem(&pem).map(drop),
+                _ => jsonwebtoken::DecodingKey::from_ec_pem(&pem).map(drop),
+            };
+            parsed.map_err(|e| {
+                invalid(
+                    "SWITCHBOARD_JWT_PUBLIC_KEY_FILE",
+                    format!("not a {algorithm:?} public key in PEM: {e}"),
+                )
+            })?;
+            Ok(Some(JwtKey::PublicKey { algorithm, pem }))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn infer_algorithm(pem: &[u8]) -> Result<Algorithm, ConfigError> {
+    if jsonwebtoken::DecodingKey::from_rsa_pem(pem).is_ok() {
+        Ok(Algorithm::RS256)
+    } else if jsonwebtoken::DecodingKey::from_ec_pem(pem).is_ok() {
+        Ok(Algorithm::ES256)
+    } else {
+        Err(invalid(
+            "SWITCHBOARD_JWT_PUBLIC_KEY_FILE",
+            "not an RSA or EC public key in PEM",
+        ))
+    }
+}
+
+/// Development keys: generated once at random, kept in a file only its owner can read.
+pub mod dev_keys {
+    use super::*;
+    use base64::Engine;
+    use serde::{Deserialize, Serialize};
+
+    const FILE_NAME: &str = "switchboard-dev-keys.json";
+
+    pub struct DevKeys {
+        pub jwt_secret: Secret,
+        pub api_key: Secret,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct KeysFile {
+        jwt_secret: String,
+        api_key: String,
+    }
+
+    /// Beside the SQLite file; the working directory for PostgreSQL.
+    pub fn default_path(database: &Database) -> PathBuf {
+        match database {
+            Database::Sqlite(path) => path.parent().unwrap_or(Path::new("")).join(FILE_NAME),
+            Database::Postgres(_) => PathBuf::from(FILE_NAME),
+        }
+    }
+
+    fn random_key() -> String {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn error(path: &Path, reason: impl fmt::Display) -> ConfigError {
+        ConfigError::DevKeys {
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn load_or_create(path: &Path) -> Result<DevKeys, ConfigError> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let file: KeysFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    error(path, format!("unreadable ({e}); delete it to regenerate"))
+                })?;
+                Ok(DevKeys {
+                    jwt_secret: Secret::new(file.jwt_secret),
+                    api_key: Secret::new(file.api_key),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
+            Err(e) => Err(error(path, e)),
+        }
+    }
+
+    fn create(path: &Path) -> Result<DevKeys, ConfigError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| error(path, e))?;
+        }
+        let file = KeysFile {
+            jwt_secret: random_key(),
+            api_key: random_key(),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("two strings serialize");
+        // create_new: two processes starting at once must not overwrite each other's keys.
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path);
+        if let Err(e) = &out {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                return load_or_create(path);
+            }
+        }
+        out.as_mut()
+            .map_err(|e| error(path, e))?
+            .write_all(&json)
+            .map_err(|e| error(path, e))?;
+        Ok(DevKeys {
+            jwt_secret: Secret::new(file.jwt_secret),
+            api_key: Secret::new(file.api_key),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_chosen_by_scheme() {
+        assert_eq!(
+            Database::parse("postgres://h/db").unwrap(),
+            Database::Postgres("postgres://h/db".into())
+        );
+        assert_eq!(
+            Database::parse("sqlite://data/x.db").unwrap(),
+            Database::Sqlite("data/x.db".into())
+        );
+        assert_eq!(
+            Database::parse("x.db").unwrap(),
+            Database::Sqlite("x.db".into())
+        );
+        assert!(Database::parse(":memory:").is_err());
+    }
+
+    #[test]
+    fn passwords_are_not_described() {
+        let db = Database::parse("postgres://u:hunter2@h:5432/db").unwrap();
+        assert_eq!(db.describe(), "postgres postgres://u:[redacted]@h:5432/db");
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = Secret::new("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,106 @@
+//! The HTTP API's errors: one enum, mapped to a status and one JSON body shape in one place.
+//!
+//! Every error answers `{"error":{"code":"…","message":"…"}}`. Codes are stable and documented in
+//! the README; 5xx bodies stay generic and their cause is logged once, here.
+
+use actix_web::error::JsonPayloadError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::auth::TokenError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("send the server API key as `Authorization: Bearer <key>`")]
+    MissingApiKey,
+    #[error("the API key is not valid")]
+    InvalidApiKey,
+    #[error("this endpoint takes the server API key; a user token cannot use it")]
+    UserTokenForbidden,
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    #[error("invalid `{field}`: {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("expected a WebSocket upgrade request")]
+    NotWebSocket,
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Token(e) => e.code(),
+            Self::MissingApiKey => "missing-api-key",
+            Self::InvalidApiKey => "invalid-api-key",
+            Self::UserTokenForbidden => "user-token-forbidden",
+            Self::InvalidBody(_) => "invalid-body",
+            Self::InvalidField { .. } => "invalid-field",
+            Self::PayloadTooLarge { .. } => "payload-too-large",
+            Self::NotWebSocket => "not-websocket",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Store(StoreError::Unavailable(_)) => "unavailable",
+            Self::Store(_) => "internal-error",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Token(_) | Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::UserTokenForbidden => StatusCode::FORBIDDEN,
+            Self::InvalidBody(_) | Self::InvalidField { .. } | Self::NotWebSocket => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let message = if status.is_server_error() {
+            log::error!("request failed: {self}");
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => "the database is unavailable; try again shortly",
+                _ => "internal error",
+            }
+            .to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut response = HttpResponse::build(status);
+        if let Self::Token(_) = self {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
+        }
+        response.json(json!({ "error": { "code": self.code(), "message": message } }))
+    }
+}
+
+impl From<JsonPayloadError> for ApiError {
+    fn from(error: JsonPayloadError) -> Self {
+        match error {
+            JsonPayloadError::Overflow { limit }
+            | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+                Self::PayloadTooLarge { limit }
+            }
+            JsonPayloadError::Deserialize(e) => Self::InvalidBody(e.to_string()),
+            other => Self::InvalidBody(other.to_string()),
+        }
+    }
+}

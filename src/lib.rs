@@ -1,0 +1,30 @@
+//! Switchboard: a realtime engine. Applications publish events for an account (a tenant); every
+//! WebSocket session of that account — or of one user of it — receives them, in sequence order,
+//! and no session of any other account ever does.
+//!
+//! # Layout
+//!
+//! - [`config`] — every setting, read and validated once into [`config::Config`];
+//!   development-mode keys.
+//! - [`ids`] — `AccountId`, `UserId`, `SessionId` newtypes.
+//! - [`auth`] — verifying application-issued JWTs (the only source of identity); minting
+//!   development tokens.
+//! - [`protocol`] — WebSocket frames and close codes.
+//! - [`store`] — the database (SQLite or PostgreSQL, chosen at run time), migrations, queries.
+//! - [`actors`] — the broker, one room per account, one session per connection.
+//! - [`api`] — HTTP routes: `/ws` and the publish API.
+//! - [`error`] — the API's error type and its one mapping to HTTP responses.
+//! - [`server`] — wiring it together; used by the binary and the tests.
+//! - [`cli`] and [`logging`] — the binary's command line and log set-up.
+
+pub mod actors;
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod logging;
+pub mod protocol;
+pub mod server;
+pub mod store;

@@ -1,0 +1,201 @@
+//! The wire protocol of `/ws`: frames a client sends, frames the server sends, and the close codes.
+//!
+//! Every frame is a JSON text message with a `"type"`. Client frames are parsed into a
+//! [`ClientFrame`] first and acted on separately (in the session), so every way a frame can be
+//! wrong is a [`FrameError`] with a stable code. Event frames are serialized once per publish by
+//! [`event_frame`]; the same bytes go to every recipient.
+
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// A frame from the client, after parsing.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Application-level ping (for clients that cannot see WebSocket pings); answered by `pong`.
+    Ping {
+        /// Echoed back, so a client can match the answer.
+        #[serde(default, rename = "ref")]
+        reference: Option<Value>,
+    },
+}
+
+/// The client frame types this server knows, for telling "unknown" from "malformed".
+const CLIENT_FRAME_TYPES: &[&str] = &["ping"];
+
+/// Why a client frame was refused; answered with an `error` frame, the connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("the frame is not valid JSON")]
+    MalformedJson,
+    #[error("the frame must be a JSON object with a string \"type\"")]
+    MissingType,
+    #[error("unknown frame type; known types: ping")]
+    UnknownType,
+    #[error("invalid frame: {0}")]
+    Invalid(String),
+    #[error("binary frames are not supported; send JSON text frames")]
+    Binary,
+}
+
+impl FrameError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson => "malformed-json",
+            Self::MissingType => "missing-type",
+            Self::UnknownType => "unknown-type",
+            Self::Invalid(_) => "invalid-frame",
+            Self::Binary => "binary-not-supported",
+        }
+    }
+}
+
+impl ClientFrame {
+    pub fn parse(text: &str) -> Result<Self, FrameError> {
+        let value: Value = serde_json::from_str(text).map_err(|_| FrameError::MalformedJson)?;
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or(FrameError::MissingType)?;
+        if !CLIENT_FRAME_TYPES.contains(&kind) {
+            return Err(FrameError::UnknownType);
+        }
+        serde_json::from_value(value).map_err(|e| FrameError::Invalid(e.to_string()))
+    }
+}
+
+/// A frame from the server, other than events (see [`event_frame`]).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerFrame<'a> {
+    /// First frame of every session: who it is, and the account's sequence number at joining.
+    Welcome {
+        session_id: String,
+        account_id: &'a str,
+        user_id: &'a str,
+        /// Events with a higher `seq` than this will be delivered on this connection.
+        seq: u64,
+        heartbeat_interval_ms: u64,
+        client_timeout_ms: u64,
+    },
+    Pong {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+    },
+}
+
+impl ServerFrame<'_> {
+    pub fn to_text(&self) -> ByteString {
+        serde_json::to_string(self)
+            .expect("server frames always serialize")
+            .into()
+    }
+
+    pub fn error(error: &FrameError) -> ServerFrame<'static> {
+        ServerFrame::Error {
+            code: error.code(),
+            message: error.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EventFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    seq: u64,
+    event: &'a str,
+    data: &'a RawValue,
+}
+
+/// `{"type":"event","seq":…,"event":…,"data":…}`, built once per publish. `data` is embedded as
+/// the JSON text it was stored as, not parsed again.
+pub fn event_frame(seq: u64, event: &str, data: &RawValue) -> ByteString {
+    let frame = EventFrame {
+        kind: "event",
+        seq,
+        event,
+        data,
+    };
+    serde_json::to_string(&frame)
+        .expect("event frames always serialize")
+        .into()
+}
+
+/// Every reason the server closes a WebSocket, with its close code. One table, so clients can
+/// rely on it: the README lists what each means for reconnecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The client answered no ping within the timeout. Reconnect (with resume).
+    HeartbeatTimeout,
+    /// A message over the size limit. Reconnect, but do not send it again.
+    FrameTooLarge,
+    /// The client broke the WebSocket protocol. Fix the client.
+    ProtocolError,
+    /// The server is shutting down. Reconnect, possibly to another node.
+    ServerShutdown,
+}
+
+impl Close {
+    pub fn code(self) -> u16 {
+        match self {
+            Self::HeartbeatTimeout => 4000,
+            Self::FrameTooLarge => 1009,
+            Self::ProtocolError => 1002,
+            Self::ServerShutdown => 1001,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::HeartbeatTimeout => "heartbeat timeout",
+            Self::FrameTooLarge => "message too large",
+            Self::ProtocolError => "protocol error",
+            Self::ServerShutdown => "server shutting down",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_or_say_why_not() {
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"ping","ref":7}"#),
+            Ok(ClientFrame::Ping { reference: Some(_) })
+        ));
+        assert_eq!(
+            ClientFrame::parse("{nope").unwrap_err(),
+            FrameError::MalformedJson
+        );
+        assert_eq!(
+            ClientFrame::parse("[1]").unwrap_err(),
+            FrameError::MissingType
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"join","account_id":"x"}"#).unwrap_err(),
+            FrameError::UnknownType
+        );
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"ping","extra":1}"#),
+            Err(FrameError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn event_frame_embeds_data_verbatim() {
+        let data = RawValue::from_string(r#"{"a":[1,2]}"#.into()).unwrap();
+        assert_eq!(
+            &*event_frame(3, "new-message", &data),
+            r#"{"type":"event","seq":3,"event":"new-message","data":{"a":[1,2]}}"#
+        );
+    }
+}

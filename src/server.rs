@@ -1,0 +1,99 @@
+//! Starting the server: open the store, start the broker, bind the HTTP server. Shared by the
+//! binary and the tests, which start the real server on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+
+use crate::actors::broker::Broker;
+use crate::actors::session::SessionSettings;
+use crate::api::{self, AppState};
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::logging;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound server, not yet awaited. Await `server` to run it; `server.handle()` stops it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub server: actix_web::dev::Server,
+}
+
+/// Opens the database (migrating it), starts the broker and binds. Call inside an actix System.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let database = config.database.clone();
+    let pool_size = config.db_pool_size;
+    let store = web::block(move || Store::open(&database, pool_size))
+        .await
+        .map_err(|_| StoreError::Cancelled)??;
+    let broker = Broker::new(store.clone()).start();
+
+    let state = web::Data::new(AppState {
+        verifier: Verifier::new(&config.jwt),
+        api_key: config.api_key.clone(),
+        store,
+        broker,
+        sessions: SessionSettings {
+            heartbeat: config.heartbeat,
+            max_frame_bytes: config.max_frame_bytes,
+        },
+        max_publish_bytes: config.max_publish_bytes,
+    });
+    let max_publish_bytes = config.max_publish_bytes;
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(logging::request_logger())
+            .configure(|cfg| api::routes(cfg, max_publish_bytes))
+    });
+    if let Some(workers) = config.workers {
+        server = server.workers(workers);
+    }
+    let server = server
+        .bind(config.bind)
+        .map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    let addr = server.addrs()[0];
+    log_startup(&config, addr);
+    Ok(Running {
+        addr,
+        server: server.run(),
+    })
+}
+
+fn log_startup(config: &Config, addr: SocketAddr) {
+    log::info!("listening on http://{addr} (WebSocket endpoint ws://{addr}/ws)");
+    log::info!("database: {}", config.database.describe());
+    log::info!(
+        "heartbeat: ping every {}, close after {} without an answer",
+        humantime::format_duration(config.heartbeat.interval),
+        humantime::format_duration(config.heartbeat.timeout)
+    );
+    if let Some(dev) = &config.dev_mode {
+        let generated = match (dev.generated_jwt_secret, dev.generated_api_key) {
+            (true, true) => "JWT secret and API key",
+            (true, false) => "JWT secret",
+            _ => "API key",
+        };
+        log::warn!(
+            "DEVELOPMENT MODE: no {generated} configured; using generated ones kept in {}. \
+             `switchboard keys` shows them, `switchboard token --account A --user U` mints a \
+             token. Set SWITCHBOARD_JWT_SECRET and SWITCHBOARD_API_KEY in production.",
+            dev.keys_file.display()
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Who may connect: only a verified token opens a session, and every refusal says why.
+
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{json, Value};
+use switchboard::config::JwtKey;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::common::{self, sign, token, Db, TestServer};
+
+fn with_header(url: &str, name: &'static str, value: &str) -> impl IntoClientRequest + Unpin {
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert(name, HeaderValue::from_str(value).unwrap());
+    request
+}
+
+fn hs256(claims: Value, secret: &str) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(secret.as_bytes()),
+        claims,
+    )
+}
+
+async fn refused(server: &TestServer, request: impl IntoClientRequest + Unpin) -> (u16, String) {
+    match server.try_connect(request).await {
+        Ok(_) => panic!("connection was accepted"),
+        Err((status, body)) => {
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(!message.is_empty(), "refusal without a message: {body}");
+            (
+                status,
+                body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        }
+    }
+}
+
+#[tokio::test]
+async fn header_and_query_tokens_both_connect() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let jwt = token("acme", "alice");
+
+    let (_, welcome) = server.connect(&jwt).await;
+    assert_eq!(welcome["account_id"], "acme");
+    assert_eq!(welcome["user_id"], "alice");
+    assert_eq!(welcome["seq"], 0);
+    assert_eq!(welcome["heartbeat_interval_ms"], 5000);
+    assert!(welcome["session_id"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+
+    let request = with_header(&server.ws_url(), "authorization", &format!("Bearer {jwt}"));
+    let mut client = server
+        .try_connect(request)
+        .await
+        .expect("header token accepted");
+    let welcome = client.next_json().await;
+    assert_eq!(welcome["type"], "welcome");
+    assert_eq!(welcome["user_id"], "alice");
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_with_its_reason() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let url = server.ws_url();
+    let exp = common::now() + 3600;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let alg_none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none", "typ": "JWT"})),
+        b64(json!({"sub": "alice", "account_id": "acme", "exp": exp}))
+    );
+    let cases = [
+        ("no token", url.clone(), "missing-token"),
+        ("garbage", format!("{url}?token=abc"), "malformed-token"),
+        (
+            "wrong key",
+            format!(
+                "{url}?token={}",
+                hs256(
+                    json!({"sub": "alice", "account_id": "acme", "exp": exp}),
+                    "another-secret-another-secret-xxxx"
+                )
+            ),
+            "invalid-signature",
+        ),
+        (
+            "alg none",
+            format!("{url}?token={alg_none}"),
+            "unsupported-algorithm",
+        ),
+        (
+            "expired",
+            format!(
+                "{url}?token={}",
+                hs256(
+                    json!({"sub": "alice", "account_id": "acme", "exp": common::now() - 3600}),
+                    common::JWT_SECRET
+                )
+            ),
+            "token-expired",
+        ),
+        (
+            "no exp",
+            format!(
+                "{url}?token={}",
+                hs256(
+                    json!({"sub": "alice", "account_id": "acme"}),
+                    common::JWT_SECRET
+                )
+            ),
+            "missing-claim",
+        ),
+        (
+            "no account",
+            format!(
+                "{url}?token={}",
+                hs256(json!({"sub": "alice", "exp": exp}), common::JWT_SECRET)
+            ),
+            "missing-claim",
+        ),
+        (
+            "no user",
+            format!(
+                "{url}?token={}",
+                hs256(
+                    json!({"account_id": "acme", "exp": exp}),
+                    common::JWT_SECRET
+                )
+            ),
+            "missing-claim",
+        ),
+        (
+            "account as object",
+            format!(
+                "{url}?token={}",
+                hs256(
+                    json!({"sub": "alice", "account_id": {"id": 1}, "exp": exp}),
+                    common::JWT_SECRET
+                )
+            ),
+            "invalid-claim",
+        ),
+    ];
+    for (case, request, code) in cases {
+        assert_eq!(
+            refused(&server, request).await,
+            (401, code.to_owned()),
+            "case: {case}"
+        );
+    }
+    let basic = with_header(&url, "authorization", "Basic YWxpY2U6c2VjcmV0");
+    assert_eq!(
+        refused(&server, basic).await,
+        (401, "bad-authorization-header".to_owned())
+    );
+    let bad_header = with_header(&url, "authorization", &format!("Bearer {alg_none}"));
+    assert_eq!(
+        refused(&server, bad_header).await,
+        (401, "unsupported-algorithm".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn numeric_account_ids_are_accepted() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let jwt = hs256(
+        json!({"sub": 7, "account_id": 42, "exp": common::now() + 60}),
+        common::JWT_SECRET,
+    );
+    let (_, welcome) = server.connect(&jwt).await;
+    assert_eq!(
+        (welcome["account_id"].clone(), welcome["user_id"].clone()),
+        (json!("42"), json!("7"))
+    );
+}
+
+#[tokio::test]
+async fn audience_and_issuer_are_enforced_when_configured() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.jwt.audience = Some("switchboard".into());
+    config.jwt.issuer = Some("https://app.example".into());
+    let server = TestServer::start(config);
+    let url = server.ws_url();
+    let exp = common::now() + 3600;
+    let with = |extra: Value| {
+        let mut claims = json!({"sub": "alice", "account_id": "acme", "exp": exp});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        format!("{url}?token={}", hs256(claims, common::JWT_SECRET))
+    };
+
+    let ok = with(json!({"aud": "switchboard", "iss": "https://app.example"}));
+    assert!(server.try_connect(ok).await.is_ok());
+    let cases = [
+        (
+            json!({"aud": "other", "iss": "https://app.example"}),
+            "invalid-audience",
+        ),
+        (json!({"iss": "https://app.example"}), "missing-claim"),
+        (
+            json!({"aud": "switchboard", "iss": "https://evil.example"}),
+            "invalid-issuer",
+        ),
+        (json!({"aud": "switchboard"}), "missing-claim"),
+    ];
+    for (extra, code) in cases {
+        assert_eq!(
+            refused(&server, with(extra.clone())).await,
+            (401, code.to_owned()),
+            "claims: {extra}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rs256_and_es256_public_keys_verify_their_tokens_only() {
+    for (algorithm, public, private) in [
+        (Algorithm::RS256, "rsa_public.pem", "rsa_private.pem"),
+        (Algorithm::ES256, "ec_public.pem", "ec_private.pem"),
+    ] {
+        let db = Db::sqlite();
+        let mut config = common::config(&db);
+        let public_pem = std::fs::read(common::fixture(public)).unwrap();
+        config.jwt.key = JwtKey::PublicKey {
+            algorithm,
+            pem: public_pem.clone(),
+        };
+        let server = TestServer::start(config);
+        let private_pem = std::fs::read(common::fixture(private)).unwrap();
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&private_pem),
+            _ => EncodingKey::from_ec_pem(&private_pem),
+        }
+        .unwrap();
+        let claims = json!({"sub": "alice", "account_id": "acme", "exp": common::now() + 60});
+
+        let (_, welcome) = server.connect(&sign(algorithm, &key, claims.clone())).await;
+        assert_eq!(welcome["account_id"], "acme", "{algorithm:?}");
+
+        // The classic confusion attack: HS256 "signed" with the public key as the secret.
+        let confused = sign(
+            Algorithm::HS256,
+            &EncodingKey::from_secret(&public_pem),
+            claims,
+        );
+        let url = format!("{}?token={confused}", server.ws_url());
+        assert_eq!(
+            refused(&server, url).await,
+            (401, "unsupported-algorithm".to_owned())
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_account_named_by_the_client_is_ignored() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let jwt = token("acme", "alice");
+    let url = format!(
+        "{}?token={jwt}&account_id=globex&user_id=mallory",
+        server.ws_url()
+    );
+    let request = with_header(&url, "x-account-id", "globex");
+    let mut client = server.try_connect(request).await.expect("accepted");
+    let welcome = client.next_json().await;
+    assert_eq!(
+        (welcome["account_id"].clone(), welcome["user_id"].clone()),
+        (json!("acme"), json!("alice"))
+    );
+    client
+        .send_text(r#"{"type":"join","account_id":"globex"}"#)
+        .await;
+    assert_eq!(client.next_json().await["code"], "unknown-type");
+
+    server
+        .publish("globex", None, "secret-plans", json!({}))
+        .await;
+    server
+        .publish("globex", Some("mallory"), "secret-plans", json!({}))
+        .await;
+    let seq = server.publish("acme", None, "hello", json!({})).await;
+    let (got, event, _) = client.next_event().await;
+    assert_eq!((got, event.as_str()), (seq, "hello"));
+    client
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
+}

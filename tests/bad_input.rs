@@ -1,0 +1,207 @@
+//! Bad input gets a clear error, and nothing else is disturbed: bad frames on a connection, and
+//! bad requests to the publish API.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::common::{self, token, Db, TestServer, API_KEY};
+
+fn fragment(opcode: OpCode, payload: &str, last: bool) -> Message {
+    Message::Frame(Frame::message(payload.as_bytes().to_vec(), opcode, last))
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_frames_and_the_connection_carries_on() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let (mut client, _) = server.connect(&token("acme", "alice")).await;
+    let (mut bystander, _) = server.connect(&token("acme", "bob")).await;
+
+    let cases = [
+        ("{not json", "malformed-json"),
+        ("[1,2]", "missing-type"),
+        (r#"{"type":"subscribe","room":"globex"}"#, "unknown-type"),
+        (r#"{"type":"ping","unexpected":true}"#, "invalid-frame"),
+    ];
+    for (text, code) in cases {
+        client.send_text(text).await;
+        let frame = client.next_json().await;
+        assert_eq!(
+            (frame["type"].as_str(), frame["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{text}"
+        );
+        assert!(frame["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    client.send(Message::binary(vec![1, 2, 3])).await;
+    assert_eq!(client.next_json().await["code"], "binary-not-supported");
+
+    // A fragmented text message is put back together.
+    client
+        .send(fragment(OpCode::Data(Data::Text), r#"{"type":"pi"#, false))
+        .await;
+    client
+        .send(fragment(
+            OpCode::Data(Data::Continue),
+            r#"ng","ref":"frag"}"#,
+            true,
+        ))
+        .await;
+    assert_eq!(
+        client.next_json().await,
+        json!({"type": "pong", "ref": "frag"})
+    );
+
+    let seq = server
+        .publish("acme", None, "after-errors", json!({}))
+        .await;
+    assert_eq!(client.next_event().await.0, seq);
+    assert_eq!(bystander.next_event().await.0, seq);
+}
+
+#[tokio::test]
+async fn an_oversized_message_closes_only_its_own_connection() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.max_frame_bytes = 1024;
+    let server = TestServer::start(config);
+    let (mut big, _) = server.connect(&token("acme", "alice")).await;
+    let (mut fragmented, _) = server.connect(&token("acme", "alice")).await;
+    let (mut bystander, _) = server.connect(&token("acme", "bob")).await;
+
+    let padding = "x".repeat(2000);
+    big.send_text(&format!(r#"{{"type":"ping","ref":"{padding}"}}"#))
+        .await;
+    assert_eq!(big.expect_close().await, 1009);
+
+    // Small fragments that add up past the limit are refused the same way.
+    fragmented
+        .send(fragment(OpCode::Data(Data::Text), &padding[..800], false))
+        .await;
+    fragmented
+        .send(fragment(
+            OpCode::Data(Data::Continue),
+            &padding[..800],
+            true,
+        ))
+        .await;
+    assert_eq!(fragmented.expect_close().await, 1009);
+
+    let seq = server.publish("acme", None, "carry-on", json!({})).await;
+    assert_eq!(bystander.next_event().await.0, seq);
+}
+
+#[tokio::test]
+async fn bad_publish_requests_get_json_errors_and_store_nothing() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.max_publish_bytes = 4096;
+    let server = TestServer::start(config);
+    let (mut client, _) = server.connect(&token("acme", "alice")).await;
+    let key = format!("Bearer {API_KEY}");
+    let user_token = format!("Bearer {}", token("acme", "alice"));
+    let good = json!({"account_id": "acme", "event": "e", "data": {}}).to_string();
+
+    let cases: Vec<(Option<&str>, String, u16, &str)> = vec![
+        (None, good.clone(), 401, "missing-api-key"),
+        (
+            Some("Bearer not-the-key"),
+            good.clone(),
+            401,
+            "invalid-api-key",
+        ),
+        (Some("Basic abc"), good.clone(), 401, "missing-api-key"),
+        (Some(&user_token), good.clone(), 403, "user-token-forbidden"),
+        (Some(&key), "{nope".into(), 400, "invalid-body"),
+        (
+            Some(&key),
+            json!({"event": "e"}).to_string(),
+            400,
+            "invalid-body",
+        ),
+        (
+            Some(&key),
+            json!({"account_id": "acme"}).to_string(),
+            400,
+            "invalid-body",
+        ),
+        (
+            Some(&key),
+            json!({"account_id": "acme", "event": "e", "acount": 1}).to_string(),
+            400,
+            "invalid-body",
+        ),
+        (
+            Some(&key),
+            json!({"account_id": 5, "event": "e"}).to_string(),
+            400,
+            "invalid-body",
+        ),
+        (
+            Some(&key),
+            json!({"account_id": "", "event": "e"}).to_string(),
+            400,
+            "invalid-field",
+        ),
+        (
+            Some(&key),
+            json!({"account_id": "acme", "user_id": "", "event": "e"}).to_string(),
+            400,
+            "invalid-field",
+        ),
+        (
+            Some(&key),
+            json!({"account_id": "acme", "event": "has space"}).to_string(),
+            400,
+            "invalid-field",
+        ),
+        (
+            Some(&key),
+            json!({"account_id": "acme", "event": "e", "data": "x".repeat(5000)}).to_string(),
+            413,
+            "payload-too-large",
+        ),
+    ];
+    for (auth, body, status, code) in cases {
+        let (got_status, got) = server.publish_raw(auth, body.clone()).await;
+        assert_eq!(
+            (got_status, got["error"]["code"].as_str()),
+            (status, Some(code)),
+            "body: {body:.80}"
+        );
+        assert!(got["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+
+    let http = reqwest::Client::new();
+    let response = http
+        .get(server.http_url("/api/v1/publish"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "method-not-allowed"
+    );
+    let response = http
+        .get(server.http_url("/api/v2/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(
+        response.json::<serde_json::Value>().await.unwrap()["error"]["code"],
+        "not-found"
+    );
+
+    // Nothing above was stored or delivered: the next good publish is the account's first.
+    client.expect_silence(Duration::from_millis(200)).await;
+    assert_eq!(server.publish("acme", None, "e", json!({})).await, 1);
+    assert_eq!(client.next_event().await.0, 1);
+}

@@ -1,0 +1,196 @@
+//! The binary as a user runs it: development mode from nothing, `keys`, `token`, a session and a
+//! publish — and no secret in any log line, at debug level.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+fn cli(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run switchboard");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The server process, killed on drop; its log lines arrive on `lines`.
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Server {
+    fn start(dir: &Path) -> Self {
+        let mut child = Command::new(BIN)
+            .current_dir(dir)
+            .env_remove("DATABASE_URL")
+            .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+            .env("RUST_LOG", "debug")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start switchboard");
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Reads log lines until one contains `needle`; returns it.
+    fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no log line with {needle:?}; log so far:\n{}",
+            self.log.join("\n")
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_run_command_works_from_nothing_and_logs_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let listening = server.wait_for("listening on http://");
+    let addr = listening
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    assert!(server
+        .wait_for("database: sqlite")
+        .contains("switchboard.db"));
+    server.wait_for("heartbeat: ping every 15s");
+    server.wait_for("DEVELOPMENT MODE");
+    assert!(dir.path().join("switchboard.db").exists());
+    let keys_file = dir.path().join("switchboard-dev-keys.json");
+    let mode = std::fs::metadata(&keys_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "keys file readable by others");
+
+    let keys = cli(dir.path(), &["keys"]);
+    let value = |name: &str| {
+        keys.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} in `keys` output: {keys}"))
+            .to_owned()
+    };
+    let (jwt_secret, api_key) = (
+        value("SWITCHBOARD_JWT_SECRET"),
+        value("SWITCHBOARD_API_KEY"),
+    );
+    assert!(jwt_secret.len() >= 32 && api_key.len() >= 16);
+    let token = cli(
+        dir.path(),
+        &["token", "--account", "acme", "--user", "alice"],
+    )
+    .trim()
+    .to_owned();
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+        .await
+        .expect("dev token connects");
+    let welcome = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(welcome.contains(r#""account_id":"acme""#), "{welcome}");
+
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/publish"))
+        .header("authorization", format!("Bearer {api_key}"))
+        .body(json!({"account_id": "acme", "event": "hello", "data": {"n": 1}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let event = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert_eq!(
+        event.as_str(),
+        r#"{"type":"event","seq":1,"event":"hello","data":{"n":1}}"#
+    );
+
+    // A refused token must not be logged either.
+    let forged = format!("{token}x");
+    let _ = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={forged}")).await;
+
+    server.wait_for("connect account=acme user=alice session=");
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let disconnect = server.wait_for("disconnect account=acme user=alice");
+    assert!(
+        disconnect.contains("reason=client closed (1000)"),
+        "{disconnect}"
+    );
+
+    let log = server.log.join("\n");
+    assert!(log.contains("\"GET /ws?token=[redacted]\" 401"), "{log}");
+    let signature = token.rsplit('.').next().unwrap();
+    for secret in [token.as_str(), signature, &jwt_secret, &api_key] {
+        assert!(!log.contains(secret), "a secret reached the log:\n{log}");
+    }
+}
+
+#[test]
+fn bad_configuration_is_refused_with_the_setting_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .env("SWITCHBOARD_JWT_SECRET", "short")
+        .env("SWITCHBOARD_API_KEY", "an-api-key-long-enough")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SWITCHBOARD_JWT_SECRET") && stderr.contains("32 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("short"),
+        "the rejected secret was echoed: {stderr}"
+    );
+}

@@ -1,0 +1,412 @@
+//! The one place tests start servers: a real Switchboard on an ephemeral port, in its own thread
+//! and actix System, stopped when dropped; plus real WebSocket and HTTP clients.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use switchboard::config::{Config, Database, Heartbeat, JwtConfig, JwtKey, Secret};
+
+pub const JWT_SECRET: &str = "test-jwt-secret-that-is-32-bytes-or-more";
+pub const API_KEY: &str = "test-api-key-0123456789";
+/// Environment variable naming a PostgreSQL database for the `postgres` variants of the tests.
+pub const POSTGRES_ENV: &str = "SWITCHBOARD_TEST_DATABASE_URL";
+/// How long a test waits for a frame it expects.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A database for a test: a fresh SQLite file, or the PostgreSQL database from [`POSTGRES_ENV`]
+/// (shared, so tests there use account ids of their own).
+pub struct Db {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Db {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = dir.path().join("switchboard.db").display().to_string();
+        Self {
+            url,
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn postgres() -> Option<Self> {
+        let url = std::env::var(POSTGRES_ENV).ok()?;
+        Some(Self { url, _dir: None })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// Runs the test body once on SQLite and once on PostgreSQL (when [`POSTGRES_ENV`] is set).
+#[macro_export]
+macro_rules! on_each_backend {
+    ($(async fn $name:ident($db:ident) $body:block)*) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let $db = $crate::common::Db::sqlite();
+                $body
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some($db) = $crate::common::Db::postgres() else {
+                    eprintln!("skipped: set {} to run on PostgreSQL", $crate::common::POSTGRES_ENV);
+                    return;
+                };
+                $body
+            }
+        }
+    )*};
+}
+
+/// An account id no other test (or earlier run on a shared database) uses.
+pub fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{nanos:x}-{:x}", rand_u32())
+}
+
+fn rand_u32() -> u32 {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).unwrap();
+    u32::from_le_bytes(b)
+}
+
+/// The configuration tests start from: HS256 with [`JWT_SECRET`]; heartbeats slow enough that a
+/// client busy elsewhere in a test is not dropped (the heartbeat tests set their own).
+pub fn config(db: &Db) -> Config {
+    Config {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        database: Database::parse(db.url()).unwrap(),
+        db_pool_size: 4,
+        jwt: JwtConfig {
+            key: JwtKey::Secret(Secret::new(JWT_SECRET.into())),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(0),
+        },
+        api_key: Secret::new(API_KEY.into()),
+        heartbeat: Heartbeat {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+        },
+        max_frame_bytes: 64 * 1024,
+        max_publish_bytes: 256 * 1024,
+        workers: Some(1),
+        dev_mode: None,
+    }
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub fn start(config: Config) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let running = switchboard::server::start(config)
+                    .await
+                    .expect("server starts");
+                tx.send((running.addr, running.server.handle())).unwrap();
+                let _ = running.server.await;
+            });
+        });
+        let (addr, handle) = rx.recv().expect("server thread reports its address");
+        Self {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn on(db: &Db) -> Self {
+        Self::start(config(db))
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Publishes with the API key; returns the status and the JSON body.
+    pub async fn publish_raw(&self, auth: Option<&str>, body: String) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .post(self.http_url("/api/v1/publish"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.expect("publish request");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Publishes an event and returns its sequence number.
+    pub async fn publish(
+        &self,
+        account: &str,
+        user: Option<&str>,
+        event: &str,
+        data: Value,
+    ) -> u64 {
+        let mut body = json!({ "account_id": account, "event": event, "data": data });
+        if let Some(user) = user {
+            body["user_id"] = json!(user);
+        }
+        let (status, body) = self
+            .publish_raw(Some(&format!("Bearer {API_KEY}")), body.to_string())
+            .await;
+        assert_eq!(status, 200, "publish failed: {body}");
+        body["seq"].as_u64().expect("seq in publish answer")
+    }
+
+    /// Connects with `?token=` and returns the client after its welcome frame.
+    pub async fn connect(&self, token: &str) -> (Client, Value) {
+        let mut client = self
+            .try_connect(format!("{}?token={token}", self.ws_url()))
+            .await
+            .unwrap_or_else(|(status, body)| panic!("connect refused: {status} {body}"));
+        let welcome = client.next_json().await;
+        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+        (client, welcome)
+    }
+
+    /// Attempts a WebSocket handshake; a refusal comes back as (status, JSON body).
+    pub async fn try_connect(
+        &self,
+        request: impl IntoClientRequest + Unpin,
+    ) -> Result<Client, (u16, Value)> {
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Client { ws }),
+            Err(tungstenite::Error::Http(response)) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_deref()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or(Value::Null);
+                Err((status, body))
+            }
+            Err(e) => panic!("handshake failed below HTTP: {e}"),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        drop(self.handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// An HS256 token signed with [`JWT_SECRET`], valid for an hour.
+pub fn token(account: &str, user: &str) -> String {
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        json!({ "sub": user, "account_id": account, "exp": now() + 3600 }),
+    )
+}
+
+pub fn sign(algorithm: Algorithm, key: &EncodingKey, claims: Value) -> String {
+    jsonwebtoken::encode(&Header::new(algorithm), &claims, key).expect("sign token")
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A real WebSocket client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What arrived on a connection, WebSocket pings and pongs left out.
+#[derive(Debug)]
+pub enum Received {
+    Json(Value),
+    Closed(Option<CloseFrame>),
+    TimedOut,
+}
+
+impl Client {
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("send text frame");
+    }
+
+    pub async fn send(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send frame");
+    }
+
+    /// The next text frame or close within `wait` (answering pings as it reads).
+    pub async fn receive(&mut self, wait: Duration) -> Received {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return Received::TimedOut,
+                Ok(None) => return Received::Closed(None),
+                Ok(Some(Err(e))) => {
+                    eprintln!("websocket error: {e}");
+                    return Received::Closed(None);
+                }
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let value = serde_json::from_str(&text).expect("server frames are JSON");
+                    return Received::Json(value);
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => return Received::Closed(frame),
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// The next JSON frame; fails the test on close or after [`WAIT`].
+    pub async fn next_json(&mut self) -> Value {
+        match self.receive(WAIT).await {
+            Received::Json(value) => value,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The next `event` frame, as (seq, event name, data).
+    pub async fn next_event(&mut self) -> (u64, String, Value) {
+        let frame = self.next_json().await;
+        assert_eq!(frame["type"], "event", "expected an event: {frame}");
+        (
+            frame["seq"].as_u64().unwrap(),
+            frame["event"].as_str().unwrap().to_owned(),
+            frame["data"].clone(),
+        )
+    }
+
+    /// Asserts that no frame arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        match self.receive(wait).await {
+            Received::TimedOut => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close code.
+    pub async fn expect_close(&mut self) -> u16 {
+        match self.receive(WAIT).await {
+            Received::Closed(Some(frame)) => u16::from(frame.code),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// A WebSocket client written by hand over TCP that never answers pings — what a dead tab or a
+/// frozen laptop looks like to the server. (tungstenite always answers pings when it reads.)
+pub struct SilentClient {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+/// A frame as the silent client sees it: opcode and payload.
+pub type RawFrame = (u8, Vec<u8>);
+
+impl SilentClient {
+    pub async fn connect(addr: SocketAddr, token: &str) -> Self {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+        let request = format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut client = Self {
+            stream,
+            buffer: Vec::new(),
+        };
+        let head_end = loop {
+            if let Some(i) = client.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            client.fill().await;
+        };
+        let head = String::from_utf8_lossy(&client.buffer[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        client.buffer.drain(..head_end);
+        client
+    }
+
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+            .await
+            .expect("server sent nothing")
+            .unwrap_or(0);
+        self.buffer.extend_from_slice(&chunk[..n]);
+        n > 0
+    }
+
+    /// The next frame (server frames are unmasked), or `None` once the connection is closed.
+    pub async fn next_frame(&mut self) -> Option<RawFrame> {
+        loop {
+            if self.buffer.len() >= 2 {
+                let opcode = self.buffer[0] & 0x0f;
+                let (len, header) = match self.buffer[1] & 0x7f {
+                    126 if self.buffer.len() >= 4 => (
+                        u16::from_be_bytes([self.buffer[2], self.buffer[3]]) as usize,
+                        4,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buffer.len() >= header + len {
+                    let payload = self.buffer[header..header + len].to_vec();
+                    self.buffer.drain(..header + len);
+                    return Some((opcode, payload));
+                }
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+}

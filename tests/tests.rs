@@ -1,0 +1,13 @@
+//! Switchboard's integration tests: each starts a real server on an ephemeral port (see
+//! `common`) and talks to it with real WebSocket and HTTP clients. Tests marked as running on
+//! each backend run on SQLite, and on PostgreSQL when `SWITCHBOARD_TEST_DATABASE_URL` is set.
+
+mod common;
+
+mod auth;
+mod bad_input;
+mod cli;
+mod delivery;
+mod heartbeat;
+mod isolation;
+mod persistence;
