@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{JwtConfig, JwtKey, Secret};
+use crate::config::{JwtConfig, JwtKey};
 use crate::ids::{AccountId, UserId};
 
 /// The claim that names the tenant; `sub` names the user.
@@ -255,16 +255,6 @@ pub fn mint(
     let JwtKey::Secret(secret) = &config.key else {
         return Err(MintError::NoSecret);
     };
-    mint_with_secret(secret, config, account, user, ttl)
-}
-
-fn mint_with_secret(
-    secret: &Secret,
-    config: &JwtConfig,
-    account: &AccountId,
-    user: &UserId,
-    ttl: Duration,
-) -> Result<String, MintError> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -287,6 +277,7 @@ fn mint_with_secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
 
     fn config() -> JwtConfig {
         JwtConfig {

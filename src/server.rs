@@ -49,7 +49,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             heartbeat: config.heartbeat,
             max_frame_bytes: config.max_frame_bytes,
         },
-        max_publish_bytes: config.max_publish_bytes,
     });
     let max_publish_bytes = config.max_publish_bytes;
     let mut server = HttpServer::new(move || {

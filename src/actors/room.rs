@@ -30,7 +30,7 @@ const FILL_RETRY: Duration = Duration::from_secs(1);
 const FILL_BATCH: i64 = 1000;
 
 /// An event as the room handles it: serialized once, shared by every recipient.
-#[derive(Message, Clone)]
+#[derive(Message)]
 #[rtype(result = "()")]
 pub struct RoomEvent {
     pub seq: u64,
@@ -40,21 +40,25 @@ pub struct RoomEvent {
 }
 
 impl RoomEvent {
-    fn from_stored(row: events::StoredEvent) -> Self {
+    /// `None` for a row that cannot be delivered faithfully. Rows are checked when they are
+    /// published, so only one edited by hand can be; it is skipped rather than guessed at (a
+    /// user id that does not parse must not widen the audience to the whole account).
+    fn from_stored(row: events::StoredEvent) -> Option<Self> {
         let seq = row.seq as u64;
-        // Stored data was valid JSON when it was published; a row edited by hand may not be.
-        let data = RawValue::from_string(row.data).unwrap_or_else(|_| {
+        let user = row.user_id.as_deref().map(UserId::new).transpose();
+        let data = RawValue::from_string(row.data);
+        let (Ok(user), Ok(data)) = (user, data) else {
             log::error!(
-                "stored event is not JSON account={} seq={seq}",
+                "stored event is malformed, skipped account={} seq={seq}",
                 row.account_id
             );
-            RawValue::from_string("null".into()).expect("null is JSON")
-        });
-        Self {
+            return None;
+        };
+        Some(Self {
             seq,
-            user: row.user_id.and_then(|u| UserId::new(&u).ok()),
+            user,
             frame: event_frame(seq, &row.event, &data),
-        }
+        })
     }
 }
 
@@ -158,10 +162,10 @@ impl Room {
         let newest = rows.last().map(|row| row.seq as u64);
         for row in rows {
             let seq = row.seq as u64;
-            if seq > self.last_seq {
-                self.pending
-                    .entry(seq)
-                    .or_insert_with(|| RoomEvent::from_stored(row));
+            if seq > self.last_seq && !self.pending.contains_key(&seq) {
+                if let Some(event) = RoomEvent::from_stored(row) {
+                    self.pending.insert(seq, event);
+                }
             }
         }
         if let Some(newest) = newest {

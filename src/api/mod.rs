@@ -23,7 +23,6 @@ pub struct AppState {
     pub store: Store,
     pub broker: Addr<Broker>,
     pub sessions: SessionSettings,
-    pub max_publish_bytes: usize,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
