@@ -78,6 +78,34 @@ pub struct Settings {
     /// HTTP worker threads [default: one per core].
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
+
+    /// The token Facebook's subscription handshake must present. Prefer the environment variable.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_FACEBOOK_VERIFY_TOKEN",
+        hide_env_values = true
+    )]
+    pub facebook_verify_token: Option<String>,
+
+    /// Largest webhook body accepted, in bytes.
+    #[arg(long, env = "SWITCHBOARD_MAX_WEBHOOK_BYTES", default_value_t = 1024 * 1024)]
+    pub max_webhook_bytes: usize,
+
+    /// How far a generic webhook's timestamp may be from now (replay window).
+    #[arg(long, env = "SWITCHBOARD_WEBHOOK_TOLERANCE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub webhook_tolerance: Duration,
+
+    /// Attempts to deliver an outbound webhook before it is marked failed.
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS", default_value_t = 8)]
+    pub outbound_max_attempts: u32,
+
+    /// Wait before the first retry of an outbound webhook; doubled after each failure.
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_RETRY_BASE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub outbound_retry_base: Duration,
+
+    /// Time limit of one outbound webhook request.
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub outbound_timeout: Duration,
 }
 
 /// A setting that cannot be used, with what to do about it.
@@ -206,6 +234,23 @@ pub struct Heartbeat {
     pub timeout: Duration,
 }
 
+/// Inbound webhooks.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub facebook_verify_token: Option<Secret>,
+    pub max_body_bytes: usize,
+    /// Replay window of generic (Standard Webhooks) timestamps.
+    pub tolerance: Duration,
+}
+
+/// Outbound webhooks (replies handed to the application).
+#[derive(Debug, Clone, Copy)]
+pub struct OutboundConfig {
+    pub max_attempts: u32,
+    pub retry_base: Duration,
+    pub timeout: Duration,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -218,6 +263,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     pub max_publish_bytes: usize,
     pub workers: Option<usize>,
+    pub webhooks: WebhookConfig,
+    pub outbound: OutboundConfig,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
 }
@@ -275,6 +322,22 @@ impl Config {
         if settings.workers == Some(0) {
             return Err(invalid("SWITCHBOARD_WORKERS", "must be at least 1"));
         }
+        if settings.outbound_max_attempts == 0 {
+            return Err(invalid(
+                "SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS",
+                "must be at least 1",
+            ));
+        }
+        let webhooks = WebhookConfig {
+            facebook_verify_token: settings.facebook_verify_token.clone().map(Secret::new),
+            max_body_bytes: settings.max_webhook_bytes,
+            tolerance: settings.webhook_tolerance,
+        };
+        let outbound = OutboundConfig {
+            max_attempts: settings.outbound_max_attempts,
+            retry_base: settings.outbound_retry_base,
+            timeout: settings.outbound_timeout,
+        };
 
         let configured_key = configured_jwt_key(&settings)?;
         let configured_api_key = match settings.api_key {
@@ -323,6 +386,8 @@ impl Config {
             max_frame_bytes: settings.max_frame_bytes,
             max_publish_bytes: settings.max_publish_bytes,
             workers: settings.workers,
+            webhooks,
+            outbound,
             dev_mode,
         })
     }

@@ -23,6 +23,8 @@ pub enum ApiError {
     UserTokenForbidden,
     #[error("invalid request body: {0}")]
     InvalidBody(String),
+    #[error("invalid query string: {0}")]
+    InvalidQuery(String),
     #[error("invalid `{field}`: {reason}")]
     InvalidField { field: &'static str, reason: String },
     #[error("the request body is larger than the limit of {limit} bytes")]
@@ -34,7 +36,40 @@ pub enum ApiError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error(transparent)]
+    Signature(SignatureError),
+    #[error("no enabled integration matches this webhook")]
+    UnknownIntegration,
+    #[error("{0}")]
+    VerifyToken(&'static str),
+    #[error("no such {0}")]
+    NoSuch(&'static str),
+    #[error("an integration for this provider and external id already exists")]
+    IntegrationExists,
+    #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why a webhook's signature was refused. Never carries the signature or the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the webhook signature headers are missing")]
+    Missing,
+    #[error("the webhook signature does not match")]
+    Mismatch,
+    #[error("the webhook timestamp is outside the replay window")]
+    Stale,
+}
+
+impl SignatureError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "missing-signature",
+            Self::Mismatch => "invalid-signature",
+            Self::Stale => "timestamp-out-of-window",
+        }
+    }
 }
 
 impl ApiError {
@@ -46,12 +81,18 @@ impl ApiError {
             Self::UserTokenForbidden => "user-token-forbidden",
             Self::InvalidBody(_) => "invalid-body",
             Self::InvalidField { .. } => "invalid-field",
+            Self::InvalidQuery(_) => "invalid-query",
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::NotWebSocket => "not-websocket",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
+            Self::Signature(e) => e.code(),
+            Self::UnknownIntegration => "unknown-integration",
+            Self::VerifyToken(_) => "verify-token-mismatch",
+            Self::NoSuch(_) => "not-found",
+            Self::IntegrationExists => "integration-exists",
             Self::Store(StoreError::Unavailable(_)) => "unavailable",
-            Self::Store(_) => "internal-error",
+            Self::Store(_) | Self::Internal(_) => "internal-error",
         }
     }
 }
@@ -59,16 +100,20 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Token(_) | Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            Self::UserTokenForbidden => StatusCode::FORBIDDEN,
-            Self::InvalidBody(_) | Self::InvalidField { .. } | Self::NotWebSocket => {
-                StatusCode::BAD_REQUEST
+            Self::Token(_) | Self::MissingApiKey | Self::InvalidApiKey | Self::Signature(_) => {
+                StatusCode::UNAUTHORIZED
             }
+            Self::UserTokenForbidden | Self::VerifyToken(_) => StatusCode::FORBIDDEN,
+            Self::InvalidBody(_)
+            | Self::InvalidField { .. }
+            | Self::InvalidQuery(_)
+            | Self::NotWebSocket => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::NotFound | Self::UnknownIntegration | Self::NoSuch(_) => StatusCode::NOT_FOUND,
+            Self::IntegrationExists => StatusCode::CONFLICT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

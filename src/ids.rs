@@ -73,6 +73,15 @@ string_id!(
     UserId
 );
 
+/// A fresh random id for a stored record, e.g. `conv_3f9a…`: unguessable, so an id says nothing
+/// about another account's records.
+pub fn random_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}_{hex}")
+}
+
 /// One WebSocket connection. Random, so ids stay unique across restarts and nodes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SessionId(u64);

@@ -12,7 +12,10 @@
 //! - [`protocol`] — WebSocket frames and close codes.
 //! - [`store`] — the database (SQLite or PostgreSQL, chosen at run time), migrations, queries.
 //! - [`actors`] — the broker, one room per account, one session per connection.
-//! - [`api`] — HTTP routes: `/ws` and the publish API.
+//! - [`webhooks`] — Facebook, Zalo and generic (Standard Webhooks) ingestion, signatures.
+//! - [`inbox`] — conversations and messages as persisted, sequenced events.
+//! - [`outbound`] — replies handed to the application by signed, retried webhooks.
+//! - [`api`] — HTTP routes: `/ws`, the publish API, integrations (admin), conversations (users).
 //! - [`error`] — the API's error type and its one mapping to HTTP responses.
 //! - [`server`] — wiring it together; used by the binary and the tests.
 //! - [`cli`] and [`logging`] — the binary's command line and log set-up.
@@ -24,7 +27,10 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod inbox;
 pub mod logging;
+pub mod outbound;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod webhooks;

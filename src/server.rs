@@ -8,10 +8,11 @@ use actix_web::{web, App, HttpServer};
 
 use crate::actors::broker::Broker;
 use crate::actors::session::SessionSettings;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, WebhookState};
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::logging;
+use crate::outbound::Dispatcher;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(|_| StoreError::Cancelled)??;
     let broker = Broker::new(store.clone()).start();
+    let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound).start();
 
     let state = web::Data::new(AppState {
         verifier: Verifier::new(&config.jwt),
@@ -48,6 +50,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sessions: SessionSettings {
             heartbeat: config.heartbeat,
             max_frame_bytes: config.max_frame_bytes,
+        },
+        dispatcher,
+        webhooks: WebhookState {
+            stats: Default::default(),
+            facebook_verify_token: config.webhooks.facebook_verify_token.clone(),
+            max_body_bytes: config.webhooks.max_body_bytes,
+            tolerance: config.webhooks.tolerance,
         },
     });
     let max_publish_bytes = config.max_publish_bytes;

@@ -30,7 +30,7 @@ const FILL_RETRY: Duration = Duration::from_secs(1);
 const FILL_BATCH: i64 = 1000;
 
 /// An event as the room handles it: serialized once, shared by every recipient.
-#[derive(Message)]
+#[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct RoomEvent {
     pub seq: u64,

@@ -2,9 +2,17 @@
 //!
 //! - `GET /ws` — the WebSocket endpoint ([`ws`]).
 //! - `POST /api/v1/publish` — the server-side publish API ([`publish`]).
+//! - `/api/v1/integrations…`, `/api/v1/webhooks/stats` — admin ([`integrations`]).
+//! - `/api/v1/conversations…` — the inbox for users ([`conversations`]).
+//! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`crate::webhooks`]).
 
+pub mod conversations;
+pub mod extract;
+pub mod integrations;
 pub mod publish;
 pub mod ws;
+
+use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{web, HttpResponse};
@@ -14,7 +22,9 @@ use crate::actors::session::SessionSettings;
 use crate::auth::Verifier;
 use crate::config::Secret;
 use crate::error::ApiError;
+use crate::outbound::Dispatcher;
 use crate::store::Store;
+use crate::webhooks::{self, facebook, generic, zalo};
 
 /// What every request handler shares.
 pub struct AppState {
@@ -23,6 +33,16 @@ pub struct AppState {
     pub store: Store,
     pub broker: Addr<Broker>,
     pub sessions: SessionSettings,
+    pub dispatcher: Addr<Dispatcher>,
+    pub webhooks: WebhookState,
+}
+
+/// What the webhook handlers share.
+pub struct WebhookState {
+    pub stats: webhooks::Stats,
+    pub facebook_verify_token: Option<Secret>,
+    pub max_body_bytes: usize,
+    pub tolerance: Duration,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
@@ -33,12 +53,44 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .content_type_required(false)
             .error_handler(|error, _| ApiError::from(error).into()),
     )
+    .app_data(
+        web::QueryConfig::default()
+            .error_handler(|error, _| ApiError::InvalidQuery(error.to_string()).into()),
+    )
     .route("/ws", web::get().to(ws::connect))
     .service(
         web::resource("/api/v1/publish")
             .route(web::post().to(publish::publish))
             .default_service(web::to(method_not_allowed)),
     )
+    .service(
+        web::scope("/api/v1/integrations")
+            .route("", web::post().to(integrations::create))
+            .route("", web::get().to(integrations::list))
+            .route("/{id}", web::get().to(integrations::show))
+            .route(
+                "/{id}/rotate-secret",
+                web::post().to(integrations::rotate_secret),
+            )
+            .route("/{id}/disable", web::post().to(integrations::disable))
+            .route("/{id}/deliveries", web::get().to(integrations::deliveries)),
+    )
+    .route(
+        "/api/v1/webhooks/stats",
+        web::get().to(integrations::webhook_stats),
+    )
+    .service(
+        web::scope("/api/v1/conversations")
+            .route("", web::get().to(conversations::list))
+            .route("/{id}", web::get().to(conversations::show))
+            .route("/{id}/messages", web::get().to(conversations::messages))
+            .route("/{id}/messages", web::post().to(conversations::reply))
+            .route("/{id}/read", web::post().to(conversations::mark_read)),
+    )
+    .route("/webhooks/facebook", web::get().to(facebook::handshake))
+    .route("/webhooks/facebook", web::post().to(facebook::receive))
+    .route("/webhooks/zalo", web::post().to(zalo::receive))
+    .route("/webhooks/generic/{id}", web::post().to(generic::receive))
     .default_service(web::to(not_found));
 }
 

@@ -1,20 +1,16 @@
 //! `POST /api/v1/publish`: the application's backend hands Switchboard an event for an account
 //! (optionally for one user of it). The event is stored first, then delivered.
 
-use actix_web::dev::Payload;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::extract::ServerKey;
 use super::AppState;
-use crate::actors::broker::Publish;
-use crate::actors::room::RoomEvent;
-use crate::auth;
 use crate::error::ApiError;
 use crate::ids::{AccountId, UserId};
-use crate::protocol::event_frame;
-use crate::store::events::{self, NewEvent};
+use crate::{inbox, store};
 
 const MAX_EVENT_NAME: usize = 64;
 
@@ -29,42 +25,10 @@ pub struct PublishRequest {
     data: Option<Box<RawValue>>,
 }
 
-/// Proof that the request carries the server API key. Extracted before the body, so an
-/// unauthenticated request is refused without reading it.
-pub struct ServerKey;
-
-impl FromRequest for ServerKey {
-    type Error = ApiError;
-    type Future = std::future::Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        std::future::ready(check_server_key(req))
-    }
-}
-
-fn check_server_key(req: &HttpRequest) -> Result<ServerKey, ApiError> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .expect("AppState is registered with the app");
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .ok_or(ApiError::MissingApiKey)?;
-    let key = header
-        .to_str()
-        .ok()
-        .and_then(auth::bearer)
-        .ok_or(ApiError::MissingApiKey)?;
-    if constant_time_eq::constant_time_eq(key.as_bytes(), state.api_key.expose().as_bytes()) {
-        Ok(ServerKey)
-    } else if state.verifier.verify(key).is_ok() {
-        Err(ApiError::UserTokenForbidden)
-    } else {
-        Err(ApiError::InvalidApiKey)
-    }
-}
-
-fn field<T>(field: &'static str, result: Result<T, impl ToString>) -> Result<T, ApiError> {
+pub(super) fn field<T>(
+    field: &'static str,
+    result: Result<T, impl ToString>,
+) -> Result<T, ApiError> {
     result.map_err(|e| ApiError::InvalidField {
         field,
         reason: e.to_string(),
@@ -103,27 +67,12 @@ pub async fn publish(
     let seq = state
         .store
         .run(move |conn| {
-            let seq = events::append(
-                conn,
-                &NewEvent {
-                    account: &account,
-                    user: user.as_ref(),
-                    event: &request.event,
-                    data: data.get(),
-                },
-            )?;
-            // Handed over here, on the blocking thread right after the commit, rather than in
-            // the request future: a client that disconnects drops that future, and a stored
-            // event must still be delivered.
-            broker.do_send(Publish {
-                account,
-                event: RoomEvent {
-                    seq,
-                    user,
-                    frame: event_frame(seq, &request.event, &data),
-                },
-            });
-            Ok(seq)
+            let event = store::write(conn, &account, |conn| {
+                inbox::emit(conn, &account, user.as_ref(), &request.event, &data)
+            })?;
+            let seq = event.seq;
+            inbox::hand_off(&broker, &account, vec![event]);
+            Ok::<_, ApiError>(seq)
         })
         .await?;
     log::debug!("publish account={response_account} seq={seq}");

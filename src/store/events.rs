@@ -26,52 +26,30 @@ pub struct StoredEvent {
     pub created_at: i64,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+/// Takes the account's next sequence number. Call inside [`super::write`] for the account, whose
+/// row lock makes the numbers gap-free and strictly increasing.
+pub fn next_seq(conn: &mut DbConnection, account: &AccountId) -> Result<u64, StoreError> {
+    let seq: i64 = diesel::update(account_sequences::table.find(account.as_str()))
+        .set(account_sequences::last_seq.eq(account_sequences::last_seq + 1))
+        .returning(account_sequences::last_seq)
+        .get_result(conn)?;
+    Ok(seq as u64)
 }
 
-/// Bumps the account's counter and inserts the event under the new number, in one transaction.
-/// A macro because `ON CONFLICT` needs the concrete backend connection (diesel's combined
-/// backend does not offer it); the statements are the same for both.
-macro_rules! append_in_transaction {
-    ($conn:expr, $new:expr) => {{
-        let seq: i64 = diesel::insert_into(account_sequences::table)
-            .values((
-                account_sequences::account_id.eq($new.account.as_str()),
-                account_sequences::last_seq.eq(1_i64),
-            ))
-            .on_conflict(account_sequences::account_id)
-            .do_update()
-            .set(account_sequences::last_seq.eq(account_sequences::last_seq + 1))
-            .returning(account_sequences::last_seq)
-            .get_result($conn)?;
-        diesel::insert_into(events::table)
-            .values((
-                events::account_id.eq($new.account.as_str()),
-                events::seq.eq(seq),
-                events::user_id.eq($new.user.map(UserId::as_str)),
-                events::event.eq($new.event),
-                events::data.eq($new.data),
-                events::created_at.eq(now_ms()),
-            ))
-            .execute($conn)?;
-        Ok::<u64, diesel::result::Error>(seq as u64)
-    }};
-}
-
-/// Stores the event and returns its sequence number.
+/// Stores the event under the account's next sequence number and returns that number. Call
+/// inside [`super::write`] for the event's account.
 pub fn append(conn: &mut DbConnection, new: &NewEvent<'_>) -> Result<u64, StoreError> {
-    let seq = match conn {
-        // PostgreSQL: the counter row's lock orders concurrent appends to one account.
-        DbConnection::Postgres(pg) => pg.transaction(|c| append_in_transaction!(c, new))?,
-        // SQLite: take the write lock up front, so two appends never deadlock upgrading it.
-        DbConnection::Sqlite(sqlite) => {
-            sqlite.immediate_transaction(|c| append_in_transaction!(c, new))?
-        }
-    };
+    let seq = next_seq(conn, new.account)?;
+    diesel::insert_into(events::table)
+        .values((
+            events::account_id.eq(new.account.as_str()),
+            events::seq.eq(seq as i64),
+            events::user_id.eq(new.user.map(UserId::as_str)),
+            events::event.eq(new.event),
+            events::data.eq(new.data),
+            events::created_at.eq(super::now_ms()),
+        ))
+        .execute(conn)?;
     Ok(seq)
 }
 

@@ -1,20 +1,29 @@
-//! Storage: the connection pool, the embedded migrations, and the queries (in [`events`]).
+//! Storage: the connection pool, the embedded migrations, the write transaction, and the
+//! queries (one module per table group).
 //!
 //! Diesel is synchronous. Every query runs through [`Store::run`], which moves it to actix's
 //! blocking thread pool, so no actor or request handler ever waits on the database on its own
-//! thread.
+//! thread. Every write that touches an account goes through [`write`], which serializes writers
+//! per account — that is what makes sequence numbers gap-free and committed in order.
 
 pub mod connection;
+pub mod conversations;
+pub mod deliveries;
 pub mod events;
+pub mod integrations;
 pub mod schema;
 
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::config::Database;
+use crate::ids::AccountId;
 pub use connection::DbConnection;
+use schema::account_sequences;
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -39,6 +48,9 @@ pub enum StoreError {
     Directory(std::io::Error),
     #[error("the blocking task was cancelled")]
     Cancelled,
+    /// The account has no sequence row yet; [`write`] creates it and tries again.
+    #[error("no sequence row for the account")]
+    NoSequence,
 }
 
 /// The shared handle to the database; cheap to clone.
@@ -87,14 +99,90 @@ impl Store {
     }
 
     /// Runs `query` with a pooled connection on the blocking thread pool.
-    pub async fn run<T, F>(&self, query: F) -> Result<T, StoreError>
+    pub async fn run<T, E, F>(&self, query: F) -> Result<T, E>
     where
-        F: FnOnce(&mut DbConnection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
     {
         let pool = self.pool.clone();
-        actix_web::web::block(move || query(&mut *pool.get()?))
-            .await
-            .map_err(|_| StoreError::Cancelled)?
+        actix_web::web::block(move || {
+            let mut conn = pool.get().map_err(StoreError::from)?;
+            query(&mut conn)
+        })
+        .await
+        .map_err(|_| StoreError::Cancelled)?
     }
+}
+
+/// Milliseconds since the Unix epoch: how times are stored (portable across both backends).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// Runs `work` in one transaction that holds the account's write lock: the row lock on its
+/// sequence counter (PostgreSQL; also across server processes) or the database write lock
+/// (SQLite). Writers to one account therefore commit one after another, in sequence order.
+pub fn write<T>(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    mut work: impl FnMut(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut locked = |conn: &mut DbConnection| {
+        // A no-op update: it takes the row lock, and says whether the row exists.
+        let rows = diesel::update(account_sequences::table.find(account.as_str()))
+            .set(account_sequences::last_seq.eq(account_sequences::last_seq))
+            .execute(conn)?;
+        if rows == 0 {
+            return Err(StoreError::NoSequence);
+        }
+        work(conn)
+    };
+    match transaction(conn, &mut locked) {
+        Err(StoreError::NoSequence) => {
+            create_sequence(conn, account)?;
+            transaction(conn, &mut locked)
+        }
+        other => other,
+    }
+}
+
+/// The account's first write creates its counter; a concurrent first write may win the race.
+fn create_sequence(conn: &mut DbConnection, account: &AccountId) -> Result<(), StoreError> {
+    let inserted = diesel::insert_into(account_sequences::table)
+        .values((
+            account_sequences::account_id.eq(account.as_str()),
+            account_sequences::last_seq.eq(0_i64),
+        ))
+        .execute(conn);
+    match inserted {
+        Ok(_) | Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// BEGIN … COMMIT, rolled back on error. SQLite begins IMMEDIATE: taking the write lock up front
+/// means two writers queue (busy timeout) instead of failing when one upgrades a read lock.
+fn transaction<T>(
+    conn: &mut DbConnection,
+    work: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let begin = match conn {
+        DbConnection::Sqlite(_) => "BEGIN IMMEDIATE",
+        DbConnection::Postgres(_) => "BEGIN",
+    };
+    conn.batch_execute(begin)?;
+    let result = work(conn).and_then(|value| {
+        conn.batch_execute("COMMIT")?;
+        Ok(value)
+    });
+    if result.is_err() {
+        if let Err(e) = conn.batch_execute("ROLLBACK") {
+            log::debug!("rollback after a failed transaction: {e}");
+        }
+    }
+    result
 }

@@ -18,4 +18,69 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(account_sequences, events);
+diesel::table! {
+    integrations (id) {
+        id -> Text,
+        provider -> Text,
+        external_id -> Text,
+        account_id -> Text,
+        secret -> Text,
+        app_id -> Nullable<Text>,
+        outbound_url -> Nullable<Text>,
+        outbound_secret -> Text,
+        disabled_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    webhook_receipts (integration_id, receipt_id) {
+        integration_id -> Text,
+        receipt_id -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    conversations (id) {
+        id -> Text,
+        account_id -> Text,
+        integration_id -> Text,
+        provider -> Text,
+        contact_id -> Text,
+        last_message_at -> BigInt,
+        last_message_preview -> Nullable<Text>,
+        unread_count -> BigInt,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    messages (id) {
+        id -> Text,
+        conversation_id -> Text,
+        account_id -> Text,
+        direction -> Text,
+        provider_message_id -> Nullable<Text>,
+        sender_id -> Text,
+        text -> Nullable<Text>,
+        attachments -> Nullable<Text>,
+        status -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    outbound_deliveries (id) {
+        id -> Text,
+        integration_id -> Text,
+        message_id -> Text,
+        payload -> Text,
+        status -> Text,
+        attempts -> BigInt,
+        last_error -> Nullable<Text>,
+        next_attempt_at -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}

@@ -16,10 +16,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use switchboard::config::{Config, Database, Heartbeat, JwtConfig, JwtKey, Secret};
+use switchboard::config::{
+    Config, Database, Heartbeat, JwtConfig, JwtKey, OutboundConfig, Secret, WebhookConfig,
+};
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-32-bytes-or-more";
 pub const API_KEY: &str = "test-api-key-0123456789";
+pub const FACEBOOK_VERIFY_TOKEN: &str = "test-verify-token";
 /// Environment variable naming a PostgreSQL database for the `postgres` variants of the tests.
 pub const POSTGRES_ENV: &str = "SWITCHBOARD_TEST_DATABASE_URL";
 /// How long a test waits for a frame it expects.
@@ -113,6 +116,16 @@ pub fn config(db: &Db) -> Config {
         max_frame_bytes: 64 * 1024,
         max_publish_bytes: 256 * 1024,
         workers: Some(1),
+        webhooks: WebhookConfig {
+            facebook_verify_token: Some(Secret::new(FACEBOOK_VERIFY_TOKEN.into())),
+            max_body_bytes: 64 * 1024,
+            tolerance: Duration::from_secs(300),
+        },
+        outbound: OutboundConfig {
+            max_attempts: 3,
+            retry_base: Duration::from_millis(100),
+            timeout: Duration::from_secs(5),
+        },
         dev_mode: None,
     }
 }

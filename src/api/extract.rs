@@ -1,0 +1,64 @@
+//! Request extractors for the two kinds of caller: the application's backend (server API key)
+//! and a user (JWT). Extracted before the body, so an unauthenticated request is refused without
+//! reading it.
+
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest};
+
+use super::AppState;
+use crate::auth::{self, Identity};
+use crate::error::ApiError;
+
+fn state(req: &HttpRequest) -> &web::Data<AppState> {
+    req.app_data::<web::Data<AppState>>()
+        .expect("AppState is registered with the app")
+}
+
+/// Proof that the request carries the server API key. Extracted before the body, so an
+/// unauthenticated request is refused without reading it.
+pub struct ServerKey;
+
+impl FromRequest for ServerKey {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(check_server_key(req))
+    }
+}
+
+fn check_server_key(req: &HttpRequest) -> Result<ServerKey, ApiError> {
+    let state = state(req);
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or(ApiError::MissingApiKey)?;
+    let key = header
+        .to_str()
+        .ok()
+        .and_then(auth::bearer)
+        .ok_or(ApiError::MissingApiKey)?;
+    if constant_time_eq::constant_time_eq(key.as_bytes(), state.api_key.expose().as_bytes()) {
+        Ok(ServerKey)
+    } else if state.verifier.verify(key).is_ok() {
+        Err(ApiError::UserTokenForbidden)
+    } else {
+        Err(ApiError::InvalidApiKey)
+    }
+}
+
+/// A user, identified by a verified JWT (`Authorization: Bearer` or `?token=`).
+pub struct User(pub Identity);
+
+impl FromRequest for User {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let identity = auth::token_from_request(req)
+            .and_then(|token| state(req).verifier.verify(&token))
+            .map(User)
+            .map_err(ApiError::from);
+        std::future::ready(identity)
+    }
+}

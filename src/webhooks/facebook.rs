@@ -1,0 +1,223 @@
+//! Facebook Messenger: the subscription handshake, and page webhooks signed with the app secret
+//! (`X-Hub-Signature-256`). The signature is checked against the app secrets of the Facebook
+//! integrations before the body is parsed; a page is then served only by an integration whose
+//! secret signed the request, so one app cannot post into another app's pages.
+
+use std::collections::HashMap;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ingest, millis, read_body, signature, Direction, Inbound};
+use crate::api::AppState;
+use crate::error::{ApiError, SignatureError};
+use crate::store::integrations::{self, Integration};
+
+const PROVIDER: &str = "facebook";
+
+/// `GET /webhooks/facebook?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`
+pub async fn handshake(
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let param = |name: &'static str| {
+        query.get(name).ok_or(ApiError::InvalidField {
+            field: name,
+            reason: "missing".into(),
+        })
+    };
+    let (mode, token, challenge) = (
+        param("hub.mode")?,
+        param("hub.verify_token")?,
+        param("hub.challenge")?,
+    );
+    if mode != "subscribe" {
+        return Err(ApiError::InvalidField {
+            field: "hub.mode",
+            reason: "must be `subscribe`".into(),
+        });
+    }
+    let Some(expected) = &state.webhooks.facebook_verify_token else {
+        return Err(ApiError::VerifyToken(
+            "no Facebook verify token is configured",
+        ));
+    };
+    if !constant_time_eq::constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) {
+        return Err(ApiError::VerifyToken("the verify token does not match"));
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain")
+        .body(challenge.clone()))
+}
+
+#[derive(Deserialize)]
+struct Payload {
+    object: String,
+    entry: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    id: String,
+    #[serde(default)]
+    messaging: Vec<Messaging>,
+}
+
+#[derive(Deserialize)]
+struct Messaging {
+    sender: Party,
+    recipient: Party,
+    timestamp: Option<i64>,
+    message: Option<FbMessage>,
+    delivery: Option<Watermark>,
+    read: Option<Watermark>,
+}
+
+#[derive(Deserialize)]
+struct Party {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct FbMessage {
+    mid: String,
+    text: Option<String>,
+    attachments: Option<Value>,
+    #[serde(default)]
+    is_echo: bool,
+    /// Set by the app on its Send API call; `switchboard:<message id>` ties an echo to our reply.
+    metadata: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Watermark {
+    watermark: i64,
+}
+
+/// Prefix of the `metadata` an app passes to the Send API so that the echo is recognised.
+pub const ECHO_METADATA_PREFIX: &str = "switchboard:";
+
+fn items(page: &str, messaging: Vec<Messaging>) -> Vec<Inbound> {
+    messaging
+        .into_iter()
+        .filter_map(|m| {
+            // For an echo the page is the sender and the contact the recipient.
+            let outbound = m.message.as_ref().is_some_and(|msg| msg.is_echo);
+            let contact_id = if outbound {
+                m.recipient.id
+            } else {
+                m.sender.id
+            };
+            let at = millis(m.timestamp);
+            if let Some(message) = m.message {
+                Some(Inbound::Message {
+                    provider_message_id: message.mid,
+                    sender_id: if outbound {
+                        page.to_owned()
+                    } else {
+                        contact_id.clone()
+                    },
+                    contact_id,
+                    direction: if outbound {
+                        Direction::Outbound
+                    } else {
+                        Direction::Inbound
+                    },
+                    text: message.text,
+                    attachments: message.attachments,
+                    sent_at: at,
+                    echo_of: message
+                        .metadata
+                        .and_then(|m| m.strip_prefix(ECHO_METADATA_PREFIX).map(str::to_owned)),
+                })
+            } else if let Some((status, w)) = m
+                .read
+                .map(|w| ("read", w))
+                .or(m.delivery.map(|w| ("delivered", w)))
+            {
+                Some(Inbound::Status {
+                    receipt: format!("{status}:{contact_id}:{}", w.watermark),
+                    contact_id,
+                    status,
+                    watermark: millis(Some(w.watermark)),
+                })
+            } else {
+                // Postbacks, reactions, …: not part of the inbox; acknowledged and dropped.
+                None
+            }
+        })
+        .collect()
+}
+
+/// `POST /webhooks/facebook`
+pub async fn receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let stats = &state.webhooks.stats;
+    let header = req
+        .headers()
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let Some(header) = header else {
+        return Err(stats.refused(PROVIDER, SignatureError::Missing));
+    };
+    let body = read_body(payload, state.webhooks.max_body_bytes).await?;
+
+    let candidates = state
+        .store
+        .run(|conn| integrations::enabled_of(conn, PROVIDER))
+        .await?;
+    // Usually every page shares the one app secret: check each distinct secret once.
+    let mut verdicts: HashMap<&str, bool> = HashMap::new();
+    let signed_by: Vec<&Integration> = candidates
+        .iter()
+        .filter(|i| {
+            *verdicts
+                .entry(i.secret.as_str())
+                .or_insert_with(|| signature::verify_facebook(&i.secret, &body, &header))
+        })
+        .collect();
+    if signed_by.is_empty() {
+        return Err(stats.refused(PROVIDER, SignatureError::Mismatch));
+    }
+
+    let payload: Payload =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    if payload.object != "page" {
+        return Err(ApiError::InvalidField {
+            field: "object",
+            reason: "must be `page`".into(),
+        });
+    }
+    let mut by_page: HashMap<String, Vec<Inbound>> = HashMap::new();
+    for entry in payload.entry {
+        let items = items(&entry.id, entry.messaging);
+        by_page.entry(entry.id).or_default().extend(items);
+    }
+    let mut total = super::Ingested::default();
+    let (pages, mut known) = (by_page.len(), 0);
+    for (page, items) in by_page {
+        let Some(integration) = signed_by.iter().find(|i| i.external_id == page) else {
+            log::warn!("facebook webhook for an unknown page page={page}");
+            continue;
+        };
+        known += 1;
+        let ingested = ingest(
+            &state.store,
+            state.broker.clone(),
+            (*integration).clone(),
+            items,
+        )
+        .await?;
+        total.stored += ingested.stored;
+        total.duplicates += ingested.duplicates;
+    }
+    if pages > 0 && known == 0 {
+        return Err(ApiError::UnknownIntegration);
+    }
+    Ok(HttpResponse::Ok().json(total))
+}

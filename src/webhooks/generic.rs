@@ -1,0 +1,94 @@
+//! Generic webhooks in the Standard Webhooks scheme, so any system can feed an account's inbox:
+//! `webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256(secret,
+//! "id.timestamp.body")>` (several signatures while keys rotate). A timestamp outside the replay
+//! window is refused; a `webhook-id` seen before is acknowledged and ignored.
+//!
+//! Body: `{"type":"message","data":{"contact_id":"…","text":"…","attachments":[…],"sent_at":…}}`.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ingest, millis, read_body, signature, Direction, Inbound};
+use crate::api::AppState;
+use crate::error::{ApiError, SignatureError};
+use crate::store::{integrations, now_ms};
+
+const PROVIDER: &str = "generic";
+
+#[derive(Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "kebab-case")]
+enum Body {
+    Message(MessageData),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageData {
+    contact_id: String,
+    text: Option<String>,
+    attachments: Option<Value>,
+    /// Seconds or milliseconds since the epoch; the webhook's timestamp when absent.
+    sent_at: Option<i64>,
+}
+
+/// `POST /webhooks/generic/{integration_id}`
+pub async fn receive(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let stats = &state.webhooks.stats;
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (Some(id), Some(timestamp), Some(signatures)) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ) else {
+        return Err(stats.refused(PROVIDER, SignatureError::Missing));
+    };
+    let body = read_body(payload, state.webhooks.max_body_bytes).await?;
+
+    let integration_id = path.into_inner();
+    let integration = state
+        .store
+        .run(move |conn| integrations::get(conn, &integration_id))
+        .await?
+        .filter(|i| i.provider == PROVIDER && i.disabled_at.is_none())
+        .ok_or(ApiError::UnknownIntegration)?;
+
+    let sent = timestamp.parse::<i64>().ok();
+    let tolerance = state.webhooks.tolerance.as_secs() as i64;
+    if sent.is_none_or(|t| (now_ms() / 1000 - t).abs() > tolerance) {
+        return Err(stats.refused(PROVIDER, SignatureError::Stale));
+    }
+    if !signature::verify_standard(&integration.secret, &id, &timestamp, &body, &signatures) {
+        return Err(stats.refused(PROVIDER, SignatureError::Mismatch));
+    }
+
+    let Body::Message(data) =
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    if data.contact_id.is_empty() || (data.text.is_none() && data.attachments.is_none()) {
+        return Err(ApiError::InvalidBody(
+            "a message needs a `contact_id` and a `text` or `attachments`".into(),
+        ));
+    }
+    let item = Inbound::Message {
+        provider_message_id: id,
+        sender_id: data.contact_id.clone(),
+        contact_id: data.contact_id,
+        direction: Direction::Inbound,
+        text: data.text,
+        attachments: data.attachments,
+        sent_at: millis(data.sent_at.or(sent)),
+        echo_of: None,
+    };
+    let ingested = ingest(&state.store, state.broker.clone(), integration, vec![item]).await?;
+    Ok(HttpResponse::Ok().json(ingested))
+}

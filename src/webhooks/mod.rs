@@ -1,0 +1,269 @@
+//! Webhook ingestion: provider payloads become conversations, messages and events of the account
+//! that owns the integration — and of no other.
+//!
+//! Each provider module ([`facebook`], [`zalo`], [`generic`]) verifies the signature over the raw
+//! body, finds the integration (the only way a webhook finds its account) and parses the payload
+//! into typed [`Inbound`] items. [`ingest`] then stores them in one short transaction — skipping
+//! any provider message id already ingested, so retries store and emit nothing — and the events
+//! are handed to the broker without waiting for delivery.
+
+pub mod facebook;
+pub mod generic;
+pub mod signature;
+pub mod zalo;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix::Addr;
+use actix_web::web::{self, Bytes};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::actors::broker::Broker;
+use crate::actors::room::RoomEvent;
+use crate::error::{ApiError, SignatureError};
+use crate::ids::AccountId;
+use crate::inbox;
+use crate::store::conversations::{self, NewMessage};
+use crate::store::integrations::Integration;
+use crate::store::{self, now_ms, DbConnection, Store, StoreError};
+
+/// Who sent a message, seen from the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the contact.
+    Inbound,
+    /// From the page or OA itself (an echo of its own reply).
+    Outbound,
+}
+
+/// One thing a webhook reported, parsed and typed.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    Message {
+        /// The provider's message id: ingested at most once.
+        provider_message_id: String,
+        contact_id: String,
+        sender_id: String,
+        direction: Direction,
+        text: Option<String>,
+        /// JSON array.
+        attachments: Option<Value>,
+        /// Milliseconds since the epoch.
+        sent_at: i64,
+        /// For an echo: the Switchboard message it echoes, when the app passed our id along.
+        echo_of: Option<String>,
+    },
+    /// The contact received or read the account's messages up to `watermark` (ms).
+    Status {
+        receipt: String,
+        contact_id: String,
+        status: &'static str,
+        watermark: i64,
+    },
+    /// The contact followed or unfollowed the OA.
+    Follow {
+        receipt: String,
+        contact_id: String,
+        following: bool,
+        at: i64,
+    },
+}
+
+impl Inbound {
+    fn receipt(&self) -> &str {
+        match self {
+            Self::Message {
+                provider_message_id,
+                ..
+            } => provider_message_id,
+            Self::Status { receipt, .. } | Self::Follow { receipt, .. } => receipt,
+        }
+    }
+}
+
+/// What a webhook request stored; the answer's body.
+#[derive(Debug, Default, Serialize)]
+pub struct Ingested {
+    pub stored: usize,
+    pub duplicates: usize,
+    #[serde(skip)]
+    events: Vec<RoomEvent>,
+}
+
+/// Stores the items for the integration's account in one transaction and returns the events.
+fn ingest_in(
+    conn: &mut DbConnection,
+    integration: &Integration,
+    account: &AccountId,
+    items: &[Inbound],
+) -> Result<Ingested, StoreError> {
+    store::write(conn, account, |conn| {
+        let mut out = Ingested::default();
+        for item in items {
+            if !conversations::record_receipt(conn, &integration.id, item.receipt())? {
+                out.duplicates += 1;
+                continue;
+            }
+            out.stored += 1;
+            match item {
+                Inbound::Message {
+                    provider_message_id,
+                    contact_id,
+                    sender_id,
+                    direction,
+                    text,
+                    attachments,
+                    sent_at,
+                    echo_of,
+                } => {
+                    let conversation =
+                        conversations::for_contact(conn, integration, contact_id, *sent_at)?;
+                    let ours = match echo_of {
+                        Some(id) => conversations::message(conn, &integration.account_id, id)?
+                            .filter(|m| m.conversation_id == conversation.id),
+                        None => None,
+                    };
+                    if let Some(ours) = ours {
+                        // The provider echoes a reply sent through Switchboard: already shown.
+                        let message = conversations::set_message_status(
+                            conn,
+                            &ours.id,
+                            "sent",
+                            Some(provider_message_id),
+                        )?;
+                        out.events
+                            .push(inbox::one_message_status(conn, account, &message)?);
+                        continue;
+                    }
+                    let attachments = attachments.as_ref().map(Value::to_string);
+                    let (direction, status) = match direction {
+                        Direction::Inbound => ("inbound", "received"),
+                        Direction::Outbound => ("outbound", "sent"),
+                    };
+                    let (_, events) = inbox::add_message(
+                        conn,
+                        account,
+                        &NewMessage {
+                            conversation: &conversation,
+                            direction,
+                            provider_message_id: Some(provider_message_id),
+                            sender_id,
+                            text: text.as_deref(),
+                            attachments: attachments.as_deref(),
+                            status,
+                            created_at: *sent_at,
+                        },
+                    )?;
+                    out.events.extend(events);
+                }
+                Inbound::Status {
+                    contact_id,
+                    status,
+                    watermark,
+                    ..
+                } => {
+                    let conversation =
+                        conversations::for_contact(conn, integration, contact_id, *watermark)?;
+                    conversations::mark_outbound_up_to(conn, &conversation.id, *watermark, status)?;
+                    let data = json!({
+                        "conversation_id": conversation.id,
+                        "status": status,
+                        "watermark": watermark,
+                    });
+                    out.events.push(inbox::message_status(conn, account, data)?);
+                }
+                Inbound::Follow {
+                    contact_id,
+                    following,
+                    at,
+                    ..
+                } => {
+                    let conversation =
+                        conversations::for_contact(conn, integration, contact_id, *at)?;
+                    let data = json!({
+                        "conversation_id": conversation.id,
+                        "contact_id": contact_id,
+                        "following": following,
+                    });
+                    let data = serde_json::value::to_raw_value(&data).expect("JSON");
+                    out.events
+                        .push(inbox::emit(conn, account, None, "contact-follow", &data)?);
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Ingests the items and hands their events to the broker; fan-out never holds up the answer.
+pub async fn ingest(
+    store: &Store,
+    broker: Addr<Broker>,
+    integration: Integration,
+    items: Vec<Inbound>,
+) -> Result<Ingested, ApiError> {
+    let account = AccountId::new(&integration.account_id)
+        .map_err(|e| ApiError::Internal(format!("integration {} account: {e}", integration.id)))?;
+    let ingested = store
+        .run(move |conn| {
+            let mut ingested = ingest_in(conn, &integration, &account, &items)?;
+            inbox::hand_off(&broker, &account, std::mem::take(&mut ingested.events));
+            Ok::<_, StoreError>(ingested)
+        })
+        .await?;
+    Ok(ingested)
+}
+
+/// Reads the raw body (signatures are over the exact bytes), refusing one over `limit` with 413
+/// before reading it all.
+pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+    payload
+        .to_bytes_limited(limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge { limit })?
+        .map_err(|e| ApiError::InvalidBody(e.to_string()))
+}
+
+/// Counts of refused webhook signatures, per provider (`GET /api/v1/webhooks/stats`).
+#[derive(Debug, Default)]
+pub struct Stats {
+    facebook: AtomicU64,
+    zalo: AtomicU64,
+    generic: AtomicU64,
+}
+
+impl Stats {
+    /// Counts and logs a refused signature — never the signature or the secret themselves.
+    pub fn refused(&self, provider: &str, error: SignatureError) -> ApiError {
+        let counter = match provider {
+            "facebook" => &self.facebook,
+            "zalo" => &self.zalo,
+            _ => &self.generic,
+        };
+        let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        log::warn!(
+            "webhook refused provider={provider} reason={} refused_total={total}",
+            error.code()
+        );
+        ApiError::Signature(error)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let count = |c: &AtomicU64| json!({ "signature_failures": c.load(Ordering::Relaxed) });
+        json!({
+            "facebook": count(&self.facebook),
+            "zalo": count(&self.zalo),
+            "generic": count(&self.generic),
+        })
+    }
+}
+
+/// A provider timestamp in seconds or milliseconds, as milliseconds; now when absent.
+fn millis(value: Option<i64>) -> i64 {
+    match value {
+        Some(t) if t < 100_000_000_000 => t * 1000,
+        Some(t) => t,
+        None => now_ms(),
+    }
+}
