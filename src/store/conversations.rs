@@ -312,7 +312,8 @@ pub fn set_message_status(
 }
 
 /// Marks the conversation's outbound messages up to `watermark` (ms) as `status` (delivered or
-/// read), never moving one backwards; returns how many changed.
+/// read), never moving one backwards along pending → forwarded → sent → delivered → read;
+/// returns how many changed.
 pub fn mark_outbound_up_to(
     conn: &mut DbConnection,
     conversation_id: &str,
@@ -320,8 +321,8 @@ pub fn mark_outbound_up_to(
     status: &str,
 ) -> Result<usize, StoreError> {
     let earlier: &[&str] = match status {
-        "read" => &["pending", "forwarded", "delivered"],
-        _ => &["pending", "forwarded"],
+        "read" => &["pending", "forwarded", "sent", "delivered"],
+        _ => &["pending", "forwarded", "sent"],
     };
     Ok(diesel::update(
         messages::table

@@ -423,3 +423,191 @@ impl SilentClient {
         }
     }
 }
+
+/// HTTP helpers for the admin, user and webhook endpoints.
+impl TestServer {
+    /// A request with the server API key.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.request(method, path, Some(API_KEY.to_owned()), body)
+            .await
+    }
+
+    /// A request as a user (JWT).
+    pub async fn as_user(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.request(method, path, Some(token.to_owned()), body)
+            .await
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: Option<String>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = reqwest::Client::new().request(method, self.http_url(path));
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", format!("Bearer {bearer}"));
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Posts a raw webhook body with the given headers.
+    pub async fn webhook(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &str,
+    ) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .post(self.http_url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.expect("webhook request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates an integration through the admin API; returns its JSON (with any secrets).
+    pub async fn integration(&self, body: Value) -> Value {
+        let (status, created) = self
+            .admin(reqwest::Method::POST, "/api/v1/integrations", Some(body))
+            .await;
+        assert_eq!(status, 201, "create integration: {created}");
+        created
+    }
+}
+
+/// Signatures as the providers compute them, written here independently of the server's code.
+pub mod sign {
+    use base64::Engine;
+    use hmac::{Mac, SimpleHmac};
+    use sha2::{Digest, Sha256};
+
+    fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut mac = SimpleHmac::<Sha256>::new_from_slice(key).unwrap();
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// `X-Hub-Signature-256`.
+    pub fn facebook(app_secret: &str, body: &str) -> String {
+        format!(
+            "sha256={}",
+            hex::encode(hmac(app_secret.as_bytes(), body.as_bytes()))
+        )
+    }
+
+    /// `X-ZEvent-Signature`.
+    pub fn zalo(app_id: &str, body: &str, timestamp: &str, secret: &str) -> String {
+        let digest = Sha256::digest(format!("{app_id}{body}{timestamp}{secret}"));
+        format!("mac={}", hex::encode(digest))
+    }
+
+    /// `webhook-signature` for a `whsec_…` secret.
+    pub fn standard(secret: &str, id: &str, timestamp: i64, body: &str) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let key = b64.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+        let mac = hmac(&key, format!("{id}.{timestamp}.{body}").as_bytes());
+        format!("v1,{}", b64.encode(mac))
+    }
+}
+
+/// A loopback HTTP server standing in for the application's backend: records what it receives
+/// and answers with the statuses it is given (the last one repeats).
+pub struct Receiver {
+    pub url: String,
+    pub received:
+        std::sync::Arc<std::sync::Mutex<Vec<(actix_web::http::header::HeaderMap, String)>>>,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub fn start(statuses: Vec<u16>) -> Self {
+        use std::sync::{Arc, Mutex};
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = actix_web::HttpServer::new(move || {
+                    let log = log.clone();
+                    let statuses = statuses.clone();
+                    actix_web::App::new().default_service(actix_web::web::to(
+                        move |req: actix_web::HttpRequest, body: String| {
+                            let mut log = log.lock().unwrap();
+                            log.push((req.headers().clone(), body));
+                            let status = statuses[(log.len() - 1).min(statuses.len() - 1)];
+                            async move {
+                                actix_web::HttpResponse::build(
+                                    actix_web::http::StatusCode::from_u16(status).unwrap(),
+                                )
+                                .body("receiver says so")
+                            }
+                        },
+                    ))
+                })
+                .workers(1)
+                .bind("127.0.0.1:0")
+                .unwrap();
+                let addr = server.addrs()[0];
+                let server = server.run();
+                tx.send((addr, server.handle())).unwrap();
+                let _ = server.await;
+            });
+        });
+        let (addr, handle) = rx.recv().unwrap();
+        Self {
+            url: format!("http://{addr}/hooks/switchboard"),
+            received,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until `n` requests have arrived.
+    pub async fn wait_for(&self, n: usize) -> Vec<(actix_web::http::header::HeaderMap, String)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self.received.lock().unwrap().clone();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "receiver got {} of {n}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        drop(self.handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -55,7 +55,8 @@ CREATE TABLE messages (
     text TEXT,
     -- JSON array, as text.
     attachments TEXT,
-    -- received, pending, forwarded, failed, delivered, read
+    -- inbound: received. outbound: pending, forwarded (to the app), sent (the provider echoed
+    -- it), delivered, read; or not-forwarded (no outbound URL), failed.
     status TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );

@@ -1,0 +1,401 @@
+//! The conversations API and outbound replies: users read and answer their own account's
+//! conversations only; replies reach the application by signed, retried webhooks whose fate is
+//! visible; integrations are managed with the server API key and never show their secrets.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::{now, sign, token, Db, Receiver, TestServer};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+/// A generic integration for `account` and one inbound message from each of `contacts`; returns
+/// the integration and the conversation ids, oldest activity first.
+async fn inbox(
+    server: &TestServer,
+    account: &str,
+    contacts: &[&str],
+    outbound_url: Option<&str>,
+) -> (Value, Vec<String>) {
+    let created = server
+        .integration(
+            json!({"provider": "generic", "external_id": format!("src-{account}"),
+                            "account_id": account, "outbound_url": outbound_url}),
+        )
+        .await;
+    let secret = created["secret"].as_str().unwrap();
+    let path = created["webhook_path"].as_str().unwrap();
+    let mut ids = Vec::new();
+    for (i, contact) in contacts.iter().enumerate() {
+        let body = json!({"type": "message", "data": {"contact_id": contact, "text": format!("hi from {contact}"),
+                                                       "sent_at": now() * 1000 + i as u64}})
+        .to_string();
+        let id = format!("wh-{account}-{contact}");
+        let ts = now() as i64;
+        let headers = [
+            ("webhook-id", id.clone()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sign::standard(secret, &id, ts, &body)),
+        ];
+        assert_eq!(server.webhook(path, &headers, &body).await.0, 200);
+        let (_, list) = server
+            .as_user(
+                &token(account, "agent"),
+                Method::GET,
+                "/api/v1/conversations?limit=1",
+                None,
+            )
+            .await;
+        ids.push(list["conversations"][0]["id"].as_str().unwrap().to_owned());
+    }
+    (created, ids)
+}
+
+#[tokio::test]
+async fn conversations_are_listed_paginated_and_marked_read() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let (_, ids) = inbox(&server, "acme", &["c1", "c2", "c3"], None).await;
+    let alice = token("acme", "alice");
+
+    let (status, first) = server
+        .as_user(&alice, Method::GET, "/api/v1/conversations?limit=2", None)
+        .await;
+    assert_eq!(status, 200);
+    let listed: Vec<&str> = first["conversations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [ids[2].as_str(), ids[1].as_str()],
+        "newest activity first"
+    );
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = server
+        .as_user(
+            &alice,
+            Method::GET,
+            &format!("/api/v1/conversations?limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(second["conversations"][0]["id"], ids[0].as_str());
+    assert_eq!(second["next_cursor"], Value::Null);
+    let (status, bad) = server
+        .as_user(&alice, Method::GET, "/api/v1/conversations?limit=0", None)
+        .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("invalid-field"))
+    );
+    let (status, _) = server
+        .admin(Method::GET, "/api/v1/conversations", None)
+        .await;
+    assert_eq!(status, 401, "the API key is not a user");
+
+    let (mut tab, _) = server.connect(&alice).await;
+    let (status, read) = server
+        .as_user(
+            &alice,
+            Method::POST,
+            &format!("/api/v1/conversations/{}/read", ids[0]),
+            None,
+        )
+        .await;
+    assert_eq!((status, &read["unread_count"]), (200, &json!(0)));
+    let (_, event, conversation) = tab.next_event().await;
+    assert_eq!(
+        (event.as_str(), &conversation["unread_count"]),
+        ("update-conversation", &json!(0))
+    );
+}
+
+#[tokio::test]
+async fn another_accounts_conversation_is_not_found_for_reads_and_writes() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let (_, acme_ids) = inbox(&server, "acme", &["c1"], None).await;
+    inbox(&server, "globex", &["g1"], None).await;
+    let (mut acme_tab, _) = server.connect(&token("acme", "alice")).await;
+    let mallory = token("globex", "mallory");
+    let id = &acme_ids[0];
+
+    for (method, path, body) in [
+        (Method::GET, format!("/api/v1/conversations/{id}"), None),
+        (
+            Method::GET,
+            format!("/api/v1/conversations/{id}/messages"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/conversations/{id}/messages"),
+            Some(json!({"text": "injected"})),
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/conversations/{id}/read"),
+            None,
+        ),
+    ] {
+        let (status, answer) = server.as_user(&mallory, method.clone(), &path, body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (404, Some("not-found")),
+            "{method} {path}"
+        );
+        assert!(
+            !answer.to_string().contains("hi from c1"),
+            "no data leaks: {answer}"
+        );
+    }
+    let (_, listed) = server
+        .as_user(&mallory, Method::GET, "/api/v1/conversations", None)
+        .await;
+    assert_eq!(
+        listed["conversations"].as_array().unwrap().len(),
+        1,
+        "only globex's own"
+    );
+    acme_tab.expect_silence(QUIET).await;
+    let (_, messages) = server
+        .as_user(
+            &token("acme", "alice"),
+            Method::GET,
+            &format!("/api/v1/conversations/{id}/messages"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        messages["messages"].as_array().unwrap().len(),
+        1,
+        "nothing was injected"
+    );
+}
+
+#[tokio::test]
+async fn replies_are_delivered_signed_and_retried() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    // The app's backend fails twice, then accepts.
+    let receiver = Receiver::start(vec![500, 503, 200]);
+    let (integration, ids) = inbox(&server, "acme", &["c1"], Some(&receiver.url)).await;
+    let (mut tab, _) = server.connect(&token("acme", "alice")).await;
+    let path = format!("/api/v1/conversations/{}/messages", ids[0]);
+
+    let (status, reply) = server
+        .as_user(
+            &token("acme", "alice"),
+            Method::POST,
+            &path,
+            Some(json!({"text": "On its way"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(
+        (
+            reply["direction"].as_str(),
+            reply["status"].as_str(),
+            reply["sender_id"].as_str()
+        ),
+        (Some("outbound"), Some("pending"), Some("alice"))
+    );
+    let (_, event, shown) = tab.next_event().await;
+    assert_eq!(
+        (event.as_str(), &shown["id"]),
+        ("new-message", &reply["id"])
+    );
+    tab.next_event().await; // update-conversation
+
+    let requests = receiver.wait_for(3).await;
+    let secret = integration["outbound_secret"].as_str().unwrap();
+    for (headers, body) in &requests {
+        let header = |name: &str| headers.get(name).unwrap().to_str().unwrap().to_owned();
+        let ts: i64 = header("webhook-timestamp").parse().unwrap();
+        assert_eq!(
+            header("webhook-signature"),
+            sign::standard(secret, &header("webhook-id"), ts, body)
+        );
+        let payload: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(payload["type"], "message.outbound");
+        assert_eq!(payload["data"]["text"], "On its way");
+        assert_eq!(payload["data"]["contact_id"], "c1");
+    }
+    let id = |(headers, _): &(actix_web::http::header::HeaderMap, String)| {
+        headers.get("webhook-id").unwrap().clone()
+    };
+    assert!(
+        requests.iter().all(|r| id(r) == id(&requests[0])),
+        "retries keep the webhook-id"
+    );
+
+    let (_, event, status) = tab.next_event().await;
+    assert_eq!(
+        (event.as_str(), &status["status"], &status["message_id"]),
+        ("message-status", &json!("forwarded"), &reply["id"])
+    );
+    let (_, deliveries) = server
+        .admin(
+            Method::GET,
+            &format!(
+                "/api/v1/integrations/{}/deliveries",
+                integration["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(deliveries["deliveries"][0]["status"], "delivered");
+    assert_eq!(deliveries["deliveries"][0]["attempts"], 3);
+}
+
+#[tokio::test]
+async fn a_reply_that_cannot_be_delivered_is_marked_failed_visibly() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let receiver = Receiver::start(vec![500]);
+    let (integration, ids) = inbox(&server, "acme", &["c1"], Some(&receiver.url)).await;
+    let (mut tab, _) = server.connect(&token("acme", "alice")).await;
+    let path = format!("/api/v1/conversations/{}/messages", ids[0]);
+    let (_, reply) = server
+        .as_user(
+            &token("acme", "alice"),
+            Method::POST,
+            &path,
+            Some(json!({"text": "lost"})),
+        )
+        .await;
+    tab.next_event().await;
+    tab.next_event().await;
+
+    let (_, event, status) = tab.next_event().await;
+    assert_eq!(
+        (event.as_str(), &status["status"], &status["message_id"]),
+        ("message-status", &json!("failed"), &reply["id"])
+    );
+    assert_eq!(
+        receiver.wait_for(3).await.len(),
+        3,
+        "max attempts (3 in tests)"
+    );
+    let (_, deliveries) = server
+        .admin(
+            Method::GET,
+            &format!(
+                "/api/v1/integrations/{}/deliveries",
+                integration["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    let delivery = &deliveries["deliveries"][0];
+    assert_eq!(
+        (delivery["status"].as_str(), delivery["attempts"].as_i64()),
+        (Some("failed"), Some(3))
+    );
+    assert!(
+        delivery["last_error"].as_str().unwrap().contains("500"),
+        "{delivery}"
+    );
+    let (_, messages) = server
+        .as_user(&token("acme", "alice"), Method::GET, &path, None)
+        .await;
+    assert_eq!(messages["messages"][0]["status"], "failed");
+}
+
+#[tokio::test]
+async fn integrations_are_admin_only_and_keep_their_secrets() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let body = json!({"provider": "facebook", "external_id": "page-9", "account_id": "acme", "secret": "fb-app-secret"});
+
+    let (status, _) = server
+        .as_user(
+            &token("acme", "alice"),
+            Method::POST,
+            "/api/v1/integrations",
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, 403, "a user token cannot create integrations");
+    let created = server.integration(body.clone()).await;
+    assert!(
+        created.get("secret").is_none(),
+        "a provider's secret is not echoed: {created}"
+    );
+    let (status, dup) = server
+        .admin(Method::POST, "/api/v1/integrations", Some(body))
+        .await;
+    assert_eq!(
+        (status, dup["error"]["code"].as_str()),
+        (409, Some("integration-exists"))
+    );
+    for (bad, field) in [
+        (
+            json!({"provider": "slack", "external_id": "x", "account_id": "acme"}),
+            "provider",
+        ),
+        (
+            json!({"provider": "zalo", "external_id": "x", "account_id": "acme", "secret": "zalo-secret"}),
+            "app_id",
+        ),
+        (
+            json!({"provider": "facebook", "external_id": "x", "account_id": "acme"}),
+            "secret",
+        ),
+        (
+            json!({"provider": "generic", "external_id": "x", "account_id": "acme", "outbound_url": "ftp://x"}),
+            "outbound_url",
+        ),
+    ] {
+        let (status, error) = server
+            .admin(Method::POST, "/api/v1/integrations", Some(bad))
+            .await;
+        assert_eq!(status, 400);
+        assert!(
+            error["error"]["message"].as_str().unwrap().contains(field),
+            "{error}"
+        );
+    }
+
+    let (status, listed) = server
+        .admin(Method::GET, "/api/v1/integrations?account_id=acme", None)
+        .await;
+    assert_eq!(status, 200);
+    let text = listed.to_string();
+    assert!(
+        !text.contains("fb-app-secret") && !text.contains("whsec_"),
+        "no secrets listed: {text}"
+    );
+    assert_eq!(listed["integrations"][0]["enabled"], true);
+    let id = created["id"].as_str().unwrap();
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            &format!("/api/v1/integrations/{id}/rotate-secret"),
+            Some(json!({"secret": "fb-new-secret"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, shown) = server
+        .admin(Method::GET, &format!("/api/v1/integrations/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert!(!shown.to_string().contains("fb-new-secret"));
+    let (status, disabled) = server
+        .admin(
+            Method::POST,
+            &format!("/api/v1/integrations/{id}/disable"),
+            None,
+        )
+        .await;
+    assert_eq!((status, &disabled["enabled"]), (200, &json!(false)));
+    let (status, _) = server
+        .admin(Method::GET, "/api/v1/integrations/int_missing", None)
+        .await;
+    assert_eq!(status, 404);
+}

@@ -1,0 +1,507 @@
+//! Webhook ingestion end to end: real signed requests to a real server; the owning account's
+//! sessions see the messages, no other account's do, and every bad request is refused with
+//! nothing stored.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::{now, sign, token, unique, Client, Db, TestServer, FACEBOOK_VERIFY_TOKEN};
+use crate::on_each_backend;
+
+const QUIET: Duration = Duration::from_millis(300);
+const APP_SECRET: &str = "facebook-app-secret";
+
+/// Reads `new-message` and `update-conversation` for one inbound message.
+async fn expect_message(client: &mut Client, text: &str) -> (Value, Value) {
+    let (_, event, message) = client.next_event().await;
+    assert_eq!(event, "new-message");
+    assert_eq!(message["text"], text, "{message}");
+    let (_, event, conversation) = client.next_event().await;
+    assert_eq!(event, "update-conversation");
+    assert_eq!(conversation["id"], message["conversation_id"]);
+    (message, conversation)
+}
+
+fn facebook_text(page: &str, psid: &str, mid: &str, text: &str) -> String {
+    json!({
+        "object": "page",
+        "entry": [{
+            "id": page,
+            "time": now() * 1000,
+            "messaging": [{
+                "sender": {"id": psid},
+                "recipient": {"id": page},
+                "timestamp": now() * 1000,
+                "message": {"mid": mid, "text": text}
+            }]
+        }]
+    })
+    .to_string()
+}
+
+async fn post_facebook(server: &TestServer, secret: &str, body: &str) -> (u16, Value) {
+    let headers = [("x-hub-signature-256", sign::facebook(secret, body))];
+    server.webhook("/webhooks/facebook", &headers, body).await
+}
+
+on_each_backend! {
+    async fn facebook_messages_reach_the_owning_account_only(db) {
+        let server = TestServer::on(&db);
+        let (acme, globex, page) = (unique("acme"), unique("globex"), unique("page"));
+        server.integration(json!({
+            "provider": "facebook", "external_id": page, "account_id": acme, "secret": APP_SECRET
+        })).await;
+        let (mut agent, _) = server.connect(&token(&acme, "agent")).await;
+        let (mut outsider, _) = server.connect(&token(&globex, "agent")).await;
+
+        let body = facebook_text(&page, "psid-1", &unique("mid"), "Do you ship to Hanoi?");
+        let (status, answer) = post_facebook(&server, APP_SECRET, &body).await;
+        assert_eq!((status, answer), (200, json!({"stored": 1, "duplicates": 0})));
+        let (message, conversation) = expect_message(&mut agent, "Do you ship to Hanoi?").await;
+        assert_eq!(message["direction"], "inbound");
+        assert_eq!(message["sender_id"], "psid-1");
+        assert_eq!(conversation["contact_id"], "psid-1");
+        assert_eq!(conversation["unread_count"], 1);
+        assert_eq!(conversation["last_message_preview"], "Do you ship to Hanoi?");
+        outsider.expect_silence(QUIET).await;
+
+        // An attachment, same contact: same conversation, JSON kept as JSON.
+        let attachments = json!([{"type": "image", "payload": {"url": "https://cdn.example/p.jpg"}}]);
+        let body = json!({"object": "page", "entry": [{"id": page, "messaging": [{
+            "sender": {"id": "psid-1"}, "recipient": {"id": page}, "timestamp": now() * 1000,
+            "message": {"mid": unique("mid"), "attachments": attachments}
+        }]}]}).to_string();
+        assert_eq!(post_facebook(&server, APP_SECRET, &body).await.0, 200);
+        let (_, _, message) = agent.next_event().await;
+        assert_eq!(message["attachments"], attachments);
+        assert_eq!(message["conversation_id"], conversation["id"]);
+        let (_, _, conversation) = agent.next_event().await;
+        assert_eq!(conversation["unread_count"], 2);
+
+        // The account's users read it over REST; the other account cannot see it.
+        let path = format!("/api/v1/conversations/{}/messages", conversation["id"].as_str().unwrap());
+        let (status, page_of) = server.as_user(&token(&acme, "agent"), Method::GET, &path, None).await;
+        assert_eq!(status, 200);
+        assert_eq!(page_of["messages"].as_array().unwrap().len(), 2);
+        let (status, body) = server.as_user(&token(&globex, "agent"), Method::GET, &path, None).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not-found")));
+        outsider.expect_silence(QUIET).await;
+    }
+}
+
+#[tokio::test]
+async fn facebook_refuses_bad_signatures_and_ingests_retries_once() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    server
+        .integration(json!({"provider": "facebook", "external_id": "page-1", "account_id": "acme", "secret": APP_SECRET}))
+        .await;
+    let (mut agent, _) = server.connect(&token("acme", "agent")).await;
+    let body = facebook_text("page-1", "psid-1", "mid.1", "hello");
+
+    let (status, error) = server.webhook("/webhooks/facebook", &[], &body).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (401, Some("missing-signature"))
+    );
+    let (status, error) = post_facebook(&server, "wrong-secret", &body).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (401, Some("invalid-signature"))
+    );
+    // A signature over other bytes (the body altered in transit).
+    let headers = [("x-hub-signature-256", sign::facebook(APP_SECRET, &body))];
+    let tampered = body.replace("hello", "hellO");
+    assert_eq!(
+        server
+            .webhook("/webhooks/facebook", &headers, &tampered)
+            .await
+            .0,
+        401
+    );
+    agent.expect_silence(QUIET).await;
+    let (_, stats) = server
+        .admin(Method::GET, "/api/v1/webhooks/stats", None)
+        .await;
+    assert_eq!(stats["facebook"]["signature_failures"], 3);
+
+    // Malformed, but correctly signed: 400, nothing stored.
+    let (status, error) = post_facebook(&server, APP_SECRET, "{\"object\":\"page\"").await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (400, Some("invalid-body"))
+    );
+    // A page nobody registered.
+    let other = facebook_text("page-unknown", "psid-1", "mid.x", "hi");
+    let (status, error) = post_facebook(&server, APP_SECRET, &other).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (404, Some("unknown-integration"))
+    );
+    agent.expect_silence(QUIET).await;
+
+    // Facebook retries: the same mid is stored and emitted once.
+    assert_eq!(
+        post_facebook(&server, APP_SECRET, &body).await.1["stored"],
+        1
+    );
+    expect_message(&mut agent, "hello").await;
+    let (status, again) = post_facebook(&server, APP_SECRET, &body).await;
+    assert_eq!(
+        (status, again),
+        (200, json!({"stored": 0, "duplicates": 1}))
+    );
+    agent.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn facebook_subscription_handshake() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let http = reqwest::Client::new();
+    let url = |token: &str| {
+        server.http_url(&format!(
+            "/webhooks/facebook?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=1158201444"
+        ))
+    };
+    let ok = http.get(url(FACEBOOK_VERIFY_TOKEN)).send().await.unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    assert_eq!(ok.text().await.unwrap(), "1158201444");
+    let wrong = http.get(url("guess")).send().await.unwrap();
+    assert_eq!(wrong.status().as_u16(), 403);
+    let body: Value = wrong.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "verify-token-mismatch");
+    let missing = http
+        .get(server.http_url("/webhooks/facebook"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 400);
+}
+
+#[tokio::test]
+async fn facebook_echoes_and_receipts() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let receiver = crate::common::Receiver::start(vec![200]);
+    server
+        .integration(
+            json!({"provider": "facebook", "external_id": "page-1", "account_id": "acme",
+                            "secret": APP_SECRET, "outbound_url": receiver.url}),
+        )
+        .await;
+    let (mut agent, _) = server.connect(&token("acme", "agent")).await;
+    post_facebook(
+        &server,
+        APP_SECRET,
+        &facebook_text("page-1", "psid-1", "mid.in", "hi"),
+    )
+    .await;
+    let (_, conversation) = expect_message(&mut agent, "hi").await;
+    let conversation_id = conversation["id"].as_str().unwrap().to_owned();
+
+    // A reply through Switchboard, then Facebook's echo of it carrying our metadata.
+    let path = format!("/api/v1/conversations/{conversation_id}/messages");
+    let (status, reply) = server
+        .as_user(
+            &token("acme", "agent"),
+            Method::POST,
+            &path,
+            Some(json!({"text": "We do!"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{reply}");
+    expect_message(&mut agent, "We do!").await;
+    let hooks = receiver.wait_for(1).await;
+    let outbound: Value = serde_json::from_str(&hooks[0].1).unwrap();
+    let metadata = outbound["data"]["metadata"].as_str().unwrap().to_owned();
+    let (_, _, forwarded) = agent.next_event().await;
+    assert_eq!(forwarded["status"], "forwarded");
+
+    let echo = |mid: &str, text: &str, metadata: Option<&str>| {
+        json!({"object": "page", "entry": [{"id": "page-1", "messaging": [{
+            // Facebook's clock: a little after the reply was stored.
+            "sender": {"id": "page-1"}, "recipient": {"id": "psid-1"}, "timestamp": now() * 1000 + 2000,
+            "message": {"mid": mid, "text": text, "is_echo": true, "metadata": metadata}
+        }]}]})
+        .to_string()
+    };
+    assert_eq!(
+        post_facebook(
+            &server,
+            APP_SECRET,
+            &echo("mid.echo", "We do!", Some(&metadata))
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, event, status) = agent.next_event().await;
+    assert_eq!(
+        (event.as_str(), &status["status"], &status["message_id"]),
+        ("message-status", &json!("sent"), &reply["id"])
+    );
+    assert_eq!(status["provider_message_id"], "mid.echo");
+
+    // An echo of a reply made in Facebook's own inbox is a new outbound message.
+    post_facebook(
+        &server,
+        APP_SECRET,
+        &echo("mid.native", "Sent from Messenger", None),
+    )
+    .await;
+    let (message, _) = expect_message(&mut agent, "Sent from Messenger").await;
+    assert_eq!(message["direction"], "outbound");
+
+    let (_, page_of) = server
+        .as_user(&token("acme", "agent"), Method::GET, &path, None)
+        .await;
+    let texts: Vec<&str> = page_of["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["Sent from Messenger", "We do!", "hi"],
+        "newest first, the echo not shown twice"
+    );
+
+    // Read receipt: outbound messages up to the watermark are read.
+    let read = json!({"object": "page", "entry": [{"id": "page-1", "messaging": [{
+        "sender": {"id": "psid-1"}, "recipient": {"id": "page-1"}, "timestamp": now() * 1000,
+        "read": {"watermark": now() * 1000 + 1000}
+    }]}]})
+    .to_string();
+    assert_eq!(post_facebook(&server, APP_SECRET, &read).await.0, 200);
+    let (_, event, receipt) = agent.next_event().await;
+    assert_eq!(
+        (
+            event.as_str(),
+            &receipt["status"],
+            &receipt["conversation_id"]
+        ),
+        ("message-status", &json!("read"), &json!(conversation_id))
+    );
+    let (_, page_of) = server
+        .as_user(&token("acme", "agent"), Method::GET, &path, None)
+        .await;
+    assert_eq!(page_of["messages"][1]["status"], "read");
+}
+
+fn zalo_text(oa: &str, user: &str, msg_id: &str, text: &str, timestamp: &str) -> String {
+    json!({
+        "app_id": "zalo-app-1",
+        "user_id_by_app": "552177279717587730",
+        "event_name": "user_send_text",
+        "timestamp": timestamp,
+        "sender": {"id": user},
+        "recipient": {"id": oa},
+        "message": {"text": text, "msg_id": msg_id}
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn zalo_messages_and_follows_with_verified_signatures() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let oa_secret = "zalo-oa-secret-key";
+    server
+        .integration(
+            json!({"provider": "zalo", "external_id": "oa-1", "account_id": "acme",
+                            "secret": oa_secret, "app_id": "zalo-app-1"}),
+        )
+        .await;
+    let (mut agent, _) = server.connect(&token("acme", "agent")).await;
+    let (mut outsider, _) = server.connect(&token("globex", "agent")).await;
+    let ts = (now() * 1000).to_string();
+    let post = |body: String, signature: String| {
+        let server = &server;
+        async move {
+            server
+                .webhook(
+                    "/webhooks/zalo",
+                    &[("x-zevent-signature", signature)],
+                    &body,
+                )
+                .await
+        }
+    };
+
+    let body = zalo_text("oa-1", "zuser-1", "zmsg-1", "Xin chào", &ts);
+    let good = sign::zalo("zalo-app-1", &body, &ts, oa_secret);
+    assert_eq!(
+        post(body.clone(), good.clone()).await,
+        (200, json!({"stored": 1, "duplicates": 0}))
+    );
+    let (message, _) = expect_message(&mut agent, "Xin chào").await;
+    assert_eq!(message["sender_id"], "zuser-1");
+    // Zalo retries: ingested once.
+    assert_eq!(post(body.clone(), good).await.1["duplicates"], 1);
+    // Wrong key; missing header.
+    let bad = sign::zalo("zalo-app-1", &body, &ts, "not-the-key");
+    assert_eq!(
+        post(body.clone(), bad).await.1["error"]["code"],
+        "invalid-signature"
+    );
+    let (status, _) = server.webhook("/webhooks/zalo", &[], &body).await;
+    assert_eq!(status, 401);
+    // An OA nobody registered.
+    let stranger = zalo_text("oa-unknown", "zuser-1", "zmsg-9", "hi", &ts);
+    let signature = sign::zalo("zalo-app-1", &stranger, &ts, oa_secret);
+    assert_eq!(post(stranger, signature).await.0, 404);
+
+    let image = json!({
+        "app_id": "zalo-app-1", "event_name": "user_send_image", "timestamp": ts,
+        "sender": {"id": "zuser-1"}, "recipient": {"id": "oa-1"},
+        "message": {"msg_id": "zmsg-2", "attachments": [{"type": "image", "payload": {"url": "https://z.example/i.jpg"}}]}
+    })
+    .to_string();
+    let signature = sign::zalo("zalo-app-1", &image, &ts, oa_secret);
+    assert_eq!(post(image, signature).await.0, 200);
+    let (_, _, message) = agent.next_event().await;
+    assert_eq!(message["attachments"][0]["type"], "image");
+    agent.next_event().await;
+
+    let follow = json!({
+        "app_id": "zalo-app-1", "event_name": "follow", "timestamp": ts, "oa_id": "oa-1",
+        "follower": {"id": "zuser-2"}, "source": "oa_profile"
+    })
+    .to_string();
+    let signature = sign::zalo("zalo-app-1", &follow, &ts, oa_secret);
+    assert_eq!(post(follow, signature).await.0, 200);
+    let (_, event, data) = agent.next_event().await;
+    assert_eq!(
+        (event.as_str(), &data["contact_id"], &data["following"]),
+        ("contact-follow", &json!("zuser-2"), &json!(true))
+    );
+    outsider.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn generic_webhooks_verify_rotate_and_refuse_replays() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    config.webhooks.max_body_bytes = 2048;
+    let server = TestServer::start(config);
+    let created = server
+        .integration(json!({"provider": "generic", "external_id": "shop", "account_id": "acme"}))
+        .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let path = created["webhook_path"].as_str().unwrap().to_owned();
+    let (mut agent, _) = server.connect(&token("acme", "agent")).await;
+
+    let body =
+        json!({"type": "message", "data": {"contact_id": "cust-42", "text": "Where is my order?"}})
+            .to_string();
+    let headers = |id: &str, ts: i64, signature: String| {
+        vec![
+            ("webhook-id", id.to_owned()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", signature),
+        ]
+    };
+    let ts = now() as i64;
+    let h = headers("wh_1", ts, sign::standard(&secret, "wh_1", ts, &body));
+    assert_eq!(
+        server.webhook(&path, &h, &body).await,
+        (200, json!({"stored": 1, "duplicates": 0}))
+    );
+    expect_message(&mut agent, "Where is my order?").await;
+    // A replay of the same webhook-id.
+    assert_eq!(server.webhook(&path, &h, &body).await.1["duplicates"], 1);
+
+    // Key rotation: the sender signs with the old and the new key; Switchboard has the new.
+    let (status, rotated) = server
+        .admin(
+            Method::POST,
+            &format!(
+                "/api/v1/integrations/{}/rotate-secret",
+                created["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let new_secret = rotated["secret"].as_str().unwrap().to_owned();
+    let body2 =
+        json!({"type": "message", "data": {"contact_id": "cust-42", "text": "Hello?"}}).to_string();
+    let both = format!(
+        "{} {}",
+        sign::standard(&secret, "wh_2", ts, &body2),
+        sign::standard(&new_secret, "wh_2", ts, &body2)
+    );
+    assert_eq!(
+        server
+            .webhook(&path, &headers("wh_2", ts, both), &body2)
+            .await
+            .0,
+        200
+    );
+    expect_message(&mut agent, "Hello?").await;
+    let old_only = sign::standard(&secret, "wh_3", ts, &body2);
+    let (status, error) = server
+        .webhook(&path, &headers("wh_3", ts, old_only), &body2)
+        .await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (401, Some("invalid-signature"))
+    );
+
+    // Outside the replay window, correctly signed.
+    let old = ts - 3600;
+    let stale = headers(
+        "wh_4",
+        old,
+        sign::standard(&new_secret, "wh_4", old, &body2),
+    );
+    let (status, error) = server.webhook(&path, &stale, &body2).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (401, Some("timestamp-out-of-window"))
+    );
+    // Missing headers; unknown integration; malformed but signed; oversized.
+    assert_eq!(
+        server.webhook(&path, &[], &body2).await.1["error"]["code"],
+        "missing-signature"
+    );
+    let good = headers("wh_5", ts, sign::standard(&new_secret, "wh_5", ts, &body2));
+    assert_eq!(
+        server
+            .webhook("/webhooks/generic/int_nope", &good, &body2)
+            .await
+            .0,
+        404
+    );
+    let junk = r#"{"type":"message","data":{"text":"no contact"}}"#;
+    let signed_junk = headers("wh_6", ts, sign::standard(&new_secret, "wh_6", ts, junk));
+    assert_eq!(server.webhook(&path, &signed_junk, junk).await.0, 400);
+    let big = json!({"type": "message", "data": {"contact_id": "c", "text": "x".repeat(3000)}})
+        .to_string();
+    let signed_big = headers("wh_7", ts, sign::standard(&new_secret, "wh_7", ts, &big));
+    let (status, error) = server.webhook(&path, &signed_big, &big).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (413, Some("payload-too-large"))
+    );
+    agent.expect_silence(QUIET).await;
+
+    // Disabled: its webhooks find no integration.
+    server
+        .admin(
+            Method::POST,
+            &format!(
+                "/api/v1/integrations/{}/disable",
+                created["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    let fresh = headers("wh_8", ts, sign::standard(&new_secret, "wh_8", ts, &body2));
+    assert_eq!(server.webhook(&path, &fresh, &body2).await.0, 404);
+}
