@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ingest, millis, read_body, signature, Direction, Inbound};
+use super::{header, ingest, millis, read_body, signature, Direction, Inbound};
 use crate::api::AppState;
 use crate::error::{ApiError, SignatureError};
 use crate::store::{integrations, now_ms};
@@ -40,16 +40,10 @@ pub async fn receive(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let stats = &state.webhooks.stats;
-    let header = |name: &str| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     let (Some(id), Some(timestamp), Some(signatures)) = (
-        header("webhook-id"),
-        header("webhook-timestamp"),
-        header("webhook-signature"),
+        header(&req, "webhook-id"),
+        header(&req, "webhook-timestamp"),
+        header(&req, "webhook-signature"),
     ) else {
         return Err(stats.refused(PROVIDER, SignatureError::Missing));
     };

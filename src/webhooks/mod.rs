@@ -215,6 +215,14 @@ pub async fn ingest(
     Ok(ingested)
 }
 
+/// A request header as text, if present and readable.
+fn header(req: &actix_web::HttpRequest, name: &str) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
 /// Reads the raw body (signatures are over the exact bytes), refusing one over `limit` with 413
 /// before reading it all.
 pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {

@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ingest, millis, read_body, signature, Direction, Inbound};
+use super::{header, ingest, millis, read_body, signature, Direction, Inbound};
 use crate::api::AppState;
 use crate::error::{ApiError, SignatureError};
 use crate::store::integrations;
@@ -128,12 +128,7 @@ pub async fn receive(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let stats = &state.webhooks.stats;
-    let header = req
-        .headers()
-        .get("x-zevent-signature")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let Some(header) = header else {
+    let Some(header) = header(&req, "x-zevent-signature") else {
         return Err(stats.refused(PROVIDER, SignatureError::Missing));
     };
     let body = read_body(payload, state.webhooks.max_body_bytes).await?;
