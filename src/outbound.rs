@@ -198,7 +198,7 @@ async fn attempt(
                     message_status,
                     None,
                 )?;
-                Ok(vec![inbox::one_message_status(conn, &account, &message)?])
+                Ok::<_, StoreError>(vec![inbox::one_message_status(conn, &account, &message)?])
             })?;
             inbox::hand_off(&broker, &account, events);
             Ok::<_, StoreError>(())

@@ -1,6 +1,10 @@
-//! The conversations API for users of an account (JWT): list conversations, read messages, reply,
-//! mark read. Every lookup is scoped to the caller's account, so another account's conversation
-//! answers 404 — never 403, never its data.
+//! The conversations API for users of an account (JWT): open a direct or group conversation,
+//! list conversations, read messages, send, mark read. The WebSocket's `send` and `read` frames
+//! do the same through the same [`inbox`] functions, so REST and live views agree.
+//!
+//! A user sees the account's external conversations and the conversations they take part in;
+//! any other id — another account's, or a conversation between other users — answers 404, never
+//! 403 and never its data.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -10,17 +14,33 @@ use serde_json::value::RawValue;
 use super::extract::User;
 use super::AppState;
 use crate::error::ApiError;
-use crate::ids::{random_id, AccountId};
-use crate::inbox;
+use crate::ids::UserId;
+use crate::inbox::{self, InboxError, Send};
 use crate::outbound::Dispatch;
-use crate::store::conversations::{self, Conversation, Cursor, Message, NewMessage};
-use crate::store::{self, deliveries, integrations, now_ms};
-use crate::webhooks::facebook::ECHO_METADATA_PREFIX;
+use crate::store;
+use crate::store::conversations::{self, Cursor, Message};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
-/// Longest reply text, in characters.
-const MAX_TEXT: usize = 10_000;
+/// Most users in a group conversation.
+const MAX_PARTICIPANTS: usize = 100;
+
+impl From<InboxError> for ApiError {
+    fn from(error: InboxError) -> Self {
+        match error {
+            InboxError::NotParticipant => ApiError::NoSuch("conversation"),
+            InboxError::Store(e) => ApiError::Store(e),
+            e @ (InboxError::EmptyText | InboxError::TooLong) => ApiError::InvalidField {
+                field: "text",
+                reason: e.to_string(),
+            },
+            e @ InboxError::UnknownMessage => ApiError::InvalidField {
+                field: "up_to",
+                reason: e.to_string(),
+            },
+        }
+    }
+}
 
 #[derive(Deserialize)]
 pub struct PageQuery {
@@ -30,7 +50,7 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
-    fn parse(self) -> Result<(i64, Option<Cursor>), ApiError> {
+    pub fn parse(self) -> Result<(i64, Option<Cursor>), ApiError> {
         let limit = self.limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(ApiError::InvalidField {
@@ -51,13 +71,73 @@ impl PageQuery {
     }
 }
 
-/// The caller's conversation, or 404.
-fn owned(
-    conn: &mut store::DbConnection,
-    account: &AccountId,
-    id: &str,
-) -> Result<Conversation, ApiError> {
-    conversations::get(conn, account, id)?.ok_or(ApiError::NoSuch("conversation"))
+/// The next page's cursor, when this page was full.
+pub fn next_cursor<T>(page: &[T], limit: i64, key: impl Fn(&T) -> Cursor) -> Option<String> {
+    (page.len() as i64 == limit)
+        .then(|| page.last().map(|last| key(last).encode()))
+        .flatten()
+}
+
+fn raw(json: String) -> Box<RawValue> {
+    RawValue::from_string(json).expect("our own serialization is JSON")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenRequest {
+    /// The other users; the caller is always a participant.
+    participants: Vec<String>,
+    /// Makes it a group even with one other user.
+    title: Option<String>,
+}
+
+/// `POST /api/v1/conversations` — the direct conversation with one other user (the existing one
+/// if there is one: 200), or a new group (201).
+pub async fn open(
+    User(user): User,
+    state: web::Data<AppState>,
+    body: web::Json<OpenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let request = body.into_inner();
+    let mut others = Vec::new();
+    for id in &request.participants {
+        let other = UserId::new(id).map_err(|e| ApiError::InvalidField {
+            field: "participants",
+            reason: e.to_string(),
+        })?;
+        if other != user.user && !others.contains(&other) {
+            others.push(other);
+        }
+    }
+    if others.is_empty() || others.len() >= MAX_PARTICIPANTS {
+        return Err(ApiError::InvalidField {
+            field: "participants",
+            reason: format!("name 1 to {} other users", MAX_PARTICIPANTS - 1),
+        });
+    }
+    let broker = state.broker.clone();
+    let (view, created) = state
+        .store
+        .run(move |conn| {
+            let (view, created, events) = store::write(conn, &user.account, |conn| {
+                inbox::open(
+                    conn,
+                    &user.account,
+                    &user.user,
+                    &others,
+                    request.title.as_deref(),
+                )
+            })?;
+            inbox::hand_off(&broker, &user.account, events);
+            Ok::<_, ApiError>((view, created))
+        })
+        .await?;
+    let mut response = if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(response.json(raw(view)))
 }
 
 /// `GET /api/v1/conversations` — newest activity first.
@@ -67,21 +147,24 @@ pub async fn list(
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let (limit, cursor) = query.into_inner().parse()?;
-    let page = state
+    let (views, next) = state
         .store
-        .run(move |conn| conversations::list(conn, &user.account, limit, cursor.as_ref()))
-        .await?;
-    let next = (page.len() as i64 == limit)
-        .then(|| page.last())
-        .flatten()
-        .map(|c| {
-            Cursor {
+        .run(move |conn| {
+            let page =
+                conversations::list(conn, &user.account, &user.user, limit, cursor.as_ref())?;
+            let views = page
+                .iter()
+                .map(|c| inbox::view_json(conn, c, Some(&user.user)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = next_cursor(&page, limit, |c| Cursor {
                 time: c.last_message_at,
                 id: c.id.clone(),
-            }
-            .encode()
-        });
-    Ok(HttpResponse::Ok().json(json!({ "conversations": page, "next_cursor": next })))
+            });
+            Ok::<_, ApiError>((views, next))
+        })
+        .await?;
+    let views = raw(format!("[{}]", views.join(",")));
+    Ok(HttpResponse::Ok().json(json!({ "conversations": views, "next_cursor": next })))
 }
 
 /// `GET /api/v1/conversations/{id}`
@@ -91,16 +174,15 @@ pub async fn show(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    let conversation = state
+    let view = state
         .store
-        .run(move |conn| owned(conn, &user.account, &id))
+        .run(move |conn| {
+            let conversation = conversations::visible(conn, &user.account, &user.user, &id)?
+                .ok_or(ApiError::NoSuch("conversation"))?;
+            Ok::<_, ApiError>(inbox::view_json(conn, &conversation, Some(&user.user))?)
+        })
         .await?;
-    Ok(HttpResponse::Ok().json(conversation))
-}
-
-fn messages_json(messages: &[Message]) -> Box<RawValue> {
-    let items: Vec<String> = messages.iter().map(Message::to_json).collect();
-    RawValue::from_string(format!("[{}]", items.join(","))).expect("messages are JSON")
+    Ok(HttpResponse::Ok().json(raw(view)))
 }
 
 /// `GET /api/v1/conversations/{id}/messages` — newest first.
@@ -115,7 +197,8 @@ pub async fn messages(
     let page = state
         .store
         .run(move |conn| {
-            let conversation = owned(conn, &user.account, &id)?;
+            let conversation = conversations::visible(conn, &user.account, &user.user, &id)?
+                .ok_or(ApiError::NoSuch("conversation"))?;
             Ok::<_, ApiError>(conversations::messages(
                 conn,
                 &conversation.id,
@@ -124,132 +207,70 @@ pub async fn messages(
             )?)
         })
         .await?;
-    let next = (page.len() as i64 == limit)
-        .then(|| page.last())
-        .flatten()
-        .map(|m| {
-            Cursor {
-                time: m.created_at,
-                id: m.id.clone(),
-            }
-            .encode()
-        });
-    Ok(HttpResponse::Ok().json(json!({ "messages": messages_json(&page), "next_cursor": next })))
+    let next = next_cursor(&page, limit, |m| Cursor {
+        time: m.created_at,
+        id: m.id.clone(),
+    });
+    let items: Vec<String> = page.iter().map(Message::to_json).collect();
+    let messages = raw(format!("[{}]", items.join(",")));
+    Ok(HttpResponse::Ok().json(json!({ "messages": messages, "next_cursor": next })))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ReplyRequest {
+pub struct SendRequest {
     text: Option<String>,
     attachments: Option<Box<RawValue>>,
+    client_msg_id: Option<String>,
 }
 
-/// `POST /api/v1/conversations/{id}/messages` — a reply from the calling user: stored, shown to
-/// the account's sessions, and handed to the application by outbound webhook.
-pub async fn reply(
+/// `POST /api/v1/conversations/{id}/messages` — the message, with the `seq` of its `new-message`
+/// (201; 200 with the first result when `client_msg_id` was sent before).
+pub async fn send(
     User(user): User,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Json<ReplyRequest>,
+    body: web::Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
-    let text = request.text.filter(|t| !t.trim().is_empty());
-    if text.is_none() && request.attachments.is_none() {
-        return Err(ApiError::InvalidField {
-            field: "text",
-            reason: "a reply needs a non-empty `text` or `attachments`".into(),
-        });
-    }
-    if text.as_ref().is_some_and(|t| t.chars().count() > MAX_TEXT) {
-        return Err(ApiError::InvalidField {
-            field: "text",
-            reason: format!("must be at most {MAX_TEXT} characters"),
-        });
-    }
     let id = path.into_inner();
     let broker = state.broker.clone();
-    let (message, delivery) = state
+    let sent = state
         .store
         .run(move |conn| {
-            let conversation = owned(conn, &user.account, &id)?;
-            let integration = integrations::get(conn, &conversation.integration_id)?.ok_or(
-                ApiError::Internal(format!("conversation {id} lost its integration")),
-            )?;
-            let forward = integration.outbound_url.is_some();
-            let attachments = request.attachments.as_ref().map(|a| a.get());
-            let (message, delivery, events) = store::write(conn, &user.account, |conn| {
-                let (message, events) = inbox::add_message(
-                    conn,
-                    &user.account,
-                    &NewMessage {
-                        conversation: &conversation,
-                        direction: "outbound",
-                        provider_message_id: None,
-                        sender_id: user.user.as_str(),
-                        text: text.as_deref(),
-                        attachments,
-                        status: if forward { "pending" } else { "not-forwarded" },
-                        created_at: now_ms(),
-                    },
-                )?;
-                let delivery = if forward {
-                    let delivery_id = random_id("whk");
-                    let payload = outbound_payload(
-                        &message,
-                        &conversation,
-                        &integration.external_id,
-                        user.user.as_str(),
-                    );
-                    deliveries::create(conn, &delivery_id, &integration.id, &message.id, &payload)?;
-                    Some(delivery_id)
-                } else {
-                    None
-                };
-                Ok((message, delivery, events))
+            let send = Send {
+                conversation_id: &id,
+                text: request.text.as_deref(),
+                attachments: request.attachments.as_deref().map(RawValue::get),
+                client_msg_id: request.client_msg_id.as_deref(),
+            };
+            send.validate()?;
+            let mut sent = store::write(conn, &user.account, |conn| {
+                inbox::send(conn, &user.account, &user.user, &send)
             })?;
-            inbox::hand_off(&broker, &user.account, events);
-            Ok::<_, ApiError>((message, delivery))
+            inbox::hand_off(&broker, &user.account, std::mem::take(&mut sent.events));
+            Ok::<_, InboxError>(sent)
         })
         .await?;
-    if let Some(delivery_id) = delivery {
+    if let Some(delivery_id) = sent.delivery {
         state.dispatcher.do_send(Dispatch { delivery_id });
     }
-    Ok(HttpResponse::Created()
-        .content_type("application/json")
-        .body(message.to_json()))
+    let mut body: serde_json::Value =
+        serde_json::from_str(&sent.message.to_json()).expect("messages are JSON");
+    body["seq"] = json!(sent.seq);
+    let mut response = if sent.duplicate {
+        HttpResponse::Ok()
+    } else {
+        HttpResponse::Created()
+    };
+    Ok(response.json(body))
 }
 
-/// The outbound webhook's body (Standard Webhooks envelope). `metadata` is for the app to pass to
-/// the provider (Facebook's Send API `metadata`), so the provider's echo is matched to this
-/// message instead of being shown twice.
-fn outbound_payload(
-    message: &Message,
-    conversation: &Conversation,
-    external_id: &str,
-    sent_by: &str,
-) -> String {
-    let attachments = message
-        .attachments
-        .as_deref()
-        .and_then(|a| serde_json::from_str::<serde_json::Value>(a).ok());
-    json!({
-        "type": "message.outbound",
-        "timestamp": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        "data": {
-            "message_id": message.id,
-            "conversation_id": conversation.id,
-            "account_id": conversation.account_id,
-            "integration_id": conversation.integration_id,
-            "provider": conversation.provider,
-            "external_id": external_id,
-            "contact_id": conversation.contact_id,
-            "text": message.text,
-            "attachments": attachments,
-            "sent_by": sent_by,
-            "metadata": format!("{ECHO_METADATA_PREFIX}{}", message.id),
-        }
-    })
-    .to_string()
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReadRequest {
+    /// The last message read; the latest when absent.
+    up_to: Option<String>,
 }
 
 /// `POST /api/v1/conversations/{id}/read`
@@ -257,21 +278,20 @@ pub async fn mark_read(
     User(user): User,
     state: web::Data<AppState>,
     path: web::Path<String>,
+    body: Option<web::Json<ReadRequest>>,
 ) -> Result<HttpResponse, ApiError> {
+    let up_to = body.map(web::Json::into_inner).unwrap_or_default().up_to;
     let id = path.into_inner();
     let broker = state.broker.clone();
-    let conversation = state
+    let view = state
         .store
         .run(move |conn| {
-            owned(conn, &user.account, &id)?;
-            let (conversation, events) = store::write(conn, &user.account, |conn| {
-                let conversation = conversations::mark_read(conn, &id)?;
-                let event = inbox::conversation_updated(conn, &user.account, &conversation)?;
-                Ok((conversation, vec![event]))
+            let (view, events) = store::write(conn, &user.account, |conn| {
+                inbox::mark_read(conn, &user.account, &user.user, &id, up_to.as_deref())
             })?;
             inbox::hand_off(&broker, &user.account, events);
-            Ok::<_, ApiError>(conversation)
+            Ok::<_, InboxError>(view)
         })
         .await?;
-    Ok(HttpResponse::Ok().json(conversation))
+    Ok(HttpResponse::Ok().json(raw(view)))
 }

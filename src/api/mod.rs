@@ -82,9 +82,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     .service(
         web::scope("/api/v1/conversations")
             .route("", web::get().to(conversations::list))
+            .route("", web::post().to(conversations::open))
             .route("/{id}", web::get().to(conversations::show))
             .route("/{id}/messages", web::get().to(conversations::messages))
-            .route("/{id}/messages", web::post().to(conversations::reply))
+            .route("/{id}/messages", web::post().to(conversations::send))
             .route("/{id}/read", web::post().to(conversations::mark_read)),
     )
     .route("/webhooks/facebook", web::get().to(facebook::handshake))

@@ -7,21 +7,79 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::integrations::Integration;
-use super::schema::{conversations, messages, webhook_receipts};
+use super::schema::{conversations, messages, participants, webhook_receipts};
 use super::{now_ms, DbConnection, StoreError};
-use crate::ids::{random_id, AccountId};
+use crate::ids::{random_id, AccountId, UserId};
 
-#[derive(Debug, Clone, Queryable, Serialize)]
+#[derive(Debug, Clone, Queryable)]
 pub struct Conversation {
     pub id: String,
     pub account_id: String,
-    pub integration_id: String,
-    pub provider: String,
-    pub contact_id: String,
+    /// `external`, `direct` or `group`.
+    pub kind: String,
+    pub integration_id: Option<String>,
+    pub provider: Option<String>,
+    pub contact_id: Option<String>,
+    pub direct_key: Option<String>,
+    pub title: Option<String>,
     pub last_message_at: i64,
     pub last_message_preview: Option<String>,
+    /// For an external conversation: unread by the account.
     pub unread_count: i64,
     pub created_at: i64,
+}
+
+impl Conversation {
+    /// With an external contact, seen by the whole account (rather than by participants only).
+    pub fn is_external(&self) -> bool {
+        self.kind == EXTERNAL
+    }
+}
+
+pub const EXTERNAL: &str = "external";
+pub const DIRECT: &str = "direct";
+pub const GROUP: &str = "group";
+
+/// How a conversation is shown to one user: their own unread count, and the participants of a
+/// conversation between users.
+#[derive(Serialize)]
+pub struct ConversationView<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub account_id: &'a str,
+    pub integration_id: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub contact_id: Option<&'a str>,
+    pub title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub participants: Option<&'a [String]>,
+    pub last_message_at: i64,
+    pub last_message_preview: Option<&'a str>,
+    pub unread_count: i64,
+    pub created_at: i64,
+}
+
+impl Conversation {
+    pub fn view<'a>(
+        &'a self,
+        participants: Option<&'a [String]>,
+        unread_count: i64,
+    ) -> ConversationView<'a> {
+        ConversationView {
+            id: &self.id,
+            kind: &self.kind,
+            account_id: &self.account_id,
+            integration_id: self.integration_id.as_deref(),
+            provider: self.provider.as_deref(),
+            contact_id: self.contact_id.as_deref(),
+            title: self.title.as_deref(),
+            participants,
+            last_message_at: self.last_message_at,
+            last_message_preview: self.last_message_preview.as_deref(),
+            unread_count,
+            created_at: self.created_at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Queryable)]
@@ -35,6 +93,8 @@ pub struct Message {
     pub text: Option<String>,
     pub attachments: Option<String>,
     pub status: String,
+    pub client_msg_id: Option<String>,
+    pub ack_seq: Option<i64>,
     pub created_at: i64,
 }
 
@@ -49,6 +109,8 @@ pub struct MessageView<'a> {
     pub text: Option<&'a str>,
     pub attachments: Option<&'a RawValue>,
     pub status: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<&'a str>,
     pub created_at: i64,
 }
 
@@ -67,6 +129,7 @@ impl Message {
             text: self.text.as_deref(),
             attachments,
             status: &self.status,
+            client_msg_id: self.client_msg_id.as_deref(),
             created_at: self.created_at,
         };
         serde_json::to_string(&view).expect("messages serialize")
@@ -118,6 +181,7 @@ pub fn for_contact(
         .values((
             conversations::id.eq(&id),
             conversations::account_id.eq(&integration.account_id),
+            conversations::kind.eq(EXTERNAL),
             conversations::integration_id.eq(&integration.id),
             conversations::provider.eq(&integration.provider),
             conversations::contact_id.eq(contact_id),
@@ -138,11 +202,13 @@ pub struct NewMessage<'a> {
     /// JSON text.
     pub attachments: Option<&'a str>,
     pub status: &'a str,
+    pub client_msg_id: Option<&'a str>,
     pub created_at: i64,
 }
 
-/// Stores the message and moves the conversation's activity forward (an inbound message also
-/// counts as unread). Returns both as they now are.
+/// Stores the message and moves the conversation's activity forward: an inbound message counts
+/// as unread for the account, a user's message as unread for the other participants. Returns both
+/// as they now are.
 pub fn add_message(
     conn: &mut DbConnection,
     new: &NewMessage<'_>,
@@ -159,6 +225,7 @@ pub fn add_message(
             messages::text.eq(new.text),
             messages::attachments.eq(new.attachments),
             messages::status.eq(new.status),
+            messages::client_msg_id.eq(new.client_msg_id),
             messages::created_at.eq(new.created_at),
         ))
         .execute(conn)?;
@@ -167,6 +234,15 @@ pub fn add_message(
         .map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>())
         .or_else(|| new.attachments.map(|_| "[attachment]".to_owned()));
     let unread = i64::from(new.direction == "inbound");
+    if !new.conversation.is_external() {
+        diesel::update(
+            participants::table
+                .filter(participants::conversation_id.eq(&new.conversation.id))
+                .filter(participants::user_id.ne(new.sender_id)),
+        )
+        .set(participants::unread_count.eq(participants::unread_count + 1))
+        .execute(conn)?;
+    }
     let target = conversations::table.find(&new.conversation.id);
     diesel::update(target)
         .set((
@@ -207,15 +283,25 @@ impl Cursor {
     }
 }
 
-/// The account's conversations, most recent activity first.
+/// The conversations `user` sees — the account's external ones and those they take part in —
+/// most recent activity first.
 pub fn list(
     conn: &mut DbConnection,
     account: &AccountId,
+    user: &UserId,
     limit: i64,
     before: Option<&Cursor>,
 ) -> Result<Vec<Conversation>, StoreError> {
+    let theirs = participants::table
+        .filter(participants::user_id.eq(user.as_str()))
+        .select(participants::conversation_id);
     let mut query = conversations::table
         .filter(conversations::account_id.eq(account.as_str()))
+        .filter(
+            conversations::kind
+                .eq(EXTERNAL)
+                .or(conversations::id.eq_any(theirs)),
+        )
         .order((
             conversations::last_message_at.desc(),
             conversations::id.desc(),
@@ -245,6 +331,140 @@ pub fn get(
         .filter(conversations::account_id.eq(account.as_str()))
         .first(conn)
         .optional()?)
+}
+
+/// The conversation, if `user` may see it: it is their account's, and external or theirs.
+pub fn visible(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    user: &UserId,
+    id: &str,
+) -> Result<Option<Conversation>, StoreError> {
+    let Some(conversation) = get(conn, account, id)? else {
+        return Ok(None);
+    };
+    if conversation.is_external() || participant(conn, id, user)?.is_some() {
+        Ok(Some(conversation))
+    } else {
+        Ok(None)
+    }
+}
+
+/// A user's place in a conversation between users.
+#[derive(Debug, Clone, Queryable)]
+pub struct Participant {
+    pub conversation_id: String,
+    pub user_id: String,
+    pub unread_count: i64,
+    pub last_read_message_id: Option<String>,
+    pub joined_at: i64,
+}
+
+pub fn participant(
+    conn: &mut DbConnection,
+    conversation_id: &str,
+    user: &UserId,
+) -> Result<Option<Participant>, StoreError> {
+    Ok(participants::table
+        .find((conversation_id, user.as_str()))
+        .first(conn)
+        .optional()?)
+}
+
+/// The user ids taking part, sorted.
+pub fn participants_of(
+    conn: &mut DbConnection,
+    conversation_id: &str,
+) -> Result<Vec<String>, StoreError> {
+    Ok(participants::table
+        .filter(participants::conversation_id.eq(conversation_id))
+        .select(participants::user_id)
+        .order(participants::user_id.asc())
+        .load(conn)?)
+}
+
+/// A user's unread count in each of `ids` they take part in.
+pub fn unread_counts(
+    conn: &mut DbConnection,
+    user: &UserId,
+    ids: &[&str],
+) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(participants::table
+        .filter(participants::user_id.eq(user.as_str()))
+        .filter(participants::conversation_id.eq_any(ids))
+        .select((participants::conversation_id, participants::unread_count))
+        .load(conn)?)
+}
+
+/// The direct conversation of two users of an account, created on first use; `true` if new. Run
+/// inside the account's write transaction, which makes find-or-create atomic.
+pub fn direct(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    a: &UserId,
+    b: &UserId,
+) -> Result<(Conversation, bool), StoreError> {
+    let (first, second) = if a <= b { (a, b) } else { (b, a) };
+    // Ids never contain control characters, so the separator cannot be forged.
+    let key = format!("{first}\u{1f}{second}");
+    let existing = conversations::table
+        .filter(conversations::account_id.eq(account.as_str()))
+        .filter(conversations::direct_key.eq(&key))
+        .first(conn)
+        .optional()?;
+    if let Some(conversation) = existing {
+        return Ok((conversation, false));
+    }
+    let members = [first.clone(), second.clone()];
+    Ok((
+        create_between(conn, account, DIRECT, Some(&key), None, &members)?,
+        true,
+    ))
+}
+
+/// A new group conversation of `members` (the creator included).
+pub fn group(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    title: Option<&str>,
+    members: &[UserId],
+) -> Result<Conversation, StoreError> {
+    create_between(conn, account, GROUP, None, title, members)
+}
+
+fn create_between(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    kind: &str,
+    direct_key: Option<&str>,
+    title: Option<&str>,
+    members: &[UserId],
+) -> Result<Conversation, StoreError> {
+    let id = random_id("conv");
+    let now = now_ms();
+    diesel::insert_into(conversations::table)
+        .values((
+            conversations::id.eq(&id),
+            conversations::account_id.eq(account.as_str()),
+            conversations::kind.eq(kind),
+            conversations::direct_key.eq(direct_key),
+            conversations::title.eq(title),
+            conversations::last_message_at.eq(now),
+            conversations::unread_count.eq(0_i64),
+            conversations::created_at.eq(now),
+        ))
+        .execute(conn)?;
+    for member in members {
+        diesel::insert_into(participants::table)
+            .values((
+                participants::conversation_id.eq(&id),
+                participants::user_id.eq(member.as_str()),
+                participants::unread_count.eq(0_i64),
+                participants::joined_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(conversations::table.find(&id).first(conn)?)
 }
 
 /// A conversation's messages, newest first.
@@ -278,6 +498,76 @@ pub fn mark_read(
         .set(conversations::unread_count.eq(0_i64))
         .execute(conn)?;
     Ok(target.first(conn)?)
+}
+
+/// A participant has read up to `up_to` (the latest message when `None`); returns their unread
+/// count: the messages of others after it.
+pub fn mark_read_by(
+    conn: &mut DbConnection,
+    conversation_id: &str,
+    user: &UserId,
+    up_to: Option<&Message>,
+) -> Result<i64, StoreError> {
+    let unread = match up_to {
+        None => 0,
+        Some(m) => messages::table
+            .filter(messages::conversation_id.eq(conversation_id))
+            .filter(messages::sender_id.ne(user.as_str()))
+            .filter(
+                messages::created_at
+                    .gt(m.created_at)
+                    .or(messages::created_at
+                        .eq(m.created_at)
+                        .and(messages::id.gt(&m.id))),
+            )
+            .count()
+            .get_result(conn)?,
+    };
+    let last_read = match up_to {
+        Some(m) => Some(m.id.clone()),
+        None => latest_message(conn, conversation_id)?.map(|m| m.id),
+    };
+    diesel::update(participants::table.find((conversation_id, user.as_str())))
+        .set((
+            participants::unread_count.eq(unread),
+            participants::last_read_message_id.eq(last_read),
+        ))
+        .execute(conn)?;
+    Ok(unread)
+}
+
+fn latest_message(
+    conn: &mut DbConnection,
+    conversation_id: &str,
+) -> Result<Option<Message>, StoreError> {
+    Ok(messages::table
+        .filter(messages::conversation_id.eq(conversation_id))
+        .order((messages::created_at.desc(), messages::id.desc()))
+        .first(conn)
+        .optional()?)
+}
+
+/// The message a sender already stored under this idempotency key.
+pub fn by_client_msg_id(
+    conn: &mut DbConnection,
+    conversation_id: &str,
+    sender: &str,
+    client_msg_id: &str,
+) -> Result<Option<Message>, StoreError> {
+    Ok(messages::table
+        .filter(messages::conversation_id.eq(conversation_id))
+        .filter(messages::sender_id.eq(sender))
+        .filter(messages::client_msg_id.eq(client_msg_id))
+        .first(conn)
+        .optional()?)
+}
+
+/// Remembers the sequence number of the sender's ack, for an idempotent retry.
+pub fn set_ack_seq(conn: &mut DbConnection, message_id: &str, seq: u64) -> Result<(), StoreError> {
+    diesel::update(messages::table.find(message_id))
+        .set(messages::ack_seq.eq(seq as i64))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// The account's message with this id.

@@ -48,7 +48,7 @@ pub enum StoreError {
     Directory(std::io::Error),
     #[error("the blocking task was cancelled")]
     Cancelled,
-    /// The account has no sequence row yet; [`write`] creates it and tries again.
+    /// The account's sequence row could not be created (it should exist after one attempt).
     #[error("no sequence row for the account")]
     NoSequence,
 }
@@ -126,27 +126,46 @@ pub fn now_ms() -> i64 {
 /// Runs `work` in one transaction that holds the account's write lock: the row lock on its
 /// sequence counter (PostgreSQL; also across server processes) or the database write lock
 /// (SQLite). Writers to one account therefore commit one after another, in sequence order.
-pub fn write<T>(
+/// `work`'s error rolls the transaction back.
+pub fn write<T, E: From<StoreError>>(
     conn: &mut DbConnection,
     account: &AccountId,
-    mut work: impl FnMut(&mut DbConnection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let mut locked = |conn: &mut DbConnection| {
+    mut work: impl FnMut(&mut DbConnection) -> Result<T, E>,
+) -> Result<T, E> {
+    for _ in 0..2 {
+        let begin = match conn {
+            DbConnection::Sqlite(_) => "BEGIN IMMEDIATE",
+            DbConnection::Postgres(_) => "BEGIN",
+        };
+        conn.batch_execute(begin).map_err(StoreError::from)?;
         // A no-op update: it takes the row lock, and says whether the row exists.
-        let rows = diesel::update(account_sequences::table.find(account.as_str()))
+        let locked = diesel::update(account_sequences::table.find(account.as_str()))
             .set(account_sequences::last_seq.eq(account_sequences::last_seq))
-            .execute(conn)?;
-        if rows == 0 {
-            return Err(StoreError::NoSequence);
+            .execute(conn);
+        let result = match locked {
+            Ok(1) => work(conn).and_then(|value| {
+                conn.batch_execute("COMMIT").map_err(StoreError::from)?;
+                Ok(value)
+            }),
+            Ok(_) => {
+                rollback(conn);
+                create_sequence(conn, account)?;
+                continue;
+            }
+            Err(e) => Err(StoreError::from(e).into()),
+        };
+        if result.is_err() {
+            rollback(conn);
         }
-        work(conn)
-    };
-    match transaction(conn, &mut locked) {
-        Err(StoreError::NoSequence) => {
-            create_sequence(conn, account)?;
-            transaction(conn, &mut locked)
-        }
-        other => other,
+        return result;
+    }
+    Err(StoreError::NoSequence.into())
+}
+
+fn rollback(conn: &mut DbConnection) {
+    // Nothing to undo after a failed COMMIT on PostgreSQL; the error is the one to report.
+    if let Err(e) = conn.batch_execute("ROLLBACK") {
+        log::debug!("rollback after a failed transaction: {e}");
     }
 }
 
@@ -162,27 +181,4 @@ fn create_sequence(conn: &mut DbConnection, account: &AccountId) -> Result<(), S
         Ok(_) | Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-/// BEGIN … COMMIT, rolled back on error. SQLite begins IMMEDIATE: taking the write lock up front
-/// means two writers queue (busy timeout) instead of failing when one upgrades a read lock.
-fn transaction<T>(
-    conn: &mut DbConnection,
-    work: impl FnOnce(&mut DbConnection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let begin = match conn {
-        DbConnection::Sqlite(_) => "BEGIN IMMEDIATE",
-        DbConnection::Postgres(_) => "BEGIN",
-    };
-    conn.batch_execute(begin)?;
-    let result = work(conn).and_then(|value| {
-        conn.batch_execute("COMMIT")?;
-        Ok(value)
-    });
-    if result.is_err() {
-        if let Err(e) = conn.batch_execute("ROLLBACK") {
-            log::debug!("rollback after a failed transaction: {e}");
-        }
-    }
-    result
 }

@@ -45,9 +45,12 @@ diesel::table! {
     conversations (id) {
         id -> Text,
         account_id -> Text,
-        integration_id -> Text,
-        provider -> Text,
-        contact_id -> Text,
+        kind -> Text,
+        integration_id -> Nullable<Text>,
+        provider -> Nullable<Text>,
+        contact_id -> Nullable<Text>,
+        direct_key -> Nullable<Text>,
+        title -> Nullable<Text>,
         last_message_at -> BigInt,
         last_message_preview -> Nullable<Text>,
         unread_count -> BigInt,
@@ -66,6 +69,8 @@ diesel::table! {
         text -> Nullable<Text>,
         attachments -> Nullable<Text>,
         status -> Text,
+        client_msg_id -> Nullable<Text>,
+        ack_seq -> Nullable<BigInt>,
         created_at -> BigInt,
     }
 }
@@ -84,3 +89,30 @@ diesel::table! {
         updated_at -> BigInt,
     }
 }
+
+diesel::table! {
+    participants (conversation_id, user_id) {
+        conversation_id -> Text,
+        user_id -> Text,
+        unread_count -> BigInt,
+        last_read_message_id -> Nullable<Text>,
+        joined_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    notifications (id) {
+        id -> Text,
+        account_id -> Text,
+        user_id -> Text,
+        #[sql_name = "type"]
+        kind -> Text,
+        title -> Text,
+        message -> Nullable<Text>,
+        data -> Text,
+        read_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(conversations, participants);

@@ -141,7 +141,7 @@ fn ingest_in(
                         Direction::Inbound => ("inbound", "received"),
                         Direction::Outbound => ("outbound", "sent"),
                     };
-                    let (_, events) = inbox::add_message(
+                    let added = inbox::add_message(
                         conn,
                         account,
                         &NewMessage {
@@ -152,10 +152,11 @@ fn ingest_in(
                             text: text.as_deref(),
                             attachments: attachments.as_deref(),
                             status,
+                            client_msg_id: None,
                             created_at: *sent_at,
                         },
                     )?;
-                    out.events.extend(events);
+                    out.events.extend(added.events);
                 }
                 Inbound::Status {
                     contact_id,

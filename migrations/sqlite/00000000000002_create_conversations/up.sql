@@ -28,18 +28,27 @@ CREATE TABLE webhook_receipts (
     PRIMARY KEY (integration_id, receipt_id)
 );
 
--- One conversation per external contact on an integration.
+-- A conversation of an account: with an external contact on an integration (`external`, seen by
+-- every user of the account), or between users of the account (`direct`, `group`: seen by its
+-- participants only).
 CREATE TABLE conversations (
     id TEXT NOT NULL PRIMARY KEY,
     account_id TEXT NOT NULL,
-    integration_id TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    contact_id TEXT NOT NULL,
+    -- external, direct or group
+    kind TEXT NOT NULL,
+    integration_id TEXT,
+    provider TEXT,
+    contact_id TEXT,
+    -- direct: the two user ids, sorted, so that a pair of users has one direct conversation.
+    direct_key TEXT,
+    title TEXT,
     last_message_at BIGINT NOT NULL,
     last_message_preview TEXT,
+    -- external: unread by the account. Users' own counts are in participants.
     unread_count BIGINT NOT NULL,
     created_at BIGINT NOT NULL,
-    UNIQUE (integration_id, contact_id)
+    UNIQUE (integration_id, contact_id),
+    UNIQUE (account_id, direct_key)
 );
 CREATE INDEX conversations_by_activity ON conversations (account_id, last_message_at, id);
 
@@ -47,18 +56,22 @@ CREATE TABLE messages (
     id TEXT NOT NULL PRIMARY KEY,
     conversation_id TEXT NOT NULL,
     account_id TEXT NOT NULL,
-    -- inbound (from the contact) or outbound (from the account)
+    -- inbound (from the contact), outbound (from the account), or internal (between users)
     direction TEXT NOT NULL,
     provider_message_id TEXT,
-    -- The contact's id, the page's id, or the replying user's id.
+    -- The contact's id, the page's id, or the sending user's id.
     sender_id TEXT NOT NULL,
     text TEXT,
     -- JSON array, as text.
     attachments TEXT,
     -- inbound: received. outbound: pending, forwarded (to the app), sent (the provider echoed
-    -- it), delivered, read; or not-forwarded (no outbound URL), failed.
+    -- it), delivered, read; or not-forwarded (no outbound URL), failed. internal: sent.
     status TEXT NOT NULL,
-    created_at BIGINT NOT NULL
+    -- The sender's idempotency key, and the sequence number its ack carried.
+    client_msg_id TEXT,
+    ack_seq BIGINT,
+    created_at BIGINT NOT NULL,
+    UNIQUE (conversation_id, sender_id, client_msg_id)
 );
 CREATE INDEX messages_by_conversation ON messages (conversation_id, created_at, id);
 
