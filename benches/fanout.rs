@@ -66,7 +66,7 @@ fn fan_out(c: &mut Criterion) {
             let account = AccountId::new(&format!("bench-{room_size}")).unwrap();
             let done = Arc::new(Notify::new());
             let broker = system.block_on(async {
-                let broker = Broker::new(store).start();
+                let broker = Broker::new(store, Duration::from_secs(5)).start();
                 let delivered = Arc::new(AtomicUsize::new(0));
                 let joined = Arc::new(AtomicUsize::new(0));
                 for i in 0..room_size {

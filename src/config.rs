@@ -103,6 +103,10 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_RETRY_BASE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub outbound_retry_base: Duration,
 
+    /// How long a user stays online after their last session closed (a reload does not flap).
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub presence_grace: Duration,
+
     /// Time limit of one outbound webhook request.
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub outbound_timeout: Duration,
@@ -265,6 +269,7 @@ pub struct Config {
     pub workers: Option<usize>,
     pub webhooks: WebhookConfig,
     pub outbound: OutboundConfig,
+    pub presence_grace: Duration,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
 }
@@ -388,6 +393,7 @@ impl Config {
             workers: settings.workers,
             webhooks,
             outbound,
+            presence_grace: settings.presence_grace,
             dev_mode,
         })
     }

@@ -20,10 +20,38 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref")]
         reference: Option<Value>,
     },
+    /// A message into a conversation; answered by `ack` (or `error`) with the same `ref`.
+    Send {
+        conversation_id: String,
+        #[serde(default)]
+        text: Option<String>,
+        #[serde(default)]
+        attachments: Option<Value>,
+        /// Makes the send idempotent: a retry gets the first ack and stores nothing.
+        #[serde(default)]
+        client_msg_id: Option<String>,
+        #[serde(default, rename = "ref")]
+        reference: Option<Value>,
+    },
+    /// The conversation is read up to a message (the latest when absent); answered by `ack`.
+    Read {
+        conversation_id: String,
+        #[serde(default)]
+        up_to: Option<String>,
+        #[serde(default, rename = "ref")]
+        reference: Option<Value>,
+    },
+    /// The user is typing: shown to the other participants, not stored.
+    Typing { conversation_id: String },
+    /// Who of the account is online; answered by `presence`.
+    Presence {
+        #[serde(default, rename = "ref")]
+        reference: Option<Value>,
+    },
 }
 
 /// The client frame types this server knows, for telling "unknown" from "malformed".
-const CLIENT_FRAME_TYPES: &[&str] = &["ping"];
+const CLIENT_FRAME_TYPES: &[&str] = &["ping", "send", "read", "typing", "presence"];
 
 /// Why a client frame was refused; answered with an `error` frame, the connection stays open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +60,7 @@ pub enum FrameError {
     MalformedJson,
     #[error("the frame must be a JSON object with a string \"type\"")]
     MissingType,
-    #[error("unknown frame type; known types: ping")]
+    #[error("unknown frame type; known types: ping, send, read, typing, presence")]
     UnknownType,
     #[error("invalid frame: {0}")]
     Invalid(String),
@@ -84,9 +112,33 @@ pub enum ServerFrame<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Value>,
     },
+    /// A `send` or `read` was carried out. For a send: the stored message and the sequence
+    /// number of the `new-message` event this user receives for it.
+    Ack {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        conversation_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+        /// The `client_msg_id` had been sent before; nothing new was stored.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        duplicate: bool,
+    },
+    Presence {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        users: &'a [String],
+    },
     Error {
         code: &'static str,
         message: String,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        /// For `rate-limited`: when to try again.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -101,6 +153,8 @@ impl ServerFrame<'_> {
         ServerFrame::Error {
             code: error.code(),
             message: error.to_string(),
+            reference: None,
+            retry_after_ms: None,
         }
     }
 }
@@ -125,6 +179,25 @@ pub fn event_frame(seq: u64, event: &str, data: &RawValue) -> ByteString {
     };
     serde_json::to_string(&frame)
         .expect("event frames always serialize")
+        .into()
+}
+
+/// An ephemeral event — presence, typing — delivered live and never stored: it has no `seq`.
+pub fn ephemeral_frame(event: &str, data: &Value) -> ByteString {
+    #[derive(Serialize)]
+    struct Ephemeral<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        event: &'a str,
+        data: &'a Value,
+    }
+    let frame = Ephemeral {
+        kind: "event",
+        event,
+        data,
+    };
+    serde_json::to_string(&frame)
+        .expect("ephemeral frames always serialize")
         .into()
 }
 

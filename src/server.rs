@@ -2,12 +2,13 @@
 //! binary and the tests, which start the real server on `127.0.0.1:0`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use actix::Actor;
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::broker::Broker;
-use crate::actors::session::SessionSettings;
+use crate::actors::session;
 use crate::api::{self, AppState, WebhookState};
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -39,18 +40,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let store = web::block(move || Store::open(&database, pool_size))
         .await
         .map_err(|_| StoreError::Cancelled)??;
-    let broker = Broker::new(store.clone()).start();
+    let broker = Broker::new(store.clone(), config.presence_grace).start();
     let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound).start();
 
     let state = web::Data::new(AppState {
         verifier: Verifier::new(&config.jwt),
         api_key: config.api_key.clone(),
-        store,
-        broker,
-        sessions: SessionSettings {
+        store: store.clone(),
+        broker: broker.clone(),
+        sessions: Arc::new(session::Shared {
+            broker,
+            store,
+            dispatcher: dispatcher.clone(),
             heartbeat: config.heartbeat,
             max_frame_bytes: config.max_frame_bytes,
-        },
+        }),
         dispatcher,
         webhooks: WebhookState {
             stats: Default::default(),

@@ -40,6 +40,8 @@ async fn a_silent_client_is_closed_with_the_heartbeat_code() {
         {
             (PING, _) => pings += 1,
             (CLOSE, payload) => break payload,
+            // Presence: alice's own user-online.
+            (TEXT, _) => {}
             (opcode, _) => panic!("unexpected frame {opcode}"),
         }
     };

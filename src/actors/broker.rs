@@ -6,8 +6,10 @@
 //! members is exact, and a room is never stopped with a join still on its way to it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use actix::prelude::*;
+use bytestring::ByteString;
 
 use super::room::{Room, RoomEvent, Shutdown};
 use super::session::{Deliver, Joined};
@@ -36,6 +38,26 @@ pub struct Leave {
     pub account: AccountId,
 }
 
+/// An ephemeral frame (presence, typing) for some users of an account — or all of them — except
+/// one; never stored.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ephemeral {
+    pub account: AccountId,
+    /// `None`: every user of the account.
+    pub users: Option<Vec<UserId>>,
+    /// The user the frame is about, who need not hear it.
+    pub except: Option<UserId>,
+    pub frame: ByteString,
+}
+
+/// The online users of an account: with a live session, or within the grace after their last.
+#[derive(Message, Clone)]
+#[rtype(result = "Vec<String>")]
+pub struct OnlineUsers {
+    pub account: AccountId,
+}
+
 /// A stored event, for the live sessions of its account.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -51,13 +73,17 @@ struct RoomEntry {
 
 pub struct Broker {
     store: Store,
+    /// How long a user whose last session closed still counts as online (a reload is not a
+    /// departure).
+    presence_grace: Duration,
     rooms: HashMap<AccountId, RoomEntry>,
 }
 
 impl Broker {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, presence_grace: Duration) -> Self {
         Self {
             store,
+            presence_grace,
             rooms: HashMap::new(),
         }
     }
@@ -74,7 +100,13 @@ impl Handler<Join> for Broker {
         let entry = self.rooms.entry(join.account.clone()).or_insert_with(|| {
             log::debug!("room open account={}", join.account);
             RoomEntry {
-                room: Room::new(join.account.clone(), join.seen_seq, self.store.clone()).start(),
+                room: Room::new(
+                    join.account.clone(),
+                    join.seen_seq,
+                    self.store.clone(),
+                    self.presence_grace,
+                )
+                .start(),
                 members: 0,
             }
         });
@@ -109,5 +141,32 @@ impl Handler<Publish> for Broker {
         if let Some(entry) = self.rooms.get(&publish.account) {
             entry.room.do_send(publish.event);
         }
+    }
+}
+
+impl Handler<Ephemeral> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, ephemeral: Ephemeral, _: &mut Context<Self>) {
+        if let Some(entry) = self.rooms.get(&ephemeral.account) {
+            entry.room.do_send(ephemeral);
+        }
+    }
+}
+
+impl Handler<OnlineUsers> for Broker {
+    type Result = ResponseFuture<Vec<String>>;
+
+    fn handle(&mut self, query: OnlineUsers, _: &mut Context<Self>) -> Self::Result {
+        let room = self
+            .rooms
+            .get(&query.account)
+            .map(|entry| entry.room.clone());
+        Box::pin(async move {
+            match room {
+                Some(room) => room.send(query).await.unwrap_or_default(),
+                None => Vec::new(),
+            }
+        })
     }
 }

@@ -14,10 +14,10 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use serde_json::value::RawValue;
 
-use super::broker::{Join, Leave};
+use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
 use super::session::{Deliver, Joined};
 use crate::ids::{AccountId, SessionId, UserId};
-use crate::protocol::event_frame;
+use crate::protocol::{ephemeral_frame, event_frame};
 use crate::store::{events, Store};
 
 /// How long a gap may stay open before the room reads the missing events from the database.
@@ -84,10 +84,14 @@ pub struct Room {
     pending: BTreeMap<u64, RoomEvent>,
     /// A database read is scheduled or under way.
     filling: bool,
+    /// Presence: how long a user stays online after their last session closed.
+    grace: Duration,
+    /// Users whose last session closed, still online until their timer fires.
+    leaving: HashMap<UserId, SpawnHandle>,
 }
 
 impl Room {
-    pub fn new(account: AccountId, last_seq: u64, store: Store) -> Self {
+    pub fn new(account: AccountId, last_seq: u64, store: Store, grace: Duration) -> Self {
         Self {
             account,
             store,
@@ -96,7 +100,40 @@ impl Room {
             tabs: HashMap::new(),
             pending: BTreeMap::new(),
             filling: false,
+            grace,
+            leaving: HashMap::new(),
         }
+    }
+
+    /// Sends an ephemeral frame to the sessions of `users` (all when `None`), except `except`'s.
+    fn send_ephemeral(
+        &self,
+        frame: &ByteString,
+        users: Option<&[UserId]>,
+        except: Option<&UserId>,
+    ) {
+        let deliver = |(user, ids): (&UserId, &Vec<SessionId>)| {
+            if Some(user) == except {
+                return;
+            }
+            for id in ids {
+                if let Some(member) = self.members.get(id) {
+                    member.deliver.do_send(Deliver(frame.clone()));
+                }
+            }
+        };
+        match users {
+            None => self.tabs.iter().for_each(deliver),
+            Some(users) => users
+                .iter()
+                .filter_map(|u| self.tabs.get_key_value(u))
+                .for_each(deliver),
+        }
+    }
+
+    fn announce(&self, event: &str, user: &UserId) {
+        let frame = ephemeral_frame(event, &serde_json::json!({ "user_id": user.as_str() }));
+        self.send_ephemeral(&frame, None, None);
     }
 
     fn fan_out(&self, event: &RoomEvent) {
@@ -200,9 +237,15 @@ impl Actor for Room {
 impl Handler<Join> for Room {
     type Result = ();
 
-    fn handle(&mut self, join: Join, _: &mut Context<Self>) {
+    fn handle(&mut self, join: Join, ctx: &mut Context<Self>) {
         // Sent before any event for this session, so the welcome frame is always first.
         join.joined.do_send(Joined { seq: self.last_seq });
+        let first_tab = !self.tabs.contains_key(&join.user);
+        let returning = self.leaving.remove(&join.user);
+        if let Some(timer) = returning {
+            // Back within the grace (a reload): never went offline.
+            ctx.cancel_future(timer);
+        }
         self.tabs
             .entry(join.user.clone())
             .or_default()
@@ -210,25 +253,35 @@ impl Handler<Join> for Room {
         self.members.insert(
             join.session,
             Member {
-                user: join.user,
+                user: join.user.clone(),
                 deliver: join.deliver,
             },
         );
+        if first_tab && returning.is_none() {
+            self.announce("user-online", &join.user);
+        }
     }
 }
 
 impl Handler<Leave> for Room {
     type Result = ();
 
-    fn handle(&mut self, Leave { session, .. }: Leave, _: &mut Context<Self>) {
+    fn handle(&mut self, Leave { session, .. }: Leave, ctx: &mut Context<Self>) {
         let Some(member) = self.members.remove(&session) else {
             return;
         };
-        if let Some(tabs) = self.tabs.get_mut(&member.user) {
-            tabs.retain(|id| *id != session);
-            if tabs.is_empty() {
-                self.tabs.remove(&member.user);
-            }
+        let Some(tabs) = self.tabs.get_mut(&member.user) else {
+            return;
+        };
+        tabs.retain(|id| *id != session);
+        if tabs.is_empty() {
+            self.tabs.remove(&member.user);
+            let user = member.user.clone();
+            let timer = ctx.run_later(self.grace, move |room, _| {
+                room.leaving.remove(&user);
+                room.announce("user-offline", &user);
+            });
+            self.leaving.insert(member.user, timer);
         }
     }
 }
@@ -249,5 +302,32 @@ impl Handler<Shutdown> for Room {
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+impl Handler<Ephemeral> for Room {
+    type Result = ();
+
+    fn handle(&mut self, ephemeral: Ephemeral, _: &mut Context<Self>) {
+        self.send_ephemeral(
+            &ephemeral.frame,
+            ephemeral.users.as_deref(),
+            ephemeral.except.as_ref(),
+        );
+    }
+}
+
+impl Handler<OnlineUsers> for Room {
+    type Result = MessageResult<OnlineUsers>;
+
+    fn handle(&mut self, _: OnlineUsers, _: &mut Context<Self>) -> Self::Result {
+        let mut users: Vec<String> = self
+            .tabs
+            .keys()
+            .chain(self.leaving.keys())
+            .map(|u| u.as_str().to_owned())
+            .collect();
+        users.sort();
+        MessageResult(users)
     }
 }

@@ -50,6 +50,10 @@ pub struct PageQuery {
 }
 
 impl PageQuery {
+    pub fn new(limit: Option<i64>, cursor: Option<String>) -> Self {
+        Self { limit, cursor }
+    }
+
     pub fn parse(self) -> Result<(i64, Option<Cursor>), ApiError> {
         let limit = self.limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {

@@ -4,21 +4,25 @@
 //! - `POST /api/v1/publish` — the server-side publish API ([`publish`]).
 //! - `/api/v1/integrations…`, `/api/v1/webhooks/stats` — admin ([`integrations`]).
 //! - `/api/v1/conversations…` — the inbox for users ([`conversations`]).
+//! - `/api/v1/notifications…` — [`notifications`]; `/api/v1/presence` — [`presence`].
 //! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`crate::webhooks`]).
 
 pub mod conversations;
 pub mod extract;
 pub mod integrations;
+pub mod notifications;
+pub mod presence;
 pub mod publish;
 pub mod ws;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{web, HttpResponse};
 
 use crate::actors::broker::Broker;
-use crate::actors::session::SessionSettings;
+use crate::actors::session;
 use crate::auth::Verifier;
 use crate::config::Secret;
 use crate::error::ApiError;
@@ -32,7 +36,7 @@ pub struct AppState {
     pub api_key: Secret,
     pub store: Store,
     pub broker: Addr<Broker>,
-    pub sessions: SessionSettings,
+    pub sessions: Arc<session::Shared>,
     pub dispatcher: Addr<Dispatcher>,
     pub webhooks: WebhookState,
 }
@@ -88,6 +92,16 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .route("/{id}/messages", web::post().to(conversations::send))
             .route("/{id}/read", web::post().to(conversations::mark_read)),
     )
+    .service(
+        web::scope("/api/v1/notifications")
+            .route("", web::post().to(notifications::create))
+            .route("", web::get().to(notifications::list))
+            .route("/unread-count", web::get().to(notifications::unread_count))
+            .route("/read-all", web::post().to(notifications::mark_all_read))
+            .route("/{id}/read", web::post().to(notifications::mark_read))
+            .route("/{id}", web::delete().to(notifications::delete)),
+    )
+    .route("/api/v1/presence", web::get().to(presence::online))
     .route("/webhooks/facebook", web::get().to(facebook::handshake))
     .route("/webhooks/facebook", web::post().to(facebook::receive))
     .route("/webhooks/zalo", web::post().to(zalo::receive))

@@ -28,7 +28,7 @@ pub async fn connect(
         .run(move |conn| events::current_seq(conn, &account))
         .await?;
 
-    let session = Session::new(identity, seen_seq, state.broker.clone(), state.sessions);
+    let session = Session::new(identity, seen_seq, state.sessions.clone());
     ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(state.sessions.max_frame_bytes)
         .start()

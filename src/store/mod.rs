@@ -11,6 +11,7 @@ pub mod conversations;
 pub mod deliveries;
 pub mod events;
 pub mod integrations;
+pub mod notifications;
 pub mod schema;
 
 use std::time::Duration;

@@ -126,6 +126,7 @@ pub fn config(db: &Db) -> Config {
             retry_base: Duration::from_millis(100),
             timeout: Duration::from_secs(5),
         },
+        presence_grace: Duration::from_millis(300),
         dev_mode: None,
     }
 }
@@ -219,7 +220,10 @@ impl TestServer {
         request: impl IntoClientRequest + Unpin,
     ) -> Result<Client, (u16, Value)> {
         match tokio_tungstenite::connect_async(request).await {
-            Ok((ws, _)) => Ok(Client { ws }),
+            Ok((ws, _)) => Ok(Client {
+                ws,
+                presence: false,
+            }),
             Err(tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();
                 let body = response
@@ -269,9 +273,11 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A real WebSocket client.
+/// A real WebSocket client. Presence events (`user-online`, `user-offline`) come and go as
+/// other tests' clients connect; they are skipped unless [`Client::watch_presence`] was called.
 pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    presence: bool,
 }
 
 /// What arrived on a connection, WebSocket pings and pongs left out.
@@ -282,7 +288,21 @@ pub enum Received {
     TimedOut,
 }
 
+fn is_presence(frame: &Value) -> bool {
+    frame["type"] == "event"
+        && frame.get("seq").is_none()
+        && matches!(
+            frame["event"].as_str(),
+            Some("user-online" | "user-offline")
+        )
+}
+
 impl Client {
+    /// From now on, presence events are returned like any other frame.
+    pub fn watch_presence(&mut self) {
+        self.presence = true;
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws
             .send(Message::text(text))
@@ -306,8 +326,10 @@ impl Client {
                     return Received::Closed(None);
                 }
                 Ok(Some(Ok(Message::Text(text)))) => {
-                    let value = serde_json::from_str(&text).expect("server frames are JSON");
-                    return Received::Json(value);
+                    let value: Value = serde_json::from_str(&text).expect("server frames are JSON");
+                    if self.presence || !is_presence(&value) {
+                        return Received::Json(value);
+                    }
                 }
                 Ok(Some(Ok(Message::Close(frame)))) => return Received::Closed(frame),
                 Ok(Some(Ok(_))) => continue,
