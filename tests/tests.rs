@@ -12,4 +12,5 @@ mod delivery;
 mod heartbeat;
 mod isolation;
 mod persistence;
+mod users;
 mod webhooks;

@@ -131,9 +131,10 @@ impl Room {
         }
     }
 
+    /// Tells the account a user came online or went offline; the user's own tabs know already.
     fn announce(&self, event: &str, user: &UserId) {
         let frame = ephemeral_frame(event, &serde_json::json!({ "user_id": user.as_str() }));
-        self.send_ephemeral(&frame, None, None);
+        self.send_ephemeral(&frame, None, Some(user));
     }
 
     fn fan_out(&self, event: &RoomEvent) {
