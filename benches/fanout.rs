@@ -37,7 +37,7 @@ impl Handler<Deliver> for Counter {
     type Result = ();
 
     fn handle(&mut self, _: Deliver, _: &mut Context<Self>) {
-        if (self.delivered.fetch_add(1, Ordering::Relaxed) + 1) % self.room_size == 0 {
+        if (self.delivered.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.room_size) {
             self.done.notify_one();
         }
     }

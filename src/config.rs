@@ -107,6 +107,31 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_PRESENCE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub presence_grace: Duration,
 
+    /// Events older than this are deleted (resume and long-poll reach back this far at most).
+    #[arg(long, env = "SWITCHBOARD_RETENTION_MAX_AGE", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub retention_max_age: Duration,
+
+    /// Events kept per account, newest first.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_RETENTION_MAX_EVENTS",
+        default_value_t = 100_000
+    )]
+    pub retention_max_events: u64,
+
+    /// How often old events are deleted.
+    #[arg(long, env = "SWITCHBOARD_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub retention_interval: Duration,
+
+    /// Bytes queued for a WebSocket client and not yet taken by the socket writer; past it the
+    /// session is closed (code 4001) and the client resumes from its last sequence number.
+    #[arg(long, env = "SWITCHBOARD_MAX_QUEUED_BYTES", default_value_t = 1024 * 1024)]
+    pub max_queued_bytes: usize,
+
+    /// Longest wait a long-poll may ask for.
+    #[arg(long, env = "SWITCHBOARD_LONG_POLL_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub long_poll_max: Duration,
+
     /// Time limit of one outbound webhook request.
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub outbound_timeout: Duration,
@@ -255,6 +280,14 @@ pub struct OutboundConfig {
     pub timeout: Duration,
 }
 
+/// How long events are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_events: u64,
+    pub interval: Duration,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -270,6 +303,9 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     pub outbound: OutboundConfig,
     pub presence_grace: Duration,
+    pub retention: Retention,
+    pub max_queued_bytes: usize,
+    pub long_poll_max: Duration,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
 }
@@ -326,6 +362,18 @@ impl Config {
         }
         if settings.workers == Some(0) {
             return Err(invalid("SWITCHBOARD_WORKERS", "must be at least 1"));
+        }
+        if settings.retention_max_events == 0 || settings.retention_interval.is_zero() {
+            return Err(invalid(
+                "SWITCHBOARD_RETENTION_MAX_EVENTS",
+                "retention must keep at least one event and run at a positive interval",
+            ));
+        }
+        if settings.max_queued_bytes < settings.max_frame_bytes.min(64 * 1024) {
+            return Err(invalid(
+                "SWITCHBOARD_MAX_QUEUED_BYTES",
+                "must be at least 64 KiB (or the frame limit)",
+            ));
         }
         if settings.outbound_max_attempts == 0 {
             return Err(invalid(
@@ -394,6 +442,13 @@ impl Config {
             webhooks,
             outbound,
             presence_grace: settings.presence_grace,
+            retention: Retention {
+                max_age: settings.retention_max_age,
+                max_events: settings.retention_max_events,
+                interval: settings.retention_interval,
+            },
+            max_queued_bytes: settings.max_queued_bytes,
+            long_poll_max: settings.long_poll_max,
             dev_mode,
         })
     }

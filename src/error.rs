@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::auth::TokenError;
+use crate::protocol::SinceError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,13 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error(transparent)]
     Signature(SignatureError),
+    #[error(transparent)]
+    Since(SinceError),
+    /// The events after the resume point are no longer all kept.
+    #[error(
+        "events after {since} are no longer kept (the oldest is {oldest_seq}); reload the state"
+    )]
+    ResumeFailed { since: u64, oldest_seq: u64 },
     #[error("no enabled integration matches this webhook")]
     UnknownIntegration,
     #[error("{0}")]
@@ -87,6 +95,8 @@ impl ApiError {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Signature(e) => e.code(),
+            Self::Since(e) => e.code(),
+            Self::ResumeFailed { .. } => "resume-failed",
             Self::UnknownIntegration => "unknown-integration",
             Self::VerifyToken(_) => "verify-token-mismatch",
             Self::NoSuch(_) => "not-found",
@@ -107,10 +117,12 @@ impl ResponseError for ApiError {
             Self::InvalidBody(_)
             | Self::InvalidField { .. }
             | Self::InvalidQuery(_)
+            | Self::Since(_)
             | Self::NotWebSocket => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound | Self::UnknownIntegration | Self::NoSuch(_) => StatusCode::NOT_FOUND,
             Self::IntegrationExists => StatusCode::CONFLICT,
+            Self::ResumeFailed { .. } => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -133,7 +145,11 @@ impl ResponseError for ApiError {
         if let Self::Token(_) = self {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
-        response.json(json!({ "error": { "code": self.code(), "message": message } }))
+        let mut error = json!({ "code": self.code(), "message": message });
+        if let Self::ResumeFailed { oldest_seq, .. } = self {
+            error["oldest_seq"] = json!(oldest_seq);
+        }
+        response.json(json!({ "error": error }))
     }
 }
 

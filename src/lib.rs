@@ -15,6 +15,7 @@
 //! - [`webhooks`] — Facebook, Zalo and generic (Standard Webhooks) ingestion, signatures.
 //! - [`inbox`] — conversations and messages as persisted, sequenced events.
 //! - [`outbound`] — replies handed to the application by signed, retried webhooks.
+//! - [`retention`] — how long events are kept.
 //! - [`api`] — HTTP routes: `/ws`, the publish API, integrations (admin), conversations (users).
 //! - [`error`] — the API's error type and its one mapping to HTTP responses.
 //! - [`server`] — wiring it together; used by the binary and the tests.
@@ -31,6 +32,7 @@ pub mod inbox;
 pub mod logging;
 pub mod outbound;
 pub mod protocol;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod webhooks;

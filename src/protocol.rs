@@ -43,6 +43,9 @@ pub enum ClientFrame {
     },
     /// The user is typing: shown to the other participants, not stored.
     Typing { conversation_id: String },
+    /// As the first frame: replay what was missed after `since`, then continue live. (Connecting
+    /// with `?since=` does the same without the race against live events.)
+    Resume { since: Value },
     /// Who of the account is online; answered by `presence`.
     Presence {
         #[serde(default, rename = "ref")]
@@ -51,7 +54,7 @@ pub enum ClientFrame {
 }
 
 /// The client frame types this server knows, for telling "unknown" from "malformed".
-const CLIENT_FRAME_TYPES: &[&str] = &["ping", "send", "read", "typing", "presence"];
+const CLIENT_FRAME_TYPES: &[&str] = &["ping", "send", "read", "typing", "resume", "presence"];
 
 /// Why a client frame was refused; answered with an `error` frame, the connection stays open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,7 +63,7 @@ pub enum FrameError {
     MalformedJson,
     #[error("the frame must be a JSON object with a string \"type\"")]
     MissingType,
-    #[error("unknown frame type; known types: ping, send, read, typing, presence")]
+    #[error("unknown frame type; known types: ping, send, read, typing, resume, presence")]
     UnknownType,
     #[error("invalid frame: {0}")]
     Invalid(String),
@@ -107,6 +110,19 @@ pub enum ServerFrame<'a> {
         seq: u64,
         heartbeat_interval_ms: u64,
         client_timeout_ms: u64,
+        /// The session replays the events after `since` (given with `?since=`) before `seq`.
+        resumed: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// Answer to a `resume` frame that could be honoured: events after `since` follow.
+    Resumed { since: u64, seq: u64 },
+    /// The events after `since` are no longer all kept (the oldest kept is `oldest_seq`): reload
+    /// the state, then carry on from `seq`, which live events continue after.
+    ResumeFailed {
+        since: u64,
+        oldest_seq: u64,
+        seq: u64,
     },
     Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -201,6 +217,36 @@ pub fn ephemeral_frame(event: &str, data: &Value) -> ByteString {
         .into()
 }
 
+/// Why a resume point is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SinceError {
+    #[error("`since` must be a non-negative integer: the last sequence number processed")]
+    Malformed,
+    #[error("`since` is ahead of the account's latest sequence number")]
+    InFuture,
+    #[error("send `resume` as the first frame, before any event; or reconnect with ?since=")]
+    TooLate,
+}
+
+impl SinceError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Malformed => "invalid-since",
+            Self::InFuture => "since-in-future",
+            Self::TooLate => "resume-too-late",
+        }
+    }
+
+    /// `since` as a query parameter or a frame field.
+    pub fn parse(value: &Value) -> Result<u64, Self> {
+        match value {
+            Value::Number(n) => n.as_u64().ok_or(Self::Malformed),
+            Value::String(s) => s.parse().map_err(|_| Self::Malformed),
+            _ => Err(Self::Malformed),
+        }
+    }
+}
+
 /// Every reason the server closes a WebSocket, with its close code. One table, so clients can
 /// rely on it: the README lists what each means for reconnecting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +259,10 @@ pub enum Close {
     ProtocolError,
     /// The server is shutting down. Reconnect, possibly to another node.
     ServerShutdown,
+    /// The client read too slowly and too much was queued for it. Reconnect with `?since=`.
+    SlowConsumer,
+    /// The server could not carry on with the session (its database failed). Reconnect later.
+    ServerError,
 }
 
 impl Close {
@@ -222,6 +272,8 @@ impl Close {
             Self::FrameTooLarge => 1009,
             Self::ProtocolError => 1002,
             Self::ServerShutdown => 1001,
+            Self::SlowConsumer => 4001,
+            Self::ServerError => 1011,
         }
     }
 
@@ -231,6 +283,8 @@ impl Close {
             Self::FrameTooLarge => "message too large",
             Self::ProtocolError => "protocol error",
             Self::ServerShutdown => "server shutting down",
+            Self::SlowConsumer => "slow consumer",
+            Self::ServerError => "server error",
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::logging;
 use crate::outbound::Dispatcher;
+use crate::retention::Pruner;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|_| StoreError::Cancelled)??;
     let broker = Broker::new(store.clone(), config.presence_grace).start();
     let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound).start();
+    Pruner::new(store.clone(), config.retention).start();
 
     let state = web::Data::new(AppState {
         verifier: Verifier::new(&config.jwt),
@@ -54,8 +56,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             dispatcher: dispatcher.clone(),
             heartbeat: config.heartbeat,
             max_frame_bytes: config.max_frame_bytes,
+            max_queued_bytes: config.max_queued_bytes,
         }),
         dispatcher,
+        long_poll_max: config.long_poll_max,
         webhooks: WebhookState {
             stats: Default::default(),
             facebook_verify_token: config.webhooks.facebook_verify_token.clone(),

@@ -66,6 +66,20 @@ pub struct Publish {
     pub event: RoomEvent,
 }
 
+/// A long-poll waiting for the next event `user` may see in `account`; woken once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wait {
+    pub account: AccountId,
+    pub user: UserId,
+    pub wake: tokio::sync::oneshot::Sender<()>,
+}
+
+struct Waiter {
+    user: UserId,
+    wake: tokio::sync::oneshot::Sender<()>,
+}
+
 struct RoomEntry {
     room: Addr<Room>,
     members: usize,
@@ -77,6 +91,8 @@ pub struct Broker {
     /// departure).
     presence_grace: Duration,
     rooms: HashMap<AccountId, RoomEntry>,
+    /// Long-polls waiting for an account's next event (they need no room).
+    waiters: HashMap<AccountId, Vec<Waiter>>,
 }
 
 impl Broker {
@@ -85,6 +101,7 @@ impl Broker {
             store,
             presence_grace,
             rooms: HashMap::new(),
+            waiters: HashMap::new(),
         }
     }
 }
@@ -137,6 +154,17 @@ impl Handler<Publish> for Broker {
     type Result = ();
 
     fn handle(&mut self, publish: Publish, _: &mut Context<Self>) {
+        if let Some(waiters) = self.waiters.get_mut(&publish.account) {
+            let target = publish.event.user.as_ref();
+            let woken = waiters.extract_if(.., |w| target.is_none_or(|t| *t == w.user));
+            for waiter in woken {
+                // The long-poll reads the events itself; this only wakes it.
+                let _ = waiter.wake.send(());
+            }
+            if waiters.is_empty() {
+                self.waiters.remove(&publish.account);
+            }
+        }
         // No room means no live session: the event is stored, and that is all it needs.
         if let Some(entry) = self.rooms.get(&publish.account) {
             entry.room.do_send(publish.event);
@@ -168,5 +196,19 @@ impl Handler<OnlineUsers> for Broker {
                 None => Vec::new(),
             }
         })
+    }
+}
+
+impl Handler<Wait> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, wait: Wait, _: &mut Context<Self>) {
+        let waiters = self.waiters.entry(wait.account).or_default();
+        // Long-polls that timed out leave closed senders behind; drop them as new ones come.
+        waiters.retain(|w| !w.wake.is_closed());
+        waiters.push(Waiter {
+            user: wait.user,
+            wake: wait.wake,
+        });
     }
 }

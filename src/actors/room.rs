@@ -43,7 +43,7 @@ impl RoomEvent {
     /// `None` for a row that cannot be delivered faithfully. Rows are checked when they are
     /// published, so only one edited by hand can be; it is skipped rather than guessed at (a
     /// user id that does not parse must not widen the audience to the whole account).
-    fn from_stored(row: events::StoredEvent) -> Option<Self> {
+    pub fn from_stored(row: events::StoredEvent) -> Option<Self> {
         let seq = row.seq as u64;
         let user = row.user_id.as_deref().map(UserId::new).transpose();
         let data = RawValue::from_string(row.data);
@@ -118,7 +118,10 @@ impl Room {
             }
             for id in ids {
                 if let Some(member) = self.members.get(id) {
-                    member.deliver.do_send(Deliver(frame.clone()));
+                    member.deliver.do_send(Deliver {
+                        frame: frame.clone(),
+                        seq: None,
+                    });
                 }
             }
         };
@@ -140,7 +143,10 @@ impl Room {
     fn fan_out(&self, event: &RoomEvent) {
         let deliver = |id: &SessionId| {
             if let Some(member) = self.members.get(id) {
-                member.deliver.do_send(Deliver(event.frame.clone()));
+                member.deliver.do_send(Deliver {
+                    frame: event.frame.clone(),
+                    seq: Some(event.seq),
+                });
             }
         };
         match &event.user {

@@ -2,12 +2,14 @@
 //!
 //! - `GET /ws` — the WebSocket endpoint ([`ws`]).
 //! - `POST /api/v1/publish` — the server-side publish API ([`publish`]).
+//! - `GET /api/v1/events` — the long-poll fallback ([`events`]).
 //! - `/api/v1/integrations…`, `/api/v1/webhooks/stats` — admin ([`integrations`]).
 //! - `/api/v1/conversations…` — the inbox for users ([`conversations`]).
 //! - `/api/v1/notifications…` — [`notifications`]; `/api/v1/presence` — [`presence`].
 //! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`crate::webhooks`]).
 
 pub mod conversations;
+pub mod events;
 pub mod extract;
 pub mod integrations;
 pub mod notifications;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub sessions: Arc<session::Shared>,
     pub dispatcher: Addr<Dispatcher>,
     pub webhooks: WebhookState,
+    /// Longest wait a long-poll may ask for.
+    pub long_poll_max: Duration,
 }
 
 /// What the webhook handlers share.
@@ -102,6 +106,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .route("/{id}", web::delete().to(notifications::delete)),
     )
     .route("/api/v1/presence", web::get().to(presence::online))
+    .route("/api/v1/events", web::get().to(events::poll))
     .route("/webhooks/facebook", web::get().to(facebook::handshake))
     .route("/webhooks/facebook", web::post().to(facebook::receive))
     .route("/webhooks/zalo", web::post().to(zalo::receive))

@@ -1,17 +1,25 @@
-//! `GET /ws`: authenticate, then upgrade to a WebSocket served by a [`Session`] actor.
+//! `GET /ws[?since=N]`: authenticate, then upgrade to a WebSocket served by a [`Session`] actor.
 //!
 //! Every refusal happens here, before the upgrade, as an HTTP error with a JSON body — a browser
-//! or CLI client sees *why* (401 `token-expired`, …) rather than a socket that silently never
-//! opens.
+//! or CLI client sees *why* (401 `token-expired`, 400 `invalid-since`, …) rather than a socket that
+//! silently never opens.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::AppState;
-use crate::actors::session::Session;
+use crate::actors::session::{self, Session};
 use crate::auth;
 use crate::error::ApiError;
+use crate::protocol::SinceError;
 use crate::store::events;
+
+#[derive(Deserialize)]
+struct ResumeQuery {
+    since: Option<String>,
+}
 
 pub async fn connect(
     req: HttpRequest,
@@ -21,16 +29,23 @@ pub async fn connect(
     let token = auth::token_from_request(&req)?;
     let identity = state.verifier.verify(&token)?;
     ws::handshake(&req).map_err(|_| ApiError::NotWebSocket)?;
+    let since = web::Query::<ResumeQuery>::from_query(req.query_string())
+        .map_err(|_| ApiError::Since(SinceError::Malformed))?
+        .into_inner()
+        .since
+        .map(|s| SinceError::parse(&Value::String(s)))
+        .transpose()
+        .map_err(ApiError::Since)?;
 
     let account = identity.account.clone();
     let seen_seq = state
         .store
         .run(move |conn| events::current_seq(conn, &account))
         .await?;
+    if since.is_some_and(|since| since > seen_seq) {
+        return Err(ApiError::Since(SinceError::InFuture));
+    }
 
-    let session = Session::new(identity, seen_seq, state.sessions.clone());
-    ws::WsResponseBuilder::new(session, &req, stream)
-        .frame_size(state.sessions.max_frame_bytes)
-        .start()
-        .map_err(|_| ApiError::NotWebSocket)
+    let session = Session::new(identity, seen_seq, since, state.sessions.clone());
+    session::start(session, &req, stream).map_err(|_| ApiError::NotWebSocket)
 }

@@ -77,3 +77,61 @@ pub fn after(
         .limit(limit)
         .load(conn)?)
 }
+
+/// The events after `after`, up to `up_to`, that `user` may see (the account's, and those
+/// addressed to them), in sequence order; at most `limit`.
+pub fn visible(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    user: &UserId,
+    after: u64,
+    up_to: Option<u64>,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut query = events::table
+        .filter(events::account_id.eq(account.as_str()))
+        .filter(events::seq.gt(after as i64))
+        .filter(
+            events::user_id
+                .is_null()
+                .or(events::user_id.eq(user.as_str())),
+        )
+        .order(events::seq.asc())
+        .limit(limit)
+        .into_boxed();
+    if let Some(up_to) = up_to {
+        query = query.filter(events::seq.le(up_to as i64));
+    }
+    Ok(query.load(conn)?)
+}
+
+/// Where the account's history stands: (oldest event still kept, last sequence number). With
+/// nothing kept, the oldest is `last + 1`.
+pub fn history(conn: &mut DbConnection, account: &AccountId) -> Result<(u64, u64), StoreError> {
+    let last = current_seq(conn, account)?;
+    let oldest: Option<i64> = events::table
+        .filter(events::account_id.eq(account.as_str()))
+        .select(diesel::dsl::min(events::seq))
+        .first(conn)?;
+    Ok((oldest.map_or(last + 1, |s| s as u64), last))
+}
+
+/// Deletes events older than `before_ms`, and each account's events beyond its newest
+/// `keep`; returns how many went.
+pub fn prune(conn: &mut DbConnection, before_ms: i64, keep: u64) -> Result<usize, StoreError> {
+    let mut deleted =
+        diesel::delete(events::table.filter(events::created_at.lt(before_ms))).execute(conn)?;
+    let accounts: Vec<(String, i64)> = account_sequences::table
+        .select((account_sequences::account_id, account_sequences::last_seq))
+        .filter(account_sequences::last_seq.gt(keep as i64))
+        .load(conn)?;
+    for (account, last) in accounts {
+        deleted += diesel::delete(
+            events::table
+                .filter(events::account_id.eq(&account))
+                .filter(events::seq.le(last - keep as i64)),
+        )
+        .execute(conn)?;
+    }
+    Ok(deleted)
+}

@@ -17,7 +17,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use switchboard::config::{
-    Config, Database, Heartbeat, JwtConfig, JwtKey, OutboundConfig, Secret, WebhookConfig,
+    Config, Database, Heartbeat, JwtConfig, JwtKey, OutboundConfig, Retention, Secret,
+    WebhookConfig,
 };
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-32-bytes-or-more";
@@ -127,6 +128,13 @@ pub fn config(db: &Db) -> Config {
             timeout: Duration::from_secs(5),
         },
         presence_grace: Duration::from_millis(300),
+        retention: Retention {
+            max_age: Duration::from_secs(3600),
+            max_events: 100_000,
+            interval: Duration::from_secs(60),
+        },
+        max_queued_bytes: 1024 * 1024,
+        long_poll_max: Duration::from_secs(30),
         dev_mode: None,
     }
 }

@@ -1,0 +1,301 @@
+//! A session: one WebSocket connection, as an actor.
+//!
+//! It joins its account's room through the broker when it starts and leaves when it stops; it
+//! writes the frames its room delivers; it pings the client every heartbeat interval and closes a
+//! connection that stays silent past the timeout; it answers bad frames with an `error` frame and
+//! carries on. The rest lives beside this file:
+//!
+//! - [`requests`] — the user's `send`, `read`, `typing` and `presence` frames;
+//! - [`replay`] — resuming after a reconnect (`?since=` or a `resume` frame): replaying what was
+//!   missed, merged with live events by sequence number;
+//! - [`transport`] — the WebSocket transport, which counts the bytes queued for the client, so a
+//!   client that does not read is closed at a bound instead of growing the server's memory.
+//!
+//! actix-web-actors is deprecated upstream in favour of actix-ws; it is used only in this module
+//! and in `api::ws`, so moving off it touches those places only.
+
+mod replay;
+mod requests;
+mod transport;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::Item;
+use actix_web::web::{Bytes, BytesMut};
+use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use bytestring::ByteString;
+
+use super::broker::{Broker, Join, Leave};
+use crate::auth::Identity;
+use crate::config::Heartbeat;
+use crate::ids::SessionId;
+use crate::outbound::Dispatcher;
+use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
+use crate::store::Store;
+pub use transport::start;
+
+/// A frame for the client, already serialized (the same bytes go to every recipient). `seq` is
+/// the stored event's sequence number; `None` for an ephemeral event.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub frame: ByteString,
+    pub seq: Option<u64>,
+}
+
+/// The room has taken the session in; `seq` is the last event that will not be delivered.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Joined {
+    pub seq: u64,
+}
+
+/// What every session shares (one allocation for all of them).
+pub struct Shared {
+    pub broker: Addr<Broker>,
+    pub store: Store,
+    pub dispatcher: Addr<Dispatcher>,
+    pub heartbeat: Heartbeat,
+    pub max_frame_bytes: usize,
+    /// Bytes queued for a client and not yet taken by the socket writer before the session is
+    /// closed as a slow consumer.
+    pub max_queued_bytes: usize,
+}
+
+pub struct Session {
+    id: SessionId,
+    identity: Identity,
+    /// The account's sequence number at authorisation, handed to the room on joining.
+    seen_seq: u64,
+    shared: Arc<Shared>,
+    limits: requests::Limits,
+    resume: replay::Resume,
+    /// Bytes written for the client that the transport has not yet taken.
+    backlog: Arc<transport::Backlog>,
+    /// When the client last showed it is alive (any frame, pongs included).
+    last_heard: Instant,
+    /// A fragmented message being reassembled; `None` almost always.
+    fragments: Option<BytesMut>,
+    /// Why the session ended, for the disconnect log line; set once it is closing.
+    end_reason: Option<String>,
+}
+
+impl Session {
+    /// `since`: the last sequence number the client processed, when it reconnects (`?since=`).
+    pub fn new(identity: Identity, seen_seq: u64, since: Option<u64>, shared: Arc<Shared>) -> Self {
+        Self {
+            id: SessionId::random(),
+            identity,
+            seen_seq,
+            shared,
+            limits: requests::Limits::new(),
+            resume: replay::Resume::new(since),
+            backlog: Arc::default(),
+            last_heard: Instant::now(),
+            fragments: None,
+            end_reason: None,
+        }
+    }
+
+    fn closing(&self) -> bool {
+        self.end_reason.is_some()
+    }
+
+    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, close: Close) {
+        if self.closing() {
+            return;
+        }
+        self.end_reason = Some(close.reason().to_owned());
+        ctx.close(Some(CloseReason {
+            code: CloseCode::from(close.code()),
+            description: Some(close.reason().to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    /// Writes a frame for the client, counting it against the backlog bound: a client that does
+    /// not read is closed (4001) rather than allowed to grow the server's memory. It resumes from
+    /// its last sequence number, so it loses nothing.
+    fn write(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
+        if self.closing() {
+            return;
+        }
+        let size = transport::frame_size(frame.len());
+        if self.backlog.get() + size > self.shared.max_queued_bytes {
+            log::warn!(
+                "slow consumer account={} user={} session={} queued={}",
+                self.identity.account,
+                self.identity.user,
+                self.id,
+                self.backlog.get()
+            );
+            return self.close(ctx, Close::SlowConsumer);
+        }
+        self.backlog.add(size);
+        ctx.text(frame);
+    }
+
+    fn send_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: &FrameError) {
+        log::debug!(
+            "bad frame account={} user={} session={} code={}",
+            self.identity.account,
+            self.identity.user,
+            self.id,
+            error.code()
+        );
+        self.write(ctx, ServerFrame::error(error).to_text());
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        match ClientFrame::parse(text) {
+            Ok(ClientFrame::Ping { reference }) => {
+                self.write(ctx, ServerFrame::Pong { reference }.to_text());
+            }
+            Ok(ClientFrame::Send {
+                conversation_id,
+                text,
+                attachments,
+                client_msg_id,
+                reference,
+            }) => {
+                let send = requests::OwnedSend {
+                    conversation_id,
+                    text,
+                    attachments: attachments.map(|a| a.to_string()),
+                    client_msg_id,
+                };
+                self.on_send(send, reference, ctx);
+            }
+            Ok(ClientFrame::Read {
+                conversation_id,
+                up_to,
+                reference,
+            }) => self.on_read(conversation_id, up_to, reference, ctx),
+            Ok(ClientFrame::Typing { conversation_id }) => self.on_typing(conversation_id, ctx),
+            Ok(ClientFrame::Resume { since }) => self.on_resume(&since, ctx),
+            Ok(ClientFrame::Presence { reference }) => self.on_presence(reference, ctx),
+            Err(error) => self.send_error(ctx, &error),
+        }
+    }
+
+    fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (first, bytes, last) = match item {
+            Item::FirstText(b) => (Some(true), b, false),
+            Item::FirstBinary(b) => (Some(false), b, false),
+            Item::Continue(b) => (None, b, false),
+            Item::Last(b) => (None, b, true),
+        };
+        match (first, self.fragments.as_mut()) {
+            (Some(false), _) => {
+                self.fragments = None;
+                self.send_error(ctx, &FrameError::Binary);
+                return;
+            }
+            (Some(true), _) => self.fragments = Some(BytesMut::from(&bytes[..])),
+            (None, Some(buffer)) => buffer.extend_from_slice(&bytes),
+            // The rest of a binary message we already refused.
+            (None, None) => return,
+        }
+        let size = self.fragments.as_ref().map_or(0, BytesMut::len);
+        if size > self.shared.max_frame_bytes {
+            self.close(ctx, Close::FrameTooLarge);
+        } else if last {
+            let message: Bytes = self.fragments.take().unwrap_or_default().freeze();
+            match std::str::from_utf8(&message) {
+                Ok(text) => self.on_text(text, ctx),
+                Err(_) => self.close(ctx, Close::ProtocolError),
+            }
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        log::info!(
+            "connect account={} user={} session={}",
+            self.identity.account,
+            self.identity.user,
+            self.id
+        );
+        ctx.run_interval(self.shared.heartbeat.interval, |session, ctx| {
+            if session.last_heard.elapsed() > session.shared.heartbeat.timeout {
+                session.close(ctx, Close::HeartbeatTimeout);
+            } else {
+                session.backlog.add(transport::frame_size(0));
+                ctx.ping(b"");
+            }
+        });
+        self.shared.broker.do_send(Join {
+            session: self.id,
+            account: self.identity.account.clone(),
+            user: self.identity.user.clone(),
+            seen_seq: self.seen_seq,
+            deliver: ctx.address().recipient(),
+            joined: ctx.address().recipient(),
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shared.broker.do_send(Leave {
+            session: self.id,
+            account: self.identity.account.clone(),
+        });
+        log::info!(
+            "disconnect account={} user={} session={} reason={}",
+            self.identity.account,
+            self.identity.user,
+            self.id,
+            self.end_reason.as_deref().unwrap_or("connection lost")
+        );
+    }
+}
+
+impl Handler<Joined> for Session {
+    type Result = ();
+
+    fn handle(&mut self, joined: Joined, ctx: &mut Self::Context) {
+        self.joined(joined.seq, ctx);
+    }
+}
+
+impl Handler<Deliver> for Session {
+    type Result = ();
+
+    fn handle(&mut self, deliver: Deliver, ctx: &mut Self::Context) {
+        self.deliver(deliver, ctx);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    fn handle(&mut self, message: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let message = match message {
+            Ok(message) => message,
+            Err(ws::ProtocolError::Overflow) => return self.close(ctx, Close::FrameTooLarge),
+            Err(error) => {
+                log::debug!("websocket protocol error session={}: {error}", self.id);
+                return self.close(ctx, Close::ProtocolError);
+            }
+        };
+        self.last_heard = Instant::now();
+        match message {
+            ws::Message::Text(text) => self.on_text(&text, ctx),
+            ws::Message::Binary(_) => self.send_error(ctx, &FrameError::Binary),
+            ws::Message::Continuation(item) => self.on_fragment(item, ctx),
+            ws::Message::Ping(payload) => {
+                self.backlog.add(transport::frame_size(payload.len()));
+                ctx.pong(&payload);
+            }
+            ws::Message::Pong(_) | ws::Message::Nop => {}
+            ws::Message::Close(reason) => {
+                let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
+                self.end_reason = Some(format!("client closed ({code})"));
+                ctx.close(reason);
+                ctx.stop();
+            }
+        }
+    }
+}

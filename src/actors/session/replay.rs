@@ -1,0 +1,259 @@
+//! Resuming: a client that reconnects with the last sequence number it processed (`?since=N`, or
+//! a `resume` frame sent first) gets every stored event it may see after N, in order, then the
+//! live ones — no gap, no duplicate.
+//!
+//! The session is registered with its room (live) before history is read: live events arriving
+//! meanwhile are held back, and written after the replay. Everything replayed is at or below the
+//! room's position when the session joined, and everything live is above it, so the merge is by
+//! sequence number with nothing to compare. When the events after N are no longer all kept
+//! (retention), the client is told with `resume-failed` and carries on live from there.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use bytestring::ByteString;
+use serde_json::Value;
+
+use super::{transport, Deliver, Session};
+use crate::actors::room::RoomEvent;
+use crate::protocol::{Close, ServerFrame, SinceError};
+use crate::store::{events, StoreError};
+
+/// Events read from the database per replay step.
+const REPLAY_CHUNK: i64 = 500;
+/// How long a replay waits for the client to drain half its backlog before the next step.
+const REPLAY_PAUSE: Duration = Duration::from_millis(20);
+
+/// Where the session stands in resuming.
+pub(super) struct Resume {
+    /// The resume point asked for, by `?since=` or a `resume` frame.
+    since: Option<u64>,
+    /// The room's position when the session joined: live events come after it.
+    joined_seq: Option<u64>,
+    /// Live frames held back while replaying (`None` when not replaying), and their size.
+    held: Option<Vec<(Option<u64>, ByteString)>>,
+    held_bytes: usize,
+    /// Live events up to here are already with the client (it resumed from beyond the room's
+    /// position, which events still in flight had not reached).
+    skip_through: u64,
+    /// An event has been written: a `resume` frame now would come too late.
+    events_written: bool,
+}
+
+impl Resume {
+    pub(super) fn new(since: Option<u64>) -> Self {
+        Self {
+            since,
+            joined_seq: None,
+            held: None,
+            held_bytes: 0,
+            skip_through: 0,
+            events_written: false,
+        }
+    }
+}
+
+/// How the client asked: the answer differs (the welcome says it, or a `resumed` frame).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    Query,
+    Frame,
+}
+
+impl Session {
+    fn welcome(&mut self, ctx: &mut ws::WebsocketContext<Self>, seq: u64, resumed: bool) {
+        let welcome = ServerFrame::Welcome {
+            session_id: self.id.to_string(),
+            account_id: self.identity.account.as_str(),
+            user_id: self.identity.user.as_str(),
+            seq,
+            heartbeat_interval_ms: self.shared.heartbeat.interval.as_millis() as u64,
+            client_timeout_ms: self.shared.heartbeat.timeout.as_millis() as u64,
+            resumed,
+            since: self.resume.since,
+        }
+        .to_text();
+        self.write(ctx, welcome);
+    }
+
+    /// The room took the session in at `seq`.
+    pub(super) fn joined(&mut self, seq: u64, ctx: &mut ws::WebsocketContext<Self>) {
+        self.resume.joined_seq = Some(seq);
+        match self.resume.since {
+            None => self.welcome(ctx, seq, false),
+            Some(since) => self.begin_replay(since, Asked::Query, ctx),
+        }
+    }
+
+    /// A frame from the room: written, or held back while a replay runs.
+    pub(super) fn deliver(
+        &mut self,
+        Deliver { frame, seq }: Deliver,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if seq.is_some_and(|seq| seq <= self.resume.skip_through) {
+            return;
+        }
+        if let Some(held) = &mut self.resume.held {
+            self.resume.held_bytes += transport::frame_size(frame.len());
+            held.push((seq, frame));
+            if self.resume.held_bytes + self.backlog.get() > self.shared.max_queued_bytes {
+                self.close(ctx, Close::SlowConsumer);
+            }
+            return;
+        }
+        self.write_delivered(ctx, seq, frame);
+    }
+
+    fn write_delivered(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        seq: Option<u64>,
+        frame: ByteString,
+    ) {
+        self.resume.events_written |= seq.is_some();
+        self.write(ctx, frame);
+    }
+
+    /// A `resume` frame: honoured only as the first thing the session delivers.
+    pub(super) fn on_resume(&mut self, since: &Value, ctx: &mut ws::WebsocketContext<Self>) {
+        let refusal = match SinceError::parse(since) {
+            Err(e) => Some(e),
+            Ok(_) if self.resume.since.is_some() || self.resume.events_written => {
+                Some(SinceError::TooLate)
+            }
+            Ok(since) => {
+                self.resume.since = Some(since);
+                // Not yet joined: the join will replay, as for `?since=`.
+                if self.resume.joined_seq.is_some() {
+                    self.begin_replay(since, Asked::Frame, ctx);
+                }
+                None
+            }
+        };
+        if let Some(error) = refusal {
+            self.refuse_since(ctx, error);
+        }
+    }
+
+    fn refuse_since(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: SinceError) {
+        let frame = ServerFrame::Error {
+            code: error.code(),
+            message: error.to_string(),
+            reference: None,
+            retry_after_ms: None,
+        };
+        self.write(ctx, frame.to_text());
+    }
+
+    fn begin_replay(&mut self, since: u64, asked: Asked, ctx: &mut ws::WebsocketContext<Self>) {
+        let joined = self.resume.joined_seq.expect("replay starts once joined");
+        self.resume.held = Some(Vec::new());
+        let store = self.shared.store.clone();
+        let account = self.identity.account.clone();
+        let history = async move { store.run(move |conn| events::history(conn, &account)).await };
+        ctx.spawn(history.into_actor(self).map(move |result, session, ctx| {
+            let (oldest, last) = match result {
+                Ok(history) => history,
+                Err(e) => return session.replay_failed(ctx, &e),
+            };
+            if since > last {
+                // Only a `resume` frame gets here; `?since=` was checked before the upgrade.
+                session.refuse_since(ctx, SinceError::InFuture);
+                session.resume.since = None;
+                return session.finish_replay(ctx);
+            }
+            let kept = since + 1 >= oldest;
+            match asked {
+                Asked::Query => session.welcome(ctx, joined, kept),
+                Asked::Frame if kept => {
+                    session.write(ctx, ServerFrame::Resumed { since, seq: joined }.to_text());
+                }
+                Asked::Frame => {}
+            }
+            if !kept {
+                let failed = ServerFrame::ResumeFailed {
+                    since,
+                    oldest_seq: oldest,
+                    seq: joined,
+                };
+                session.write(ctx, failed.to_text());
+                return session.finish_replay(ctx);
+            }
+            if since >= joined {
+                session.resume.skip_through = since;
+                session.finish_replay(ctx);
+            } else {
+                session.replay_step(since, joined, ctx);
+            }
+        }));
+    }
+
+    /// Writes the next chunk of history after `after`, up to `up_to`.
+    fn replay_step(&mut self, after: u64, up_to: u64, ctx: &mut ws::WebsocketContext<Self>) {
+        let store = self.shared.store.clone();
+        let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
+        let read = async move {
+            store
+                .run(move |conn| {
+                    events::visible(conn, &account, &user, after, Some(up_to), REPLAY_CHUNK)
+                })
+                .await
+        };
+        ctx.spawn(read.into_actor(self).map(move |result, session, ctx| {
+            let rows = match result {
+                Ok(rows) => rows,
+                Err(e) => return session.replay_failed(ctx, &e),
+            };
+            let more = rows.len() as i64 == REPLAY_CHUNK;
+            let mut last = after;
+            for row in rows {
+                last = row.seq as u64;
+                if let Some(event) = RoomEvent::from_stored(row) {
+                    session.write_delivered(ctx, Some(event.seq), event.frame);
+                }
+            }
+            if session.closing() {
+                return;
+            }
+            if more && last < up_to {
+                session.replay_when_drained(last, up_to, ctx);
+            } else {
+                session.finish_replay(ctx);
+            }
+        }));
+    }
+
+    /// Paces a long replay by the client's reading: the next chunk once half the backlog drained.
+    fn replay_when_drained(
+        &mut self,
+        after: u64,
+        up_to: u64,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if self.backlog.get() > self.shared.max_queued_bytes / 2 {
+            ctx.run_later(REPLAY_PAUSE, move |session, ctx| {
+                session.replay_when_drained(after, up_to, ctx)
+            });
+        } else {
+            self.replay_step(after, up_to, ctx);
+        }
+    }
+
+    /// The replay is done: write what arrived live meanwhile, and go live.
+    fn finish_replay(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let held = self.resume.held.take().unwrap_or_default();
+        self.resume.held_bytes = 0;
+        for (seq, frame) in held {
+            if seq.is_none_or(|seq| seq > self.resume.skip_through) {
+                self.write_delivered(ctx, seq, frame);
+            }
+        }
+    }
+
+    fn replay_failed(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: &StoreError) {
+        log::error!("replay failed session={}: {error}", self.id);
+        self.close(ctx, Close::ServerError);
+    }
+}

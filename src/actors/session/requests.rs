@@ -1,0 +1,254 @@
+//! The user's requests over the socket: `send` and `read` go through [`inbox`] on the blocking
+//! pool (exactly as the REST API does), `typing` and `presence` through the broker. None is
+//! awaited in the session's mailbox: each runs as a spawned future that answers when done.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde_json::{json, Value};
+
+use super::Session;
+use crate::actors::broker::{Ephemeral, OnlineUsers};
+use crate::ids::UserId;
+use crate::inbox::{self, InboxError, Send};
+use crate::outbound::Dispatch;
+use crate::protocol::{ephemeral_frame, ServerFrame};
+use crate::store::{self, conversations};
+
+/// Sends a session may make: a burst of this many …
+const SEND_BURST: u32 = 20;
+/// … refilled at this many per second.
+const SENDS_PER_SECOND: u32 = 10;
+/// `typing` frames forwarded per session: one per this interval; the rest are dropped.
+const TYPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A session's request rates.
+pub(super) struct Limits {
+    sends: DefaultDirectRateLimiter,
+    typing: DefaultDirectRateLimiter,
+}
+
+impl Limits {
+    pub(super) fn new() -> Self {
+        let per_second = |n| NonZeroU32::new(n).expect("a positive rate");
+        Self {
+            sends: RateLimiter::direct(
+                Quota::per_second(per_second(SENDS_PER_SECOND)).allow_burst(per_second(SEND_BURST)),
+            ),
+            typing: RateLimiter::direct(
+                Quota::with_period(TYPING_INTERVAL).expect("a positive interval"),
+            ),
+        }
+    }
+}
+
+impl Session {
+    fn refuse(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        error: &InboxError,
+        reference: Option<Value>,
+    ) {
+        if let InboxError::Store(e) = error {
+            log::error!("session request failed: {e}");
+        }
+        let message = match error {
+            InboxError::Store(_) => "internal error; try again".to_owned(),
+            other => other.to_string(),
+        };
+        let frame = ServerFrame::Error {
+            code: error.code(),
+            message,
+            reference,
+            retry_after_ms: None,
+        };
+        self.write(ctx, frame.to_text());
+    }
+
+    pub(super) fn on_send(
+        &mut self,
+        send: OwnedSend,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if let Err(not_until) = self.limits.sends.check() {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let frame = ServerFrame::Error {
+                code: "rate-limited",
+                message: "too many messages; slow down".to_owned(),
+                reference,
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            };
+            self.write(ctx, frame.to_text());
+            return;
+        }
+        if let Err(error) = send.borrow().validate() {
+            return self.refuse(ctx, &error, reference);
+        }
+        let shared = self.shared.clone();
+        let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
+        let work = async move {
+            let store = shared.store.clone();
+            let broker = shared.broker.clone();
+            let result = store
+                .run(move |conn| {
+                    let mut sent = store::write(conn, &account, |conn| {
+                        inbox::send(conn, &account, &user, &send.borrow())
+                    })?;
+                    inbox::hand_off(&broker, &account, std::mem::take(&mut sent.events));
+                    Ok::<_, InboxError>(sent)
+                })
+                .await;
+            if let Ok(sent) = &result {
+                if let Some(delivery_id) = sent.delivery.clone() {
+                    shared.dispatcher.do_send(Dispatch { delivery_id });
+                }
+            }
+            result
+        };
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |result, session, ctx| match result {
+                    Ok(sent) => {
+                        let ack = ServerFrame::Ack {
+                            reference,
+                            conversation_id: &sent.message.conversation_id,
+                            message_id: Some(&sent.message.id),
+                            seq: Some(sent.seq),
+                            duplicate: sent.duplicate,
+                        };
+                        session.write(ctx, ack.to_text());
+                    }
+                    Err(error) => session.refuse(ctx, &error, reference),
+                }),
+        );
+    }
+
+    pub(super) fn on_read(
+        &mut self,
+        conversation_id: String,
+        up_to: Option<String>,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let (store, broker) = (self.shared.store.clone(), self.shared.broker.clone());
+        let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
+        let id = conversation_id.clone();
+        let work = async move {
+            store
+                .run(move |conn| {
+                    let (_, events) = store::write(conn, &account, |conn| {
+                        inbox::mark_read(conn, &account, &user, &id, up_to.as_deref())
+                    })?;
+                    inbox::hand_off(&broker, &account, events);
+                    Ok::<_, InboxError>(())
+                })
+                .await
+        };
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |result, session, ctx| match result {
+                    Ok(()) => {
+                        let ack = ServerFrame::Ack {
+                            reference,
+                            conversation_id: &conversation_id,
+                            message_id: None,
+                            seq: None,
+                            duplicate: false,
+                        };
+                        session.write(ctx, ack.to_text());
+                    }
+                    Err(error) => session.refuse(ctx, &error, reference),
+                }),
+        );
+    }
+
+    /// Forwards "typing" to the others who see the conversation; at most one per
+    /// [`TYPING_INTERVAL`], the rest dropped (a typing indicator loses nothing by it).
+    pub(super) fn on_typing(
+        &mut self,
+        conversation_id: String,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        if self.limits.typing.check().is_err() {
+            return;
+        }
+        let (store, broker) = (self.shared.store.clone(), self.shared.broker.clone());
+        let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
+        let work = async move {
+            let (lookup_account, lookup_user, id) =
+                (account.clone(), user.clone(), conversation_id.clone());
+            let audience = store
+                .run(move |conn| {
+                    let conversation =
+                        conversations::visible(conn, &lookup_account, &lookup_user, &id)?
+                            .ok_or(InboxError::NotParticipant)?;
+                    if conversation.is_external() {
+                        return Ok(None);
+                    }
+                    let ids = conversations::participants_of(conn, &conversation.id)?;
+                    Ok::<_, InboxError>(Some(
+                        ids.iter().filter_map(|u| UserId::new(u).ok()).collect(),
+                    ))
+                })
+                .await?;
+            let data = json!({ "conversation_id": conversation_id, "user_id": user.as_str() });
+            broker.do_send(Ephemeral {
+                account,
+                users: audience,
+                except: Some(user),
+                frame: ephemeral_frame("typing", &data),
+            });
+            Ok::<_, InboxError>(())
+        };
+        ctx.spawn(work.into_actor(self).map(|result, session, ctx| {
+            if let Err(error) = result {
+                session.refuse(ctx, &error, None);
+            }
+        }));
+    }
+
+    pub(super) fn on_presence(
+        &mut self,
+        reference: Option<Value>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let query = self.shared.broker.send(OnlineUsers {
+            account: self.identity.account.clone(),
+        });
+        ctx.spawn(query.into_actor(self).map(move |users, session, ctx| {
+            let users = users.unwrap_or_default();
+            session.write(
+                ctx,
+                ServerFrame::Presence {
+                    reference,
+                    users: &users,
+                }
+                .to_text(),
+            );
+        }));
+    }
+}
+
+/// A `send` frame's content, owned so it can move to the blocking pool.
+pub(super) struct OwnedSend {
+    pub(super) conversation_id: String,
+    pub(super) text: Option<String>,
+    pub(super) attachments: Option<String>,
+    pub(super) client_msg_id: Option<String>,
+}
+
+impl OwnedSend {
+    fn borrow(&self) -> Send<'_> {
+        Send {
+            conversation_id: &self.conversation_id,
+            text: self.text.as_deref(),
+            attachments: self.attachments.as_deref(),
+            client_msg_id: self.client_msg_id.as_deref(),
+        }
+    }
+}

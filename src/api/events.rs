@@ -1,0 +1,98 @@
+//! `GET /api/v1/events?since=N&timeout=S` (user JWT): the long-poll fallback for a client whose
+//! WebSocket is blocked. It answers at once with the events after N the user may see, or waits
+//! up to S seconds for the next one — woken by the broker when one is published, never by
+//! polling the database — and answers with the same event frames, in the same order.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::extract::User;
+use super::AppState;
+use crate::actors::broker::Wait;
+use crate::actors::room::RoomEvent;
+use crate::auth::Identity;
+use crate::error::ApiError;
+use crate::protocol::SinceError;
+use crate::store::events;
+
+/// Events in one answer at most; the client asks again from the last one.
+const PAGE: i64 = 500;
+/// The wait when the client names none.
+const DEFAULT_WAIT: Duration = Duration::from_secs(25);
+
+#[derive(Deserialize)]
+pub struct PollQuery {
+    since: Option<String>,
+    /// Seconds.
+    timeout: Option<String>,
+}
+
+/// The events after `since`, checked against retention.
+async fn read(state: &AppState, user: &Identity, since: u64) -> Result<Vec<RoomEvent>, ApiError> {
+    let (account, who) = (user.account.clone(), user.user.clone());
+    let (oldest, last, rows) = state
+        .store
+        .run(move |conn| {
+            let (oldest, last) = events::history(conn, &account)?;
+            let rows = events::visible(conn, &account, &who, since, None, PAGE)?;
+            Ok::<_, ApiError>((oldest, last, rows))
+        })
+        .await?;
+    if since > last {
+        return Err(ApiError::Since(SinceError::InFuture));
+    }
+    if since + 1 < oldest {
+        return Err(ApiError::ResumeFailed {
+            since,
+            oldest_seq: oldest,
+        });
+    }
+    Ok(rows
+        .into_iter()
+        .filter_map(RoomEvent::from_stored)
+        .collect())
+}
+
+pub async fn poll(
+    User(user): User,
+    state: web::Data<AppState>,
+    query: web::Query<PollQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let since = query
+        .since
+        .ok_or(SinceError::Malformed)
+        .and_then(|s| SinceError::parse(&serde_json::Value::String(s)))
+        .map_err(ApiError::Since)?;
+    let wait = match query.timeout {
+        None => DEFAULT_WAIT,
+        Some(s) => Duration::from_secs(s.parse().map_err(|_| ApiError::InvalidField {
+            field: "timeout",
+            reason: "must be a whole number of seconds".into(),
+        })?),
+    }
+    .min(state.long_poll_max);
+
+    // Registered before reading, so an event stored between the read and the wait still wakes.
+    let (wake, woken) = tokio::sync::oneshot::channel();
+    state.broker.do_send(Wait {
+        account: user.account.clone(),
+        user: user.user.clone(),
+        wake,
+    });
+    let mut found = read(&state, &user, since).await?;
+    if found.is_empty() && !wait.is_zero() {
+        if let Ok(Ok(())) = actix_web::rt::time::timeout(wait, woken).await {
+            found = read(&state, &user, since).await?;
+        }
+    }
+    let next = found.last().map_or(since, |e| e.seq);
+    let frames: Vec<&str> = found.iter().map(|e| &*e.frame).collect();
+    let events =
+        RawValue::from_string(format!("[{}]", frames.join(","))).expect("event frames are JSON");
+    Ok(HttpResponse::Ok().json(json!({ "events": events, "since": next })))
+}
