@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use switchboard::actors::broker::{Broker, Join, Publish};
 use switchboard::actors::room::RoomEvent;
-use switchboard::actors::session::{Deliver, Joined};
+use switchboard::actors::session::{Backlog, Deliver, Joined};
 use switchboard::config::Database;
 use switchboard::ids::{AccountId, SessionId, UserId};
 use switchboard::protocol::event_frame;
@@ -84,6 +84,7 @@ fn fan_out(c: &mut Criterion) {
                         seen_seq: 0,
                         deliver: counter.clone().recipient(),
                         joined: counter.recipient(),
+                        backlog: Arc::new(Backlog::new(usize::MAX)),
                     });
                 }
                 done.notified().await;

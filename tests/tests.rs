@@ -12,5 +12,6 @@ mod delivery;
 mod heartbeat;
 mod isolation;
 mod persistence;
+mod resume;
 mod users;
 mod webhooks;

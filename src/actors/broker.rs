@@ -6,13 +6,14 @@
 //! members is exact, and a room is never stopped with a join still on its way to it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::room::{Room, RoomEvent, Shutdown};
-use super::session::{Deliver, Joined};
+use super::session::{Backlog, Deliver, Joined};
 use crate::ids::{AccountId, SessionId, UserId};
 use crate::store::Store;
 
@@ -28,6 +29,8 @@ pub struct Join {
     pub seen_seq: u64,
     pub deliver: Recipient<Deliver>,
     pub joined: Recipient<Joined>,
+    /// What is queued for the session's client; the room stops queueing past its bound.
+    pub backlog: Arc<Backlog>,
 }
 
 /// A session has ended.

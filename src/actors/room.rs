@@ -8,6 +8,7 @@
 //! so once the database shows seq N, every earlier event is there too.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -15,7 +16,7 @@ use bytestring::ByteString;
 use serde_json::value::RawValue;
 
 use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
-use super::session::{Deliver, Joined};
+use super::session::{frame_size, Backlog, Deliver, Joined};
 use crate::ids::{AccountId, SessionId, UserId};
 use crate::protocol::{ephemeral_frame, event_frame};
 use crate::store::{events, Store};
@@ -70,6 +71,21 @@ pub struct Shutdown;
 struct Member {
     user: UserId,
     deliver: Recipient<Deliver>,
+    backlog: Arc<Backlog>,
+}
+
+impl Member {
+    /// Queues a frame for the member unless its client is too far behind. The session then
+    /// closes itself as a slow consumer (at its next message or heartbeat), and the client
+    /// resumes from its last sequence number, so the frames not queued are not lost.
+    fn offer(&self, frame: &ByteString, seq: Option<u64>) {
+        if self.backlog.reserve(frame_size(frame.len())) {
+            self.deliver.do_send(Deliver {
+                frame: frame.clone(),
+                seq,
+            });
+        }
+    }
 }
 
 pub struct Room {
@@ -118,10 +134,7 @@ impl Room {
             }
             for id in ids {
                 if let Some(member) = self.members.get(id) {
-                    member.deliver.do_send(Deliver {
-                        frame: frame.clone(),
-                        seq: None,
-                    });
+                    member.offer(frame, None);
                 }
             }
         };
@@ -143,10 +156,7 @@ impl Room {
     fn fan_out(&self, event: &RoomEvent) {
         let deliver = |id: &SessionId| {
             if let Some(member) = self.members.get(id) {
-                member.deliver.do_send(Deliver {
-                    frame: event.frame.clone(),
-                    seq: Some(event.seq),
-                });
+                member.offer(&event.frame, Some(event.seq));
             }
         };
         match &event.user {
@@ -262,6 +272,7 @@ impl Handler<Join> for Room {
             Member {
                 user: join.user.clone(),
                 deliver: join.deliver,
+                backlog: join.backlog,
             },
         );
         if first_tab && returning.is_none() {

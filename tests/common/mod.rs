@@ -222,6 +222,17 @@ impl TestServer {
         (client, welcome)
     }
 
+    /// Reconnects with `?since=` and returns the client after its welcome frame.
+    pub async fn resume(&self, token: &str, since: u64) -> (Client, Value) {
+        let mut client = self
+            .try_connect(format!("{}?token={token}&since={since}", self.ws_url()))
+            .await
+            .unwrap_or_else(|(status, body)| panic!("resume refused: {status} {body}"));
+        let welcome = client.next_json().await;
+        assert_eq!(welcome["type"], "welcome", "first frame: {welcome}");
+        (client, welcome)
+    }
+
     /// Attempts a WebSocket handshake; a refusal comes back as (status, JSON body).
     pub async fn try_connect(
         &self,
@@ -438,6 +449,10 @@ impl SilentClient {
                         u16::from_be_bytes([self.buffer[2], self.buffer[3]]) as usize,
                         4,
                     ),
+                    127 if self.buffer.len() >= 10 => {
+                        let bytes: [u8; 8] = self.buffer[2..10].try_into().unwrap();
+                        (u64::from_be_bytes(bytes) as usize, 10)
+                    }
                     126 | 127 => (usize::MAX, 0),
                     n => (n as usize, 2),
                 };

@@ -34,7 +34,7 @@ use crate::ids::SessionId;
 use crate::outbound::Dispatcher;
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 use crate::store::Store;
-pub use transport::start;
+pub use transport::{frame_size, start, Backlog};
 
 /// A frame for the client, already serialized (the same bytes go to every recipient). `seq` is
 /// the stored event's sequence number; `None` for an ephemeral event.
@@ -85,14 +85,15 @@ pub struct Session {
 impl Session {
     /// `since`: the last sequence number the client processed, when it reconnects (`?since=`).
     pub fn new(identity: Identity, seen_seq: u64, since: Option<u64>, shared: Arc<Shared>) -> Self {
+        let backlog = Arc::new(Backlog::new(shared.max_queued_bytes));
         Self {
             id: SessionId::random(),
             identity,
             seen_seq,
-            shared,
             limits: requests::Limits::new(),
             resume: replay::Resume::new(since),
-            backlog: Arc::default(),
+            shared,
+            backlog,
             last_heard: Instant::now(),
             fragments: None,
             end_reason: None,
@@ -115,26 +116,36 @@ impl Session {
         ctx.stop();
     }
 
-    /// Writes a frame for the client, counting it against the backlog bound: a client that does
-    /// not read is closed (4001) rather than allowed to grow the server's memory. It resumes from
-    /// its last sequence number, so it loses nothing.
+    /// Writes a frame of the session's own for the client, counting it against the backlog
+    /// bound: a client that does not read is closed (4001) rather than allowed to grow the
+    /// server's memory. It resumes from its last sequence number, so it loses nothing.
     fn write(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
+        if self.reserve(ctx, frame.len()) {
+            ctx.text(frame);
+        }
+    }
+
+    /// Counts a frame with `payload` bytes; closes the session when the bound is passed.
+    fn reserve(&mut self, ctx: &mut ws::WebsocketContext<Self>, payload: usize) -> bool {
         if self.closing() {
-            return;
+            return false;
         }
-        let size = transport::frame_size(frame.len());
-        if self.backlog.get() + size > self.shared.max_queued_bytes {
-            log::warn!(
-                "slow consumer account={} user={} session={} queued={}",
-                self.identity.account,
-                self.identity.user,
-                self.id,
-                self.backlog.get()
-            );
-            return self.close(ctx, Close::SlowConsumer);
+        if self.backlog.reserve(frame_size(payload)) {
+            return true;
         }
-        self.backlog.add(size);
-        ctx.text(frame);
+        self.slow_consumer(ctx);
+        false
+    }
+
+    fn slow_consumer(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        log::warn!(
+            "slow consumer account={} user={} session={} queued={}",
+            self.identity.account,
+            self.identity.user,
+            self.id,
+            self.backlog.queued()
+        );
+        self.close(ctx, Close::SlowConsumer);
     }
 
     fn send_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: &FrameError) {
@@ -224,9 +235,13 @@ impl Actor for Session {
         ctx.run_interval(self.shared.heartbeat.interval, |session, ctx| {
             if session.last_heard.elapsed() > session.shared.heartbeat.timeout {
                 session.close(ctx, Close::HeartbeatTimeout);
+            } else if session.backlog.overflowed() {
+                // The room stopped queueing events for this client.
+                session.slow_consumer(ctx);
             } else {
-                session.backlog.add(transport::frame_size(0));
-                ctx.ping(b"");
+                if session.reserve(ctx, 0) {
+                    ctx.ping(b"");
+                }
             }
         });
         self.shared.broker.do_send(Join {
@@ -236,6 +251,7 @@ impl Actor for Session {
             seen_seq: self.seen_seq,
             deliver: ctx.address().recipient(),
             joined: ctx.address().recipient(),
+            backlog: self.backlog.clone(),
         });
     }
 
@@ -286,8 +302,9 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
             ws::Message::Binary(_) => self.send_error(ctx, &FrameError::Binary),
             ws::Message::Continuation(item) => self.on_fragment(item, ctx),
             ws::Message::Ping(payload) => {
-                self.backlog.add(transport::frame_size(payload.len()));
-                ctx.pong(&payload);
+                if self.reserve(ctx, payload.len()) {
+                    ctx.pong(&payload);
+                }
             }
             ws::Message::Pong(_) | ws::Message::Nop => {}
             ws::Message::Close(reason) => {

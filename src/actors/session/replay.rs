@@ -15,7 +15,7 @@ use actix_web_actors::ws;
 use bytestring::ByteString;
 use serde_json::Value;
 
-use super::{transport, Deliver, Session};
+use super::{Deliver, Session};
 use crate::actors::room::RoomEvent;
 use crate::protocol::{Close, ServerFrame, SinceError};
 use crate::store::{events, StoreError};
@@ -31,9 +31,9 @@ pub(super) struct Resume {
     since: Option<u64>,
     /// The room's position when the session joined: live events come after it.
     joined_seq: Option<u64>,
-    /// Live frames held back while replaying (`None` when not replaying), and their size.
+    /// Live frames held back while replaying (`None` when not replaying); the room counted them
+    /// in the backlog, so they are bounded with it.
     held: Option<Vec<(Option<u64>, ByteString)>>,
-    held_bytes: usize,
     /// Live events up to here are already with the client (it resumed from beyond the room's
     /// position, which events still in flight had not reached).
     skip_through: u64,
@@ -47,7 +47,6 @@ impl Resume {
             since,
             joined_seq: None,
             held: None,
-            held_bytes: 0,
             skip_through: 0,
             events_written: false,
         }
@@ -86,34 +85,37 @@ impl Session {
         }
     }
 
-    /// A frame from the room: written, or held back while a replay runs.
+    /// A frame from the room (which counted it in the backlog): written, or held back while a
+    /// replay runs.
     pub(super) fn deliver(
         &mut self,
         Deliver { frame, seq }: Deliver,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
+        if self.backlog.overflowed() {
+            // The room stopped queueing for this client; what it missed comes back on resume.
+            return self.slow_consumer(ctx);
+        }
         if seq.is_some_and(|seq| seq <= self.resume.skip_through) {
             return;
         }
-        if let Some(held) = &mut self.resume.held {
-            self.resume.held_bytes += transport::frame_size(frame.len());
-            held.push((seq, frame));
-            if self.resume.held_bytes + self.backlog.get() > self.shared.max_queued_bytes {
-                self.close(ctx, Close::SlowConsumer);
-            }
-            return;
+        match &mut self.resume.held {
+            Some(held) => held.push((seq, frame)),
+            None => self.write_counted(ctx, seq, frame),
         }
-        self.write_delivered(ctx, seq, frame);
     }
 
-    fn write_delivered(
+    /// Writes a frame already counted in the backlog.
+    fn write_counted(
         &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
         seq: Option<u64>,
         frame: ByteString,
     ) {
-        self.resume.events_written |= seq.is_some();
-        self.write(ctx, frame);
+        if !self.closing() {
+            self.resume.events_written |= seq.is_some();
+            ctx.text(frame);
+        }
     }
 
     /// A `resume` frame: honoured only as the first thing the session delivers.
@@ -211,7 +213,9 @@ impl Session {
             for row in rows {
                 last = row.seq as u64;
                 if let Some(event) = RoomEvent::from_stored(row) {
-                    session.write_delivered(ctx, Some(event.seq), event.frame);
+                    if session.reserve(ctx, event.frame.len()) {
+                        session.write_counted(ctx, Some(event.seq), event.frame);
+                    }
                 }
             }
             if session.closing() {
@@ -232,7 +236,7 @@ impl Session {
         up_to: u64,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        if self.backlog.get() > self.shared.max_queued_bytes / 2 {
+        if self.backlog.queued() > self.shared.max_queued_bytes / 2 {
             ctx.run_later(REPLAY_PAUSE, move |session, ctx| {
                 session.replay_when_drained(after, up_to, ctx)
             });
@@ -244,10 +248,9 @@ impl Session {
     /// The replay is done: write what arrived live meanwhile, and go live.
     fn finish_replay(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let held = self.resume.held.take().unwrap_or_default();
-        self.resume.held_bytes = 0;
         for (seq, frame) in held {
             if seq.is_none_or(|seq| seq > self.resume.skip_through) {
-                self.write_delivered(ctx, seq, frame);
+                self.write_counted(ctx, seq, frame);
             }
         }
     }

@@ -7,7 +7,7 @@
 //! holds for this client.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -19,31 +19,62 @@ use futures_core::Stream;
 
 use super::Session;
 
-/// Bytes written for a client and not yet taken by the socket writer.
-#[derive(Debug, Default)]
-pub(super) struct Backlog(AtomicUsize);
+/// Bytes written for a client and not yet taken by the socket writer: counted by whoever
+/// queues a frame (the room for events, the session for its own frames) and uncounted by the
+/// response stream as it hands bytes over. Shared by the session, its room membership and the
+/// stream.
+#[derive(Debug)]
+pub struct Backlog {
+    queued: AtomicUsize,
+    limit: usize,
+    overflowed: AtomicBool,
+}
 
 impl Backlog {
-    pub(super) fn add(&self, bytes: usize) {
-        self.0.fetch_add(bytes, Ordering::Relaxed);
+    pub fn new(limit: usize) -> Self {
+        Self {
+            queued: AtomicUsize::new(0),
+            limit,
+            overflowed: AtomicBool::new(false),
+        }
+    }
+
+    /// Counts a frame of `bytes` for the client; `false` (and overflowed from then on) when it
+    /// would pass the limit.
+    pub fn reserve(&self, bytes: usize) -> bool {
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+                (q + bytes <= self.limit).then_some(q + bytes)
+            })
+            .is_ok();
+        if !reserved {
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
+        reserved
+    }
+
+    /// The client fell too far behind: nothing more is queued for it.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     fn taken(&self, bytes: usize) {
-        // Saturating: a frame the session did not count (none should exist) must not wrap.
+        // Saturating: a frame nobody counted (none should exist) must not wrap.
         let _ = self
-            .0
+            .queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
                 Some(q.saturating_sub(bytes))
             });
     }
-
-    pub(super) fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// The encoded size of a server frame (unmasked) with `payload` bytes.
-pub(super) fn frame_size(payload: usize) -> usize {
+pub fn frame_size(payload: usize) -> usize {
     payload
         + match payload {
             0..=125 => 2,
@@ -52,9 +83,17 @@ pub(super) fn frame_size(payload: usize) -> usize {
         }
 }
 
+/// Most bytes handed to the HTTP layer per poll. The context encodes everything it has queued
+/// into one buffer; handing that over whole would move an unbounded amount into the HTTP layer's
+/// write buffer, out of sight of the count. In slices, the HTTP layer stops taking them when its
+/// own (bounded) buffer is full, and the rest stays counted here.
+const SLICE: usize = 16 * 1024;
+
 /// The response stream, counting what it hands to the HTTP layer.
 struct Counted {
     inner: Pin<Box<dyn Stream<Item = Result<Bytes, actix_web::Error>>>>,
+    /// Encoded bytes the HTTP layer has not taken yet.
+    pending: Bytes,
     backlog: Arc<Backlog>,
 }
 
@@ -62,11 +101,16 @@ impl Stream for Counted {
     type Item = Result<Bytes, actix_web::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = self.inner.as_mut().poll_next(cx);
-        if let Poll::Ready(Some(Ok(bytes))) = &item {
-            self.backlog.taken(bytes.len());
+        if self.pending.is_empty() {
+            match self.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => self.pending = bytes,
+                other => return other,
+            }
         }
-        item
+        let take = self.pending.len().min(SLICE);
+        let slice = self.pending.split_to(take);
+        self.backlog.taken(slice.len());
+        Poll::Ready(Some(Ok(slice)))
     }
 }
 
@@ -80,5 +124,9 @@ pub fn start(
     let codec = Codec::new().max_size(session.shared.max_frame_bytes);
     let backlog = session.backlog.clone();
     let inner = Box::pin(WebsocketContext::with_codec(session, payload, codec));
-    Ok(response.streaming(Counted { inner, backlog }))
+    Ok(response.streaming(Counted {
+        inner,
+        pending: Bytes::new(),
+        backlog,
+    }))
 }

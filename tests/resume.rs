@@ -1,0 +1,544 @@
+//! Nothing lost: resuming after a reconnect, retention, the long-poll fallback, and the bound on
+//! what a client that does not read can make the server hold.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::common::{self, token, Db, SilentClient, TestServer};
+
+const QUIET: Duration = Duration::from_millis(300);
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_what_it_missed_then_live() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let alice = token("acme", "alice");
+    let (mut client, _) = server.connect(&alice).await;
+    let first = server.publish("acme", None, "before", json!(1)).await;
+    assert_eq!(client.next_event().await.0, first);
+    drop(client);
+
+    // Missed while away: account events, one for alice, one for bob (not hers).
+    let a = server.publish("acme", None, "missed", json!(2)).await;
+    let b = server
+        .publish("acme", Some("alice"), "missed", json!(3))
+        .await;
+    server
+        .publish("acme", Some("bob"), "not-hers", json!(4))
+        .await;
+    let c = server.publish("acme", None, "missed", json!(5)).await;
+
+    let (mut client, welcome) = server.resume(&alice, first).await;
+    assert_eq!(
+        (&welcome["resumed"], &welcome["since"]),
+        (&json!(true), &json!(first))
+    );
+    for expected in [a, b, c] {
+        assert_eq!(client.next_event().await.0, expected);
+    }
+    let live = server.publish("acme", None, "live", json!(6)).await;
+    assert_eq!(client.next_event().await.0, live);
+    client.expect_silence(QUIET).await;
+
+    // A first connection says it did not resume.
+    let (_, fresh) = server.connect(&alice).await;
+    assert_eq!(
+        (&fresh["resumed"], fresh.get("since")),
+        (&json!(false), None)
+    );
+}
+
+#[tokio::test]
+async fn resuming_while_publishes_continue_leaves_no_gap_and_no_duplicate() {
+    let db = Db::sqlite();
+    let server = Arc::new(TestServer::on(&db));
+    let alice = token("acme", "alice");
+    for i in 0..300 {
+        server.publish("acme", None, "backlog", json!(i)).await;
+    }
+    let running = Arc::new(AtomicBool::new(true));
+    let publisher = {
+        let (server, running) = (server.clone(), running.clone());
+        tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..400 {
+                if !running.load(Ordering::Relaxed) {
+                    break;
+                }
+                last = server.publish("acme", None, "during", json!(i)).await;
+            }
+            last
+        })
+    };
+    // Replays 300+ events while new ones keep coming.
+    let (mut client, _) = server.resume(&alice, 0).await;
+    let mut expected = 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while expected <= 350 && Instant::now() < deadline {
+        assert_eq!(client.next_event().await.0, expected);
+        expected += 1;
+    }
+    running.store(false, Ordering::Relaxed);
+    let last = publisher.await.unwrap();
+    while expected <= last {
+        assert_eq!(
+            client.next_event().await.0,
+            expected,
+            "in order, exactly once"
+        );
+        expected += 1;
+    }
+    client.expect_silence(QUIET).await;
+}
+
+#[tokio::test]
+async fn the_resume_frame_works_first_and_only_first() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let alice = token("acme", "alice");
+    let one = server.publish("acme", None, "e", json!(1)).await;
+    let two = server.publish("acme", None, "e", json!(2)).await;
+
+    let (mut client, welcome) = server.connect(&alice).await;
+    assert_eq!(welcome["seq"], two);
+    client
+        .send_text(&json!({"type": "resume", "since": one - 1}).to_string())
+        .await;
+    assert_eq!(
+        client.next_json().await,
+        json!({"type": "resumed", "since": one - 1, "seq": two})
+    );
+    assert_eq!(client.next_event().await.0, one);
+    assert_eq!(client.next_event().await.0, two);
+    let three = server.publish("acme", None, "e", json!(3)).await;
+    assert_eq!(client.next_event().await.0, three);
+    client.send_text(r#"{"type":"resume","since":0}"#).await;
+    assert_eq!(client.next_json().await["code"], "resume-too-late");
+
+    let (mut other, _) = server.connect(&alice).await;
+    other.send_text(r#"{"type":"resume","since":"x"}"#).await;
+    assert_eq!(other.next_json().await["code"], "invalid-since");
+    other.send_text(r#"{"type":"resume","since":99}"#).await;
+    assert_eq!(other.next_json().await["code"], "since-in-future");
+}
+
+#[tokio::test]
+async fn bad_resume_points_are_refused_before_the_upgrade() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let alice = token("acme", "alice");
+    server.publish("acme", None, "e", json!(1)).await;
+    for (since, code) in [
+        ("abc", "invalid-since"),
+        ("-1", "invalid-since"),
+        ("2", "since-in-future"),
+    ] {
+        let url = format!("{}?token={alice}&since={since}", server.ws_url());
+        let (status, body) = server.try_connect(url).await.err().expect("refused");
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "since={since}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resuming_from_beyond_retention_says_so() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.retention.max_events = 5;
+    config.retention.interval = Duration::from_millis(50);
+    let server = TestServer::start(config);
+    let alice = token("acme", "alice");
+    for i in 1..=10 {
+        server.publish("acme", None, "e", json!(i)).await;
+    }
+    // Wait (bounded) for the pruner: the long-poll reports what is kept.
+    let mut pruned = false;
+    for _ in 0..100 {
+        let (status, _) = server
+            .as_user(
+                &alice,
+                Method::GET,
+                "/api/v1/events?since=4&timeout=0",
+                None,
+            )
+            .await;
+        if status == 410 {
+            pruned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pruned, "the pruner ran");
+    let (status, gone) = server
+        .as_user(
+            &alice,
+            Method::GET,
+            "/api/v1/events?since=4&timeout=0",
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, &gone["error"]["code"], &gone["error"]["oldest_seq"]),
+        (410, &json!("resume-failed"), &json!(6))
+    );
+
+    // At the edge: everything after 5 is kept.
+    let (mut client, welcome) = server.resume(&alice, 5).await;
+    assert_eq!(welcome["resumed"], true);
+    for seq in 6..=10 {
+        assert_eq!(client.next_event().await.0, seq);
+    }
+    // One before: the client is told to reload, and carries on live.
+    let (mut client, welcome) = server.resume(&alice, 4).await;
+    assert_eq!(welcome["resumed"], false);
+    assert_eq!(
+        client.next_json().await,
+        json!({"type": "resume-failed", "since": 4, "oldest_seq": 6, "seq": 10})
+    );
+    let live = server.publish("acme", None, "e", json!(11)).await;
+    assert_eq!(client.next_event().await.0, live);
+}
+
+#[tokio::test]
+async fn the_long_poll_answers_at_once_wakes_on_publish_and_times_out_empty() {
+    let db = Db::sqlite();
+    let server = Arc::new(TestServer::on(&db));
+    let alice = token("acme", "alice");
+    let first = server.publish("acme", None, "e", json!({"n": 1})).await;
+
+    let (status, body) = server
+        .as_user(&alice, Method::GET, "/api/v1/events?since=0", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"events": [{"type": "event", "seq": first, "event": "e", "data": {"n": 1}}], "since": first})
+    );
+
+    // Waiting: woken by a publish (for her account, for her).
+    let waiting = {
+        let server = server.clone();
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            server
+                .as_user(
+                    &alice,
+                    Method::GET,
+                    &format!("/api/v1/events?since={first}&timeout=20"),
+                    None,
+                )
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server
+        .publish("globex", None, "elsewhere", json!(null))
+        .await;
+    server
+        .publish("acme", Some("bob"), "for-bob", json!(null))
+        .await;
+    let mine = server
+        .publish("acme", Some("alice"), "for-alice", json!(null))
+        .await;
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, 200);
+    let seqs: Vec<u64> = body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [mine], "only what alice may see: {body}");
+
+    // Nothing new: an empty answer after the timeout, the position unchanged.
+    let (status, body) = server
+        .as_user(
+            &alice,
+            Method::GET,
+            &format!("/api/v1/events?since={mine}&timeout=1"),
+            None,
+        )
+        .await;
+    assert_eq!((status, body), (200, json!({"events": [], "since": mine})));
+    // Another account's user sees none of acme's events.
+    let (_, theirs) = server
+        .as_user(
+            &token("globex", "eve"),
+            Method::GET,
+            "/api/v1/events?since=0&timeout=0",
+            None,
+        )
+        .await;
+    let names: Vec<&str> = theirs["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["elsewhere"]);
+    for (query, code) in [
+        ("", "invalid-since"),
+        ("?since=x", "invalid-since"),
+        ("?since=999", "since-in-future"),
+        ("?since=0&timeout=x", "invalid-field"),
+    ] {
+        let (status, body) = server
+            .as_user(&alice, Method::GET, &format!("/api/v1/events{query}"), None)
+            .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{query}"
+        );
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed_at_the_bound_and_memory_stays_flat() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.max_queued_bytes = 256 * 1024;
+    let server = TestServer::start(config);
+    let (mut reader, _) = server.connect(&token("acme", "bob")).await;
+    let mut stalled = SilentClient::connect(server.addr, &token("acme", "alice")).await;
+
+    const EVENTS: usize = 400;
+    let payload = "x".repeat(100 * 1024);
+    let before = rss_bytes();
+    for i in 0..EVENTS {
+        server
+            .publish("acme", None, "bulk", json!({"i": i, "pad": payload}))
+            .await;
+        // The reading client keeps up, and is never closed.
+        assert_eq!(reader.next_event().await.1, "bulk");
+    }
+    let growth = rss_bytes().saturating_sub(before);
+    let sent = (EVENTS * payload.len()) as u64;
+    eprintln!(
+        "slow consumer: {} MiB sent to a client that did not read; server RSS grew {} MiB",
+        sent >> 20,
+        growth >> 20
+    );
+    assert!(
+        growth < sent / 2,
+        "memory grew {growth} bytes for {sent} bytes sent"
+    );
+
+    // The stalled client finds, once it reads, the close with the slow-consumer code.
+    let mut seen = Vec::new();
+    let close = loop {
+        match stalled.next_frame().await {
+            Some((0x8, payload)) => break payload,
+            Some((opcode, payload)) => seen.push((opcode, payload.len())),
+            None => panic!(
+                "closed without a close frame after {} frames: {:?}",
+                seen.len(),
+                &seen[seen.len().saturating_sub(5)..]
+            ),
+        }
+    };
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 4001);
+    assert_eq!(&close[2..], b"slow consumer");
+}
+
+/// A small deterministic generator, so a failing chaos run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    delivered: usize,
+    connects: usize,
+    heartbeat_closes: usize,
+    slow_consumer_closes: usize,
+    client_drops: usize,
+    other_ends: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_every_client_ends_with_exactly_the_events_it_is_entitled_to() {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+
+    use crate::common::Received;
+
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.heartbeat = switchboard::config::Heartbeat {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(400),
+    };
+    config.max_queued_bytes = 64 * 1024;
+    config.workers = Some(2);
+    let server = Arc::new(TestServer::start(config));
+    let clients: &[(&str, &str)] = &[
+        ("acme", "alice"),
+        ("acme", "alice"),
+        ("acme", "alice"),
+        ("acme", "bob"),
+        ("acme", "bob"),
+        ("globex", "carol"),
+        ("globex", "carol"),
+        ("globex", "dave"),
+    ];
+    // What each (account, user) is entitled to, known once the publishers are done.
+    type Entitled = HashMap<(String, String), Vec<u64>>;
+    let expected: Arc<OnceLock<Entitled>> = Arc::default();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+
+    let readers: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, &(account, user))| {
+            let (server, expected, tally) = (server.clone(), expected.clone(), tally.clone());
+            tokio::spawn(async move {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x1234_5678));
+                let jwt = token(account, user);
+                let mut got: Vec<u64> = Vec::new();
+                let key = (account.to_owned(), user.to_owned());
+                loop {
+                    let done = expected
+                        .get()
+                        .map(|e| e[&key].len() == got.len())
+                        .unwrap_or(false);
+                    if done || Instant::now() > deadline {
+                        return (key, got);
+                    }
+                    let since = got.last().copied().unwrap_or(0);
+                    let (mut client, welcome) = server.resume(&jwt, since).await;
+                    assert_eq!(welcome["resumed"], true, "retention keeps everything here");
+                    tally.lock().unwrap().connects += 1;
+                    let mut budget = 1 + rng.below(40);
+                    loop {
+                        match client.receive(Duration::from_millis(500)).await {
+                            Received::Json(frame) if frame["type"] == "event" => {
+                                let seq = frame["seq"].as_u64().unwrap();
+                                assert!(
+                                    got.last().is_none_or(|&last| seq > last),
+                                    "{user}: {seq} after {:?}: duplicate or out of order",
+                                    got.last()
+                                );
+                                assert_eq!(
+                                    frame["data"]["account"], account,
+                                    "cross-account frame"
+                                );
+                                got.push(seq);
+                                tally.lock().unwrap().delivered += 1;
+                            }
+                            Received::Json(frame) => panic!("unexpected frame {frame}"),
+                            Received::Closed(frame) => {
+                                let mut t = tally.lock().unwrap();
+                                match frame.map(|f| u16::from(f.code)) {
+                                    Some(4000) => t.heartbeat_closes += 1,
+                                    Some(4001) => t.slow_consumer_closes += 1,
+                                    _ => t.other_ends += 1,
+                                }
+                                break;
+                            }
+                            Received::TimedOut => {
+                                if expected.get().is_some_and(|e| e[&key].len() == got.len()) {
+                                    break;
+                                }
+                            }
+                        }
+                        budget -= 1;
+                        if budget == 0 {
+                            match rng.below(3) {
+                                0 => {
+                                    tally.lock().unwrap().client_drops += 1;
+                                    break; // the client drops the connection
+                                }
+                                // Stop reading for a while: the server's heartbeat or the
+                                // slow-consumer bound closes the session.
+                                1 => {
+                                    tokio::time::sleep(Duration::from_millis(300 + rng.below(900)))
+                                        .await
+                                }
+                                _ => {}
+                            }
+                            budget = 1 + rng.below(40);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Publishers: continuous, several at once, some for one user, some large.
+    let publishers: Vec<_> = (0..3u64)
+        .map(|p| {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let mut rng = Rng(0xdead_beef ^ ((p + 1) * 0x9999));
+                let mut sent = Vec::new();
+                for i in 0..150 {
+                    let account = ["acme", "globex"][rng.below(2) as usize];
+                    let users: &[&str] = if account == "acme" {
+                        &["alice", "bob"]
+                    } else {
+                        &["carol", "dave"]
+                    };
+                    let user = (rng.below(4) == 0).then(|| users[rng.below(2) as usize]);
+                    let pad = "p".repeat(if rng.below(5) == 0 { 8 * 1024 } else { 32 });
+                    let data = json!({"account": account, "from": p, "i": i, "pad": pad});
+                    let seq = server.publish(account, user, "chaos", data).await;
+                    sent.push((account, user, seq));
+                    tokio::time::sleep(Duration::from_millis(rng.below(8))).await;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = Vec::new();
+    for publisher in publishers {
+        sent.extend(publisher.await.unwrap());
+    }
+    let mut entitled = Entitled::new();
+    for &(account, user) in clients {
+        let mut seqs: Vec<u64> = sent
+            .iter()
+            .filter(|(a, u, _)| *a == account && u.is_none_or(|u| u == user))
+            .map(|(_, _, seq)| *seq)
+            .collect();
+        seqs.sort_unstable();
+        entitled.insert((account.to_owned(), user.to_owned()), seqs);
+    }
+    expected.set(entitled.clone()).unwrap();
+
+    for reader in readers {
+        let (key, got) = reader.await.unwrap();
+        assert_eq!(got, entitled[&key], "{key:?} holds exactly its sequence");
+    }
+    let tally = tally.lock().unwrap();
+    eprintln!("chaos: {} publishes, {tally:?}", sent.len());
+    assert!(
+        tally.connects > clients.len(),
+        "connections were cut and resumed"
+    );
+}
