@@ -59,6 +59,14 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// A validation result as the API's `invalid-field` error, naming the field.
+pub fn field<T>(field: &'static str, result: Result<T, impl ToString>) -> Result<T, ApiError> {
+    result.map_err(|e| ApiError::InvalidField {
+        field,
+        reason: e.to_string(),
+    })
+}
+
 /// Why a webhook's signature was refused. Never carries the signature or the secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {

@@ -20,7 +20,9 @@ pub enum IdError {
     ControlCharacter,
 }
 
-fn check_id(s: &str) -> Result<(), IdError> {
+/// Checks the shape every id has (non-empty, short, no control characters); also used for other
+/// names the API takes, such as a provider's page id.
+pub fn check_id(s: &str) -> Result<(), IdError> {
     if s.is_empty() {
         Err(IdError::Empty)
     } else if s.len() > MAX_ID_LEN {

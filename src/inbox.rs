@@ -179,7 +179,7 @@ pub fn add_message(
             }
         }
     }
-    let seq = seq.unwrap_or(events[0].seq);
+    let seq = seq.or(events.first().map(|e| e.seq)).unwrap_or_default();
     events.extend(conversation_updated(conn, account, &conversation)?);
     Ok(Added {
         message,

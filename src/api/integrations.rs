@@ -7,10 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::extract::ServerKey;
-use super::publish::field;
 use super::AppState;
-use crate::error::ApiError;
-use crate::ids::{random_id, AccountId};
+use crate::error::{field, ApiError};
+use crate::ids::{check_id, random_id, AccountId};
 use crate::store::deliveries;
 use crate::store::integrations::{self, Integration, NewIntegration, SecretKind};
 use crate::webhooks::signature::generate_secret;
@@ -104,10 +103,7 @@ pub async fn create(
         });
     }
     let account = field("account_id", AccountId::new(&request.account_id))?;
-    field(
-        "external_id",
-        AccountId::new(&request.external_id).map(drop),
-    )?;
+    field("external_id", check_id(&request.external_id))?;
     if request.provider == "zalo" && request.app_id.is_none() {
         return Err(ApiError::InvalidField {
             field: "app_id",

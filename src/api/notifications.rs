@@ -9,11 +9,10 @@ use serde_json::value::RawValue;
 
 use super::conversations::{next_cursor, PageQuery};
 use super::extract::{ServerKey, User};
-use super::publish::field;
 use super::AppState;
 use crate::actors::room::RoomEvent;
-use crate::error::ApiError;
-use crate::ids::{AccountId, UserId};
+use crate::error::{field, ApiError};
+use crate::ids::{check_id, AccountId, UserId};
 use crate::inbox;
 use crate::store::conversations::Cursor;
 use crate::store::notifications::{self, NewNotification, Notification};
@@ -59,7 +58,7 @@ pub async fn create(
     let request = body.into_inner();
     let account = field("account_id", AccountId::new(&request.account_id))?;
     let user = field("user_id", UserId::new(&request.user_id))?;
-    field("type", UserId::new(&request.kind).map(drop))?;
+    field("type", check_id(&request.kind))?;
     let too_long = |max: usize| Err::<(), _>(format!("must be at most {max} characters"));
     if request.title.trim().is_empty() {
         field("title", Err::<(), _>("must not be empty"))?;

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::extract::ServerKey;
 use super::AppState;
-use crate::error::ApiError;
+use crate::error::{field, ApiError};
 use crate::ids::{AccountId, UserId};
 use crate::{inbox, store};
 
@@ -23,16 +23,6 @@ pub struct PublishRequest {
     event: String,
     #[serde(default)]
     data: Option<Box<RawValue>>,
-}
-
-pub(super) fn field<T>(
-    field: &'static str,
-    result: Result<T, impl ToString>,
-) -> Result<T, ApiError> {
-    result.map_err(|e| ApiError::InvalidField {
-        field,
-        reason: e.to_string(),
-    })
 }
 
 fn check_event_name(name: &str) -> Result<(), &'static str> {
