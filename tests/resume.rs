@@ -216,6 +216,18 @@ async fn the_long_poll_answers_at_once_wakes_on_publish_and_times_out_empty() {
     let (status, body) = server
         .as_user(&alice, Method::GET, "/api/v1/events?since=0", None)
         .await;
+    // Byte for byte the frame the WebSocket sends.
+    let text = reqwest::Client::new()
+        .get(server.http_url("/api/v1/events?since=0&timeout=0"))
+        .header("authorization", format!("Bearer {alice}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let frame = format!(r#"{{"type":"event","seq":{first},"event":"e","data":{{"n":1}}}}"#);
+    assert!(text.contains(&frame), "{text}");
     assert_eq!(status, 200);
     assert_eq!(
         body,

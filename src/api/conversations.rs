@@ -12,7 +12,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::extract::User;
-use super::AppState;
+use super::{json_text, list_json, AppState};
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::inbox::{self, InboxError, Send};
@@ -82,10 +82,6 @@ pub fn next_cursor<T>(page: &[T], limit: i64, key: impl Fn(&T) -> Cursor) -> Opt
         .flatten()
 }
 
-fn raw(json: String) -> Box<RawValue> {
-    RawValue::from_string(json).expect("our own serialization is JSON")
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenRequest {
@@ -136,12 +132,12 @@ pub async fn open(
             Ok::<_, ApiError>((view, created))
         })
         .await?;
-    let mut response = if created {
+    let response = if created {
         HttpResponse::Created()
     } else {
         HttpResponse::Ok()
     };
-    Ok(response.json(raw(view)))
+    Ok(json_text(response, view))
 }
 
 /// `GET /api/v1/conversations` — newest activity first.
@@ -167,8 +163,8 @@ pub async fn list(
             Ok::<_, ApiError>((views, next))
         })
         .await?;
-    let views = raw(format!("[{}]", views.join(",")));
-    Ok(HttpResponse::Ok().json(json!({ "conversations": views, "next_cursor": next })))
+    let body = list_json("conversations", &views, &[("next_cursor", json!(next))]);
+    Ok(json_text(HttpResponse::Ok(), body))
 }
 
 /// `GET /api/v1/conversations/{id}`
@@ -186,7 +182,7 @@ pub async fn show(
             Ok::<_, ApiError>(inbox::view_json(conn, &conversation, Some(&user.user))?)
         })
         .await?;
-    Ok(HttpResponse::Ok().json(raw(view)))
+    Ok(json_text(HttpResponse::Ok(), view))
 }
 
 /// `GET /api/v1/conversations/{id}/messages` — newest first.
@@ -216,8 +212,8 @@ pub async fn messages(
         id: m.id.clone(),
     });
     let items: Vec<String> = page.iter().map(Message::to_json).collect();
-    let messages = raw(format!("[{}]", items.join(",")));
-    Ok(HttpResponse::Ok().json(json!({ "messages": messages, "next_cursor": next })))
+    let body = list_json("messages", &items, &[("next_cursor", json!(next))]);
+    Ok(json_text(HttpResponse::Ok(), body))
 }
 
 #[derive(Deserialize)]
@@ -297,5 +293,5 @@ pub async fn mark_read(
             Ok::<_, InboxError>(view)
         })
         .await?;
-    Ok(HttpResponse::Ok().json(raw(view)))
+    Ok(json_text(HttpResponse::Ok(), view))
 }

@@ -8,10 +8,9 @@ use std::time::Duration;
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use super::extract::User;
-use super::AppState;
+use super::{json_text, list_json, AppState};
 use crate::actors::broker::Wait;
 use crate::actors::room::RoomEvent;
 use crate::auth::Identity;
@@ -91,8 +90,8 @@ pub async fn poll(
         }
     }
     let next = found.last().map_or(since, |e| e.seq);
-    let frames: Vec<&str> = found.iter().map(|e| &*e.frame).collect();
-    let events =
-        RawValue::from_string(format!("[{}]", frames.join(","))).expect("event frames are JSON");
-    Ok(HttpResponse::Ok().json(json!({ "events": events, "since": next })))
+    // The very frames the WebSocket sends, not parsed and written again.
+    let frames: Vec<String> = found.iter().map(|e| e.frame.to_string()).collect();
+    let body = list_json("events", &frames, &[("since", json!(next))]);
+    Ok(json_text(HttpResponse::Ok(), body))
 }

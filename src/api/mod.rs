@@ -114,6 +114,22 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     .default_service(web::to(not_found));
 }
 
+/// A JSON answer from text that is already JSON (our own serialization), sent as it is rather
+/// than parsed and written again.
+pub fn json_text(mut response: actix_web::HttpResponseBuilder, json: String) -> HttpResponse {
+    response.content_type("application/json").body(json)
+}
+
+/// `{"<key>":[items…],"<name>":<value>…}` from items already serialized as JSON.
+pub fn list_json(key: &str, items: &[String], extra: &[(&str, serde_json::Value)]) -> String {
+    let mut body = format!("{{\"{key}\":[{}]", items.join(","));
+    for (name, value) in extra {
+        body.push_str(&format!(",\"{name}\":{value}"));
+    }
+    body.push('}');
+    body
+}
+
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
 }

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use super::conversations::{next_cursor, PageQuery};
 use super::extract::{ServerKey, User};
-use super::AppState;
+use super::{json_text, list_json, AppState};
 use crate::actors::room::RoomEvent;
 use crate::error::{field, ApiError};
 use crate::ids::{check_id, AccountId, UserId};
@@ -21,19 +21,15 @@ use crate::store::{self, DbConnection, StoreError};
 const MAX_TITLE: usize = 200;
 const MAX_MESSAGE: usize = 2000;
 
-fn raw(json: String) -> Box<RawValue> {
-    RawValue::from_string(json).expect("our own serialization is JSON")
-}
-
-/// A user-targeted event about their notifications.
+/// A user-targeted event about their notifications; `data` is JSON text.
 fn notify(
     conn: &mut DbConnection,
     account: &AccountId,
     user: &UserId,
     event: &str,
-    data: serde_json::Value,
+    data: String,
 ) -> Result<RoomEvent, StoreError> {
-    let data = serde_json::value::to_raw_value(&data).expect("JSON");
+    let data = RawValue::from_string(data).expect("our own serialization is JSON");
     inbox::emit(conn, account, Some(user), event, &data)
 }
 
@@ -91,10 +87,10 @@ pub async fn create(
                     },
                 )?;
                 let unread = notifications::unread_count(conn, &account, &user)?;
-                let payload = json!({
-                    "notification": raw(created.to_json()),
-                    "unread_count": unread,
-                });
+                let payload = format!(
+                    r#"{{"notification":{},"unread_count":{unread}}}"#,
+                    created.to_json()
+                );
                 let event = notify(conn, &account, &user, "notification", payload)?;
                 Ok::<_, StoreError>((created, event))
             })?;
@@ -102,7 +98,7 @@ pub async fn create(
             Ok::<_, ApiError>(created)
         })
         .await?;
-    Ok(HttpResponse::Created().json(raw(created.to_json())))
+    Ok(json_text(HttpResponse::Created(), created.to_json()))
 }
 
 #[derive(Deserialize)]
@@ -141,11 +137,14 @@ pub async fn list(
         id: n.id.clone(),
     });
     let items: Vec<String> = page.iter().map(Notification::to_json).collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "notifications": raw(format!("[{}]", items.join(","))),
-        "unread_count": unread,
-        "next_cursor": next,
-    })))
+    let extra = [
+        ("unread_count", json!(unread)),
+        ("next_cursor", json!(next)),
+    ];
+    Ok(json_text(
+        HttpResponse::Ok(),
+        list_json("notifications", &items, &extra),
+    ))
 }
 
 /// `GET /api/v1/notifications/unread-count`
@@ -199,7 +198,7 @@ async fn change(
                 let unread = notifications::unread_count(conn, account, who)?;
                 let mut data = detail;
                 data["unread_count"] = json!(unread);
-                let event = notify(conn, account, who, "notification-count", data)?;
+                let event = notify(conn, account, who, "notification-count", data.to_string())?;
                 Ok::<_, StoreError>(Some((unread, event)))
             })?;
             let (unread, event) = outcome.ok_or(ApiError::NoSuch("notification"))?;
