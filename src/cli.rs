@@ -40,6 +40,8 @@ enum Command {
     },
     /// Show the development-mode keys (generating them if they do not exist yet).
     Keys,
+    /// Measure a running server: N WebSocket connections, M publishes (see the README).
+    Bench(crate::bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn run(cli: Cli) -> Result<(), String> {
             print(&token)
         }
         Command::Keys => keys(&config),
+        Command::Bench(args) => print(&crate::bench::run(&config, args)?),
     }
 }
 

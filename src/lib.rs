@@ -20,10 +20,12 @@
 //! - [`error`] — the API's error type and its one mapping to HTTP responses.
 //! - [`server`] — wiring it together; used by the binary and the tests.
 //! - [`cli`] and [`logging`] — the binary's command line and log set-up.
+//! - [`bench`] — `switchboard bench`, the load tool that measures a running server.
 
 pub mod actors;
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod error;

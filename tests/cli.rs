@@ -200,3 +200,84 @@ fn bad_configuration_is_refused_with_the_setting_named() {
         "the rejected secret was echoed: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_tool_measures_a_running_server() {
+    let db = crate::common::Db::sqlite();
+    let server = crate::common::TestServer::on(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let chart = dir.path().join("sweep.svg");
+    let addr = server.addr;
+    let (report_arg, chart_arg) = (report.clone(), chart.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "bench",
+                "--url",
+                &format!("http://{addr}"),
+                "--sweep",
+                "10,30",
+            ])
+            .args([
+                "--accounts",
+                "2",
+                "--tabs",
+                "2",
+                "--events",
+                "20",
+                "--in-flight",
+                "4",
+            ])
+            .args([
+                "--server-pid",
+                &std::process::id().to_string(),
+                "--timeout",
+                "60s",
+            ])
+            .arg("--json")
+            .arg(&report_arg)
+            .arg("--chart")
+            .arg(&chart_arg)
+            .env("SWITCHBOARD_JWT_SECRET", crate::common::JWT_SECRET)
+            .env("SWITCHBOARD_API_KEY", crate::common::API_KEY)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("deliv/s") && table.contains("p99 ms"),
+        "{table}"
+    );
+
+    let reports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    for (r, connections) in reports.as_array().unwrap().iter().zip([10u64, 30]) {
+        assert_eq!(r["connections"], connections);
+        // 20 events over 2 accounts: each reaches the half of the connections in its account.
+        assert_eq!(r["expected_deliveries"], connections * 10);
+        assert_eq!(r["deliveries"], r["expected_deliveries"]);
+        assert_eq!(
+            (
+                r["lost"].as_u64(),
+                r["duplicated"].as_u64(),
+                r["cross_account"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0))
+        );
+        assert!(
+            r["latency_ms"]["p99"].as_f64().unwrap() >= r["latency_ms"]["p50"].as_f64().unwrap()
+        );
+        assert!(r["server_cpu_per_delivery_us"].is_number());
+    }
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("deliveries per second"));
+}

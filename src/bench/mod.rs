@@ -1,0 +1,451 @@
+//! `switchboard bench`: drives a running Switchboard over real sockets and reports what a room of
+//! N sessions costs — connect rate, deliveries per second, publish-to-receipt latency, lost,
+//! duplicated and cross-account deliveries, and (given the server's PID, on this machine) its
+//! memory per idle connection and CPU time per delivery.
+//!
+//! Tokens are minted with the configured HS256 secret and events published with the configured
+//! API key, so run it with the server's settings (the same environment, or the same directory in
+//! development mode). Loopback only; every loop is bounded in count and time.
+
+mod chart;
+mod proc;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::auth;
+use crate::config::Config;
+use crate::ids::{AccountId, UserId};
+
+/// Connections per loopback source address before the next one is used (each address has
+/// about 28k ephemeral ports).
+const PER_SOURCE_ADDRESS: usize = 25_000;
+/// Handshakes under way at once.
+const CONNECTING_AT_ONCE: usize = 256;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The server's HTTP address (loopback).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// WebSocket connections to open.
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
+    /// Accounts the connections are spread over (one room each).
+    #[arg(long, default_value_t = 1)]
+    accounts: usize,
+    /// Sessions per user (tabs).
+    #[arg(long, default_value_t = 1)]
+    tabs: usize,
+    /// Events to publish.
+    #[arg(long, default_value_t = 200)]
+    events: usize,
+    /// Publishes in flight at once.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// Publishes per second (default: as fast as `--in-flight` allows).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Bytes of padding in each event's data.
+    #[arg(long, default_value_t = 200)]
+    payload_bytes: usize,
+    /// The server's process id, for its memory and CPU time (same machine only).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Runs the scenario for each of these connection counts instead of `--connections`.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// Where to write the JSON report.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where to write the sweep's SVG chart.
+    #[arg(long, default_value = "bench.svg")]
+    chart: PathBuf,
+    /// Longest a scenario may take.
+    #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// The outcome of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub connections: usize,
+    pub accounts: usize,
+    pub events: usize,
+    pub in_flight: usize,
+    pub payload_bytes: usize,
+    pub connect_seconds: f64,
+    pub connects_per_sec: f64,
+    pub expected_deliveries: u64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    pub latency_ms: Percentiles,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub cross_account: u64,
+    pub server_rss_per_idle_connection_bytes: Option<u64>,
+    pub server_cpu_per_delivery_us: Option<f64>,
+}
+
+/// What a connection's reader saw.
+#[derive(Default)]
+struct Received {
+    seqs: Vec<u64>,
+    latencies_ns: Vec<u64>,
+    cross_account: u64,
+    /// Nanoseconds since the bench started, at the last receipt.
+    last_receipt_ns: u64,
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    seq: Option<u64>,
+    data: Option<FrameData>,
+}
+
+#[derive(Deserialize)]
+struct FrameData {
+    /// Nanoseconds since the bench started, when the event was published.
+    t: u64,
+    /// The account it was published for.
+    a: usize,
+}
+
+pub fn run(config: &Config, args: BenchArgs) -> Result<String, String> {
+    // Each connection is a file descriptor; ask for as many as the system allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        log::warn!("cannot raise the open-files limit: {e}");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let sizes = if args.sweep.is_empty() {
+        vec![args.connections]
+    } else {
+        args.sweep.clone()
+    };
+    let mut reports = Vec::new();
+    for connections in sizes {
+        let report = runtime.block_on(scenario(config, &args, connections))?;
+        log::info!("{}", table(std::slice::from_ref(&report)));
+        reports.push(report);
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&reports).expect("reports serialize");
+        std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if !args.sweep.is_empty() {
+        chart::write_svg(&args.chart, &reports)?;
+    }
+    Ok(table(&reports))
+}
+
+fn server_addr(url: &str) -> Result<SocketAddr, String> {
+    let host = url
+        .strip_prefix("http://")
+        .ok_or("--url must be http://host:port on this machine")?
+        .trim_end_matches('/');
+    let addr: SocketAddr = host
+        .parse()
+        .map_err(|_| format!("--url: {host} is not an IP address and port"))?;
+    if !addr.ip().is_loopback() {
+        return Err("the benchmark only targets loopback addresses".into());
+    }
+    Ok(addr)
+}
+
+async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Result<Report, String> {
+    let addr = server_addr(&args.url)?;
+    let deadline = Instant::now() + args.timeout;
+    let accounts = args.accounts.max(1);
+    let run_id = crate::ids::SessionId::random();
+    let account_name = |a: usize| format!("bench-{run_id}-{a}");
+    let started = Instant::now();
+
+    // Connect: connection i belongs to account i % accounts, as tab (i / accounts) % tabs of a
+    // user, from loopback address 127.0.0.(1 + i / PER_SOURCE_ADDRESS).
+    let rss_before = args.server_pid.and_then(proc::rss_bytes);
+    let semaphore = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
+    let received: Vec<Arc<Mutex<Received>>> = (0..connections).map(|_| Arc::default()).collect();
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (ready_tx, mut ready_rx) =
+        tokio::sync::mpsc::channel::<Result<(), String>>(connections.max(1));
+    let connect_start = Instant::now();
+    let mut readers = Vec::with_capacity(connections);
+    for (i, sink) in received.iter().enumerate() {
+        let account = i % accounts;
+        let user = (i / accounts) / args.tabs.max(1);
+        let token = auth::mint(
+            &config.jwt,
+            &AccountId::new(&account_name(account)).expect("bench ids are valid"),
+            &UserId::new(&format!("user-{user}")).expect("bench ids are valid"),
+            args.timeout + Duration::from_secs(60),
+        )
+        .map_err(|e| e.to_string())?;
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / PER_SOURCE_ADDRESS) as u8));
+        let (semaphore, sink, delivered, ready) = (
+            semaphore.clone(),
+            sink.clone(),
+            delivered.clone(),
+            ready_tx.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let permit = semaphore.acquire_owned().await.expect("semaphore open");
+            let ws = match connect(addr, source, &token).await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    let _ = ready.send(Err(e)).await;
+                    return;
+                }
+            };
+            drop(permit);
+            let _ = ready.send(Ok(())).await;
+            read_events(ws, account, started, sink, delivered, deadline).await;
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..connections {
+        match tokio::time::timeout_at(deadline.into(), ready_rx.recv()).await {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => return Err(format!("a connection failed: {e}")),
+            _ => return Err("connecting took longer than --timeout".into()),
+        }
+    }
+    let connect_seconds = connect_start.elapsed().as_secs_f64();
+    // Let the server settle before reading its idle footprint.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = args.server_pid.and_then(proc::rss_bytes);
+
+    // Publish.
+    let cpu_before = args.server_pid.and_then(proc::cpu_time);
+    let client = reqwest::Client::new();
+    let publish_url = format!("{}/api/v1/publish", args.url.trim_end_matches('/'));
+    let pad = "x".repeat(args.payload_bytes);
+    let members: Vec<u64> = (0..accounts)
+        .map(|a| (connections / accounts + usize::from(a < connections % accounts)) as u64)
+        .collect();
+    let expected: u64 = (0..args.events).map(|e| members[e % accounts]).sum();
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
+    let in_flight = Arc::new(Semaphore::new(args.in_flight.max(1)));
+    let first_publish = started.elapsed();
+    let mut publishes = Vec::with_capacity(args.events);
+    for e in 0..args.events {
+        if let Some(interval) = interval {
+            let due = started + first_publish + interval * e as u32;
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore open");
+        let account = e % accounts;
+        let body = json!({
+            "account_id": account_name(account),
+            "event": "bench",
+            "data": {"t": started.elapsed().as_nanos() as u64, "a": account, "pad": pad},
+        });
+        let request = client
+            .post(&publish_url)
+            .header(
+                "authorization",
+                format!("Bearer {}", config.api_key.expose()),
+            )
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(args.timeout);
+        publishes.push(tokio::spawn(async move {
+            let answer = request.send().await;
+            drop(permit);
+            match answer {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("publish answered {}", r.status())),
+                Err(e) => Err(format!("publish failed: {e}")),
+            }
+        }));
+    }
+    for publish in publishes {
+        publish.await.map_err(|e| e.to_string())??;
+    }
+    // Wait (bounded) for every delivery.
+    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cpu_after = args.server_pid.and_then(proc::cpu_time);
+    tokio::time::sleep(Duration::from_millis(200)).await; // stragglers, duplicates
+    for reader in &readers {
+        reader.abort();
+    }
+
+    let mut latencies = Vec::new();
+    let (mut unique, mut duplicated, mut cross, mut last_receipt) = (0u64, 0u64, 0u64, 0u64);
+    for sink in &received {
+        let sink = sink.lock().expect("a reader panicked");
+        let mut seen: HashMap<u64, ()> = HashMap::with_capacity(sink.seqs.len());
+        for seq in &sink.seqs {
+            if seen.insert(*seq, ()).is_some() {
+                duplicated += 1;
+            }
+        }
+        unique += seen.len() as u64;
+        cross += sink.cross_account;
+        latencies.extend_from_slice(&sink.latencies_ns);
+        last_receipt = last_receipt.max(sink.last_receipt_ns);
+    }
+    let deliveries = delivered.load(Ordering::Relaxed);
+    // First publish to last receipt.
+    let span = (last_receipt as f64 / 1e9 - first_publish.as_secs_f64()).max(1e-9);
+    Ok(Report {
+        connections,
+        accounts,
+        events: args.events,
+        in_flight: args.in_flight,
+        payload_bytes: args.payload_bytes,
+        connect_seconds,
+        connects_per_sec: connections as f64 / connect_seconds.max(1e-9),
+        expected_deliveries: expected,
+        deliveries,
+        deliveries_per_sec: deliveries as f64 / span,
+        latency_ms: percentiles(&mut latencies),
+        lost: expected.saturating_sub(unique),
+        duplicated,
+        cross_account: cross,
+        server_rss_per_idle_connection_bytes: match (rss_before, rss_idle) {
+            (Some(before), Some(idle)) => {
+                Some(idle.saturating_sub(before) / connections.max(1) as u64)
+            }
+            _ => None,
+        },
+        server_cpu_per_delivery_us: match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if deliveries > 0 => {
+                Some((after - before).as_secs_f64() * 1e6 / deliveries as f64)
+            }
+            _ => None,
+        },
+    })
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket connection from `source` (a loopback address), through the welcome frame.
+async fn connect(addr: SocketAddr, source: IpAddr, token: &str) -> Result<Ws, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
+    let url = format!("ws://{addr}/ws?token={token}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    match ws.next().await {
+        Some(Ok(Message::Text(text))) if text.contains(r#""type":"welcome""#) => Ok(ws),
+        other => Err(format!("expected a welcome frame, got {other:?}")),
+    }
+}
+
+/// Reads until aborted or the deadline: records each event's sequence number and latency.
+async fn read_events(
+    mut ws: Ws,
+    account: usize,
+    started: Instant,
+    sink: Arc<Mutex<Received>>,
+    delivered: Arc<AtomicU64>,
+    deadline: Instant,
+) {
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline.into(), ws.next()).await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let Ok(frame) = serde_json::from_str::<Frame>(&text) else {
+            continue;
+        };
+        let (Some(seq), Some(data), "event") = (frame.seq, frame.data, frame.kind.as_str()) else {
+            continue;
+        };
+        let now = started.elapsed().as_nanos() as u64;
+        let mut sink = sink.lock().expect("a reader panicked");
+        sink.seqs.push(seq);
+        sink.latencies_ns.push(now.saturating_sub(data.t));
+        sink.last_receipt_ns = now;
+        if data.a != account {
+            sink.cross_account += 1;
+        }
+        delivered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn percentiles(samples: &mut [u64]) -> Percentiles {
+    if samples.is_empty() {
+        return Percentiles::default();
+    }
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() - 1) as f64 * q).round() as usize;
+        samples[i] as f64 / 1e6
+    };
+    Percentiles {
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+/// The reports as a readable table.
+pub fn table(reports: &[Report]) -> String {
+    let mut out = String::from(
+        "connections  connect s  conn/s   deliveries  deliv/s     p50 ms  p90 ms  p99 ms  max ms  lost  dup  cross  RSS/idle conn  CPU/delivery\n",
+    );
+    for r in reports {
+        let rss = r
+            .server_rss_per_idle_connection_bytes
+            .map_or("-".into(), |b| format!("{:.1} KiB", b as f64 / 1024.0));
+        let cpu = r
+            .server_cpu_per_delivery_us
+            .map_or("-".into(), |us| format!("{us:.2} µs"));
+        out.push_str(&format!(
+            "{:>11}  {:>9.2}  {:>7.0}  {:>10}  {:>10.0}  {:>6.1}  {:>6.1}  {:>6.1}  {:>6.1}  {:>4}  {:>3}  {:>5}  {:>13}  {:>12}\n",
+            r.connections,
+            r.connect_seconds,
+            r.connects_per_sec,
+            r.deliveries,
+            r.deliveries_per_sec,
+            r.latency_ms.p50,
+            r.latency_ms.p90,
+            r.latency_ms.p99,
+            r.latency_ms.max,
+            r.lost,
+            r.duplicated,
+            r.cross_account,
+            rss,
+            cpu
+        ));
+    }
+    out
+}
