@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use switchboard::actors::broker::{Broker, Join, Publish};
 use switchboard::actors::room::RoomEvent;
 use switchboard::actors::session::{Backlog, Deliver, Joined};
-use switchboard::config::Database;
+use switchboard::config::{Database, Presence};
 use switchboard::ids::{AccountId, SessionId, UserId};
 use switchboard::protocol::event_frame;
 use switchboard::store::Store;
@@ -66,7 +66,14 @@ fn fan_out(c: &mut Criterion) {
             let account = AccountId::new(&format!("bench-{room_size}")).unwrap();
             let done = Arc::new(Notify::new());
             let broker = system.block_on(async {
-                let broker = Broker::new(store, Duration::from_secs(5)).start();
+                let broker = Broker::new(
+                    store,
+                    Presence {
+                        grace: Duration::from_secs(5),
+                        broadcast_max: 1000,
+                    },
+                )
+                .start();
                 let delivered = Arc::new(AtomicUsize::new(0));
                 let joined = Arc::new(AtomicUsize::new(0));
                 for i in 0..room_size {

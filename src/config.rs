@@ -107,6 +107,16 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_PRESENCE_GRACE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub presence_grace: Duration,
 
+    /// Rooms with more sessions than this do not broadcast `user-online`/`user-offline` (each
+    /// arrival would go to every session: O(users²) when a whole account connects); presence is
+    /// still answered by `GET /api/v1/presence` and the `presence` frame.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PRESENCE_BROADCAST_MAX",
+        default_value_t = 1000
+    )]
+    pub presence_broadcast_max: usize,
+
     /// Events older than this are deleted (resume and long-poll reach back this far at most).
     #[arg(long, env = "SWITCHBOARD_RETENTION_MAX_AGE", default_value = "7days", value_parser = humantime::parse_duration)]
     pub retention_max_age: Duration,
@@ -280,6 +290,15 @@ pub struct OutboundConfig {
     pub timeout: Duration,
 }
 
+/// Presence settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Presence {
+    /// How long a user stays online after their last session closed.
+    pub grace: Duration,
+    /// Rooms above this many sessions announce no presence changes.
+    pub broadcast_max: usize,
+}
+
 /// How long events are kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
@@ -302,7 +321,7 @@ pub struct Config {
     pub workers: Option<usize>,
     pub webhooks: WebhookConfig,
     pub outbound: OutboundConfig,
-    pub presence_grace: Duration,
+    pub presence: Presence,
     pub retention: Retention,
     pub max_queued_bytes: usize,
     pub long_poll_max: Duration,
@@ -441,7 +460,10 @@ impl Config {
             workers: settings.workers,
             webhooks,
             outbound,
-            presence_grace: settings.presence_grace,
+            presence: Presence {
+                grace: settings.presence_grace,
+                broadcast_max: settings.presence_broadcast_max,
+            },
             retention: Retention {
                 max_age: settings.retention_max_age,
                 max_events: settings.retention_max_events,

@@ -657,3 +657,27 @@ async fn typing_is_ephemeral_limited_and_for_the_other_participants() {
     bob.next_event().await;
     bob.expect_silence(QUIET).await;
 }
+
+#[tokio::test]
+async fn large_rooms_answer_presence_queries_but_do_not_broadcast_it() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    config.presence.broadcast_max = 2;
+    let server = TestServer::start(config);
+    let (mut bob, _) = server.connect(&token("acme", "bob")).await;
+    bob.watch_presence();
+    let (_carol, _) = server.connect(&token("acme", "carol")).await;
+    assert_eq!(
+        presence_event(&mut bob).await,
+        ("user-online".to_owned(), "carol".to_owned())
+    );
+
+    // A third session: over the limit, no announcement, but the query knows.
+    let (_dave, _) = server.connect(&token("acme", "dave")).await;
+    bob.expect_silence(QUIET).await;
+    bob.send_text(r#"{"type":"presence"}"#).await;
+    assert_eq!(
+        bob.next_json().await["users"],
+        json!(["bob", "carol", "dave"])
+    );
+}

@@ -7,13 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::room::{Room, RoomEvent, Shutdown};
 use super::session::{Backlog, Deliver, Joined};
+use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
 use crate::store::Store;
 
@@ -90,19 +90,17 @@ struct RoomEntry {
 
 pub struct Broker {
     store: Store,
-    /// How long a user whose last session closed still counts as online (a reload is not a
-    /// departure).
-    presence_grace: Duration,
+    presence: Presence,
     rooms: HashMap<AccountId, RoomEntry>,
     /// Long-polls waiting for an account's next event (they need no room).
     waiters: HashMap<AccountId, Vec<Waiter>>,
 }
 
 impl Broker {
-    pub fn new(store: Store, presence_grace: Duration) -> Self {
+    pub fn new(store: Store, presence: Presence) -> Self {
         Self {
             store,
-            presence_grace,
+            presence,
             rooms: HashMap::new(),
             waiters: HashMap::new(),
         }
@@ -124,7 +122,7 @@ impl Handler<Join> for Broker {
                     join.account.clone(),
                     join.seen_seq,
                     self.store.clone(),
-                    self.presence_grace,
+                    self.presence,
                 )
                 .start(),
                 members: 0,

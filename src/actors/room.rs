@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
 use super::session::{frame_size, Backlog, Deliver, Joined};
+use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
 use crate::protocol::{ephemeral_frame, event_frame};
 use crate::store::{events, Store};
@@ -100,14 +101,13 @@ pub struct Room {
     pending: BTreeMap<u64, RoomEvent>,
     /// A database read is scheduled or under way.
     filling: bool,
-    /// Presence: how long a user stays online after their last session closed.
-    grace: Duration,
+    presence: Presence,
     /// Users whose last session closed, still online until their timer fires.
     leaving: HashMap<UserId, SpawnHandle>,
 }
 
 impl Room {
-    pub fn new(account: AccountId, last_seq: u64, store: Store, grace: Duration) -> Self {
+    pub fn new(account: AccountId, last_seq: u64, store: Store, presence: Presence) -> Self {
         Self {
             account,
             store,
@@ -116,7 +116,7 @@ impl Room {
             tabs: HashMap::new(),
             pending: BTreeMap::new(),
             filling: false,
-            grace,
+            presence,
             leaving: HashMap::new(),
         }
     }
@@ -148,7 +148,11 @@ impl Room {
     }
 
     /// Tells the account a user came online or went offline; the user's own tabs know already.
+    /// Large rooms do not announce (see `Presence::broadcast_max`).
     fn announce(&self, event: &str, user: &UserId) {
+        if self.members.len() > self.presence.broadcast_max {
+            return;
+        }
         let frame = ephemeral_frame(event, &serde_json::json!({ "user_id": user.as_str() }));
         self.send_ephemeral(&frame, None, Some(user));
     }
@@ -295,7 +299,7 @@ impl Handler<Leave> for Room {
         if tabs.is_empty() {
             self.tabs.remove(&member.user);
             let user = member.user.clone();
-            let timer = ctx.run_later(self.grace, move |room, _| {
+            let timer = ctx.run_later(self.presence.grace, move |room, _| {
                 room.leaving.remove(&user);
                 room.announce("user-offline", &user);
             });

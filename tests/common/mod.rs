@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use switchboard::config::{
-    Config, Database, Heartbeat, JwtConfig, JwtKey, OutboundConfig, Retention, Secret,
+    Config, Database, Heartbeat, JwtConfig, JwtKey, OutboundConfig, Presence, Retention, Secret,
     WebhookConfig,
 };
 
@@ -127,7 +127,10 @@ pub fn config(db: &Db) -> Config {
             retry_base: Duration::from_millis(100),
             timeout: Duration::from_secs(5),
         },
-        presence_grace: Duration::from_millis(300),
+        presence: Presence {
+            grace: Duration::from_millis(300),
+            broadcast_max: 1000,
+        },
         retention: Retention {
             max_age: Duration::from_secs(3600),
             max_events: 100_000,
