@@ -13,6 +13,7 @@
 //! - [`store`] — the database (SQLite or PostgreSQL, chosen at run time), migrations, queries.
 //! - [`actors`] — the broker, one room per account, one session per connection.
 //! - [`webhooks`] — Facebook, Zalo and generic (Standard Webhooks) ingestion, signatures.
+//! - [`publisher`] — group commit for the publish API.
 //! - [`inbox`] — conversations and messages as persisted, sequenced events.
 //! - [`outbound`] — replies handed to the application by signed, retried webhooks.
 //! - [`retention`] — how long events are kept.
@@ -34,6 +35,7 @@ pub mod inbox;
 pub mod logging;
 pub mod outbound;
 pub mod protocol;
+pub mod publisher;
 pub mod retention;
 pub mod server;
 pub mod store;

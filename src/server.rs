@@ -14,6 +14,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::logging;
 use crate::outbound::Dispatcher;
+use crate::publisher::Publisher;
 use crate::retention::Pruner;
 use crate::store::{Store, StoreError};
 
@@ -45,6 +46,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound).start();
     Pruner::new(store.clone(), config.retention).start();
 
+    let publisher = Publisher::start(store.clone(), broker.clone());
     let state = web::Data::new(AppState {
         verifier: Verifier::new(&config.jwt),
         api_key: config.api_key.clone(),
@@ -59,6 +61,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             max_queued_bytes: config.max_queued_bytes,
         }),
         dispatcher,
+        publisher,
         long_poll_max: config.long_poll_max,
         webhooks: WebhookState {
             stats: Default::default(),

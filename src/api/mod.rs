@@ -29,6 +29,7 @@ use crate::auth::Verifier;
 use crate::config::Secret;
 use crate::error::ApiError;
 use crate::outbound::Dispatcher;
+use crate::publisher::Publisher;
 use crate::store::Store;
 use crate::webhooks::{self, facebook, generic, zalo};
 
@@ -40,6 +41,7 @@ pub struct AppState {
     pub broker: Addr<Broker>,
     pub sessions: Arc<session::Shared>,
     pub dispatcher: Addr<Dispatcher>,
+    pub publisher: Publisher,
     pub webhooks: WebhookState,
     /// Longest wait a long-poll may ask for.
     pub long_poll_max: Duration,

@@ -1,5 +1,6 @@
 //! `POST /api/v1/publish`: the application's backend hands Switchboard an event for an account
-//! (optionally for one user of it). The event is stored first, then delivered.
+//! (optionally for one user of it). The event is stored first — by the group-committing
+//! [`crate::publisher`] — then delivered.
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
@@ -10,7 +11,6 @@ use super::extract::ServerKey;
 use super::AppState;
 use crate::error::{field, ApiError};
 use crate::ids::{AccountId, UserId};
-use crate::{inbox, store};
 
 const MAX_EVENT_NAME: usize = 64;
 
@@ -52,18 +52,10 @@ pub async fn publish(
         None => RawValue::from_string("null".into()).expect("null is JSON"),
     };
 
-    let broker = state.broker.clone();
     let response_account = account.clone();
     let seq = state
-        .store
-        .run(move |conn| {
-            let event = store::write(conn, &account, |conn| {
-                inbox::emit(conn, &account, user.as_ref(), &request.event, &data)
-            })?;
-            let seq = event.seq;
-            inbox::hand_off(&broker, &account, vec![event]);
-            Ok::<_, ApiError>(seq)
-        })
+        .publisher
+        .publish(account, user, request.event, data)
         .await?;
     log::debug!("publish account={response_account} seq={seq}");
     Ok(HttpResponse::Ok().json(json!({ "account_id": response_account.as_str(), "seq": seq })))

@@ -99,6 +99,11 @@ impl Store {
         Ok(())
     }
 
+    /// A pooled connection, for a thread that is itself a blocking executor (the publisher).
+    pub fn connection(&self) -> Result<r2d2::PooledConnection<connection::Manager>, StoreError> {
+        Ok(self.pool.get()?)
+    }
+
     /// Runs `query` with a pooled connection on the blocking thread pool.
     pub async fn run<T, E, F>(&self, query: F) -> Result<T, E>
     where
@@ -131,30 +136,58 @@ pub fn now_ms() -> i64 {
 pub fn write<T, E: From<StoreError>>(
     conn: &mut DbConnection,
     account: &AccountId,
+    work: impl FnMut(&mut DbConnection) -> Result<T, E>,
+) -> Result<T, E> {
+    write_accounts(conn, std::slice::from_ref(account), work)
+}
+
+/// [`write`] for several accounts at once (a batch of publishes), their locks taken in one
+/// order so that two such writers cannot deadlock.
+pub fn write_accounts<T, E: From<StoreError>>(
+    conn: &mut DbConnection,
+    accounts: &[AccountId],
     mut work: impl FnMut(&mut DbConnection) -> Result<T, E>,
 ) -> Result<T, E> {
+    let mut sorted: Vec<&AccountId> = accounts.iter().collect();
+    sorted.sort();
+    sorted.dedup();
     for _ in 0..2 {
         let begin = match conn {
             DbConnection::Sqlite(_) => "BEGIN IMMEDIATE",
             DbConnection::Postgres(_) => "BEGIN",
         };
         conn.batch_execute(begin).map_err(StoreError::from)?;
-        // A no-op update: it takes the row lock, and says whether the row exists.
-        let locked = diesel::update(account_sequences::table.find(account.as_str()))
-            .set(account_sequences::last_seq.eq(account_sequences::last_seq))
-            .execute(conn);
-        let result = match locked {
-            Ok(1) => work(conn).and_then(|value| {
-                conn.batch_execute("COMMIT").map_err(StoreError::from)?;
-                Ok(value)
-            }),
-            Ok(_) => {
-                rollback(conn);
-                create_sequence(conn, account)?;
-                continue;
+        let mut missing = Vec::new();
+        let mut failed = None;
+        for account in &sorted {
+            // A no-op update: it takes the row lock, and says whether the row exists.
+            match diesel::update(account_sequences::table.find(account.as_str()))
+                .set(account_sequences::last_seq.eq(account_sequences::last_seq))
+                .execute(conn)
+            {
+                Ok(1) => {}
+                Ok(_) => missing.push(*account),
+                Err(e) => {
+                    failed = Some(StoreError::from(e));
+                    break;
+                }
             }
-            Err(e) => Err(StoreError::from(e).into()),
-        };
+        }
+        if let Some(e) = failed {
+            rollback(conn);
+            return Err(e.into());
+        }
+        if !missing.is_empty() {
+            rollback(conn);
+            for account in missing {
+                create_sequence(conn, account)?;
+            }
+            continue;
+        }
+        let result = work(conn).and_then(|value| {
+            conn.batch_execute("COMMIT").map_err(StoreError::from)?;
+            Ok(value)
+        });
         if result.is_err() {
             rollback(conn);
         }
