@@ -1,0 +1,57 @@
+//! The persisted publish path without HTTP: the group-committing publisher (store + hand-off to
+//! the broker), one publish at a time and 64 at once.
+//!
+//! `cargo bench --bench publish`
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde_json::value::RawValue;
+
+use switchboard::actors::broker::Broker;
+use switchboard::config::{Database, Presence};
+use switchboard::ids::AccountId;
+use switchboard::publisher::Publisher;
+use switchboard::store::Store;
+
+fn publish(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&Database::Sqlite(dir.path().join("bench.db")), 4).unwrap();
+    let system = System::new();
+    let publisher = system.block_on(async {
+        let presence = Presence {
+            grace: Duration::from_secs(5),
+            broadcast_max: 1000,
+        };
+        Publisher::start(store.clone(), Broker::new(store, presence).start())
+    });
+    let account = AccountId::new("bench").unwrap();
+    let data = || RawValue::from_string(format!("{{\"text\":\"{}\"}}", "x".repeat(180))).unwrap();
+
+    let mut group = c.benchmark_group("publish");
+    group.measurement_time(Duration::from_secs(10));
+    for in_flight in [1usize, 64] {
+        group.throughput(Throughput::Elements(in_flight as u64));
+        group.bench_function(BenchmarkId::new("in_flight", in_flight), |b| {
+            b.iter_custom(|rounds| {
+                system.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..rounds {
+                        let publishes = (0..in_flight).map(|_| {
+                            publisher.publish(account.clone(), None, "bench".into(), data())
+                        });
+                        for seq in futures_util::future::join_all(publishes).await {
+                            seq.unwrap();
+                        }
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, publish);
+criterion_main!(benches);
