@@ -94,9 +94,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
+/// Most open files asked for: every connection is one.
+const OPEN_FILES_WANTED: u64 = 1 << 20;
+
+/// Raises this process's open-files limit as far as it may go (past the hard limit when running
+/// with the privilege to), and returns the limit in force.
+pub fn raise_open_files_limit() -> u64 {
+    use rlimit::Resource;
+    if Resource::NOFILE
+        .set(OPEN_FILES_WANTED, OPEN_FILES_WANTED)
+        .is_err()
+    {
+        if let Err(e) = rlimit::increase_nofile_limit(OPEN_FILES_WANTED) {
+            log::warn!("cannot raise the open-files limit: {e}");
+        }
+    }
+    Resource::NOFILE.get().map_or(0, |(soft, _)| soft)
+}
+
 fn log_startup(config: &Config, addr: SocketAddr) {
     log::info!("listening on http://{addr} (WebSocket endpoint ws://{addr}/ws)");
     log::info!("database: {}", config.database.describe());
+    log::info!("open files allowed: {}", raise_open_files_limit());
     log::info!(
         "heartbeat: ping every {}, close after {} without an answer",
         humantime::format_duration(config.heartbeat.interval),

@@ -135,8 +135,14 @@ struct FrameData {
 
 pub fn run(config: &Config, args: BenchArgs) -> Result<String, String> {
     // Each connection is a file descriptor; ask for as many as the system allows.
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        log::warn!("cannot raise the open-files limit: {e}");
+    let open_files = crate::server::raise_open_files_limit();
+    if (open_files as usize)
+        < args
+            .connections
+            .max(args.sweep.iter().copied().max().unwrap_or(0))
+            + 64
+    {
+        log::warn!("only {open_files} open files are allowed; connections past that will fail");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
