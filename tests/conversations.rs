@@ -381,6 +381,10 @@ async fn integrations_are_admin_only_and_keep_their_secrets() {
         )
         .await;
     assert_eq!(status, 200);
+    // A misspelt body is refused, not taken for the defaults.
+    let misspelt = Some(json!({"whch": "outbound"}));
+    let rotate = format!("/api/v1/integrations/{id}/rotate-secret");
+    assert_eq!(server.admin(Method::POST, &rotate, misspelt).await.0, 400);
     let (status, shown) = server
         .admin(Method::GET, &format!("/api/v1/integrations/{id}"), None)
         .await;

@@ -326,6 +326,16 @@ async fn read_receipts_and_unread_counts_agree_across_tabs_and_rest() {
         .collect();
     assert_eq!(rest_ids, live_ids);
 
+    // A misspelt body is refused rather than read as "everything".
+    let read_path = format!("/api/v1/conversations/{dm}/read");
+    let misspelt = Some(json!({"upto": ids[0]}));
+    assert_eq!(
+        server
+            .as_user(&token("acme", "bob"), Method::POST, &read_path, misspelt)
+            .await
+            .0,
+        400
+    );
     // Reading everything over REST clears the count on every tab.
     let (status, view) = server
         .as_user(

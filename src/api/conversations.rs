@@ -12,7 +12,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::extract::User;
-use super::{json_text, list_json, AppState};
+use super::{json_text, list_json, optional_json, AppState};
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::inbox::{self, InboxError, Send};
@@ -278,9 +278,9 @@ pub async fn mark_read(
     User(user): User,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: Option<web::Json<ReadRequest>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let up_to = body.map(web::Json::into_inner).unwrap_or_default().up_to;
+    let up_to = optional_json::<ReadRequest>(&body)?.up_to;
     let id = path.into_inner();
     let broker = state.broker.clone();
     let view = state

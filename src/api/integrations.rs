@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::extract::ServerKey;
-use super::AppState;
+use super::{optional_json, AppState};
 use crate::error::{field, ApiError};
 use crate::ids::{check_id, random_id, AccountId};
 use crate::store::deliveries;
@@ -204,9 +204,9 @@ pub async fn rotate_secret(
     _: ServerKey,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: Option<web::Json<RotateRequest>>,
+    body: web::Bytes,
 ) -> Result<HttpResponse, ApiError> {
-    let request = body.map(web::Json::into_inner).unwrap_or_default();
+    let request: RotateRequest = optional_json(&body)?;
     let integration = load(&state, path.into_inner()).await?;
     let (kind, secret, generated) = match request.which.as_deref().unwrap_or("inbound") {
         "inbound" => {

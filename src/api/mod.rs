@@ -116,6 +116,17 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     .default_service(web::to(not_found));
 }
 
+/// A JSON body that may be left out (then the defaults apply) but, when given, must parse: a
+/// typo must not silently mean "the defaults".
+pub fn optional_json<T: serde::de::DeserializeOwned + Default>(
+    body: &web::Bytes,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))
+}
+
 /// A JSON answer from text that is already JSON (our own serialization), sent as it is rather
 /// than parsed and written again.
 pub fn json_text(mut response: actix_web::HttpResponseBuilder, json: String) -> HttpResponse {
