@@ -395,6 +395,7 @@ async fn generic_webhooks_verify_rotate_and_refuse_replays() {
     assert!(secret.starts_with("whsec_"));
     let path = created["webhook_path"].as_str().unwrap().to_owned();
     let (mut agent, _) = server.connect(&token("acme", "agent")).await;
+    let (mut outsider, _) = server.connect(&token("globex", "agent")).await;
 
     let body =
         json!({"type": "message", "data": {"contact_id": "cust-42", "text": "Where is my order?"}})
@@ -413,6 +414,7 @@ async fn generic_webhooks_verify_rotate_and_refuse_replays() {
         (200, json!({"stored": 1, "duplicates": 0}))
     );
     expect_message(&mut agent, "Where is my order?").await;
+    outsider.expect_silence(QUIET).await;
     // A replay of the same webhook-id.
     assert_eq!(server.webhook(&path, &h, &body).await.1["duplicates"], 1);
 
