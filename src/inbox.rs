@@ -127,25 +127,34 @@ fn conversation_updated(
     account: &AccountId,
     conversation: &Conversation,
 ) -> Result<Vec<RoomEvent>, StoreError> {
-    match audience(conn, conversation)? {
-        None => {
-            let data = view_json(conn, conversation, None)?;
-            Ok(vec![emit_json(
-                conn,
-                account,
-                None,
-                "update-conversation",
-                data,
-            )?])
-        }
-        Some(users) => users
-            .iter()
-            .map(|user| {
-                let data = view_json(conn, conversation, Some(user))?;
-                emit_json(conn, account, Some(user), "update-conversation", data)
-            })
-            .collect(),
+    if conversation.is_external() {
+        let data = view_json(conn, conversation, None)?;
+        return Ok(vec![emit_json(
+            conn,
+            account,
+            None,
+            "update-conversation",
+            data,
+        )?]);
     }
+    // Participants and their unread counts read once, not once per participant.
+    let participants = conversations::participants_of(conn, &conversation.id)?;
+    let unread = conversations::unread_counts_in(conn, &conversation.id)?;
+    let mut events = Vec::with_capacity(participants.len());
+    for id in &participants {
+        let Ok(user) = UserId::new(id) else { continue };
+        let count = unread.iter().find(|(u, _)| u == id).map_or(0, |(_, n)| *n);
+        let view = conversation.view(Some(&participants), count);
+        let data = serde_json::to_string(&view).expect("conversations serialize");
+        events.push(emit_json(
+            conn,
+            account,
+            Some(&user),
+            "update-conversation",
+            data,
+        )?);
+    }
+    Ok(events)
 }
 
 /// A stored message, its events, and the sequence number of the `new-message` its sender sees
@@ -371,6 +380,19 @@ pub fn mark_read(
         view.clone(),
     )?);
     Ok((view, events))
+}
+
+/// Who should see `user` typing in a conversation they may see: `None` for the whole account
+/// (an external conversation), else its participants.
+pub fn typing_audience(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    user: &UserId,
+    conversation_id: &str,
+) -> Result<Option<Vec<UserId>>, InboxError> {
+    let conversation = conversations::visible(conn, account, user, conversation_id)?
+        .ok_or(InboxError::NotParticipant)?;
+    Ok(audience(conn, &conversation)?)
 }
 
 /// Opens the direct conversation of two users (or gets the existing one), or a new group; tells

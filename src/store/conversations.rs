@@ -396,6 +396,17 @@ pub fn unread_counts(
         .load(conn)?)
 }
 
+/// Every participant's unread count in a conversation.
+pub fn unread_counts_in(
+    conn: &mut DbConnection,
+    conversation_id: &str,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(participants::table
+        .filter(participants::conversation_id.eq(conversation_id))
+        .select((participants::user_id, participants::unread_count))
+        .load(conn)?)
+}
+
 /// The direct conversation of two users of an account, created on first use; `true` if new. Run
 /// inside the account's write transaction, which makes find-or-create atomic.
 pub fn direct(

@@ -13,11 +13,10 @@ use serde_json::{json, Value};
 
 use super::Session;
 use crate::actors::broker::{Ephemeral, OnlineUsers};
-use crate::ids::UserId;
 use crate::inbox::{self, InboxError, Send};
 use crate::outbound::Dispatch;
 use crate::protocol::{ephemeral_frame, ServerFrame};
-use crate::store::{self, conversations};
+use crate::store;
 
 /// Sends a session may make: a burst of this many …
 const SEND_BURST: u32 = 20;
@@ -183,18 +182,7 @@ impl Session {
             let (lookup_account, lookup_user, id) =
                 (account.clone(), user.clone(), conversation_id.clone());
             let audience = store
-                .run(move |conn| {
-                    let conversation =
-                        conversations::visible(conn, &lookup_account, &lookup_user, &id)?
-                            .ok_or(InboxError::NotParticipant)?;
-                    if conversation.is_external() {
-                        return Ok(None);
-                    }
-                    let ids = conversations::participants_of(conn, &conversation.id)?;
-                    Ok::<_, InboxError>(Some(
-                        ids.iter().filter_map(|u| UserId::new(u).ok()).collect(),
-                    ))
-                })
+                .run(move |conn| inbox::typing_audience(conn, &lookup_account, &lookup_user, &id))
                 .await?;
             let data = json!({ "conversation_id": conversation_id, "user_id": user.as_str() });
             broker.do_send(Ephemeral {
