@@ -383,19 +383,6 @@ pub fn participants_of(
         .load(conn)?)
 }
 
-/// A user's unread count in each of `ids` they take part in.
-pub fn unread_counts(
-    conn: &mut DbConnection,
-    user: &UserId,
-    ids: &[&str],
-) -> Result<Vec<(String, i64)>, StoreError> {
-    Ok(participants::table
-        .filter(participants::user_id.eq(user.as_str()))
-        .filter(participants::conversation_id.eq_any(ids))
-        .select((participants::conversation_id, participants::unread_count))
-        .load(conn)?)
-}
-
 /// Every participant's unread count in a conversation.
 pub fn unread_counts_in(
     conn: &mut DbConnection,
