@@ -111,6 +111,7 @@ fn fan_out(c: &mut Criterion) {
                                 seq,
                                 user: None,
                                 frame: event_frame(seq, "new-message", &data),
+                                handed: None,
                             },
                         });
                         done.notified().await;

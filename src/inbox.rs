@@ -75,6 +75,7 @@ pub fn emit(
         seq,
         user: user.cloned(),
         frame: event_frame(seq, event, data),
+        handed: None,
     })
 }
 

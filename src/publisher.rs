@@ -4,20 +4,29 @@
 //! events to the broker in order.
 //!
 //! The thread is the blocking executor for this path, so no actix thread waits on the database.
+//!
+//! A publish is answered once its event is committed and every live session of the account has
+//! taken it (or [`PACING_MAX`] has passed): a publisher that outruns a room's fan-out is slowed
+//! to its pace rather than piling events up in the server, which is what keeps delivery latency
+//! flat under load.
 
 use std::sync::mpsc;
+use std::time::Duration;
 
 use actix::Addr;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::broker::Broker;
+use crate::actors::room::Handed;
 use crate::ids::{AccountId, UserId};
 use crate::inbox;
 use crate::store::{self, Store, StoreError};
 
 /// Most publishes stored in one transaction.
 const MAX_BATCH: usize = 512;
+/// Longest a committed publish waits for its room to take the event.
+pub const PACING_MAX: Duration = Duration::from_millis(250);
 
 /// One publish, waiting for its sequence number.
 struct Job {
@@ -26,6 +35,7 @@ struct Job {
     event: String,
     data: Box<RawValue>,
     reply: oneshot::Sender<Result<u64, StoreError>>,
+    handed: Handed,
 }
 
 /// The queue to the writer thread; the thread ends when this is dropped.
@@ -43,7 +53,8 @@ impl Publisher {
         Self { jobs }
     }
 
-    /// Stores the event and returns its sequence number.
+    /// Stores the event and returns its sequence number once the account's sessions have taken
+    /// it (see the module's documentation).
     pub async fn publish(
         &self,
         account: AccountId,
@@ -52,15 +63,20 @@ impl Publisher {
         data: Box<RawValue>,
     ) -> Result<u64, StoreError> {
         let (reply, answer) = oneshot::channel();
+        let (handed, taken) = Handed::new();
         let job = Job {
             account,
             user,
             event,
             data,
             reply,
+            handed,
         };
         self.jobs.send(job).map_err(|_| StoreError::Cancelled)?;
-        answer.await.map_err(|_| StoreError::Cancelled)?
+        let seq = answer.await.map_err(|_| StoreError::Cancelled)??;
+        // Resolves (as closed) when the last delivery lets go of the ticket.
+        let _ = tokio::time::timeout(PACING_MAX, taken).await;
+        Ok(seq)
     }
 }
 
@@ -97,8 +113,9 @@ fn store_together(store: &Store, broker: &Addr<Broker>, batch: &mut Vec<Job>) ->
     });
     match stored {
         Ok(events) => {
-            for (job, event) in batch.drain(..).zip(events) {
+            for (job, mut event) in batch.drain(..).zip(events) {
                 let seq = event.seq;
+                event.handed = Some(job.handed);
                 inbox::hand_off(broker, &job.account, vec![event]);
                 let _ = job.reply.send(Ok(seq));
             }

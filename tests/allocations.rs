@@ -93,6 +93,7 @@ fn fan_out_shares_one_serialized_event() {
                 seq: 1,
                 user: None,
                 frame: event_frame(1, "big", &data),
+                handed: None,
             },
         });
         done.notified().await;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytestring::ByteString;
 use serde_json::value::RawValue;
+use tokio::sync::oneshot;
 
 use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
 use super::session::{frame_size, Backlog, Deliver, Joined};
@@ -30,6 +31,25 @@ const GAP_GRACE: Duration = Duration::from_millis(200);
 const FILL_RETRY: Duration = Duration::from_secs(1);
 /// Events read from the database per query.
 const FILL_BATCH: i64 = 1000;
+/// A member with more than this queued for its client no longer holds publishers back (see
+/// [`Handed`]): a client that stopped reading must not slow its whole account.
+const PACED_BELOW: usize = 16 * 1024;
+
+/// Carried by every delivery of one published event. The sender inside is dropped with the
+/// last copy — once every session has taken its frame — which tells the publish API the room
+/// has caught up. Publishers are thereby paced by what the room can deliver instead of queueing
+/// work in it without bound.
+#[derive(Debug, Clone)]
+pub struct Handed(#[allow(dead_code)] Arc<oneshot::Sender<()>>);
+
+impl Handed {
+    /// The ticket, and what resolves (with `Err`, as nothing is ever sent) when its last copy
+    /// is gone.
+    pub fn new() -> (Self, oneshot::Receiver<()>) {
+        let (sender, receiver) = oneshot::channel();
+        (Self(Arc::new(sender)), receiver)
+    }
+}
 
 /// An event as the room handles it: serialized once, shared by every recipient.
 #[derive(Debug, Message)]
@@ -39,6 +59,8 @@ pub struct RoomEvent {
     /// When set, only this user's sessions receive it.
     pub user: Option<UserId>,
     pub frame: ByteString,
+    /// Set for events from the publish API, which waits for it.
+    pub handed: Option<Handed>,
 }
 
 impl RoomEvent {
@@ -60,6 +82,7 @@ impl RoomEvent {
             seq,
             user,
             frame: event_frame(seq, &row.event, &data),
+            handed: None,
         })
     }
 }
@@ -79,11 +102,13 @@ impl Member {
     /// Queues a frame for the member unless its client is too far behind. The session then
     /// closes itself as a slow consumer (at its next message or heartbeat), and the client
     /// resumes from its last sequence number, so the frames not queued are not lost.
-    fn offer(&self, frame: &ByteString, seq: Option<u64>) {
+    fn offer(&self, frame: &ByteString, seq: Option<u64>, handed: Option<&Handed>) {
+        let handed = handed.filter(|_| self.backlog.queued() < PACED_BELOW);
         if self.backlog.reserve(frame_size(frame.len())) {
             self.deliver.do_send(Deliver {
                 frame: frame.clone(),
                 seq,
+                handed: handed.cloned(),
             });
         }
     }
@@ -134,7 +159,7 @@ impl Room {
             }
             for id in ids {
                 if let Some(member) = self.members.get(id) {
-                    member.offer(frame, None);
+                    member.offer(frame, None, None);
                 }
             }
         };
@@ -160,7 +185,7 @@ impl Room {
     fn fan_out(&self, event: &RoomEvent) {
         let deliver = |id: &SessionId| {
             if let Some(member) = self.members.get(id) {
-                member.offer(&event.frame, Some(event.seq));
+                member.offer(&event.frame, Some(event.seq), event.handed.as_ref());
             }
         };
         match &event.user {

@@ -118,9 +118,9 @@ struct Received {
 }
 
 #[derive(Deserialize)]
-struct Frame {
+struct Frame<'a> {
     #[serde(rename = "type")]
-    kind: String,
+    kind: &'a str,
     seq: Option<u64>,
     data: Option<FrameData>,
 }
@@ -384,26 +384,31 @@ async fn read_events(
     delivered: Arc<AtomicU64>,
     deadline: Instant,
 ) {
-    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline.into(), ws.next()).await {
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let Ok(frame) = serde_json::from_str::<Frame>(&text) else {
-            continue;
-        };
-        let (Some(seq), Some(data), "event") = (frame.seq, frame.data, frame.kind.as_str()) else {
-            continue;
-        };
-        let now = started.elapsed().as_nanos() as u64;
-        let mut sink = sink.lock().expect("a reader panicked");
-        sink.seqs.push(seq);
-        sink.latencies_ns.push(now.saturating_sub(data.t));
-        sink.last_receipt_ns = now;
-        if data.a != account {
-            sink.cross_account += 1;
+    // One timer for the whole read, not one per frame: the tool shares its core with ten
+    // thousand readers and must not become what it measures.
+    let read = async {
+        while let Some(Ok(message)) = ws.next().await {
+            let Message::Text(text) = message else {
+                continue;
+            };
+            let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else {
+                continue;
+            };
+            let (Some(seq), Some(data), "event") = (frame.seq, frame.data, frame.kind) else {
+                continue;
+            };
+            let now = started.elapsed().as_nanos() as u64;
+            let mut sink = sink.lock().expect("a reader panicked");
+            sink.seqs.push(seq);
+            sink.latencies_ns.push(now.saturating_sub(data.t));
+            sink.last_receipt_ns = now;
+            if data.a != account {
+                sink.cross_account += 1;
+            }
+            delivered.fetch_add(1, Ordering::Relaxed);
         }
-        delivered.fetch_add(1, Ordering::Relaxed);
-    }
+    };
+    let _ = tokio::time::timeout_at(deadline.into(), read).await;
 }
 
 fn percentiles(samples: &mut [u64]) -> Percentiles {

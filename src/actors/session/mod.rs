@@ -28,6 +28,7 @@ use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use bytestring::ByteString;
 
 use super::broker::{Broker, Join, Leave};
+use super::room::Handed;
 use crate::auth::Identity;
 use crate::config::Heartbeat;
 use crate::ids::SessionId;
@@ -43,6 +44,8 @@ pub use transport::{frame_size, start, Backlog};
 pub struct Deliver {
     pub frame: ByteString,
     pub seq: Option<u64>,
+    /// Dropped once the frame is written: see [`Handed`].
+    pub handed: Option<Handed>,
 }
 
 /// The room has taken the session in; `seq` is the last event that will not be delivered.

@@ -89,7 +89,8 @@ impl Session {
     /// replay runs.
     pub(super) fn deliver(
         &mut self,
-        Deliver { frame, seq }: Deliver,
+        // The ticket, if any, is let go once the frame is written (or held for the replay).
+        Deliver { frame, seq, .. }: Deliver,
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         if self.backlog.overflowed() {

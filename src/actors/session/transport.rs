@@ -59,7 +59,7 @@ impl Backlog {
         self.overflowed.load(Ordering::Relaxed)
     }
 
-    pub(super) fn queued(&self) -> usize {
+    pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
 
