@@ -79,6 +79,10 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Serve the demo inbox at /demo [default: on in development mode, off otherwise].
+    #[arg(long, env = "SWITCHBOARD_DEMO")]
+    pub demo: Option<bool>,
+
     /// The token Facebook's subscription handshake must present. Prefer the environment variable.
     #[arg(
         long,
@@ -327,6 +331,18 @@ pub struct Config {
     pub long_poll_max: Duration,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
+    pub demo: Demo,
+}
+
+/// The demo inbox at `/demo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demo {
+    Off,
+    /// The page, with tokens pasted in by hand.
+    Page,
+    /// The page, and tokens for any demo user from `POST /demo/token`: only when the JWT secret
+    /// itself was generated for development, so no real user can be impersonated with it.
+    WithTokens,
 }
 
 /// What development mode generated, so start-up can say so loudly.
@@ -471,6 +487,13 @@ impl Config {
             },
             max_queued_bytes: settings.max_queued_bytes,
             long_poll_max: settings.long_poll_max,
+            demo: match settings.demo.unwrap_or(dev_mode.is_some()) {
+                false => Demo::Off,
+                true if dev_mode.as_ref().is_some_and(|d| d.generated_jwt_secret) => {
+                    Demo::WithTokens
+                }
+                true => Demo::Page,
+            },
             dev_mode,
         })
     }

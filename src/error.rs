@@ -36,6 +36,10 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the demo is off: it is served in development mode, or with SWITCHBOARD_DEMO=true")]
+    DemoOff,
+    #[error("demo tokens are only given out in development mode (a generated JWT secret), to requests from this machine")]
+    DemoTokensOff,
     #[error(transparent)]
     Signature(SignatureError),
     #[error(transparent)]
@@ -102,6 +106,8 @@ impl ApiError {
             Self::NotWebSocket => "not-websocket",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
+            Self::DemoOff => "demo-off",
+            Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
             Self::ResumeFailed { .. } => "resume-failed",
@@ -132,6 +138,8 @@ impl ResponseError for ApiError {
             Self::IntegrationExists => StatusCode::CONFLICT,
             Self::ResumeFailed { .. } => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::DemoOff => StatusCode::NOT_FOUND,
+            Self::DemoTokensOff => StatusCode::FORBIDDEN,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

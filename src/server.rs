@@ -11,7 +11,7 @@ use crate::actors::broker::Broker;
 use crate::actors::session;
 use crate::api::{self, AppState, WebhookState};
 use crate::auth::Verifier;
-use crate::config::Config;
+use crate::config::{Config, Demo};
 use crate::logging;
 use crate::outbound::Dispatcher;
 use crate::publisher::Publisher;
@@ -63,6 +63,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         dispatcher,
         publisher,
         long_poll_max: config.long_poll_max,
+        demo: config.demo,
+        demo_minter: (config.demo == Demo::WithTokens).then(|| config.jwt.clone()),
         webhooks: WebhookState {
             stats: Default::default(),
             facebook_verify_token: config.webhooks.facebook_verify_token.clone(),
@@ -75,6 +77,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         App::new()
             .app_data(state.clone())
             .wrap(logging::request_logger())
+            .wrap(cors())
             .configure(|cfg| api::routes(cfg, max_publish_bytes))
     });
     if let Some(workers) = config.workers {
@@ -92,6 +95,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr,
         server: server.run(),
     })
+}
+
+/// Pages on other origins may call the API: every call carries its token explicitly (never a
+/// cookie), so no origin gains anything it could not do with the token anyway — and the SDK's
+/// long-poll fallback needs it.
+fn cors() -> actix_cors::Cors {
+    actix_cors::Cors::default()
+        .allow_any_origin()
+        .allowed_methods(["GET", "POST", "DELETE"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+        ])
+        .max_age(3600)
 }
 
 /// Most open files asked for: every connection is one.

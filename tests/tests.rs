@@ -6,6 +6,7 @@ mod common;
 
 mod auth;
 mod bad_input;
+mod browser_side;
 mod cli;
 mod conversations;
 mod delivery;

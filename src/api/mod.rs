@@ -9,12 +9,14 @@
 //! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`crate::webhooks`]).
 
 pub mod conversations;
+pub mod demo;
 pub mod events;
 pub mod extract;
 pub mod integrations;
 pub mod notifications;
 pub mod presence;
 pub mod publish;
+pub mod sdk;
 pub mod ws;
 
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use actix_web::{web, HttpResponse};
 use crate::actors::broker::Broker;
 use crate::actors::session;
 use crate::auth::Verifier;
-use crate::config::Secret;
+use crate::config::{Demo, JwtConfig, Secret};
 use crate::error::ApiError;
 use crate::outbound::Dispatcher;
 use crate::publisher::Publisher;
@@ -45,6 +47,9 @@ pub struct AppState {
     pub webhooks: WebhookState,
     /// Longest wait a long-poll may ask for.
     pub long_poll_max: Duration,
+    pub demo: Demo,
+    /// Signs demo tokens; set only when [`Demo::WithTokens`].
+    pub demo_minter: Option<JwtConfig>,
 }
 
 /// What the webhook handlers share.
@@ -68,6 +73,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .error_handler(|error, _| ApiError::InvalidQuery(error.to_string()).into()),
     )
     .route("/ws", web::get().to(ws::connect))
+    .route("/sdk/switchboard.js", web::get().to(sdk::script))
+    .route("/sdk/switchboard.d.ts", web::get().to(sdk::types))
+    .route("/demo", web::get().to(demo::page))
+    .route("/demo/token", web::post().to(demo::token))
     .service(
         web::resource("/api/v1/publish")
             .route(web::post().to(publish::publish))

@@ -139,6 +139,7 @@ pub fn config(db: &Db) -> Config {
         max_queued_bytes: 1024 * 1024,
         long_poll_max: Duration::from_secs(30),
         dev_mode: None,
+        demo: switchboard::config::Demo::Off,
     }
 }
 

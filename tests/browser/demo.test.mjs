@@ -1,0 +1,226 @@
+// The demo page and the SDK in a real browser: Debian's headless Chromium, driven by
+// playwright-core, against a real server (the debug binary, SQLite in a temporary directory,
+// development mode so the page can get demo tokens). Run with `npm test --prefix tests/browser`
+// after `cargo build`.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const BINARY = join(ROOT, "target", "debug", "switchboard");
+const API_KEY = "browser-test-api-key-0123456789";
+const RUN = Math.random().toString(36).slice(2, 8);
+const WAIT = 15000;
+
+let dir, port, base, server, browser;
+
+function freePort() {
+  return new Promise((resolve) => {
+    const probe = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts the server on `port`, resolving once it answers. */
+async function startServer() {
+  server = spawn(BINARY, ["--bind", `127.0.0.1:${port}`, "--database-url", join(dir, "switchboard.db")], {
+    env: { ...process.env, SWITCHBOARD_API_KEY: API_KEY, RUST_LOG: "warn" },
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const deadline = Date.now() + WAIT;
+  while (Date.now() < deadline) {
+    try {
+      if ((await fetch(`${base}/sdk/switchboard.js`)).ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error("the server did not start");
+}
+
+async function stopServer() {
+  const exited = new Promise((resolve) => server.once("exit", resolve));
+  server.kill("SIGTERM");
+  await exited;
+}
+
+async function publish(account, event, data) {
+  const response = await fetch(`${base}/api/v1/publish`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ account_id: account, event, data }),
+  });
+  const body = await response.text();
+  assert.equal(response.status, 200, body);
+  return JSON.parse(body).seq;
+}
+
+/** A fresh browser context (its own storage, like another person's browser) on the demo page. */
+async function openDemo(query) {
+  const context = await browser.newContext({ viewport: { width: 1200, height: 640 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => console.error("page error:", e));
+  await page.goto(`${base}/demo?${new URLSearchParams(query)}`);
+  // Every status the page goes through, from the first.
+  await page.evaluate(() => {
+    window.statuses = [window.switchboard.status];
+    window.switchboard.on("status", (s) => window.statuses.push(s));
+  });
+  return page;
+}
+
+const waitStatus = (page, status) =>
+  page.waitForSelector(`#status[data-status="${status}"]`, { timeout: WAIT });
+const eventTexts = (page) => page.$$eval("#events li", (items) => items.map((i) => i.textContent));
+
+before(async () => {
+  execFileSync("cargo", ["build", "--quiet"], { cwd: ROOT, stdio: "inherit" });
+  dir = mkdtempSync(join(tmpdir(), "switchboard-browser-"));
+  port = await freePort();
+  base = `http://127.0.0.1:${port}`;
+  await startServer();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (server && server.exitCode === null) await stopServer();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test("an event published to one account shows in its page and never in another account's", async () => {
+  const [a, b] = [`acme-${RUN}`, `globex-${RUN}`];
+  const pageA = await openDemo({ account: a, user: "alice" });
+  const pageB = await openDemo({ account: b, user: "carol" });
+  await Promise.all([waitStatus(pageA, "open"), waitStatus(pageB, "open")]);
+
+  await publish(a, "order-paid", { marker: `for-A-${RUN}` });
+  await publish(b, "order-paid", { marker: `for-B-${RUN}` });
+  await pageA.waitForSelector(`#events li:has-text("for-A-${RUN}")`, { timeout: WAIT });
+  // B's own event arrived after A's was published: had A's reached B, it would be there by now.
+  await pageB.waitForSelector(`#events li:has-text("for-B-${RUN}")`, { timeout: WAIT });
+  assert.ok(!(await eventTexts(pageB)).some((t) => t.includes(`for-A-${RUN}`)), "B saw A's event");
+  assert.ok(!(await eventTexts(pageA)).some((t) => t.includes(`for-B-${RUN}`)), "A saw B's event");
+  await pageA.context().close();
+  await pageB.context().close();
+});
+
+test("a direct message shows for both users and the unread badge follows it", async () => {
+  const account = `dm-${RUN}`;
+  const alice = await openDemo({ account, user: "alice" });
+  const bob = await openDemo({ account, user: "bob" });
+  await Promise.all([waitStatus(alice, "open"), waitStatus(bob, "open")]);
+  // Each sees the other online.
+  await alice.waitForSelector('#online li:has-text("bob")', { timeout: WAIT });
+
+  await alice.fill('#dm input[name="to"]', "bob");
+  await alice.fill('#dm input[name="text"]', "lunch at noon?");
+  await alice.click("#dm button");
+  await alice.waitForSelector('#messages li.me:has-text("lunch at noon?")', { timeout: WAIT });
+
+  // Bob has not opened it: one unread.
+  const bobsBadge = '#conversations li:has-text("alice") .badge';
+  await bob.waitForSelector(`${bobsBadge}[data-count="1"]`, { state: "attached", timeout: WAIT });
+  await alice.fill('#dm input[name="text"]', "or 1pm");
+  await alice.click("#dm button");
+  await bob.waitForSelector(`${bobsBadge}[data-count="2"]`, { state: "attached", timeout: WAIT });
+
+  // Opening it shows both messages and clears the badge.
+  await bob.click('#conversations li:has-text("alice")');
+  await bob.waitForSelector('#messages li:has-text("lunch at noon?")', { timeout: WAIT });
+  await bob.waitForSelector('#messages li:has-text("or 1pm")', { timeout: WAIT });
+  await bob.waitForSelector(`${bobsBadge}[data-count="0"]`, { state: "attached", timeout: WAIT });
+
+  // Bob answers; alice has the conversation open, so it shows there at once.
+  await bob.fill('#dm input[name="to"]', "alice");
+  await bob.fill('#dm input[name="text"]', "noon works");
+  await bob.click("#dm button");
+  await alice.waitForSelector('#messages li:has-text("noon works")', { timeout: WAIT });
+
+  await publish(account, "order-paid", { order: 1042, total: "€40" });
+  await alice.waitForSelector('#events li:has-text("order-paid")', { timeout: WAIT });
+  const shots = join(ROOT, "target", "browser");
+  mkdirSync(shots, { recursive: true });
+  await alice.screenshot({ path: join(shots, "demo.png") });
+  await alice.context().close();
+  await bob.context().close();
+});
+
+test("a server restart while events are published: reconnecting, then every event once, in order", async () => {
+  const account = `restart-${RUN}`;
+  const page = await openDemo({ account, user: "alice", backoffMs: "200" });
+  await waitStatus(page, "open");
+
+  const total = 30;
+  const sent = [];
+  const publishing = (async () => {
+    for (let i = 0; i < total; i++) {
+      // While the server is down, retry until it is back: the publisher's own retry loop.
+      for (;;) {
+        try {
+          await publish(account, "tick", { n: i, run: RUN });
+          break;
+        } catch {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      }
+      sent.push(i);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  await page.waitForSelector('#events li:has-text("\\"n\\":5,")', { timeout: WAIT });
+  await stopServer();
+  await waitStatus(page, "reconnecting");
+  await startServer();
+  await publishing;
+
+  await page.waitForSelector(`#events li:has-text("\\"n\\":${total - 1},")`, { timeout: WAIT });
+  const ticks = (await eventTexts(page))
+    .filter((t) => t.includes(" tick "))
+    .map((t) => JSON.parse(t.slice(t.indexOf("{"))).n)
+    .reverse(); // the page shows the newest first
+  assert.deepEqual(ticks, [...Array(total).keys()], "every event once, in order");
+  const statuses = await page.evaluate(() => window.statuses);
+  assert.ok(statuses.includes("reconnecting"), `statuses: ${statuses}`);
+  assert.equal(statuses.at(-1), "open");
+  await page.context().close();
+});
+
+test("a WebSocket route that refuses the upgrade: the page falls back to long-poll and still gets events", async () => {
+  const account = `blocked-${RUN}`;
+  const page = await openDemo({ account, user: "alice", ws: "/ws-blocked", pollAfter: "2", backoffMs: "50" });
+  await waitStatus(page, "polling");
+  const reason = await page.textContent("#reason");
+  assert.match(reason, /websocket-failed/);
+
+  await publish(account, "order-paid", { marker: `polled-${RUN}` });
+  await page.waitForSelector(`#events li:has-text("polled-${RUN}")`, { timeout: WAIT });
+  // The REST parts of the page work too.
+  await page.fill('#dm input[name="to"]', "bob");
+  await page.fill('#dm input[name="text"]', "sent while polling");
+  await page.click("#dm button");
+  await page.waitForSelector('#messages li:has-text("sent while polling")', { timeout: WAIT });
+  assert.equal(await page.evaluate(() => window.switchboard.status), "polling");
+  await page.context().close();
+});

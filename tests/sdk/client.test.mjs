@@ -1,0 +1,264 @@
+// Unit tests of the SDK's own logic — backoff, resume, token refresh, dead-connection detection,
+// the long-poll fallback — with Node's test runner: `node --test tests/sdk/`. The network is
+// replaced by a scripted WebSocket and fetch; the browser tests (tests/browser) run the same
+// module against a real server.
+
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { backoffDelay, connect, tokenExpiry, DEFAULTS } from "../../src/sdk/switchboard.js";
+
+const tick = (ms = 0) => new Promise((r) => setTimeout(r, ms));
+
+async function until(check, what, ms = 2000) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await tick(2);
+  }
+}
+
+/** A scripted network: every WebSocket the client opens, and answers for fetch. */
+function network({ probe = () => json(200, { events: [], since: 0 }), poll } = {}) {
+  const sockets = [];
+  const fetches = [];
+  class FakeWebSocket {
+    constructor(url) {
+      this.url = new URL(url);
+      this.sent = [];
+      sockets.push(this);
+    }
+    send(text) {
+      this.sent.push(JSON.parse(text));
+    }
+    close(code = 1000) {
+      this.closed = code;
+    }
+    /** The server sends a frame. */
+    frame(frame) {
+      this.onmessage({ data: JSON.stringify(frame) });
+    }
+    /** The connection ends (or never opened, when no welcome came). */
+    drop(code = 1006) {
+      this.onclose({ code, reason: "" });
+    }
+  }
+  const fetch = async (url, init = {}) => {
+    url = new URL(url);
+    fetches.push({ url, init });
+    const zeroWait = url.searchParams.get("timeout") === "0";
+    return zeroWait || !poll ? probe(url, init) : poll(url, init);
+  };
+  return { sockets, fetches, WebSocket: FakeWebSocket, fetch };
+}
+
+function json(status, body) {
+  return new Response(JSON.stringify(body), { status, headers: { "content-type": "application/json" } });
+}
+
+function jwt(claims) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
+  return `${part({ alg: "HS256" })}.${part(claims)}.sig`;
+}
+
+const welcome = (seq, extra = {}) => ({
+  type: "welcome",
+  seq,
+  heartbeat_interval_ms: 15000,
+  client_timeout_ms: 45000,
+  resumed: false,
+  ...extra,
+});
+
+test("backoff: full jitter under a ceiling that doubles per attempt up to the maximum", () => {
+  const options = { backoffBaseMs: 500, backoffMaxMs: 30000 };
+  assert.equal(backoffDelay(0, options, () => 0), 0);
+  assert.equal(backoffDelay(0, options, () => 0.999999), 499);
+  assert.equal(backoffDelay(3, options, () => 0.999999), 3999);
+  assert.equal(backoffDelay(10, options, () => 0.999999), 29999);
+  assert.equal(backoffDelay(1000, options, () => 0.5), 15000);
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const d = backoffDelay(attempt, DEFAULTS);
+    assert.ok(d >= 0 && d < DEFAULTS.backoffMaxMs);
+  }
+});
+
+test("tokenExpiry reads exp, and null for what is not a JWT", () => {
+  assert.equal(tokenExpiry(jwt({ exp: 1700000000 })), 1700000000000);
+  assert.equal(tokenExpiry(jwt({ sub: "x" })), null);
+  assert.equal(tokenExpiry("not a token"), null);
+});
+
+test("resume: reconnects from the last delivered seq; replayed events are not handed over twice", async () => {
+  const net = network();
+  const client = connect("http://sb.test", { getToken: () => "t1", random: () => 0, ...net });
+  const got = [];
+  const statuses = [];
+  client.on("tick", (data) => got.push(data.n));
+  client.on("status", (s) => statuses.push(s));
+  await until(() => net.sockets.length === 1, "the first socket");
+  const first = net.sockets[0];
+  assert.equal(first.url.pathname, "/ws");
+  assert.equal(first.url.searchParams.get("token"), "t1");
+  assert.equal(first.url.searchParams.get("since"), null);
+  first.frame(welcome(5));
+  first.frame({ type: "event", seq: 6, event: "tick", data: { n: 6 } });
+  first.frame({ type: "event", seq: 7, event: "tick", data: { n: 7 } });
+  first.drop();
+
+  await until(() => net.sockets.length === 2, "a reconnect");
+  const second = net.sockets[1];
+  assert.equal(second.url.searchParams.get("since"), "7");
+  second.frame(welcome(9, { resumed: true, since: 7 }));
+  second.frame({ type: "event", seq: 7, event: "tick", data: { n: 7 } }); // a repeat
+  second.frame({ type: "event", seq: 8, event: "tick", data: { n: 8 } });
+  second.frame({ type: "event", seq: 9, event: "tick", data: { n: 9 } });
+  assert.deepEqual(got, [6, 7, 8, 9]);
+  assert.deepEqual(statuses, ["open", "reconnecting", "open"]);
+  assert.equal(client.lastSeq, 9);
+  client.close();
+});
+
+test("resume-failed tells the app, and live events carry on after its seq", async () => {
+  const net = network();
+  const client = connect("http://sb.test", { getToken: () => "t", since: 2, random: () => 0, ...net });
+  const failures = [];
+  client.on("resume-failed", (frame) => failures.push(frame));
+  await until(() => net.sockets.length === 1, "a socket");
+  assert.equal(net.sockets[0].url.searchParams.get("since"), "2");
+  net.sockets[0].frame(welcome(1041, { resumed: false, since: 2 }));
+  net.sockets[0].frame({ type: "resume-failed", since: 2, oldest_seq: 900, seq: 1041 });
+  assert.equal(failures.length, 1);
+  assert.equal(client.lastSeq, 1041);
+  client.close();
+});
+
+test("an expired token: the failed upgrade is explained by the probe, and getToken is called again", async () => {
+  let issued = 0;
+  const net = network({
+    probe: (url, init) =>
+      init.headers.authorization === "Bearer old"
+        ? json(401, { error: { code: "token-expired", message: "the token has expired" } })
+        : json(200, { events: [], since: 0 }),
+  });
+  const client = connect("http://sb.test", {
+    getToken: () => (issued++ === 0 ? "old" : "new"),
+    random: () => 0,
+    ...net,
+  });
+  const reasons = [];
+  client.on("status", (status, reason) => reasons.push(`${status}:${reason?.code ?? ""}`));
+  await until(() => net.sockets.length === 1, "a socket");
+  net.sockets[0].drop(1006); // the upgrade was refused: no welcome
+  await until(() => net.sockets.length === 2, "a retry");
+  assert.equal(net.sockets[1].url.searchParams.get("token"), "new");
+  assert.equal(issued, 2);
+  assert.deepEqual(reasons, ["reconnecting:token-expired"]);
+  net.sockets[1].frame(welcome(0));
+  assert.equal(client.status, "open");
+  assert.equal(client.lastError, null);
+  client.close();
+});
+
+test("a token whose exp has passed is refreshed before connecting", async () => {
+  const net = network();
+  const tokens = [jwt({ exp: Math.floor(Date.now() / 1000) - 60 }), "fresh"];
+  const client = connect("http://sb.test", { getToken: () => tokens.shift(), random: () => 0, ...net });
+  await until(() => net.sockets.length === 1, "a socket");
+  net.sockets[0].frame(welcome(0));
+  net.sockets[0].drop(1001);
+  await until(() => net.sockets.length === 2, "a reconnect");
+  assert.equal(net.sockets[1].url.searchParams.get("token"), "fresh");
+  client.close();
+});
+
+test("a dead connection (no answer to pings) is dropped and reconnected", async () => {
+  const net = network();
+  const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, ...net });
+  const statuses = [];
+  client.on("status", (s, reason) => statuses.push(`${s}:${reason?.code ?? ""}`));
+  await until(() => net.sockets.length === 1, "a socket");
+  const dead = net.sockets[0];
+  dead.frame(welcome(0, { heartbeat_interval_ms: 200, client_timeout_ms: 300 }));
+  await until(() => dead.sent.some((f) => f.type === "ping"), "a ping");
+  // The server never answers.
+  await until(() => net.sockets.length === 2, "a reconnect after the timeout");
+  assert.equal(dead.closed, 4000);
+  assert.deepEqual(statuses, ["open:", "reconnecting:heartbeat-timeout"]);
+  client.close();
+});
+
+test("requests: send resolves with the ack and rejects with the server's error code", async () => {
+  const net = network();
+  const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, ...net });
+  await until(() => net.sockets.length === 1, "a socket");
+  const ws = net.sockets[0];
+  ws.frame(welcome(0));
+  const ok = client.send("conv_1", "hi", { clientMsgId: "c-1" });
+  const refused = client.send("conv_2", "hi");
+  const [a, b] = ws.sent.filter((f) => f.type === "send");
+  assert.equal(a.client_msg_id, "c-1");
+  ws.frame({ type: "ack", ref: a.ref, conversation_id: "conv_1", message_id: "msg_1", seq: 3 });
+  ws.frame({ type: "error", ref: b.ref, code: "not-a-participant", message: "no" });
+  assert.equal((await ok).message_id, "msg_1");
+  await assert.rejects(refused, { code: "not-a-participant" });
+  client.close();
+});
+
+test("repeated WebSocket failures switch to long-poll, and a working WebSocket switches back", async () => {
+  let polls = 0;
+  const net = network({
+    poll: async (url) => {
+      polls++;
+      const since = Number(url.searchParams.get("since"));
+      if (since < 3) return json(200, { events: [{ type: "event", seq: since + 1, event: "tick", data: { n: since + 1 } }], since: since + 1 });
+      await tick(20);
+      return json(200, { events: [], since });
+    },
+  });
+  const client = connect("http://sb.test", {
+    getToken: () => "t",
+    random: () => 0,
+    pollAfterFailures: 2,
+    wsRetryWhilePollingMs: 100,
+    ...net,
+  });
+  const got = [];
+  client.on("tick", (d) => got.push(d.n));
+  await until(() => net.sockets.length === 1, "a socket");
+  net.sockets[0].drop();
+  await until(() => net.sockets.length === 2, "a retry");
+  net.sockets[1].drop();
+  await until(() => client.status === "polling", "polling");
+  assert.equal(client.lastError.code, "websocket-failed");
+  await until(() => got.length === 3, "events by long-poll");
+  assert.deepEqual(got, [1, 2, 3]);
+
+  // The WebSocket is tried again while polling; once it works, polling stops.
+  await until(() => net.sockets.length === 3, "a WebSocket retry");
+  assert.equal(net.sockets[2].url.searchParams.get("since"), "3");
+  net.sockets[2].frame(welcome(3, { resumed: true, since: 3 }));
+  assert.equal(client.status, "open");
+  const pollsAtSwitch = polls;
+  await tick(100);
+  assert.ok(polls <= pollsAtSwitch + 1, "polling stopped");
+  net.sockets[2].frame({ type: "event", seq: 4, event: "tick", data: { n: 4 } });
+  assert.deepEqual(got, [1, 2, 3, 4]);
+  client.close();
+});
+
+test("an unreachable server is reported as such, and never triggers the long-poll fallback", async () => {
+  const net = network({
+    probe: () => {
+      throw new TypeError("fetch failed");
+    },
+  });
+  const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, pollAfterFailures: 1, ...net });
+  for (let i = 1; i <= 3; i++) {
+    await until(() => net.sockets.length === i, `attempt ${i}`);
+    net.sockets[i - 1].drop();
+  }
+  await until(() => client.lastError?.code === "server-unreachable", "the reason");
+  assert.equal(client.status, "reconnecting");
+  client.close();
+  assert.equal(client.status, "closed");
+});
