@@ -17,7 +17,8 @@
 //! - [`inbox`] — conversations and messages as persisted, sequenced events.
 //! - [`outbound`] — replies handed to the application by signed, retried webhooks.
 //! - [`retention`] — how long events are kept.
-//! - [`api`] — HTTP routes: `/ws`, the publish API, integrations (admin), conversations (users).
+//! - [`api`] — HTTP routes: `/ws`, the publish API, integrations (admin), conversations (users),
+//!   the browser SDK (`src/sdk/`, embedded) and the demo page (`src/demo/`).
 //! - [`error`] — the API's error type and its one mapping to HTTP responses.
 //! - [`server`] — wiring it together; used by the binary and the tests.
 //! - [`cli`] and [`logging`] — the binary's command line and log set-up.
