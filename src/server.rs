@@ -35,8 +35,13 @@ pub struct Running {
     pub server: actix_web::dev::Server,
 }
 
-/// Opens the database (migrating it), starts the broker and binds. Call inside an actix System.
+/// Binds, opens the database (migrating it) and starts the broker. Call inside an actix System.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // First, so that a port in use fails before any actor has started.
+    let listener = listen(config.bind).map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
     let database = config.database.clone();
     let pool_size = config.db_pool_size;
     let store = web::block(move || Store::open(&database, pool_size))
@@ -83,18 +88,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(workers) = config.workers {
         server = server.workers(workers);
     }
-    let server = server
-        .bind(config.bind)
-        .map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+    let server = server.listen(listener).map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
     let addr = server.addrs()[0];
     log_startup(&config, addr);
     Ok(Running {
         addr,
         server: server.run(),
     })
+}
+
+/// Connections waiting to be accepted: a burst of reconnecting clients must not overflow it.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// The listening socket, as `HttpServer::bind` would make it, but before anything else starts.
+fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Pages on other origins may call the API: every call carries its token explicitly (never a

@@ -281,3 +281,25 @@ async fn the_bench_tool_measures_a_running_server() {
     let svg = std::fs::read_to_string(&chart).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("deliveries per second"));
 }
+
+#[test]
+fn a_port_in_use_is_a_clear_error_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(BIN)
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("SWITCHBOARD_BIND", &addr)
+        .output()
+        .expect("run switchboard");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Nothing was created: the database is opened only once the port is ours.
+    assert!(!dir.path().join("switchboard.db").exists());
+}
