@@ -88,7 +88,7 @@ fn fan_out(c: &mut Criterion) {
                         session: SessionId::random(),
                         account: account.clone(),
                         user: UserId::new(&format!("user-{}", i % 100)).unwrap(),
-                        seen_seq: 0,
+                        seen_seq: Some(0),
                         deliver: counter.clone().recipient(),
                         joined: counter.recipient(),
                         backlog: Arc::new(Backlog::new(usize::MAX)),

@@ -76,7 +76,7 @@ fn fan_out_shares_one_serialized_event() {
                 session: SessionId::random(),
                 account: account.clone(),
                 user: UserId::new(&format!("u{i}")).unwrap(),
-                seen_seq: 0,
+                seen_seq: Some(0),
                 deliver: recipient.clone().recipient(),
                 joined: recipient.recipient(),
                 backlog: Arc::new(Backlog::new(usize::MAX)),

@@ -24,9 +24,10 @@ pub struct Join {
     pub session: SessionId,
     pub account: AccountId,
     pub user: UserId,
-    /// The account's sequence number when the session was authorised: a new room catches up
-    /// from the database after it, so an event stored while the room was starting is not lost.
-    pub seen_seq: u64,
+    /// The account's sequence number when the session was authorised, if it was read then (to
+    /// check a resume point): a new room catches up from the database after it, so an event
+    /// stored while the room was starting is not lost. Without it, a new room reads it.
+    pub seen_seq: Option<u64>,
     pub deliver: Recipient<Deliver>,
     pub joined: Recipient<Joined>,
     /// What is queued for the session's client; the room stops queueing past its bound.

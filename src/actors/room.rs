@@ -119,6 +119,8 @@ pub struct Room {
     store: Store,
     /// The last sequence number delivered (or known not to exist).
     last_seq: u64,
+    /// Whether `last_seq` came with the first session; if not, the room reads it on starting.
+    last_seq_known: bool,
     members: HashMap<SessionId, Member>,
     /// Each user's sessions (tabs), for events addressed to one user.
     tabs: HashMap<UserId, Vec<SessionId>>,
@@ -132,11 +134,18 @@ pub struct Room {
 }
 
 impl Room {
-    pub fn new(account: AccountId, last_seq: u64, store: Store, presence: Presence) -> Self {
+    /// `last_seq`: the account's sequence number as the first session saw it, when it read it.
+    pub fn new(
+        account: AccountId,
+        last_seq: Option<u64>,
+        store: Store,
+        presence: Presence,
+    ) -> Self {
         Self {
             account,
             store,
-            last_seq,
+            last_seq: last_seq.unwrap_or(0),
+            last_seq_known: last_seq.is_some(),
             members: HashMap::new(),
             tabs: HashMap::new(),
             pending: BTreeMap::new(),
@@ -216,6 +225,30 @@ impl Room {
         }
     }
 
+    /// Reads the account's sequence number, holding every message (joins, events) until it is
+    /// known: a join is then answered with it, and an event is delivered only if it is newer.
+    /// An event stored after the read reaches this room, which the broker already lists.
+    fn read_last_seq(&mut self, ctx: &mut Context<Self>) {
+        let store = self.store.clone();
+        let account = self.account.clone();
+        let read = async move {
+            store
+                .run(move |conn| events::current_seq(conn, &account))
+                .await
+        };
+        ctx.wait(read.into_actor(self).map(|result, room, ctx| match result {
+            Ok(seq) => {
+                room.last_seq = seq;
+                room.last_seq_known = true;
+            }
+            Err(e) => {
+                log::error!("room start failed account={}: {e}", room.account);
+                ctx.wait(actix::clock::sleep(FILL_RETRY).into_actor(room));
+                room.read_last_seq(ctx);
+            }
+        }));
+    }
+
     /// Reads the events after `last_seq` from the database and delivers them in order.
     fn fill(&mut self, ctx: &mut Context<Self>) {
         self.filling = true;
@@ -275,8 +308,12 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Catch up on anything stored between the first session's authorisation and now.
-        self.fill(ctx);
+        if self.last_seq_known {
+            // Catch up on anything stored between the first session's authorisation and now.
+            self.fill(ctx);
+        } else {
+            self.read_last_seq(ctx);
+        }
     }
 }
 

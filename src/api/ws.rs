@@ -37,14 +37,22 @@ pub async fn connect(
         .transpose()
         .map_err(ApiError::Since)?;
 
-    let account = identity.account.clone();
-    let seen_seq = state
-        .store
-        .run(move |conn| events::current_seq(conn, &account))
-        .await?;
-    if since.is_some_and(|since| since > seen_seq) {
-        return Err(ApiError::Since(SinceError::InFuture));
-    }
+    // Only a resume point needs the database before the upgrade; otherwise the room knows the
+    // account's sequence number (or reads it once, when it starts).
+    let seen_seq = match since {
+        None => None,
+        Some(since) => {
+            let account = identity.account.clone();
+            let seq = state
+                .store
+                .run(move |conn| events::current_seq(conn, &account))
+                .await?;
+            if since > seq {
+                return Err(ApiError::Since(SinceError::InFuture));
+            }
+            Some(seq)
+        }
+    };
 
     let session = Session::new(identity, seen_seq, since, state.sessions.clone());
     session::start(session, &req, stream).map_err(|_| ApiError::NotWebSocket)

@@ -70,8 +70,9 @@ pub struct Shared {
 pub struct Session {
     id: SessionId,
     identity: Identity,
-    /// The account's sequence number at authorisation, handed to the room on joining.
-    seen_seq: u64,
+    /// The account's sequence number at authorisation, if it was read (for `?since=`), handed
+    /// to the room on joining.
+    seen_seq: Option<u64>,
     shared: Arc<Shared>,
     limits: requests::Limits,
     resume: replay::Resume,
@@ -87,7 +88,12 @@ pub struct Session {
 
 impl Session {
     /// `since`: the last sequence number the client processed, when it reconnects (`?since=`).
-    pub fn new(identity: Identity, seen_seq: u64, since: Option<u64>, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        identity: Identity,
+        seen_seq: Option<u64>,
+        since: Option<u64>,
+        shared: Arc<Shared>,
+    ) -> Self {
         let backlog = Arc::new(Backlog::new(shared.max_queued_bytes));
         Self {
             id: SessionId::random(),
