@@ -279,6 +279,11 @@ async fn the_long_poll_answers_at_once_wakes_on_publish_and_times_out_empty() {
         )
         .await;
     assert_eq!((status, body), (200, json!({"events": [], "since": mine})));
+    // Without `since`: where "now" is, at once and without the history.
+    let (status, body) = server
+        .as_user(&alice, Method::GET, "/api/v1/events?timeout=20", None)
+        .await;
+    assert_eq!((status, body), (200, json!({"events": [], "since": mine})));
     // Another account's user sees none of acme's events.
     let (_, theirs) = server
         .as_user(
@@ -296,7 +301,7 @@ async fn the_long_poll_answers_at_once_wakes_on_publish_and_times_out_empty() {
         .collect();
     assert_eq!(names, ["elsewhere"]);
     for (query, code) in [
-        ("", "invalid-since"),
+        ("?since=", "invalid-since"),
         ("?since=x", "invalid-since"),
         ("?since=999", "since-in-future"),
         ("?since=0&timeout=x", "invalid-field"),

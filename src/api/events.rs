@@ -62,11 +62,18 @@ pub async fn poll(
     query: web::Query<PollQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let since = query
-        .since
-        .ok_or(SinceError::Malformed)
-        .and_then(|s| SinceError::parse(&serde_json::Value::String(s)))
-        .map_err(ApiError::Since)?;
+    let Some(since) = query.since else {
+        // A client starting out (its WebSocket blocked from the first) asks where "now" is,
+        // rather than being handed the account's whole history.
+        let account = user.account.clone();
+        let seq = state
+            .store
+            .run(move |conn| events::current_seq(conn, &account))
+            .await?;
+        let body = list_json("events", &[], &[("since", json!(seq))]);
+        return Ok(json_text(HttpResponse::Ok(), body));
+    };
+    let since = SinceError::parse(&serde_json::Value::String(since)).map_err(ApiError::Since)?;
     let wait = match query.timeout {
         None => DEFAULT_WAIT,
         Some(s) => Duration::from_secs(s.parse().map_err(|_| ApiError::InvalidField {

@@ -374,8 +374,11 @@ export class Client {
     let failures = 0;
     while (this.polling === controller && !this.closed) {
       try {
-        const since = this.lastSeq ?? 0;
-        const path = `/api/v1/events?since=${since}&timeout=${this.options.pollTimeoutS}`;
+        // Without a starting point, the first answer gives one ("now"), not the whole history.
+        const path =
+          this.lastSeq === null
+            ? "/api/v1/events"
+            : `/api/v1/events?since=${this.lastSeq}&timeout=${this.options.pollTimeoutS}`;
         const response = await this.fetch(new URL(path, this.base), {
           headers: { authorization: `Bearer ${await this.currentToken()}` },
           signal: controller.signal,

@@ -246,6 +246,26 @@ test("repeated WebSocket failures switch to long-poll, and a working WebSocket s
   client.close();
 });
 
+test("long-polling from scratch starts from now, not from the account's history", async () => {
+  const asked = [];
+  const net = network({
+    poll: async (url) => {
+      asked.push(url.search);
+      if (!url.searchParams.has("since")) return json(200, { events: [], since: 41 });
+      await tick(20);
+      return json(200, { events: [], since: Number(url.searchParams.get("since")) });
+    },
+  });
+  const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, pollAfterFailures: 1, ...net });
+  await until(() => net.sockets.length === 1, "a socket");
+  net.sockets[0].drop();
+  await until(() => asked.length >= 2, "two polls");
+  assert.equal(asked[0], "");
+  assert.match(asked[1], /since=41/);
+  assert.equal(client.lastSeq, 41);
+  client.close();
+});
+
 test("an unreachable server is reported as such, and never triggers the long-poll fallback", async () => {
   const net = network({
     probe: () => {
