@@ -40,14 +40,19 @@ const PACED_BELOW: usize = 16 * 1024;
 /// has caught up. Publishers are thereby paced by what the room can deliver instead of queueing
 /// work in it without bound.
 #[derive(Debug, Clone)]
-pub struct Handed(#[allow(dead_code)] Arc<oneshot::Sender<()>>);
+pub struct Handed {
+    _last_copy_drops_it: Arc<oneshot::Sender<()>>,
+}
 
 impl Handed {
     /// The ticket, and what resolves (with `Err`, as nothing is ever sent) when its last copy
     /// is gone.
     pub fn new() -> (Self, oneshot::Receiver<()>) {
         let (sender, receiver) = oneshot::channel();
-        (Self(Arc::new(sender)), receiver)
+        let handed = Self {
+            _last_copy_drops_it: Arc::new(sender),
+        };
+        (handed, receiver)
     }
 }
 

@@ -158,8 +158,20 @@ test("a direct message shows for both users and the unread badge follows it", as
   await bob.click("#dm button");
   await alice.waitForSelector('#messages li:has-text("noon works")', { timeout: WAIT });
 
+  // A notification from the app's backend raises alice's badge, not bob's.
+  const created = await fetch(`${base}/api/v1/notifications`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+    body: JSON.stringify({ account_id: account, user_id: "alice", type: "invoice.paid", title: "Invoice #12 paid" }),
+  });
+  assert.equal(created.status, 201, await created.text());
+  await alice.waitForSelector('#notification-badge[data-count="1"]', { timeout: WAIT });
+  await alice.waitForSelector('#notifications li:has-text("Invoice #12 paid")', { timeout: WAIT });
+
   await publish(account, "order-paid", { order: 1042, total: "€40" });
   await alice.waitForSelector('#events li:has-text("order-paid")', { timeout: WAIT });
+  await bob.waitForSelector('#events li:has-text("order-paid")', { timeout: WAIT });
+  assert.equal(await bob.getAttribute("#notification-badge", "data-count"), "0");
   const shots = join(ROOT, "target", "browser");
   mkdirSync(shots, { recursive: true });
   await alice.screenshot({ path: join(shots, "demo.png") });
