@@ -691,3 +691,48 @@ async fn large_rooms_answer_presence_queries_but_do_not_broadcast_it() {
         json!(["bob", "carol", "dave"])
     );
 }
+
+#[tokio::test]
+async fn many_arrivals_at_once_are_announced_together() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let account = crate::common::unique("crowd");
+    let (mut bob, _) = server.connect(&token(&account, "bob")).await;
+    bob.watch_presence();
+
+    const USERS: usize = 20;
+    let names: Vec<String> = (0..USERS).map(|i| format!("user-{i}")).collect();
+    let tokens: Vec<String> = names.iter().map(|name| token(&account, name)).collect();
+    let clients =
+        futures_util::future::join_all(tokens.iter().map(|jwt| server.connect(jwt))).await;
+
+    // Every arrival announced once, as `user-online` or within `presence-changed`.
+    let (mut online, mut frames) = (Vec::new(), 0);
+    while online.len() < USERS {
+        let frame = bob.next_json().await;
+        frames += 1;
+        assert!(frame.get("seq").is_none(), "presence is ephemeral: {frame}");
+        match frame["event"].as_str() {
+            Some("user-online") => {
+                online.push(frame["data"]["user_id"].as_str().unwrap().to_owned())
+            }
+            Some("presence-changed") => {
+                assert_eq!(frame["data"]["offline"], json!([]), "{frame}");
+                for user in frame["data"]["online"].as_array().unwrap() {
+                    online.push(user.as_str().unwrap().to_owned());
+                }
+            }
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    online.sort();
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(online, expected);
+    assert!(
+        frames < USERS,
+        "{frames} frames for {USERS} arrivals: not gathered"
+    );
+    bob.expect_silence(QUIET).await;
+    drop(clients);
+}

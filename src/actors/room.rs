@@ -31,6 +31,10 @@ const GAP_GRACE: Duration = Duration::from_millis(200);
 const FILL_RETRY: Duration = Duration::from_secs(1);
 /// Events read from the database per query.
 const FILL_BATCH: i64 = 1000;
+/// How long presence changes are gathered before they are announced: a room filling up (a
+/// deploy, everyone reconnecting) announces its arrivals in a few frames, not one frame per
+/// arrival to every member — which would cost the square of the room's size.
+const PRESENCE_BATCH: Duration = Duration::from_millis(100);
 /// A member with more than this queued for its client no longer holds publishers back (see
 /// [`Handed`]): a client that stopped reading must not slow its whole account.
 const PACED_BELOW: usize = 16 * 1024;
@@ -136,6 +140,10 @@ pub struct Room {
     presence: Presence,
     /// Users whose last session closed, still online until their timer fires.
     leaving: HashMap<UserId, SpawnHandle>,
+    /// Presence changes not yet announced, oldest first, one per user.
+    presence_changes: Vec<(UserId, bool)>,
+    /// Within [`PRESENCE_BATCH`] of the last announcement: changes wait for the next.
+    presence_batching: bool,
 }
 
 impl Room {
@@ -157,6 +165,8 @@ impl Room {
             filling: false,
             presence,
             leaving: HashMap::new(),
+            presence_changes: Vec::new(),
+            presence_batching: false,
         }
     }
 
@@ -186,14 +196,66 @@ impl Room {
         }
     }
 
-    /// Tells the account a user came online or went offline; the user's own tabs know already.
-    /// Large rooms do not announce (see `Presence::broadcast_max`).
-    fn announce(&self, event: &str, user: &UserId) {
+    /// A user came online or went offline: announced at once when nothing was announced within
+    /// the last [`PRESENCE_BATCH`], otherwise gathered with whatever else changes until then.
+    fn presence_changed(&mut self, user: &UserId, online: bool, ctx: &mut Context<Self>) {
         if self.members.len() > self.presence.broadcast_max {
             return;
         }
-        let frame = ephemeral_frame(event, &serde_json::json!({ "user_id": user.as_str() }));
-        self.send_ephemeral(&frame, None, Some(user));
+        if self.presence_batching {
+            self.presence_changes.retain(|(u, _)| u != user);
+            self.presence_changes.push((user.clone(), online));
+            return;
+        }
+        self.announce(vec![(user.clone(), online)]);
+        self.batch_presence(ctx);
+    }
+
+    /// Holds presence changes back for [`PRESENCE_BATCH`], then announces them together; goes on
+    /// batching while changes keep coming.
+    fn batch_presence(&mut self, ctx: &mut Context<Self>) {
+        self.presence_batching = true;
+        ctx.run_later(PRESENCE_BATCH, |room, ctx| {
+            let changes = std::mem::take(&mut room.presence_changes);
+            if changes.is_empty() {
+                room.presence_batching = false;
+            } else {
+                room.announce(changes);
+                room.batch_presence(ctx);
+            }
+        });
+    }
+
+    /// Tells the account who came online or went offline. One change is a `user-online` or
+    /// `user-offline` event (the user's own tabs know already); several are one
+    /// `presence-changed` event listing them. Large rooms do not announce (see
+    /// `Presence::broadcast_max`).
+    fn announce(&self, changes: Vec<(UserId, bool)>) {
+        if self.members.len() > self.presence.broadcast_max {
+            return;
+        }
+        if let [(user, online)] = changes.as_slice() {
+            let event = if *online {
+                "user-online"
+            } else {
+                "user-offline"
+            };
+            let frame = ephemeral_frame(event, &serde_json::json!({ "user_id": user.as_str() }));
+            self.send_ephemeral(&frame, None, Some(user));
+            return;
+        }
+        let users = |wanted: bool| -> Vec<&str> {
+            changes
+                .iter()
+                .filter(|(_, online)| *online == wanted)
+                .map(|(user, _)| user.as_str())
+                .collect()
+        };
+        let frame = ephemeral_frame(
+            "presence-changed",
+            &serde_json::json!({ "online": users(true), "offline": users(false) }),
+        );
+        self.send_ephemeral(&frame, None, None);
     }
 
     fn fan_out(&self, event: &RoomEvent) {
@@ -347,7 +409,7 @@ impl Handler<Join> for Room {
             },
         );
         if first_tab && returning.is_none() {
-            self.announce("user-online", &join.user);
+            self.presence_changed(&join.user, true, ctx);
         }
     }
 }
@@ -366,9 +428,9 @@ impl Handler<Leave> for Room {
         if tabs.is_empty() {
             self.tabs.remove(&member.user);
             let user = member.user.clone();
-            let timer = ctx.run_later(self.presence.grace, move |room, _| {
+            let timer = ctx.run_later(self.presence.grace, move |room, ctx| {
                 room.leaving.remove(&user);
-                room.announce("user-offline", &user);
+                room.presence_changed(&user, false, ctx);
             });
             self.leaving.insert(member.user, timer);
         }

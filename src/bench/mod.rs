@@ -366,9 +366,13 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 /// A WebSocket connection from `source` (a loopback address), through the welcome frame.
 async fn connect(addr: SocketAddr, source: IpAddr, token: &str) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .map_err(|e| format!("bind {source}: {e}"))?;
+    // Binding picks a port by searching the ones in use, which slows as they fill up; a plain
+    // connect picks one per destination, cheaply. So bind only for the extra source addresses.
+    if source != IpAddr::V4(Ipv4Addr::LOCALHOST) {
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .map_err(|e| format!("bind {source}: {e}"))?;
+    }
     let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
     let url = format!("ws://{addr}/ws?token={token}");
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream)

@@ -325,6 +325,12 @@ export class Client {
       if (this.lastSeq !== null && frame.seq <= this.lastSeq) return;
       this.lastSeq = frame.seq;
     }
+    if (frame.event === "presence-changed") {
+      // Several changes announced together: the app sees them one by one, as when they come
+      // singly.
+      for (const user_id of frame.data.online) this.emit("user-online", { user_id }, frame);
+      for (const user_id of frame.data.offline) this.emit("user-offline", { user_id }, frame);
+    }
     this.emit(frame.event, frame.data, frame);
     this.emit("*", frame.data, frame);
   }

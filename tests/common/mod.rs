@@ -316,7 +316,7 @@ fn is_presence(frame: &Value) -> bool {
         && frame.get("seq").is_none()
         && matches!(
             frame["event"].as_str(),
-            Some("user-online" | "user-offline")
+            Some("user-online" | "user-offline" | "presence-changed")
         )
 }
 

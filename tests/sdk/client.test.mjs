@@ -187,6 +187,20 @@ test("a dead connection (no answer to pings) is dropped and reconnected", async 
   client.close();
 });
 
+test("presence changes announced together reach the app one by one", async () => {
+  const net = network();
+  const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, ...net });
+  const seen = [];
+  client.on("user-online", ({ user_id }) => seen.push(`+${user_id}`));
+  client.on("user-offline", ({ user_id }) => seen.push(`-${user_id}`));
+  await until(() => net.sockets.length === 1, "a socket");
+  net.sockets[0].frame(welcome(0));
+  net.sockets[0].frame({ type: "event", event: "user-online", data: { user_id: "a" } });
+  net.sockets[0].frame({ type: "event", event: "presence-changed", data: { online: ["b", "c"], offline: ["a"] } });
+  assert.deepEqual(seen, ["+a", "+b", "+c", "-a"]);
+  client.close();
+});
+
 test("requests: send resolves with the ack and rejects with the server's error code", async () => {
   const net = network();
   const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, ...net });
