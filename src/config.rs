@@ -79,6 +79,10 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
 
+    /// How long before a live session's token expires the client is asked for a fresh one.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_REFRESH_LEAD", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub token_refresh_lead: Duration,
+
     /// Serve the demo inbox at /demo [default: on in development mode, off otherwise].
     #[arg(long, env = "SWITCHBOARD_DEMO")]
     pub demo: Option<bool>,
@@ -176,7 +180,8 @@ fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// A secret value; its `Debug` never shows it, so it cannot leak through a log or a panic.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -329,6 +334,7 @@ pub struct Config {
     pub retention: Retention,
     pub max_queued_bytes: usize,
     pub long_poll_max: Duration,
+    pub token_refresh_lead: Duration,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
     pub demo: Demo,
@@ -487,6 +493,7 @@ impl Config {
             },
             max_queued_bytes: settings.max_queued_bytes,
             long_poll_max: settings.long_poll_max,
+            token_refresh_lead: settings.token_refresh_lead,
             demo: match settings.demo.unwrap_or(dev_mode.is_some()) {
                 false => Demo::Off,
                 true if dev_mode.as_ref().is_some_and(|d| d.generated_jwt_secret) => {

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::config::Secret;
+
 /// A frame from the client, after parsing.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
@@ -51,10 +53,19 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref")]
         reference: Option<Value>,
     },
+    /// A fresh token for the same account and user, usually after `token-expiring`; answered by
+    /// `authenticated`. A token that does not verify, or names someone else, closes the session.
+    Auth {
+        token: Secret,
+        #[serde(default, rename = "ref")]
+        reference: Option<Value>,
+    },
 }
 
 /// The client frame types this server knows, for telling "unknown" from "malformed".
-const CLIENT_FRAME_TYPES: &[&str] = &["ping", "send", "read", "typing", "resume", "presence"];
+const CLIENT_FRAME_TYPES: &[&str] = &[
+    "ping", "send", "read", "typing", "resume", "presence", "auth",
+];
 
 /// Why a client frame was refused; answered with an `error` frame, the connection stays open.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,7 +74,7 @@ pub enum FrameError {
     MalformedJson,
     #[error("the frame must be a JSON object with a string \"type\"")]
     MissingType,
-    #[error("unknown frame type; known types: ping, send, read, typing, resume, presence")]
+    #[error("unknown frame type; known types: ping, send, read, typing, resume, presence, auth")]
     UnknownType,
     #[error("invalid frame: {0}")]
     Invalid(String),
@@ -110,6 +121,8 @@ pub enum ServerFrame<'a> {
         seq: u64,
         heartbeat_interval_ms: u64,
         client_timeout_ms: u64,
+        /// When the token expires (seconds since the Unix epoch): `token-expiring` comes before.
+        token_expires_at: u64,
         /// The session replays the events after `since` (given with `?since=`) before `seq`.
         resumed: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,6 +140,15 @@ pub enum ServerFrame<'a> {
     Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Value>,
+    },
+    /// The token expires at `expires_at` (seconds since the Unix epoch): send `auth` with a fresh
+    /// one before then, or the session closes with 4002.
+    TokenExpiring { expires_at: u64 },
+    /// Answer to `auth`: the session goes on under the new token.
+    Authenticated {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        expires_at: u64,
     },
     /// A `send` or `read` was carried out. For a send: the stored message and the sequence
     /// number of the `new-message` event this user receives for it.
@@ -263,6 +285,10 @@ pub enum Close {
     SlowConsumer,
     /// The server could not carry on with the session (its database failed). Reconnect later.
     ServerError,
+    /// The token expired and no fresh one came. Get a new token, then reconnect (with resume).
+    TokenExpired,
+    /// An `auth` frame's token did not verify or named another account or user.
+    TokenRefused,
 }
 
 impl Close {
@@ -274,6 +300,8 @@ impl Close {
             Self::ServerShutdown => 1001,
             Self::SlowConsumer => 4001,
             Self::ServerError => 1011,
+            Self::TokenExpired => 4002,
+            Self::TokenRefused => 4003,
         }
     }
 
@@ -285,6 +313,8 @@ impl Close {
             Self::ServerShutdown => "server shutting down",
             Self::SlowConsumer => "slow consumer",
             Self::ServerError => "server error",
+            Self::TokenExpired => "token expired",
+            Self::TokenRefused => "token refused",
         }
     }
 }

@@ -52,8 +52,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Pruner::new(store.clone(), config.retention).start();
 
     let publisher = Publisher::start(store.clone(), broker.clone());
+    let verifier = Arc::new(Verifier::new(&config.jwt));
     let state = web::Data::new(AppState {
-        verifier: Verifier::new(&config.jwt),
+        verifier: verifier.clone(),
         api_key: config.api_key.clone(),
         store: store.clone(),
         broker: broker.clone(),
@@ -64,6 +65,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             heartbeat: config.heartbeat,
             max_frame_bytes: config.max_frame_bytes,
             max_queued_bytes: config.max_queued_bytes,
+            tokens: session::Tokens {
+                verifier,
+                leeway: config.jwt.leeway,
+                refresh_lead: config.token_refresh_lead,
+            },
         }),
         dispatcher,
         publisher,

@@ -12,6 +12,7 @@ mod conversations;
 mod delivery;
 mod heartbeat;
 mod isolation;
+mod lifetime;
 mod persistence;
 mod resume;
 mod users;

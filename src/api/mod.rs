@@ -37,7 +37,7 @@ use crate::webhooks::{self, facebook, generic, zalo};
 
 /// What every request handler shares.
 pub struct AppState {
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub api_key: Secret,
     pub store: Store,
     pub broker: Addr<Broker>,

@@ -60,7 +60,7 @@ export class SwitchboardError extends Error {
 }
 
 /** Codes that a new token can cure. */
-const TOKEN_CODES = new Set(["token-expired", "invalid-token", "missing-token"]);
+const TOKEN_CODES = new Set(["token-expired", "token-refused", "invalid-token", "missing-token"]);
 
 /** Opens a client; see the README's "Browser SDK" section. */
 export function connect(url, options) {
@@ -233,7 +233,9 @@ export class Client {
     this.failPending(new SwitchboardError("disconnected", "the connection closed before an answer"));
     if (this.closed) return;
     if (wasOpen) {
-      return this.failed(closeReason(event), false);
+      const reason = closeReason(event);
+      if (TOKEN_CODES.has(reason.code)) this.token = null;
+      return this.failed(reason, false);
     }
     // A refused upgrade is invisible to a browser (no status, no body): ask the same question
     // over HTTP to learn whether the token is the problem.
@@ -293,6 +295,9 @@ export class Client {
         return this.deliver(frame);
       case "resume-failed":
         return this.resumeFailed(frame.seq, frame);
+      case "token-expiring":
+        return this.refreshInPlace(socket);
+      case "authenticated":
       case "ack":
       case "presence":
       case "pong":
@@ -333,6 +338,17 @@ export class Client {
     }
     this.emit(frame.event, frame.data, frame);
     this.emit("*", frame.data, frame);
+  }
+
+  /** The server asks for a fresh token before the current one expires: the session goes on. */
+  async refreshInPlace(socket) {
+    try {
+      this.token = null;
+      const token = await this.currentToken();
+      if (socket === this.ws) await this.request({ type: "auth", token });
+    } catch {
+      // Not refreshed: the server closes the session at expiry, and the reconnect asks again.
+    }
   }
 
   resumeFailed(seq, frame) {
@@ -483,6 +499,8 @@ function closeReason(event) {
     1011: "server-error",
     4000: "heartbeat-timeout",
     4001: "slow-consumer",
+    4002: "token-expired",
+    4003: "token-refused",
   };
   return { code: known[event.code] ?? "connection-lost", message: event.reason || `closed with ${event.code}` };
 }

@@ -159,6 +159,29 @@ test("an expired token: the failed upgrade is explained by the probe, and getTok
   client.close();
 });
 
+test("token-expiring: a fresh token is fetched and sent in place, without reconnecting", async () => {
+  const net = network();
+  const tokens = ["first", "second", "third"];
+  const client = connect("http://sb.test", { getToken: () => tokens.shift(), random: () => 0, ...net });
+  await until(() => net.sockets.length === 1, "a socket");
+  const ws = net.sockets[0];
+  ws.frame(welcome(0));
+  ws.frame({ type: "token-expiring", expires_at: 1700000000 });
+  await until(() => ws.sent.some((f) => f.type === "auth"), "an auth frame");
+  const auth = ws.sent.find((f) => f.type === "auth");
+  assert.equal(auth.token, "second");
+  ws.frame({ type: "authenticated", ref: auth.ref, expires_at: 1700003600 });
+  assert.equal(net.sockets.length, 1);
+  assert.equal(client.status, "open");
+
+  // Closed for an expired token anyway (4002): the reconnect asks for another one.
+  ws.drop(4002);
+  await until(() => net.sockets.length === 2, "a reconnect");
+  assert.equal(net.sockets[1].url.searchParams.get("token"), "third");
+  assert.equal(client.lastError.code, "token-expired");
+  client.close();
+});
+
 test("a token whose exp has passed is refreshed before connecting", async () => {
   const net = network();
   const tokens = [jwt({ exp: Math.floor(Date.now() / 1000) - 60 }), "fresh"];

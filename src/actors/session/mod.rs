@@ -6,6 +6,7 @@
 //! carries on. The rest lives beside this file:
 //!
 //! - [`requests`] — the user's `send`, `read`, `typing` and `presence` frames;
+//! - [`lifetime`] — the token's expiry on a live connection, and its refresh in place;
 //! - [`replay`] — resuming after a reconnect (`?since=` or a `resume` frame): replaying what was
 //!   missed, merged with live events by sequence number;
 //! - [`transport`] — the WebSocket transport, which counts the bytes queued for the client, so a
@@ -14,6 +15,7 @@
 //! actix-web-actors is deprecated upstream in favour of actix-ws; it is used only in this module
 //! and in `api::ws`, so moving off it touches those places only.
 
+mod lifetime;
 mod replay;
 mod requests;
 mod transport;
@@ -29,7 +31,7 @@ use bytestring::ByteString;
 
 use super::broker::{Broker, Join, Leave};
 use super::room::Handed;
-use crate::auth::Identity;
+use crate::auth::{Identity, Verifier};
 use crate::config::Heartbeat;
 use crate::ids::SessionId;
 use crate::outbound::Dispatcher;
@@ -65,6 +67,16 @@ pub struct Shared {
     /// Bytes queued for a client and not yet taken by the socket writer before the session is
     /// closed as a slow consumer.
     pub max_queued_bytes: usize,
+    pub tokens: Tokens,
+}
+
+/// What a live session needs to know about tokens.
+pub struct Tokens {
+    pub verifier: Arc<Verifier>,
+    /// The JWT leeway: a token is honoured this long past its `exp`, as at the handshake.
+    pub leeway: std::time::Duration,
+    /// How long before expiry the client is asked for a fresh token.
+    pub refresh_lead: std::time::Duration,
 }
 
 pub struct Session {
@@ -76,6 +88,7 @@ pub struct Session {
     shared: Arc<Shared>,
     limits: requests::Limits,
     resume: replay::Resume,
+    lifetime: lifetime::Lifetime,
     /// Bytes written for the client that the transport has not yet taken.
     backlog: Arc<transport::Backlog>,
     /// When the client last showed it is alive (any frame, pongs included).
@@ -101,6 +114,7 @@ impl Session {
             seen_seq,
             limits: requests::Limits::new(),
             resume: replay::Resume::new(since),
+            lifetime: lifetime::Lifetime::default(),
             shared,
             backlog,
             last_heard: Instant::now(),
@@ -196,6 +210,7 @@ impl Session {
             Ok(ClientFrame::Typing { conversation_id }) => self.on_typing(conversation_id, ctx),
             Ok(ClientFrame::Resume { since }) => self.on_resume(&since, ctx),
             Ok(ClientFrame::Presence { reference }) => self.on_presence(reference, ctx),
+            Ok(ClientFrame::Auth { token, reference }) => self.on_auth(&token, reference, ctx),
             Err(error) => self.send_error(ctx, &error),
         }
     }
@@ -241,6 +256,7 @@ impl Actor for Session {
             self.identity.user,
             self.id
         );
+        self.schedule_expiry(ctx);
         ctx.run_interval(self.shared.heartbeat.interval, |session, ctx| {
             if session.last_heard.elapsed() > session.shared.heartbeat.timeout {
                 session.close(ctx, Close::HeartbeatTimeout);

@@ -69,6 +69,7 @@ impl Session {
             seq,
             heartbeat_interval_ms: self.shared.heartbeat.interval.as_millis() as u64,
             client_timeout_ms: self.shared.heartbeat.timeout.as_millis() as u64,
+            token_expires_at: self.identity.expires_at,
             resumed,
             since: self.resume.since,
         }
