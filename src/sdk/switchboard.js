@@ -171,6 +171,7 @@ export class Client {
   close() {
     this.closed = true;
     this.clearTimers();
+    this.stopHeartbeat();
     this.polling?.abort();
     this.polling = null;
     if (this.ws) {

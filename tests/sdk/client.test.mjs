@@ -224,6 +224,24 @@ test("presence changes announced together reach the app one by one", async () =>
   client.close();
 });
 
+test("close() stops everything: no timer left, no more pings, no reconnect", async () => {
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+  const before = timers();
+  const net = network();
+  const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, ...net });
+  await until(() => net.sockets.length === 1, "a socket");
+  const ws = net.sockets[0];
+  ws.frame(welcome(0, { heartbeat_interval_ms: 100, client_timeout_ms: 10000 }));
+  await until(() => ws.sent.some((f) => f.type === "ping"), "a ping");
+  client.close();
+  assert.equal(timers(), before, "a timer outlives the client");
+  const sent = ws.sent.length;
+  await tick(250);
+  assert.equal(ws.sent.length, sent, "pinged after close");
+  assert.equal(net.sockets.length, 1, "reconnected after close");
+  assert.equal(client.status, "closed");
+});
+
 test("requests: send resolves with the ack and rejects with the server's error code", async () => {
   const net = network();
   const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, ...net });
