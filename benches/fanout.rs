@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use switchboard::actors::broker::{Broker, Join, Publish};
 use switchboard::actors::room::RoomEvent;
-use switchboard::actors::session::{Backlog, Deliver, Joined};
+use switchboard::actors::session::{Backlog, Deliver, FromRoom};
 use switchboard::config::{Database, Presence};
 use switchboard::ids::{AccountId, SessionId, UserId};
 use switchboard::protocol::event_frame;
@@ -43,10 +43,10 @@ impl Handler<Deliver> for Counter {
     }
 }
 
-impl Handler<Joined> for Counter {
+impl Handler<FromRoom> for Counter {
     type Result = ();
 
-    fn handle(&mut self, _: Joined, _: &mut Context<Self>) {
+    fn handle(&mut self, _: FromRoom, _: &mut Context<Self>) {
         if (self.joined.fetch_add(1, Ordering::Relaxed) + 1) == self.room_size {
             self.done.notify_one();
         }
@@ -90,7 +90,7 @@ fn fan_out(c: &mut Criterion) {
                         user: UserId::new(&format!("user-{}", i % 100)).unwrap(),
                         seen_seq: Some(0),
                         deliver: counter.clone().recipient(),
-                        joined: counter.recipient(),
+                        notices: counter.recipient(),
                         backlog: Arc::new(Backlog::new(usize::MAX)),
                     });
                 }

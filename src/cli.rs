@@ -74,8 +74,33 @@ fn run(cli: Cli) -> Result<(), String> {
 fn serve(config: Config) -> Result<(), String> {
     actix_web::rt::System::new().block_on(async move {
         let running = server::start(config).await.map_err(|e| e.to_string())?;
+        let shutdown = running.shutdown();
+        actix_web::rt::spawn(async move {
+            stop_signal().await;
+            shutdown.await;
+        });
         running.server.await.map_err(|e| e.to_string())
     })
+}
+
+/// SIGTERM (a supervisor, a deploy) or SIGINT (Ctrl-C).
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            log::error!("cannot listen for stop signals; stop the server with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 fn keys(config: &Config) -> Result<(), String> {

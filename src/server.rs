@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use actix_web::{web, App, HttpServer};
 
-use crate::actors::broker::Broker;
+use crate::actors::broker::{Broker, Drain};
 use crate::actors::session;
 use crate::api::{self, AppState, WebhookState};
 use crate::auth::Verifier;
@@ -29,10 +29,30 @@ pub enum StartError {
     },
 }
 
-/// A bound server, not yet awaited. Await `server` to run it; `server.handle()` stops it.
+/// A bound server, not yet awaited. Await `server` to run it; [`Running::shutdown`] stops it
+/// gracefully, `server.handle()` abruptly.
 pub struct Running {
     pub addr: SocketAddr,
     pub server: actix_web::dev::Server,
+    broker: Addr<Broker>,
+}
+
+/// Longest a shutdown waits for connections to finish after their sessions were told to close.
+const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+
+impl Running {
+    /// A graceful stop: every session is closed with 1001 ("server shutting down", so clients
+    /// reconnect — to another node, or to this one once it is back — and resume), then the
+    /// server stops once its connections have finished. Without this, open WebSockets would
+    /// hold the HTTP server's graceful stop until its timeout.
+    pub fn shutdown(&self) -> impl std::future::Future<Output = ()> + 'static {
+        let (handle, broker) = (self.server.handle(), self.broker.clone());
+        async move {
+            let told = broker.send(Drain).await.unwrap_or(0);
+            log::info!("shutting down: {told} session(s) closed with 1001");
+            handle.stop(true).await;
+        }
+    }
 }
 
 /// Binds, opens the database (migrating it) and starts the broker. Call inside an actix System.
@@ -48,6 +68,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(|_| StoreError::Cancelled)??;
     let broker = Broker::new(store.clone(), config.presence).start();
+    let shutdown_broker = broker.clone();
     let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound).start();
     Pruner::new(store.clone(), config.retention).start();
 
@@ -94,15 +115,21 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     if let Some(workers) = config.workers {
         server = server.workers(workers);
     }
-    let server = server.listen(listener).map_err(|source| StartError::Bind {
-        addr: config.bind,
-        source,
-    })?;
+    let server = server
+        // Signals are the binary's to handle (see `Running::shutdown`).
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+        .listen(listener)
+        .map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
     let addr = server.addrs()[0];
     log_startup(&config, addr);
     Ok(Running {
         addr,
         server: server.run(),
+        broker: shutdown_broker,
     })
 }
 

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use switchboard::actors::broker::{Broker, Join, Publish};
 use switchboard::actors::room::RoomEvent;
-use switchboard::actors::session::{Backlog, Deliver, Joined};
+use switchboard::actors::session::{Backlog, Deliver, FromRoom};
 use switchboard::config::{Database, Presence};
 use switchboard::ids::{AccountId, SessionId, UserId};
 use switchboard::protocol::event_frame;
@@ -47,10 +47,10 @@ impl Handler<Deliver> for Recipient {
     }
 }
 
-impl Handler<Joined> for Recipient {
+impl Handler<FromRoom> for Recipient {
     type Result = ();
 
-    fn handle(&mut self, _: Joined, _: &mut Context<Self>) {}
+    fn handle(&mut self, _: FromRoom, _: &mut Context<Self>) {}
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn fan_out_shares_one_serialized_event() {
                 user: UserId::new(&format!("u{i}")).unwrap(),
                 seen_seq: Some(0),
                 deliver: recipient.clone().recipient(),
-                joined: recipient.recipient(),
+                notices: recipient.recipient(),
                 backlog: Arc::new(Backlog::new(usize::MAX)),
             });
         }

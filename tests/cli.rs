@@ -303,3 +303,55 @@ fn a_port_in_use_is_a_clear_error_before_anything_starts() {
     // Nothing was created: the database is opened only once the port is ours.
     assert!(!dir.path().join("switchboard.db").exists());
 }
+
+#[tokio::test]
+async fn sigterm_closes_every_session_with_1001_then_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path());
+    let listening = server.wait_for("listening on http://");
+    let addr = listening
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let token = cli(
+        dir.path(),
+        &["token", "--account", "acme", "--user", "alice"],
+    )
+    .trim()
+    .to_owned();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+        .await
+        .unwrap();
+    ws.next().await.unwrap().unwrap(); // welcome
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The client is told, rather than left to find out when the connection drops.
+    let close = loop {
+        match ws.next().await {
+            Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("a close code");
+    assert_eq!(close.code, CloseCode::Away);
+    assert_eq!(close.reason.as_str(), "server shutting down");
+    drop(ws);
+    server.wait_for("session(s) closed with 1001");
+    // And the process ends on its own (the server's own graceful timeout is 10 s).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -12,7 +12,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::room::{Room, RoomEvent, Shutdown};
-use super::session::{Backlog, Deliver, Joined};
+use super::session::{Backlog, Deliver, FromRoom};
 use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
 use crate::store::Store;
@@ -29,10 +29,15 @@ pub struct Join {
     /// stored while the room was starting is not lost. Without it, a new room reads it.
     pub seen_seq: Option<u64>,
     pub deliver: Recipient<Deliver>,
-    pub joined: Recipient<Joined>,
+    pub notices: Recipient<FromRoom>,
     /// What is queued for the session's client; the room stops queueing past its bound.
     pub backlog: Arc<Backlog>,
 }
+
+/// The server is shutting down: every session is told to close (1001). Answers how many were.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "usize")]
+pub struct Drain;
 
 /// A session has ended.
 #[derive(Message)]
@@ -197,6 +202,21 @@ impl Handler<OnlineUsers> for Broker {
                 Some(room) => room.send(query).await.unwrap_or_default(),
                 None => Vec::new(),
             }
+        })
+    }
+}
+
+impl Handler<Drain> for Broker {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, drain: Drain, _: &mut Context<Self>) -> Self::Result {
+        let rooms: Vec<_> = self.rooms.values().map(|e| e.room.clone()).collect();
+        Box::pin(async move {
+            let mut told = 0;
+            for room in rooms {
+                told += room.send(drain).await.unwrap_or(0);
+            }
+            told
         })
     }
 }

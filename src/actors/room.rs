@@ -16,8 +16,8 @@ use bytestring::ByteString;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
-use super::session::{frame_size, Backlog, Deliver, Joined};
+use super::broker::{Drain, Ephemeral, Join, Leave, OnlineUsers};
+use super::session::{frame_size, Backlog, Deliver, FromRoom};
 use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
 use crate::protocol::{ephemeral_frame, event_frame};
@@ -104,6 +104,7 @@ pub struct Shutdown;
 struct Member {
     user: UserId,
     deliver: Recipient<Deliver>,
+    notices: Recipient<FromRoom>,
     backlog: Arc<Backlog>,
 }
 
@@ -389,7 +390,8 @@ impl Handler<Join> for Room {
 
     fn handle(&mut self, join: Join, ctx: &mut Context<Self>) {
         // Sent before any event for this session, so the welcome frame is always first.
-        join.joined.do_send(Joined { seq: self.last_seq });
+        join.notices
+            .do_send(FromRoom::Joined { seq: self.last_seq });
         let first_tab = !self.tabs.contains_key(&join.user);
         let returning = self.leaving.remove(&join.user);
         if let Some(timer) = returning {
@@ -405,6 +407,7 @@ impl Handler<Join> for Room {
             Member {
                 user: join.user.clone(),
                 deliver: join.deliver,
+                notices: join.notices.clone(),
                 backlog: join.backlog,
             },
         );
@@ -445,6 +448,18 @@ impl Handler<RoomEvent> for Room {
             self.pending.insert(event.seq, event);
             self.deliver_ready(ctx);
         }
+    }
+}
+
+impl Handler<Drain> for Room {
+    type Result = usize;
+
+    /// Tells every session the server is going away; they close with 1001.
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> usize {
+        for member in self.members.values() {
+            member.notices.do_send(FromRoom::GoingAway);
+        }
+        self.members.len()
     }
 }
 

@@ -50,11 +50,14 @@ pub struct Deliver {
     pub handed: Option<Handed>,
 }
 
-/// The room has taken the session in; `seq` is the last event that will not be delivered.
+/// What the room tells a session, besides events.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Joined {
-    pub seq: u64,
+pub enum FromRoom {
+    /// The room has taken the session in; `seq` is the last event that will not be delivered.
+    Joined { seq: u64 },
+    /// The server is shutting down: close with 1001, so the client reconnects elsewhere or later.
+    GoingAway,
 }
 
 /// What every session shares (one allocation for all of them).
@@ -275,7 +278,7 @@ impl Actor for Session {
             user: self.identity.user.clone(),
             seen_seq: self.seen_seq,
             deliver: ctx.address().recipient(),
-            joined: ctx.address().recipient(),
+            notices: ctx.address().recipient(),
             backlog: self.backlog.clone(),
         });
     }
@@ -295,11 +298,14 @@ impl Actor for Session {
     }
 }
 
-impl Handler<Joined> for Session {
+impl Handler<FromRoom> for Session {
     type Result = ();
 
-    fn handle(&mut self, joined: Joined, ctx: &mut Self::Context) {
-        self.joined(joined.seq, ctx);
+    fn handle(&mut self, notice: FromRoom, ctx: &mut Self::Context) {
+        match notice {
+            FromRoom::Joined { seq } => self.joined(seq, ctx),
+            FromRoom::GoingAway => self.close(ctx, Close::ServerShutdown),
+        }
     }
 }
 
