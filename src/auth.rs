@@ -196,6 +196,9 @@ fn id_claim<T, E: std::fmt::Display>(
 
 /// The token a WebSocket handshake carries: the `Authorization` header, else `?token=`.
 pub fn token_from_request(req: &HttpRequest) -> Result<String, TokenError> {
+    if let Some(token) = subprotocol_token(req) {
+        return Ok(token.to_owned());
+    }
     if let Some(value) = req.headers().get(actix_web::http::header::AUTHORIZATION) {
         return bearer(
             value
@@ -215,6 +218,23 @@ pub fn token_from_request(req: &HttpRequest) -> Result<String, TokenError> {
         Some(token) if !token.is_empty() => Ok(token),
         _ => Err(TokenError::Missing),
     }
+}
+
+/// The WebSocket subprotocol a client names to speak Switchboard's protocol; the only one the
+/// server ever answers with.
+pub const SUBPROTOCOL: &str = "switchboard.v1";
+/// Prefix of the subprotocol entry that carries the token: browsers cannot set headers on a
+/// WebSocket, and a token in the URL ends up in proxies' logs; this keeps it in a header.
+pub const SUBPROTOCOL_TOKEN_PREFIX: &str = "bearer.";
+
+/// The token in `Sec-WebSocket-Protocol: switchboard.v1, bearer.<jwt>`, if there is one.
+fn subprotocol_token(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get_all(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|entry| entry.trim().strip_prefix(SUBPROTOCOL_TOKEN_PREFIX))
+        .filter(|token| !token.is_empty())
 }
 
 /// The credential of an `Authorization: Bearer …` header value, if it is one.

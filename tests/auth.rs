@@ -1,6 +1,7 @@
 //! Who may connect: only a verified token opens a session, and every refusal says why.
 
 use base64::Engine;
+use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{json, Value};
 use switchboard::config::JwtKey;
@@ -65,6 +66,44 @@ async fn header_and_query_tokens_both_connect() {
     let welcome = client.next_json().await;
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["user_id"], "alice");
+}
+
+#[tokio::test]
+async fn the_token_may_come_in_the_subprotocol_header_and_only_the_protocol_is_echoed() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let jwt = token("acme", "alice");
+    let request = with_header(
+        &server.ws_url(),
+        "sec-websocket-protocol",
+        &format!("switchboard.v1, bearer.{jwt}"),
+    );
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "switchboard.v1"
+    );
+    let welcome: Value = match ws.next().await.unwrap().unwrap() {
+        tokio_tungstenite::tungstenite::Message::Text(text) => serde_json::from_str(&text).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(welcome["account_id"], "acme");
+    assert_eq!(welcome["user_id"], "alice");
+
+    // A forged token there is refused like any other.
+    let forged = hs256(
+        json!({"sub": "alice", "account_id": "acme", "exp": common::now() + 60}),
+        "another-secret-that-is-32-bytes-long!!",
+    );
+    let request = with_header(
+        &server.ws_url(),
+        "sec-websocket-protocol",
+        &format!("switchboard.v1, bearer.{forged}"),
+    );
+    assert_eq!(
+        refused(&server, request).await,
+        (401, "invalid-signature".into())
+    );
 }
 
 #[tokio::test]

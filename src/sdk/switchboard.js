@@ -209,11 +209,11 @@ export class Client {
     if (this.closed) return;
     const ws = new URL(this.options.wsPath ?? "/ws", this.base);
     ws.protocol = ws.protocol === "https:" ? "wss:" : "ws:";
-    ws.searchParams.set("token", token);
     if (this.lastSeq !== null) ws.searchParams.set("since", String(this.lastSeq));
     let socket;
     try {
-      socket = new this.WebSocket(ws.toString());
+      // The token travels in the subprotocol header, never in the URL (which proxies log).
+      socket = new this.WebSocket(ws.toString(), ["switchboard.v1", `bearer.${token}`]);
     } catch (e) {
       return this.failed({ code: "websocket-failed", message: String(e?.message ?? e) }, true);
     }

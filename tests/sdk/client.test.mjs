@@ -22,8 +22,9 @@ function network({ probe = () => json(200, { events: [], since: 0 }), poll } = {
   const sockets = [];
   const fetches = [];
   class FakeWebSocket {
-    constructor(url) {
+    constructor(url, protocols = []) {
       this.url = new URL(url);
+      this.protocols = protocols;
       this.sent = [];
       sockets.push(this);
     }
@@ -58,6 +59,13 @@ function json(status, body) {
 function jwt(claims) {
   const part = (o) => Buffer.from(JSON.stringify(o)).toString("base64url");
   return `${part({ alg: "HS256" })}.${part(claims)}.sig`;
+}
+
+/** The token a socket was opened with (in its subprotocols, never in its URL). */
+function tokenOf(ws) {
+  assert.equal(ws.url.searchParams.get("token"), null, "a token in the URL");
+  assert.equal(ws.protocols[0], "switchboard.v1");
+  return ws.protocols.find((p) => p.startsWith("bearer.")).slice("bearer.".length);
 }
 
 const welcome = (seq, extra = {}) => ({
@@ -98,7 +106,7 @@ test("resume: reconnects from the last delivered seq; replayed events are not ha
   await until(() => net.sockets.length === 1, "the first socket");
   const first = net.sockets[0];
   assert.equal(first.url.pathname, "/ws");
-  assert.equal(first.url.searchParams.get("token"), "t1");
+  assert.equal(tokenOf(first), "t1");
   assert.equal(first.url.searchParams.get("since"), null);
   first.frame(welcome(5));
   first.frame({ type: "event", seq: 6, event: "tick", data: { n: 6 } });
@@ -150,7 +158,7 @@ test("an expired token: the failed upgrade is explained by the probe, and getTok
   await until(() => net.sockets.length === 1, "a socket");
   net.sockets[0].drop(1006); // the upgrade was refused: no welcome
   await until(() => net.sockets.length === 2, "a retry");
-  assert.equal(net.sockets[1].url.searchParams.get("token"), "new");
+  assert.equal(tokenOf(net.sockets[1]), "new");
   assert.equal(issued, 2);
   assert.deepEqual(reasons, ["reconnecting:token-expired"]);
   net.sockets[1].frame(welcome(0));
@@ -177,7 +185,7 @@ test("token-expiring: a fresh token is fetched and sent in place, without reconn
   // Closed for an expired token anyway (4002): the reconnect asks for another one.
   ws.drop(4002);
   await until(() => net.sockets.length === 2, "a reconnect");
-  assert.equal(net.sockets[1].url.searchParams.get("token"), "third");
+  assert.equal(tokenOf(net.sockets[1]), "third");
   assert.equal(client.lastError.code, "token-expired");
   client.close();
 });
@@ -190,7 +198,7 @@ test("a token whose exp has passed is refreshed before connecting", async () => 
   net.sockets[0].frame(welcome(0));
   net.sockets[0].drop(1001);
   await until(() => net.sockets.length === 2, "a reconnect");
-  assert.equal(net.sockets[1].url.searchParams.get("token"), "fresh");
+  assert.equal(tokenOf(net.sockets[1]), "fresh");
   client.close();
 });
 

@@ -120,7 +120,8 @@ pub fn start(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let mut response = ws::handshake(req)?;
+    // Answers with `switchboard.v1` when the client offered it (never with the token entry).
+    let mut response = ws::handshake_with_protocols(req, &[crate::auth::SUBPROTOCOL])?;
     let codec = Codec::new().max_size(session.shared.max_frame_bytes);
     let backlog = session.backlog.clone();
     let inner = Box::pin(WebsocketContext::with_codec(session, payload, codec));
