@@ -83,6 +83,12 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_TOKEN_REFRESH_LEAD", default_value = "60s", value_parser = humantime::parse_duration)]
     pub token_refresh_lead: Duration,
 
+    /// Origins whose pages may open WebSockets, comma-separated (`https://app.example.com`), or
+    /// `*` for any [default: any in development mode; otherwise only pages served from the
+    /// server's own host].
+    #[arg(long, env = "SWITCHBOARD_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+
     /// Serve the demo inbox at /demo [default: on in development mode, off otherwise].
     #[arg(long, env = "SWITCHBOARD_DEMO")]
     pub demo: Option<bool>,
@@ -335,9 +341,59 @@ pub struct Config {
     pub max_queued_bytes: usize,
     pub long_poll_max: Duration,
     pub token_refresh_lead: Duration,
+    pub allowed_origins: Origins,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
     pub demo: Demo,
+}
+
+/// Which pages may open a WebSocket: a browser sends its page's origin with every handshake and
+/// the user's cookies along, so a page on another site must not be able to open one as the user
+/// (cross-site WebSocket hijacking). Clients that send no `Origin` (servers, apps) are not
+/// browsers and are not affected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    Any,
+    /// These origins, and pages from the server's own host.
+    Listed(Vec<String>),
+}
+
+impl Origins {
+    fn parse(value: &str) -> Result<Self, ConfigError> {
+        if value.trim() == "*" {
+            return Ok(Self::Any);
+        }
+        let origins: Vec<String> = value
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if let Some(bad) = origins
+            .iter()
+            .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+        {
+            return Err(ConfigError::Invalid {
+                setting: "SWITCHBOARD_ALLOWED_ORIGINS",
+                reason: format!("{bad:?} is not an origin such as https://app.example.com"),
+            });
+        }
+        Ok(Self::Listed(origins))
+    }
+
+    /// Whether a handshake with `origin` (the `Origin` header) to `host` (the `Host` header) may
+    /// go on.
+    pub fn allow(&self, origin: &str, host: Option<&str>) -> bool {
+        let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+        match self {
+            Self::Any => true,
+            Self::Listed(origins) => {
+                let same_host = origin.split_once("://").is_some_and(|(_, authority)| {
+                    host.is_some_and(|h| h.eq_ignore_ascii_case(authority))
+                });
+                same_host || origins.contains(&origin)
+            }
+        }
+    }
 }
 
 /// The demo inbox at `/demo`.
@@ -494,6 +550,11 @@ impl Config {
             max_queued_bytes: settings.max_queued_bytes,
             long_poll_max: settings.long_poll_max,
             token_refresh_lead: settings.token_refresh_lead,
+            allowed_origins: match settings.allowed_origins.as_deref() {
+                Some(value) => Origins::parse(value)?,
+                None if dev_mode.is_some() => Origins::Any,
+                None => Origins::Listed(Vec::new()),
+            },
             demo: match settings.demo.unwrap_or(dev_mode.is_some()) {
                 false => Demo::Off,
                 true if dev_mode.as_ref().is_some_and(|d| d.generated_jwt_secret) => {
@@ -678,6 +739,19 @@ pub mod dev_keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins_are_listed_exactly_or_same_host() {
+        assert_eq!(Origins::parse(" * ").unwrap(), Origins::Any);
+        let listed = Origins::parse("https://App.example.com/, http://localhost:3000").unwrap();
+        assert!(listed.allow("https://app.example.com", None));
+        assert!(listed.allow("http://localhost:3000", Some("rt.example.com")));
+        assert!(!listed.allow("https://app.example.com.evil.test", None));
+        assert!(!listed.allow("http://app.example.com", None)); // scheme matters
+        assert!(listed.allow("https://rt.example.com", Some("rt.example.com")));
+        assert!(!listed.allow("null", Some("rt.example.com")));
+        assert!(Origins::parse("app.example.com").is_err());
+    }
 
     #[test]
     fn database_is_chosen_by_scheme() {

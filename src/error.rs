@@ -36,6 +36,10 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error(
+        "this page's origin may not open a WebSocket here; add it to SWITCHBOARD_ALLOWED_ORIGINS"
+    )]
+    OriginNotAllowed,
     #[error("the demo is off: it is served in development mode, or with SWITCHBOARD_DEMO=true")]
     DemoOff,
     #[error("demo tokens are only given out in development mode (a generated JWT secret), to requests from this machine")]
@@ -107,6 +111,7 @@ impl ApiError {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::DemoOff => "demo-off",
+            Self::OriginNotAllowed => "origin-not-allowed",
             Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
@@ -139,7 +144,7 @@ impl ResponseError for ApiError {
             Self::ResumeFailed { .. } => StatusCode::GONE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::DemoOff => StatusCode::NOT_FOUND,
-            Self::DemoTokensOff => StatusCode::FORBIDDEN,
+            Self::DemoTokensOff | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

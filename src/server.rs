@@ -96,6 +96,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         publisher,
         long_poll_max: config.long_poll_max,
         demo: config.demo,
+        allowed_origins: config.allowed_origins.clone(),
         demo_minter: (config.demo == Demo::WithTokens).then(|| config.jwt.clone()),
         webhooks: WebhookState {
             stats: Default::default(),

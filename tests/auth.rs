@@ -107,6 +107,34 @@ async fn the_token_may_come_in_the_subprotocol_header_and_only_the_protocol_is_e
 }
 
 #[tokio::test]
+async fn browser_handshakes_from_other_sites_are_refused_before_any_token_work() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db); // allows https://app.example.com
+    let jwt = token("acme", "alice");
+    let url = format!("{}?token={jwt}", server.ws_url());
+
+    let listed = with_header(&url, "origin", "https://app.example.com");
+    assert!(server.try_connect(listed).await.is_ok());
+    let own = with_header(&url, "origin", &format!("http://{}", server.addr));
+    assert!(
+        server.try_connect(own).await.is_ok(),
+        "same-host pages are allowed"
+    );
+
+    let evil = with_header(&url, "origin", "https://evil.example");
+    assert_eq!(
+        refused(&server, evil).await,
+        (403, "origin-not-allowed".into())
+    );
+    // Refused for its origin even without a token: no JWT work is done for it.
+    let tokenless = with_header(&server.ws_url(), "origin", "https://evil.example");
+    assert_eq!(
+        refused(&server, tokenless).await,
+        (403, "origin-not-allowed".into())
+    );
+}
+
+#[tokio::test]
 async fn every_bad_token_is_refused_with_its_reason() {
     let db = Db::sqlite();
     let server = TestServer::on(&db);

@@ -28,7 +28,7 @@ use actix_web::{web, HttpResponse};
 use crate::actors::broker::Broker;
 use crate::actors::session;
 use crate::auth::Verifier;
-use crate::config::{Demo, JwtConfig, Secret};
+use crate::config::{Demo, JwtConfig, Origins, Secret};
 use crate::error::ApiError;
 use crate::outbound::Dispatcher;
 use crate::publisher::Publisher;
@@ -48,6 +48,8 @@ pub struct AppState {
     /// Longest wait a long-poll may ask for.
     pub long_poll_max: Duration,
     pub demo: Demo,
+    /// Which pages may open a WebSocket.
+    pub allowed_origins: Origins,
     /// Signs demo tokens; set only when [`Demo::WithTokens`].
     pub demo_minter: Option<JwtConfig>,
 }

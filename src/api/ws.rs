@@ -4,6 +4,7 @@
 //! or CLI client sees *why* (401 `token-expired`, 400 `invalid-since`, …) rather than a socket that
 //! silently never opens.
 
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use serde::Deserialize;
@@ -26,6 +27,20 @@ pub async fn connect(
     stream: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // Before any token work: a page on another site must not open a socket with the user's
+    // credentials (cross-site WebSocket hijacking).
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|origin| state.allowed_origins.allow(origin, host));
+        if !allowed {
+            return Err(ApiError::OriginNotAllowed);
+        }
+    }
     let token = auth::token_from_request(&req)?;
     let identity = state.verifier.verify(&token)?;
     ws::handshake(&req).map_err(|_| ApiError::NotWebSocket)?;

@@ -139,6 +139,9 @@ pub fn config(db: &Db) -> Config {
         max_queued_bytes: 1024 * 1024,
         long_poll_max: Duration::from_secs(30),
         token_refresh_lead: Duration::from_secs(60),
+        allowed_origins: switchboard::config::Origins::Listed(vec![
+            "https://app.example.com".into()
+        ]),
         dev_mode: None,
         demo: switchboard::config::Demo::Off,
     }

@@ -259,7 +259,6 @@ impl Actor for Session {
             self.identity.user,
             self.id
         );
-        self.schedule_expiry(ctx);
         ctx.run_interval(self.shared.heartbeat.interval, |session, ctx| {
             if session.last_heard.elapsed() > session.shared.heartbeat.timeout {
                 session.close(ctx, Close::HeartbeatTimeout);
