@@ -55,7 +55,9 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub jwt_leeway: Duration,
 
-    /// Server API key for the publish API (at least 16 bytes). Prefer the environment variable.
+    /// Server API key for the publish API (at least 16 bytes); several, comma-separated, are all
+    /// accepted (rotation: "new,old"), the first being the one this binary's tools use. Prefer
+    /// the environment variable.
     #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
@@ -330,6 +332,8 @@ pub struct Config {
     pub db_pool_size: u32,
     pub jwt: JwtConfig,
     pub api_key: Secret,
+    /// Also accepted, while clients move to `api_key`.
+    pub previous_api_keys: Vec<Secret>,
     pub heartbeat: Heartbeat,
     pub max_frame_bytes: usize,
     pub max_publish_bytes: usize,
@@ -490,15 +494,19 @@ impl Config {
         };
 
         let configured_key = configured_jwt_key(&settings)?;
-        let configured_api_key = match settings.api_key {
-            Some(key) if key.len() < MIN_API_KEY_BYTES => {
+        let mut configured_api_keys = Vec::new();
+        for key in settings.api_key.iter().flat_map(|keys| keys.split(',')) {
+            let key = key.trim();
+            if key.len() < MIN_API_KEY_BYTES {
                 return Err(invalid(
                     "SWITCHBOARD_API_KEY",
-                    format!("must be at least {MIN_API_KEY_BYTES} bytes"),
-                ))
+                    format!("each key must be at least {MIN_API_KEY_BYTES} bytes"),
+                ));
             }
-            other => other.map(Secret::new),
-        };
+            configured_api_keys.push(Secret::new(key.to_owned()));
+        }
+        let previous_api_keys = configured_api_keys.split_off(configured_api_keys.len().min(1));
+        let configured_api_key = configured_api_keys.pop();
 
         let (jwt_key, api_key, dev_mode) = match (configured_key, configured_api_key) {
             (Some(jwt_key), Some(api_key)) => (jwt_key, api_key, None),
@@ -532,6 +540,7 @@ impl Config {
                 leeway: settings.jwt_leeway,
             },
             api_key,
+            previous_api_keys,
             heartbeat,
             max_frame_bytes: settings.max_frame_bytes,
             max_publish_bytes: settings.max_publish_bytes,

@@ -76,7 +76,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let verifier = Arc::new(Verifier::new(&config.jwt));
     let state = web::Data::new(AppState {
         verifier: verifier.clone(),
-        api_key: config.api_key.clone(),
+        api_keys: std::iter::once(&config.api_key)
+            .chain(&config.previous_api_keys)
+            .cloned()
+            .collect(),
         store: store.clone(),
         broker: broker.clone(),
         sessions: Arc::new(session::Shared {

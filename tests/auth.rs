@@ -366,3 +366,23 @@ async fn an_account_named_by_the_client_is_ignored() {
         .expect_silence(std::time::Duration::from_millis(300))
         .await;
 }
+
+#[tokio::test]
+async fn api_keys_being_rotated_out_are_still_accepted() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let body = json!({"account_id": "acme", "event": "rotated"}).to_string();
+    for key in [common::API_KEY, common::PREVIOUS_API_KEY] {
+        let (status, answer) = server
+            .publish_raw(Some(&format!("Bearer {key}")), body.clone())
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let (status, answer) = server
+        .publish_raw(Some("Bearer test-api-key-0123456780"), body)
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (401, Some("invalid-api-key"))
+    );
+}

@@ -38,7 +38,8 @@ use crate::webhooks::{self, facebook, generic, zalo};
 /// What every request handler shares.
 pub struct AppState {
     pub verifier: Arc<Verifier>,
-    pub api_key: Secret,
+    /// The server API keys accepted (the current one and any being rotated out).
+    pub api_keys: Vec<Secret>,
     pub store: Store,
     pub broker: Addr<Broker>,
     pub sessions: Arc<session::Shared>,

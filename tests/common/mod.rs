@@ -23,6 +23,8 @@ use switchboard::config::{
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-32-bytes-or-more";
 pub const API_KEY: &str = "test-api-key-0123456789";
+/// Also accepted: a key being rotated out.
+pub const PREVIOUS_API_KEY: &str = "test-previous-api-key-9876543210";
 pub const FACEBOOK_VERIFY_TOKEN: &str = "test-verify-token";
 /// Environment variable naming a PostgreSQL database for the `postgres` variants of the tests.
 pub const POSTGRES_ENV: &str = "SWITCHBOARD_TEST_DATABASE_URL";
@@ -110,6 +112,7 @@ pub fn config(db: &Db) -> Config {
             leeway: Duration::from_secs(0),
         },
         api_key: Secret::new(API_KEY.into()),
+        previous_api_keys: vec![Secret::new(PREVIOUS_API_KEY.into())],
         heartbeat: Heartbeat {
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
