@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use switchboard::actors::broker::Broker;
 use switchboard::config::{Database, Presence};
 use switchboard::ids::AccountId;
-use switchboard::publisher::Publisher;
+use switchboard::publisher::{Publisher, Request};
 use switchboard::store::Store;
 
 fn publish(c: &mut Criterion) {
@@ -24,7 +24,8 @@ fn publish(c: &mut Criterion) {
             grace: Duration::from_secs(5),
             broadcast_max: 1000,
         };
-        Publisher::start(store.clone(), Broker::new(store, presence).start())
+        let broker = Broker::new(store.clone(), presence).start();
+        Publisher::start(store, broker, Duration::from_secs(3600))
     });
     let account = AccountId::new("bench").unwrap();
     let data = || RawValue::from_string(format!("{{\"text\":\"{}\"}}", "x".repeat(180))).unwrap();
@@ -39,7 +40,13 @@ fn publish(c: &mut Criterion) {
                     let start = Instant::now();
                     for _ in 0..rounds {
                         let publishes = (0..in_flight).map(|_| {
-                            publisher.publish(account.clone(), None, "bench".into(), data())
+                            publisher.publish(Request {
+                                account: account.clone(),
+                                user: None,
+                                event: "bench".into(),
+                                data: data(),
+                                idempotency_key: None,
+                            })
                         });
                         for seq in futures_util::future::join_all(publishes).await {
                             seq.unwrap();

@@ -81,6 +81,10 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
 
+    /// How long a publish's Idempotency-Key is remembered.
+    #[arg(long, env = "SWITCHBOARD_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_window: Duration,
+
     /// How long before a live session's token expires the client is asked for a fresh one.
     #[arg(long, env = "SWITCHBOARD_TOKEN_REFRESH_LEAD", default_value = "60s", value_parser = humantime::parse_duration)]
     pub token_refresh_lead: Duration,
@@ -316,12 +320,13 @@ pub struct Presence {
     pub broadcast_max: usize,
 }
 
-/// How long events are kept.
+/// How long events (and publish idempotency keys) are kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     pub max_age: Duration,
     pub max_events: u64,
     pub interval: Duration,
+    pub idempotency_window: Duration,
 }
 
 /// The validated configuration the server runs with.
@@ -555,6 +560,7 @@ impl Config {
                 max_age: settings.retention_max_age,
                 max_events: settings.retention_max_events,
                 interval: settings.retention_interval,
+                idempotency_window: settings.idempotency_window,
             },
             max_queued_bytes: settings.max_queued_bytes,
             long_poll_max: settings.long_poll_max,

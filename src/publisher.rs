@@ -18,23 +18,39 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::broker::Broker;
-use crate::actors::room::Handed;
+use crate::actors::room::{Handed, RoomEvent};
 use crate::ids::{AccountId, UserId};
 use crate::inbox;
-use crate::store::{self, Store, StoreError};
+use crate::store::connection::DbConnection;
+use crate::store::{self, now_ms, publish_keys, Store, StoreError};
 
 /// Most publishes stored in one transaction.
 const MAX_BATCH: usize = 512;
 /// Longest a committed publish waits for its room to take the event.
 pub const PACING_MAX: Duration = Duration::from_millis(250);
 
+/// What the publish API asks to publish.
+pub struct Request {
+    pub account: AccountId,
+    pub user: Option<UserId>,
+    pub event: String,
+    pub data: Box<RawValue>,
+    /// A retry with the same key gets the first publish's answer and stores nothing.
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    /// The idempotency key had been used: this is the first publish's answer.
+    pub replayed: bool,
+}
+
 /// One publish, waiting for its sequence number.
 struct Job {
-    account: AccountId,
-    user: Option<UserId>,
-    event: String,
-    data: Box<RawValue>,
-    reply: oneshot::Sender<Result<u64, StoreError>>,
+    request: Request,
+    reply: oneshot::Sender<Result<Published, StoreError>>,
     handed: Handed,
 }
 
@@ -44,94 +60,147 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn start(store: Store, broker: Addr<Broker>) -> Self {
+    /// `idempotency_window`: how long an idempotency key is remembered.
+    pub fn start(store: Store, broker: Addr<Broker>, idempotency_window: Duration) -> Self {
         let (jobs, queue) = mpsc::channel();
+        let writer = Writer {
+            store,
+            broker,
+            idempotency_window,
+        };
         std::thread::Builder::new()
             .name("switchboard-publisher".into())
-            .spawn(move || write_batches(&store, &broker, &queue))
+            .spawn(move || writer.write_batches(&queue))
             .expect("the OS starts a thread");
         Self { jobs }
     }
 
-    /// Stores the event and returns its sequence number once the account's sessions have taken
-    /// it (see the module's documentation).
-    pub async fn publish(
-        &self,
-        account: AccountId,
-        user: Option<UserId>,
-        event: String,
-        data: Box<RawValue>,
-    ) -> Result<u64, StoreError> {
+    /// Stores the event and answers with its sequence number once the account's sessions have
+    /// taken it (see the module's documentation).
+    pub async fn publish(&self, request: Request) -> Result<Published, StoreError> {
         let (reply, answer) = oneshot::channel();
         let (handed, taken) = Handed::new();
         let job = Job {
-            account,
-            user,
-            event,
-            data,
+            request,
             reply,
             handed,
         };
         self.jobs.send(job).map_err(|_| StoreError::Cancelled)?;
-        let seq = answer.await.map_err(|_| StoreError::Cancelled)??;
+        let published = answer.await.map_err(|_| StoreError::Cancelled)??;
         // Resolves (as closed) when the last delivery lets go of the ticket.
         let _ = tokio::time::timeout(PACING_MAX, taken).await;
-        Ok(seq)
+        Ok(published)
     }
 }
 
-fn write_batches(store: &Store, broker: &Addr<Broker>, queue: &mpsc::Receiver<Job>) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+/// What happened to one job in a batch.
+enum Outcome {
+    Stored(RoomEvent),
+    Replayed(u64),
+}
+
+/// The writer thread's side.
+struct Writer {
+    store: Store,
+    broker: Addr<Broker>,
+    idempotency_window: Duration,
+}
+
+impl Writer {
+    fn write_batches(&self, queue: &mpsc::Receiver<Job>) {
+        while let Ok(first) = queue.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match queue.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if self.store_together(&mut batch).is_err() {
+                // One failure must not fail the others: store each alone, each with its own
+                // answer.
+                for job in batch {
+                    // A single job is always answered, stored or not.
+                    let _ = self.store_together(&mut vec![job]);
+                }
             }
         }
-        if store_together(store, broker, &mut batch).is_err() {
-            // One failure must not fail the others: store each alone, each with its own answer.
-            for job in batch {
-                // A single job is always answered, stored or not.
-                let _ = store_together(store, broker, &mut vec![job]);
+    }
+
+    /// Stores the jobs in one transaction and answers them; on failure answers nothing (when
+    /// several jobs are given) or the one job's error, and returns `Err`.
+    fn store_together(&self, batch: &mut Vec<Job>) -> Result<(), ()> {
+        let keys_since = now_ms() - self.idempotency_window.as_millis() as i64;
+        let stored = self.store.connection().and_then(|mut conn| {
+            let accounts: Vec<AccountId> =
+                batch.iter().map(|j| j.request.account.clone()).collect();
+            store::write_accounts(&mut conn, &accounts, |conn| {
+                batch
+                    .iter()
+                    .map(|job| store_one(conn, &job.request, keys_since))
+                    .collect::<Result<Vec<_>, StoreError>>()
+            })
+        });
+        match stored {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.drain(..).zip(outcomes) {
+                    let published = match outcome {
+                        Outcome::Stored(mut event) => {
+                            let seq = event.seq;
+                            event.handed = Some(job.handed);
+                            inbox::hand_off(&self.broker, &job.request.account, vec![event]);
+                            Published {
+                                seq,
+                                replayed: false,
+                            }
+                        }
+                        Outcome::Replayed(seq) => Published {
+                            seq,
+                            replayed: true,
+                        },
+                    };
+                    let _ = job.reply.send(Ok(published));
+                }
+                Ok(())
+            }
+            Err(e) if batch.len() == 1 => {
+                let job = batch.pop().expect("one job");
+                let _ = job.reply.send(Err(e));
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!(
+                    "a batch of {} publishes failed, storing them one by one: {e}",
+                    batch.len()
+                );
+                Err(())
             }
         }
     }
 }
 
-/// Stores the jobs in one transaction and answers them; on failure answers nothing (when
-/// several jobs are given) or the one job's error, and returns `Err`.
-fn store_together(store: &Store, broker: &Addr<Broker>, batch: &mut Vec<Job>) -> Result<(), ()> {
-    let stored = store.connection().and_then(|mut conn| {
-        let accounts: Vec<AccountId> = batch.iter().map(|j| j.account.clone()).collect();
-        store::write_accounts(&mut conn, &accounts, |conn| {
-            batch
-                .iter()
-                .map(|j| inbox::emit(conn, &j.account, j.user.as_ref(), &j.event, &j.data))
-                .collect::<Result<Vec<_>, StoreError>>()
-        })
-    });
-    match stored {
-        Ok(events) => {
-            for (job, mut event) in batch.drain(..).zip(events) {
-                let seq = event.seq;
-                event.handed = Some(job.handed);
-                inbox::hand_off(broker, &job.account, vec![event]);
-                let _ = job.reply.send(Ok(seq));
-            }
-            Ok(())
-        }
-        Err(e) if batch.len() == 1 => {
-            let job = batch.pop().expect("one job");
-            let _ = job.reply.send(Err(e));
-            Ok(())
-        }
-        Err(e) => {
-            log::warn!(
-                "a batch of {} publishes failed, storing them one by one: {e}",
-                batch.len()
-            );
-            Err(())
+/// Stores one publish — unless its idempotency key was used within the window (earlier in this
+/// same transaction included), which answers with that publish's sequence number instead.
+fn store_one(
+    conn: &mut DbConnection,
+    request: &Request,
+    keys_since: i64,
+) -> Result<Outcome, StoreError> {
+    let account = &request.account;
+    if let Some(key) = &request.idempotency_key {
+        if let Some(seq) = publish_keys::find(conn, account, key, keys_since)? {
+            return Ok(Outcome::Replayed(seq));
         }
     }
+    let event = inbox::emit(
+        conn,
+        account,
+        request.user.as_ref(),
+        &request.event,
+        &request.data,
+    )?;
+    if let Some(key) = &request.idempotency_key {
+        publish_keys::remember(conn, account, key, event.seq)?;
+    }
+    Ok(Outcome::Stored(event))
 }

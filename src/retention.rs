@@ -5,7 +5,7 @@
 use actix::prelude::*;
 
 use crate::config::Retention;
-use crate::store::{events, now_ms, Store, StoreError};
+use crate::store::{events, now_ms, publish_keys, Store, StoreError};
 
 pub struct Pruner {
     store: Store,
@@ -21,9 +21,13 @@ impl Pruner {
         let store = self.store.clone();
         let before = now_ms() - self.retention.max_age.as_millis() as i64;
         let keep = self.retention.max_events;
+        let keys_before = now_ms() - self.retention.idempotency_window.as_millis() as i64;
         let work = async move {
             store
-                .run(move |conn| events::prune(conn, before, keep))
+                .run(move |conn| {
+                    publish_keys::prune(conn, keys_before)?;
+                    events::prune(conn, before, keep)
+                })
                 .await
         };
         ctx.spawn(work.into_actor(self).map(

@@ -72,7 +72,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound).start();
     Pruner::new(store.clone(), config.retention).start();
 
-    let publisher = Publisher::start(store.clone(), broker.clone());
+    let publisher = Publisher::start(
+        store.clone(),
+        broker.clone(),
+        config.retention.idempotency_window,
+    );
     let verifier = Arc::new(Verifier::new(&config.jwt));
     let state = web::Data::new(AppState {
         verifier: verifier.clone(),

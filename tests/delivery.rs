@@ -96,3 +96,72 @@ on_each_backend! {
         }
     }
 }
+
+/// Publishes with an `Idempotency-Key`; returns the status, the replay header and the body.
+async fn publish_with_key(
+    server: &TestServer,
+    key: &str,
+    body: &serde_json::Value,
+) -> (u16, bool, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(server.http_url("/api/v1/publish"))
+        .header(
+            "authorization",
+            format!("Bearer {}", crate::common::API_KEY),
+        )
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().get("idempotent-replayed").is_some();
+    (status, replayed, response.json().await.unwrap())
+}
+
+on_each_backend! {
+    async fn a_retried_publish_with_its_idempotency_key_is_stored_once(db) {
+        let server = std::sync::Arc::new(TestServer::on(&db));
+        let account = unique("idem");
+        let (mut client, _) = server.connect(&token(&account, "alice")).await;
+        let body = json!({"account_id": account, "event": "order-paid", "data": {"order": 7}});
+
+        let (status, replayed, first) = publish_with_key(&server, "order-7-paid", &body).await;
+        assert_eq!((status, replayed), (200, false), "{first}");
+        // Retries — one after the other, then eight at once — get the same answer.
+        let (status, replayed, again) = publish_with_key(&server, "order-7-paid", &body).await;
+        assert_eq!((status, replayed, &again), (200, true, &first));
+        let retries = (0..8).map(|_| {
+            let (server, body) = (server.clone(), body.clone());
+            tokio::spawn(async move { publish_with_key(&server, "order-7-paid", &body).await })
+        });
+        for retry in futures_util::future::join_all(retries).await {
+            let (status, replayed, answer) = retry.unwrap();
+            assert_eq!((status, replayed, &answer), (200, true, &first));
+        }
+        // Another key is another event; the key is per account.
+        let (_, replayed, other) = publish_with_key(&server, "order-8-paid", &body).await;
+        assert!(!replayed);
+        assert_eq!(other["seq"], first["seq"].as_u64().unwrap() + 1);
+        let elsewhere = json!({"account_id": unique("idem-other"), "event": "order-paid"});
+        let (_, replayed, _) = publish_with_key(&server, "order-7-paid", &elsewhere).await;
+        assert!(!replayed);
+
+        // The session saw each stored event once.
+        assert_eq!(client.next_event().await.0, first["seq"].as_u64().unwrap());
+        assert_eq!(client.next_event().await.0, other["seq"].as_u64().unwrap());
+        client.expect_silence(QUIET).await;
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_idempotency_key_is_refused() {
+    let db = crate::common::Db::sqlite();
+    let server = TestServer::on(&db);
+    let body = json!({"account_id": "acme", "event": "x"});
+    for key in ["", &"k".repeat(256), "with space"] {
+        let (status, _, answer) = publish_with_key(&server, key, &body).await;
+        assert_eq!(status, 400, "{key:?}");
+        assert_eq!(answer["error"]["code"], "invalid-field");
+    }
+}

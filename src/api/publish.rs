@@ -2,7 +2,7 @@
 //! (optionally for one user of it). The event is stored first — by the group-committing
 //! [`crate::publisher`] — then delivered.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -11,6 +11,7 @@ use super::extract::ServerKey;
 use super::AppState;
 use crate::error::{field, ApiError};
 use crate::ids::{AccountId, UserId};
+use crate::publisher::Request;
 
 const MAX_EVENT_NAME: usize = 64;
 
@@ -34,11 +35,35 @@ fn check_event_name(name: &str) -> Result<(), &'static str> {
     }
 }
 
+/// The header that makes a publish idempotent.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on the answer to a retry: the first publish's answer, nothing new stored.
+const REPLAYED: &str = "idempotent-replayed";
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().filter(|k| {
+        !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic())
+    });
+    match key {
+        Some(key) => Ok(Some(key.to_owned())),
+        None => Err(ApiError::InvalidField {
+            field: "Idempotency-Key",
+            reason: format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        }),
+    }
+}
+
 pub async fn publish(
     _: ServerKey,
+    req: HttpRequest,
     state: web::Data<AppState>,
     body: web::Json<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let idempotency_key = idempotency_key(&req)?;
     let request = body.into_inner();
     let account = field("account_id", AccountId::new(&request.account_id))?;
     let user = request
@@ -53,10 +78,24 @@ pub async fn publish(
     };
 
     let response_account = account.clone();
-    let seq = state
+    let published = state
         .publisher
-        .publish(account, user, request.event, data)
+        .publish(Request {
+            account,
+            user,
+            event: request.event,
+            data,
+            idempotency_key,
+        })
         .await?;
-    log::debug!("publish account={response_account} seq={seq}");
-    Ok(HttpResponse::Ok().json(json!({ "account_id": response_account.as_str(), "seq": seq })))
+    let seq = published.seq;
+    log::debug!(
+        "publish account={response_account} seq={seq} replayed={}",
+        published.replayed
+    );
+    let mut response = HttpResponse::Ok();
+    if published.replayed {
+        response.insert_header((REPLAYED, "true"));
+    }
+    Ok(response.json(json!({ "account_id": response_account.as_str(), "seq": seq })))
 }

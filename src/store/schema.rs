@@ -116,3 +116,12 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(conversations, participants);
+
+diesel::table! {
+    publish_keys (account_id, idempotency_key) {
+        account_id -> Text,
+        idempotency_key -> Text,
+        seq -> BigInt,
+        created_at -> BigInt,
+    }
+}

@@ -138,6 +138,7 @@ pub fn config(db: &Db) -> Config {
             max_age: Duration::from_secs(3600),
             max_events: 100_000,
             interval: Duration::from_secs(60),
+            idempotency_window: Duration::from_secs(3600),
         },
         max_queued_bytes: 1024 * 1024,
         long_poll_max: Duration::from_secs(30),
