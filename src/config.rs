@@ -81,6 +81,11 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
 
+    /// Frames a WebSocket client may send per second, twice as many in a burst; past that they
+    /// are dropped, and a client that keeps at it is disconnected.
+    #[arg(long, env = "SWITCHBOARD_FRAMES_PER_SECOND", default_value = "20")]
+    pub frames_per_second: std::num::NonZeroU32,
+
     /// How long a publish's Idempotency-Key is remembered.
     #[arg(long, env = "SWITCHBOARD_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_window: Duration,
@@ -350,6 +355,7 @@ pub struct Config {
     pub max_queued_bytes: usize,
     pub long_poll_max: Duration,
     pub token_refresh_lead: Duration,
+    pub frames_per_second: std::num::NonZeroU32,
     pub allowed_origins: Origins,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
@@ -565,6 +571,7 @@ impl Config {
             max_queued_bytes: settings.max_queued_bytes,
             long_poll_max: settings.long_poll_max,
             token_refresh_lead: settings.token_refresh_lead,
+            frames_per_second: settings.frames_per_second,
             allowed_origins: match settings.allowed_origins.as_deref() {
                 Some(value) => Origins::parse(value)?,
                 None if dev_mode.is_some() => Origins::Any,

@@ -289,6 +289,8 @@ pub enum Close {
     TokenExpired,
     /// An `auth` frame's token did not verify or named another account or user.
     TokenRefused,
+    /// The client kept sending far over its frame rate.
+    TooManyFrames,
 }
 
 impl Close {
@@ -302,6 +304,7 @@ impl Close {
             Self::ServerError => 1011,
             Self::TokenExpired => 4002,
             Self::TokenRefused => 4003,
+            Self::TooManyFrames => 1008,
         }
     }
 
@@ -315,6 +318,7 @@ impl Close {
             Self::ServerError => "server error",
             Self::TokenExpired => "token expired",
             Self::TokenRefused => "token refused",
+            Self::TooManyFrames => "too many frames",
         }
     }
 }

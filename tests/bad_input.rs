@@ -205,3 +205,53 @@ async fn bad_publish_requests_get_json_errors_and_store_nothing() {
     assert_eq!(server.publish("acme", None, "e", json!({})).await, 1);
     assert_eq!(client.next_event().await.0, 1);
 }
+
+#[tokio::test]
+async fn a_flooding_client_is_slowed_then_disconnected_and_others_are_untouched() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.frames_per_second = std::num::NonZeroU32::new(5).unwrap(); // a burst of 10
+    let server = TestServer::start(config);
+    let (mut bystander, _) = server.connect(&token("acme", "bob")).await;
+    let (mut flooder, _) = server.connect(&token("acme", "alice")).await;
+
+    for i in 0..20 {
+        flooder
+            .send_text(&json!({"type": "ping", "ref": i}).to_string())
+            .await;
+    }
+    // The burst is answered; then one `rate-limited` with a hint, and the rest dropped unanswered.
+    let (mut pongs, mut limited) = (0, Vec::new());
+    loop {
+        match flooder.receive(Duration::from_millis(500)).await {
+            common::Received::Json(frame) if frame["type"] == "pong" => pongs += 1,
+            common::Received::Json(frame) => limited.push(frame),
+            common::Received::TimedOut => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!((10..20).contains(&pongs), "{pongs} pongs");
+    assert_eq!(limited.len(), 1, "{limited:?}");
+    assert_eq!(limited[0]["code"], "rate-limited");
+    assert!(limited[0]["retry_after_ms"].as_u64().unwrap() > 0);
+
+    // Keeping at it: disconnected with 1008.
+    for i in 0..150 {
+        flooder
+            .send_text(&json!({"type": "ping", "ref": i}).to_string())
+            .await;
+    }
+    let code = loop {
+        match flooder.receive(common::WAIT).await {
+            common::Received::Closed(Some(frame)) => break u16::from(frame.code),
+            common::Received::Json(_) => continue,
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 1008);
+    // The other session of the account still receives.
+    let seq = server
+        .publish("acme", None, "after-flood", json!(null))
+        .await;
+    assert_eq!(bystander.next_event().await.0, seq);
+}

@@ -143,6 +143,7 @@ pub fn config(db: &Db) -> Config {
         max_queued_bytes: 1024 * 1024,
         long_poll_max: Duration::from_secs(30),
         token_refresh_lead: Duration::from_secs(60),
+        frames_per_second: std::num::NonZeroU32::new(1000).unwrap(),
         allowed_origins: switchboard::config::Origins::Listed(vec![
             "https://app.example.com".into()
         ]),

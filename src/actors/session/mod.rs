@@ -71,6 +71,8 @@ pub struct Shared {
     /// closed as a slow consumer.
     pub max_queued_bytes: usize,
     pub tokens: Tokens,
+    /// Frames a client may send per second (twice as many in a burst).
+    pub frames_per_second: std::num::NonZeroU32,
 }
 
 /// What a live session needs to know about tokens.
@@ -115,7 +117,7 @@ impl Session {
             id: SessionId::random(),
             identity,
             seen_seq,
-            limits: requests::Limits::new(),
+            limits: requests::Limits::new(shared.frames_per_second),
             resume: replay::Resume::new(since),
             lifetime: lifetime::Lifetime::default(),
             shared,
@@ -260,6 +262,7 @@ impl Actor for Session {
             self.id
         );
         ctx.run_interval(self.shared.heartbeat.interval, |session, ctx| {
+            session.limits.frames_refused = 0;
             if session.last_heard.elapsed() > session.shared.heartbeat.timeout {
                 session.close(ctx, Close::HeartbeatTimeout);
             } else if session.backlog.overflowed() {
@@ -327,6 +330,16 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
             }
         };
         self.last_heard = Instant::now();
+        let counted = matches!(
+            message,
+            ws::Message::Text(_)
+                | ws::Message::Binary(_)
+                | ws::Message::Ping(_)
+                | ws::Message::Continuation(Item::FirstText(_) | Item::FirstBinary(_))
+        );
+        if counted && !self.admit_frame(ctx) {
+            return;
+        }
         match message {
             ws::Message::Text(text) => self.on_text(&text, ctx),
             ws::Message::Binary(_) => self.send_error(ctx, &FrameError::Binary),

@@ -15,7 +15,7 @@ use super::Session;
 use crate::actors::broker::{Ephemeral, OnlineUsers};
 use crate::inbox::{self, InboxError, Send};
 use crate::outbound::Dispatch;
-use crate::protocol::{ephemeral_frame, ServerFrame};
+use crate::protocol::{ephemeral_frame, Close, ServerFrame};
 use crate::store;
 
 /// Sends a session may make: a burst of this many …
@@ -25,16 +25,30 @@ const SENDS_PER_SECOND: u32 = 10;
 /// `typing` frames forwarded per session: one per this interval; the rest are dropped.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Frames over the rate, within one heartbeat interval, after which the client is taken for
+/// abusive and the session closed (1008).
+const ABUSE_LIMIT: u32 = 100;
+
 /// A session's request rates.
 pub(super) struct Limits {
+    /// Every frame from the client (pings included), whatever it asks for.
+    frames: DefaultDirectRateLimiter,
+    /// Frames refused since the last heartbeat.
+    pub(super) frames_refused: u32,
     sends: DefaultDirectRateLimiter,
     typing: DefaultDirectRateLimiter,
 }
 
 impl Limits {
-    pub(super) fn new() -> Self {
+    /// `frames_per_second`: the client's sustained rate; twice as many may come in a burst.
+    pub(super) fn new(frames_per_second: NonZeroU32) -> Self {
         let per_second = |n| NonZeroU32::new(n).expect("a positive rate");
         Self {
+            frames: RateLimiter::direct(
+                Quota::per_second(frames_per_second)
+                    .allow_burst(frames_per_second.saturating_mul(per_second(2))),
+            ),
+            frames_refused: 0,
             sends: RateLimiter::direct(
                 Quota::per_second(per_second(SENDS_PER_SECOND)).allow_burst(per_second(SEND_BURST)),
             ),
@@ -46,6 +60,36 @@ impl Limits {
 }
 
 impl Session {
+    /// Whether a frame from the client is within its rate. The first refused one in a heartbeat
+    /// interval is answered with `rate-limited` (later ones are dropped silently, so a flood
+    /// gets no flood back); past [`ABUSE_LIMIT`] the session is closed.
+    pub(super) fn admit_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        let Err(not_until) = self.limits.frames.check() else {
+            return true;
+        };
+        self.limits.frames_refused += 1;
+        if self.limits.frames_refused > ABUSE_LIMIT {
+            log::info!(
+                "closing a flooding client account={} user={} session={}",
+                self.identity.account,
+                self.identity.user,
+                self.id
+            );
+            self.close(ctx, Close::TooManyFrames);
+        } else if self.limits.frames_refused == 1 {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let frame = ServerFrame::Error {
+                code: "rate-limited",
+                message: "too many frames; this one and any more until retry_after_ms are dropped"
+                    .to_owned(),
+                reference: None,
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+            };
+            self.write(ctx, frame.to_text());
+        }
+        false
+    }
+
     fn refuse(
         &mut self,
         ctx: &mut ws::WebsocketContext<Self>,
