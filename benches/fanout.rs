@@ -72,6 +72,7 @@ fn fan_out(c: &mut Criterion) {
                         grace: Duration::from_secs(5),
                         broadcast_max: 1000,
                     },
+                    usize::MAX,
                 )
                 .start();
                 let delivered = Arc::new(AtomicUsize::new(0));

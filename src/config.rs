@@ -86,6 +86,10 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_FRAMES_PER_SECOND", default_value = "20")]
     pub frames_per_second: std::num::NonZeroU32,
 
+    /// Sessions (tabs) one user may have open at once; the next is refused (close 4004).
+    #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_USER", default_value = "50")]
+    pub max_sessions_per_user: usize,
+
     /// How long a publish's Idempotency-Key is remembered.
     #[arg(long, env = "SWITCHBOARD_IDEMPOTENCY_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_window: Duration,
@@ -356,6 +360,7 @@ pub struct Config {
     pub long_poll_max: Duration,
     pub token_refresh_lead: Duration,
     pub frames_per_second: std::num::NonZeroU32,
+    pub max_sessions_per_user: usize,
     pub allowed_origins: Origins,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
@@ -572,6 +577,7 @@ impl Config {
             long_poll_max: settings.long_poll_max,
             token_refresh_lead: settings.token_refresh_lead,
             frames_per_second: settings.frames_per_second,
+            max_sessions_per_user: settings.max_sessions_per_user,
             allowed_origins: match settings.allowed_origins.as_deref() {
                 Some(value) => Origins::parse(value)?,
                 None if dev_mode.is_some() => Origins::Any,

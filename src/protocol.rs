@@ -291,6 +291,8 @@ pub enum Close {
     TokenRefused,
     /// The client kept sending far over its frame rate.
     TooManyFrames,
+    /// The user already has as many sessions open as allowed.
+    TooManySessions,
 }
 
 impl Close {
@@ -305,6 +307,7 @@ impl Close {
             Self::TokenExpired => 4002,
             Self::TokenRefused => 4003,
             Self::TooManyFrames => 1008,
+            Self::TooManySessions => 4004,
         }
     }
 
@@ -319,6 +322,7 @@ impl Close {
             Self::TokenExpired => "token expired",
             Self::TokenRefused => "token refused",
             Self::TooManyFrames => "too many frames",
+            Self::TooManySessions => "too many sessions for this user",
         }
     }
 }

@@ -67,7 +67,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let store = web::block(move || Store::open(&database, pool_size))
         .await
         .map_err(|_| StoreError::Cancelled)??;
-    let broker = Broker::new(store.clone(), config.presence).start();
+    let broker = Broker::new(store.clone(), config.presence, config.max_sessions_per_user).start();
     let shutdown_broker = broker.clone();
     let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound).start();
     Pruner::new(store.clone(), config.retention).start();

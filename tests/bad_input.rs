@@ -255,3 +255,50 @@ async fn a_flooding_client_is_slowed_then_disconnected_and_others_are_untouched(
         .await;
     assert_eq!(bystander.next_event().await.0, seq);
 }
+
+#[tokio::test]
+async fn a_user_past_the_session_limit_is_refused_with_4004() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.max_sessions_per_user = 3;
+    let server = TestServer::start(config);
+    let account = common::unique("tabs");
+    let mut tabs = Vec::new();
+    for _ in 0..3 {
+        tabs.push(server.connect(&token(&account, "alice")).await.0);
+    }
+    // The fourth tab: no welcome, a close that says why.
+    let url = format!("{}?token={}", server.ws_url(), token(&account, "alice"));
+    let mut fourth = server.try_connect(url.as_str()).await.expect("upgraded");
+    match fourth.receive(common::WAIT).await {
+        common::Received::Closed(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 4004);
+            assert_eq!(frame.reason.as_str(), "too many sessions for this user");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+    // Other users are not limited by alice's tabs; closing one of hers makes room for another.
+    server.connect(&token(&account, "bob")).await;
+    drop(tabs.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let mut client = server.try_connect(url.as_str()).await.expect("upgraded");
+        match client.receive(common::WAIT).await {
+            common::Received::Json(frame) if frame["type"] == "welcome" => {
+                again = Some(client);
+                break;
+            }
+            // The closed tab's leave may not have reached the room yet.
+            common::Received::Closed(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(again.is_some(), "no room after a tab closed");
+    // The sessions that were there carry on.
+    let seq = server
+        .publish(&account, None, "still-here", json!(null))
+        .await;
+    for tab in &mut tabs {
+        assert_eq!(tab.next_event().await.0, seq);
+    }
+}

@@ -97,16 +97,19 @@ struct RoomEntry {
 pub struct Broker {
     store: Store,
     presence: Presence,
+    /// Sessions (tabs) one user may have open at once.
+    max_sessions_per_user: usize,
     rooms: HashMap<AccountId, RoomEntry>,
     /// Long-polls waiting for an account's next event (they need no room).
     waiters: HashMap<AccountId, Vec<Waiter>>,
 }
 
 impl Broker {
-    pub fn new(store: Store, presence: Presence) -> Self {
+    pub fn new(store: Store, presence: Presence, max_sessions_per_user: usize) -> Self {
         Self {
             store,
             presence,
+            max_sessions_per_user,
             rooms: HashMap::new(),
             waiters: HashMap::new(),
         }
@@ -129,6 +132,7 @@ impl Handler<Join> for Broker {
                     join.seen_seq,
                     self.store.clone(),
                     self.presence,
+                    self.max_sessions_per_user,
                 )
                 .start(),
                 members: 0,

@@ -131,6 +131,8 @@ pub struct Room {
     last_seq: u64,
     /// Whether `last_seq` came with the first session; if not, the room reads it on starting.
     last_seq_known: bool,
+    /// Sessions (tabs) one user may have open at once; the next is refused.
+    max_sessions_per_user: usize,
     members: HashMap<SessionId, Member>,
     /// Each user's sessions (tabs), for events addressed to one user.
     tabs: HashMap<UserId, Vec<SessionId>>,
@@ -154,8 +156,10 @@ impl Room {
         last_seq: Option<u64>,
         store: Store,
         presence: Presence,
+        max_sessions_per_user: usize,
     ) -> Self {
         Self {
+            max_sessions_per_user,
             account,
             store,
             last_seq: last_seq.unwrap_or(0),
@@ -389,6 +393,15 @@ impl Handler<Join> for Room {
     type Result = ();
 
     fn handle(&mut self, join: Join, ctx: &mut Context<Self>) {
+        // A tab in a reload loop, or a script, must not pile up sessions without end.
+        if self
+            .tabs
+            .get(&join.user)
+            .is_some_and(|tabs| tabs.len() >= self.max_sessions_per_user)
+        {
+            join.notices.do_send(FromRoom::TooManySessions);
+            return;
+        }
         // Sent before any event for this session, so the welcome frame is always first.
         join.notices
             .do_send(FromRoom::Joined { seq: self.last_seq });

@@ -6,7 +6,7 @@ export type Status = "connecting" | "open" | "reconnecting" | "polling" | "close
 export interface Failure {
   /** e.g. `token-expired`, `invalid-token`, `server-unreachable`, `websocket-failed`,
    *  `heartbeat-timeout`, `slow-consumer`, `server-shutting-down`, `connection-lost`,
-   *  `token-refused`, `get-token-failed`. */
+   *  `token-refused`, `too-many-sessions`, `too-many-frames`, `get-token-failed`. */
   code: string;
   message: string;
 }

@@ -496,12 +496,14 @@ export class Client {
 function closeReason(event) {
   const known = {
     1001: "server-shutting-down",
+    1008: "too-many-frames",
     1006: "connection-lost",
     1011: "server-error",
     4000: "heartbeat-timeout",
     4001: "slow-consumer",
     4002: "token-expired",
     4003: "token-refused",
+    4004: "too-many-sessions",
   };
   return { code: known[event.code] ?? "connection-lost", message: event.reason || `closed with ${event.code}` };
 }

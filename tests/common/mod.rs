@@ -144,6 +144,7 @@ pub fn config(db: &Db) -> Config {
         long_poll_max: Duration::from_secs(30),
         token_refresh_lead: Duration::from_secs(60),
         frames_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+        max_sessions_per_user: 50,
         allowed_origins: switchboard::config::Origins::Listed(vec![
             "https://app.example.com".into()
         ]),

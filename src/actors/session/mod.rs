@@ -58,6 +58,8 @@ pub enum FromRoom {
     Joined { seq: u64 },
     /// The server is shutting down: close with 1001, so the client reconnects elsewhere or later.
     GoingAway,
+    /// The user has as many sessions open as allowed: this one is refused (4004).
+    TooManySessions,
 }
 
 /// What every session shares (one allocation for all of them).
@@ -307,6 +309,7 @@ impl Handler<FromRoom> for Session {
         match notice {
             FromRoom::Joined { seq } => self.joined(seq, ctx),
             FromRoom::GoingAway => self.close(ctx, Close::ServerShutdown),
+            FromRoom::TooManySessions => self.close(ctx, Close::TooManySessions),
         }
     }
 }
