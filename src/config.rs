@@ -86,6 +86,15 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_FRAMES_PER_SECOND", default_value = "20")]
     pub frames_per_second: std::num::NonZeroU32,
 
+    /// Failed authentications (bad tokens or API keys) per client address per minute; past it,
+    /// 429 until the allowance refills.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_AUTH_FAILURES_PER_MINUTE",
+        default_value = "30"
+    )]
+    pub auth_failures_per_minute: std::num::NonZeroU32,
+
     /// Sessions (tabs) one user may have open at once; the next is refused (close 4004).
     #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_USER", default_value = "50")]
     pub max_sessions_per_user: usize,
@@ -361,6 +370,7 @@ pub struct Config {
     pub token_refresh_lead: Duration,
     pub frames_per_second: std::num::NonZeroU32,
     pub max_sessions_per_user: usize,
+    pub auth_failures_per_minute: std::num::NonZeroU32,
     pub allowed_origins: Origins,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
@@ -578,6 +588,7 @@ impl Config {
             token_refresh_lead: settings.token_refresh_lead,
             frames_per_second: settings.frames_per_second,
             max_sessions_per_user: settings.max_sessions_per_user,
+            auth_failures_per_minute: settings.auth_failures_per_minute,
             allowed_origins: match settings.allowed_origins.as_deref() {
                 Some(value) => Origins::parse(value)?,
                 None if dev_mode.is_some() => Origins::Any,

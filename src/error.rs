@@ -36,6 +36,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("too many failed authentications from this address; retry after {} s", retry_after.as_secs().max(1))]
+    TooManyAuthFailures { retry_after: std::time::Duration },
     #[error(
         "this page's origin may not open a WebSocket here; add it to SWITCHBOARD_ALLOWED_ORIGINS"
     )]
@@ -112,6 +114,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method-not-allowed",
             Self::DemoOff => "demo-off",
             Self::OriginNotAllowed => "origin-not-allowed",
+            Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
             Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
@@ -145,6 +148,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::DemoOff => StatusCode::NOT_FOUND,
             Self::DemoTokensOff | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -165,6 +169,10 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         if let Self::Token(_) = self {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
+        }
+        if let Self::TooManyAuthFailures { retry_after } = self {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.insert_header((header::RETRY_AFTER, seconds.max(1)));
         }
         let mut error = json!({ "code": self.code(), "message": message });
         if let Self::ResumeFailed { oldest_seq, .. } = self {

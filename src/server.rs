@@ -80,6 +80,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let verifier = Arc::new(Verifier::new(&config.jwt));
     let state = web::Data::new(AppState {
         verifier: verifier.clone(),
+        auth_failures: api::throttle::AuthFailures::new(config.auth_failures_per_minute),
         api_keys: std::iter::once(&config.api_key)
             .chain(&config.previous_api_keys)
             .cloned()

@@ -386,3 +386,50 @@ async fn api_keys_being_rotated_out_are_still_accepted() {
         (401, Some("invalid-api-key"))
     );
 }
+
+#[tokio::test]
+async fn an_address_guessing_tokens_is_answered_429_before_any_token_work() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.auth_failures_per_minute = std::num::NonZeroU32::new(3).unwrap();
+    let server = TestServer::start(config);
+    let forged = hs256(
+        json!({"sub": "alice", "account_id": "acme", "exp": common::now() + 60}),
+        "another-secret-that-is-32-bytes-long!!",
+    );
+    let from = |source: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(source))
+            .build()
+            .unwrap()
+    };
+    let presence = |client: &reqwest::Client, jwt: &str| {
+        client
+            .get(server.http_url("/api/v1/presence"))
+            .bearer_auth(jwt)
+            .send()
+    };
+    let guesser = from([127, 0, 0, 1]);
+    for _ in 0..4 {
+        let response = presence(&guesser, &forged).await.unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    // Over the allowance: refused at once, even with a good token, and told when to come back.
+    let response = presence(&guesser, &token("acme", "alice")).await.unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too-many-auth-failures");
+    // So is a WebSocket handshake from there.
+    let url = format!("{}?token={}", server.ws_url(), token("acme", "alice"));
+    assert_eq!(refused(&server, url.as_str()).await.0, 429);
+    // Another address is not affected.
+    let neighbour = from([127, 0, 0, 2]);
+    let response = presence(&neighbour, &token("acme", "alice")).await.unwrap();
+    assert_eq!(response.status(), 200);
+}

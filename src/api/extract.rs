@@ -27,8 +27,26 @@ impl FromRequest for ServerKey {
     }
 }
 
+/// The identity of a request's verified JWT; a token that does not verify counts against the
+/// client's address (see [`throttle`](super::throttle)).
+pub fn identity(req: &HttpRequest) -> Result<Identity, ApiError> {
+    let state = state(req);
+    state.auth_failures.check(req)?;
+    let token = auth::token_from_request(req)?;
+    state.verifier.verify(&token).map_err(|e| {
+        state.auth_failures.failed(req);
+        ApiError::from(e)
+    })
+}
+
+/// The user of a verified JWT.
+pub fn user(req: &HttpRequest) -> Result<User, ApiError> {
+    identity(req).map(User)
+}
+
 fn check_server_key(req: &HttpRequest) -> Result<ServerKey, ApiError> {
     let state = state(req);
+    state.auth_failures.check(req)?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -47,6 +65,7 @@ fn check_server_key(req: &HttpRequest) -> Result<ServerKey, ApiError> {
     } else if state.verifier.verify(key).is_ok() {
         Err(ApiError::UserTokenForbidden)
     } else {
+        state.auth_failures.failed(req);
         Err(ApiError::InvalidApiKey)
     }
 }
@@ -59,10 +78,6 @@ impl FromRequest for User {
     type Future = std::future::Ready<Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let identity = auth::token_from_request(req)
-            .and_then(|token| state(req).verifier.verify(&token))
-            .map(User)
-            .map_err(ApiError::from);
-        std::future::ready(identity)
+        std::future::ready(user(req))
     }
 }

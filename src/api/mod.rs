@@ -17,6 +17,7 @@ pub mod notifications;
 pub mod presence;
 pub mod publish;
 pub mod sdk;
+pub mod throttle;
 pub mod ws;
 
 use std::sync::Arc;
@@ -38,6 +39,8 @@ use crate::webhooks::{self, facebook, generic, zalo};
 /// What every request handler shares.
 pub struct AppState {
     pub verifier: Arc<Verifier>,
+    /// Failed authentications per client address.
+    pub auth_failures: throttle::AuthFailures,
     /// The server API keys accepted (the current one and any being rotated out).
     pub api_keys: Vec<Secret>,
     pub store: Store,

@@ -12,7 +12,6 @@ use serde_json::Value;
 
 use super::AppState;
 use crate::actors::session::{self, Session};
-use crate::auth;
 use crate::error::ApiError;
 use crate::protocol::SinceError;
 use crate::store::events;
@@ -41,8 +40,7 @@ pub async fn connect(
             return Err(ApiError::OriginNotAllowed);
         }
     }
-    let token = auth::token_from_request(&req)?;
-    let identity = state.verifier.verify(&token)?;
+    let identity = super::extract::identity(&req)?;
     ws::handshake(&req).map_err(|_| ApiError::NotWebSocket)?;
     let since = web::Query::<ResumeQuery>::from_query(req.query_string())
         .map_err(|_| ApiError::Since(SinceError::Malformed))?

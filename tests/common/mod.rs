@@ -145,6 +145,7 @@ pub fn config(db: &Db) -> Config {
         token_refresh_lead: Duration::from_secs(60),
         frames_per_second: std::num::NonZeroU32::new(1000).unwrap(),
         max_sessions_per_user: 50,
+        auth_failures_per_minute: std::num::NonZeroU32::new(10_000).unwrap(),
         allowed_origins: switchboard::config::Origins::Listed(vec![
             "https://app.example.com".into()
         ]),
