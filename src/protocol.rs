@@ -330,6 +330,75 @@ impl Close {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Any JSON value, nested a few levels.
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A frame of a known type whose other fields are anything at all.
+    fn known_type_frame() -> impl Strategy<Value = String> {
+        let kinds = prop::sample::select(CLIENT_FRAME_TYPES.to_vec());
+        let fields = prop::collection::btree_map(
+            prop::sample::select(vec![
+                "ref",
+                "conversation_id",
+                "text",
+                "attachments",
+                "client_msg_id",
+                "up_to",
+                "since",
+                "token",
+                "other",
+            ]),
+            json(),
+            0..6,
+        );
+        (kinds, fields).prop_map(|(kind, fields)| {
+            let mut object: serde_json::Map<String, Value> =
+                fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            object.insert("type".into(), Value::String(kind.into()));
+            Value::Object(object).to_string()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_text_never_panics_the_parser(text in ".{0,200}") {
+            let _ = ClientFrame::parse(&text);
+        }
+
+        #[test]
+        fn arbitrary_json_is_parsed_or_refused_with_a_code(value in json()) {
+            if let Err(e) = ClientFrame::parse(&value.to_string()) {
+                prop_assert!(!e.code().is_empty());
+            }
+        }
+
+        #[test]
+        fn known_types_with_arbitrary_fields_are_parsed_or_invalid(text in known_type_frame()) {
+            match ClientFrame::parse(&text) {
+                Ok(_) | Err(FrameError::Invalid(_)) => {}
+                Err(other) => prop_assert!(false, "{text}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn frames_parse_or_say_why_not() {

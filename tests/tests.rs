@@ -16,4 +16,5 @@ mod lifetime;
 mod persistence;
 mod resume;
 mod users;
+mod webhook_fuzz;
 mod webhooks;
