@@ -41,6 +41,12 @@ pub struct Running {
 const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
 impl Running {
+    /// The broker, for tests that reach into the engine (e.g. to make a room fail).
+    #[doc(hidden)]
+    pub fn broker(&self) -> Addr<Broker> {
+        self.broker.clone()
+    }
+
     /// A graceful stop: every session is closed with 1001 ("server shutting down", so clients
     /// reconnect — to another node, or to this one once it is back — and resume), then the
     /// server stops once its connections have finished. Without this, open WebSockets would

@@ -165,3 +165,53 @@ async fn a_malformed_idempotency_key_is_refused() {
         assert_eq!(answer["error"]["code"], "invalid-field");
     }
 }
+
+#[tokio::test]
+async fn a_room_that_fails_is_restarted_and_its_sessions_miss_nothing() {
+    let db = crate::common::Db::sqlite();
+    let server = std::sync::Arc::new(TestServer::on(&db));
+    let account = unique("phoenix");
+    let (mut alice, _) = server.connect(&token(&account, "alice")).await;
+    let (mut bob, _) = server.connect(&token(&account, "bob")).await;
+    let first = server.publish(&account, None, "before", json!(0)).await;
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(client.next_event().await.0, first);
+    }
+
+    // Publishing goes on while the room fails, twice.
+    let publisher = {
+        let (server, account) = (server.clone(), account.clone());
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..40 {
+                seqs.push(server.publish(&account, None, "during", json!(i)).await);
+            }
+            seqs
+        })
+    };
+    use switchboard::actors::broker::FailRoom;
+    for _ in 0..2 {
+        assert!(server
+            .broker
+            .send(FailRoom(
+                switchboard::ids::AccountId::new(&account).unwrap()
+            ))
+            .await
+            .unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let published = publisher.await.unwrap();
+
+    // Every session, still registered, gets every event once, in order.
+    for client in [&mut alice, &mut bob] {
+        let mut seen = Vec::new();
+        while seen.len() < published.len() {
+            seen.push(client.next_event().await.0);
+        }
+        assert_eq!(seen, published);
+        client.expect_silence(QUIET).await;
+    }
+    // And the room works as before.
+    let after = server.publish(&account, None, "after", json!(null)).await;
+    assert_eq!(alice.next_event().await.0, after);
+}

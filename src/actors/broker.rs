@@ -127,14 +127,16 @@ impl Handler<Join> for Broker {
         let entry = self.rooms.entry(join.account.clone()).or_insert_with(|| {
             log::debug!("room open account={}", join.account);
             RoomEntry {
-                room: Room::new(
-                    join.account.clone(),
-                    join.seen_seq,
-                    self.store.clone(),
-                    self.presence,
-                    self.max_sessions_per_user,
-                )
-                .start(),
+                room: {
+                    let room = Room::new(
+                        join.account.clone(),
+                        join.seen_seq,
+                        self.store.clone(),
+                        self.presence,
+                        self.max_sessions_per_user,
+                    );
+                    Supervisor::start(move |_| room)
+                },
                 members: 0,
             }
         });
@@ -222,6 +224,24 @@ impl Handler<Drain> for Broker {
             }
             told
         })
+    }
+}
+
+/// Makes an account's room fail (see [`Fail`](super::room::Fail)); `false` without a room.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct FailRoom(pub AccountId);
+
+impl Handler<FailRoom> for Broker {
+    type Result = bool;
+
+    fn handle(&mut self, FailRoom(account): FailRoom, _: &mut Context<Self>) -> bool {
+        let Some(entry) = self.rooms.get(&account) else {
+            return false;
+        };
+        entry.room.do_send(super::room::Fail);
+        true
     }
 }
 

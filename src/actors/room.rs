@@ -297,6 +297,18 @@ impl Room {
         }
     }
 
+    /// The user's last session closed: offline once the grace has passed without a new one.
+    fn going_offline(&mut self, user: UserId, ctx: &mut Context<Self>) {
+        let timer = ctx.run_later(self.presence.grace, {
+            let user = user.clone();
+            move |room, ctx| {
+                room.leaving.remove(&user);
+                room.presence_changed(&user, false, ctx);
+            }
+        });
+        self.leaving.insert(user, timer);
+    }
+
     /// Reads the account's sequence number, holding every message (joins, events) until it is
     /// known: a join is then answered with it, and an event is delivered only if it is newer.
     /// An event stored after the read reaches this room, which the broker already lists.
@@ -443,12 +455,7 @@ impl Handler<Leave> for Room {
         tabs.retain(|id| *id != session);
         if tabs.is_empty() {
             self.tabs.remove(&member.user);
-            let user = member.user.clone();
-            let timer = ctx.run_later(self.presence.grace, move |room, ctx| {
-                room.leaving.remove(&user);
-                room.presence_changed(&user, false, ctx);
-            });
-            self.leaving.insert(member.user, timer);
+            self.going_offline(member.user, ctx);
         }
     }
 }
@@ -473,6 +480,44 @@ impl Handler<Drain> for Room {
             member.notices.do_send(FromRoom::GoingAway);
         }
         self.members.len()
+    }
+}
+
+/// The broker starts rooms under a [`Supervisor`]: a room that fails (stops while the broker
+/// still holds it) is restarted with its state — its members stay registered, so no session
+/// has to do anything — and, starting again, reads from the database every event after the last
+/// one it delivered, so whatever it was handling when it failed is delivered now.
+impl Supervised for Room {
+    fn restarting(&mut self, ctx: &mut Context<Self>) {
+        log::warn!(
+            "room restarted account={} members={} last_seq={}",
+            self.account,
+            self.members.len(),
+            self.last_seq
+        );
+        // What belonged to the old context is gone with it.
+        self.filling = false;
+        self.presence_batching = false;
+        self.presence_changes.clear();
+        let leaving: Vec<UserId> = self.leaving.drain().map(|(user, _)| user).collect();
+        for user in leaving {
+            self.going_offline(user, ctx);
+        }
+    }
+}
+
+/// Makes the room fail, as an internal error would: for exercising its supervision.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fail;
+
+impl Handler<Fail> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Fail, ctx: &mut Context<Self>) {
+        log::error!("room failing on request account={}", self.account);
+        ctx.stop();
     }
 }
 

@@ -156,6 +156,8 @@ pub fn config(db: &Db) -> Config {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The engine's broker, for tests that reach past the API (making a room fail).
+    pub broker: actix::Addr<switchboard::actors::broker::Broker>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -168,13 +170,15 @@ impl TestServer {
                 let running = switchboard::server::start(config)
                     .await
                     .expect("server starts");
-                tx.send((running.addr, running.server.handle())).unwrap();
+                tx.send((running.addr, running.server.handle(), running.broker()))
+                    .unwrap();
                 let _ = running.server.await;
             });
         });
-        let (addr, handle) = rx.recv().expect("server thread reports its address");
+        let (addr, handle, broker) = rx.recv().expect("server thread reports its address");
         Self {
             addr,
+            broker,
             handle,
             thread: Some(thread),
         }
