@@ -18,10 +18,12 @@ fn expiring_in(account: &str, user: &str, seconds: u64) -> String {
     )
 }
 
-/// A server that asks for a fresh token two seconds before expiry (leeway 0, as in tests).
+/// A server that asks for a fresh token two seconds before expiry (leeway 0, as in tests),
+/// checking on heartbeats five times a second.
 fn server(db: &Db) -> TestServer {
     let mut config = common::config(db);
     config.token_refresh_lead = Duration::from_secs(2);
+    config.heartbeat.interval = Duration::from_millis(200);
     TestServer::start(config)
 }
 

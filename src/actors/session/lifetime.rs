@@ -3,9 +3,8 @@
 //! before (`token-expiring`), takes a fresh token in place (`auth`) when it names the same
 //! account and user, and closes with 4002 when none came in time.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix::{AsyncContext, SpawnHandle};
 use actix_web_actors::ws;
 use serde_json::Value;
 
@@ -13,40 +12,45 @@ use super::Session;
 use crate::config::Secret;
 use crate::protocol::{Close, ServerFrame};
 
-/// The timers of the current token.
+/// Where the current token is in its life. Checked on every heartbeat tick rather than by timers
+/// of its own: a session's timers are polled each time it wakes — for every event it delivers —
+/// so two more per session cost every delivery. The warning and the close therefore come within
+/// one heartbeat interval of when they are due.
 #[derive(Default)]
 pub(super) struct Lifetime {
-    warn: Option<SpawnHandle>,
-    expire: Option<SpawnHandle>,
+    /// The welcome went out: nothing about the token may come before it.
+    pub(super) welcomed: bool,
+    /// `token-expiring` was sent for the current token.
+    warned: bool,
 }
 
-/// From now until `unix_seconds` (zero when it has passed).
-fn until(unix_seconds: u64) -> Duration {
-    let now = SystemTime::now()
+/// Seconds since the Unix epoch.
+fn now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Duration::from_secs(unix_seconds).saturating_sub(now)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 impl Session {
-    /// Sets the warning and the expiry for the current token, replacing those of an earlier one.
-    pub(super) fn schedule_expiry(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        for timer in [self.lifetime.warn.take(), self.lifetime.expire.take()]
-            .into_iter()
-            .flatten()
-        {
-            ctx.cancel_future(timer);
+    /// On each heartbeat tick (and once after the welcome): warns when the token is within the
+    /// refresh lead of expiring, closes with 4002 once it has expired (past the JWT leeway, as
+    /// at the handshake).
+    pub(super) fn check_token(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if !self.lifetime.welcomed || self.closing() {
+            return;
         }
         let expires_at = self.identity.expires_at;
-        // The handshake accepted the token within the leeway; so does the live session.
-        let left = until(expires_at) + self.shared.tokens.leeway;
-        let warn_in = left.saturating_sub(self.shared.tokens.refresh_lead);
-        self.lifetime.warn = Some(ctx.run_later(warn_in, move |session, ctx| {
-            session.write(ctx, ServerFrame::TokenExpiring { expires_at }.to_text());
-        }));
-        self.lifetime.expire = Some(ctx.run_later(left, |session, ctx| {
-            session.close(ctx, Close::TokenExpired);
-        }));
+        let tokens = &self.shared.tokens;
+        let now = now();
+        if now >= expires_at.saturating_add(tokens.leeway.as_secs()) {
+            self.close(ctx, Close::TokenExpired);
+        } else if !self.lifetime.warned
+            && now.saturating_add(tokens.refresh_lead.as_secs()) >= expires_at
+        {
+            self.lifetime.warned = true;
+            self.write(ctx, ServerFrame::TokenExpiring { expires_at }.to_text());
+        }
     }
 
     /// An `auth` frame: the session goes on under the new token, or closes.
@@ -70,7 +74,7 @@ impl Session {
             }
             Ok(identity) => {
                 self.identity.expires_at = identity.expires_at;
-                self.schedule_expiry(ctx);
+                self.lifetime.warned = false;
                 let answer = ServerFrame::Authenticated {
                     reference,
                     expires_at: identity.expires_at,

@@ -265,6 +265,10 @@ impl Actor for Session {
         );
         ctx.run_interval(self.shared.heartbeat.interval, |session, ctx| {
             session.limits.frames_refused = 0;
+            session.check_token(ctx);
+            if session.closing() {
+                return;
+            }
             if session.last_heard.elapsed() > session.shared.heartbeat.timeout {
                 session.close(ctx, Close::HeartbeatTimeout);
             } else if session.backlog.overflowed() {

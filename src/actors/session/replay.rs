@@ -75,8 +75,8 @@ impl Session {
         }
         .to_text();
         self.write(ctx, welcome);
-        // After the welcome, which is always the first frame.
-        self.schedule_expiry(ctx);
+        self.lifetime.welcomed = true;
+        self.check_token(ctx);
     }
 
     /// The room took the session in at `seq`.
