@@ -283,7 +283,8 @@ pub enum Close {
     ServerShutdown,
     /// The client read too slowly and too much was queued for it. Reconnect with `?since=`.
     SlowConsumer,
-    /// The server could not carry on with the session (its database failed). Reconnect later.
+    /// The server could not carry on with the session (its database failed, or the session hit a
+    /// bug). Reconnect later.
     ServerError,
     /// The token expired and no fresh one came. Get a new token, then reconnect (with resume).
     TokenExpired,

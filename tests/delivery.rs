@@ -215,3 +215,28 @@ async fn a_room_that_fails_is_restarted_and_its_sessions_miss_nothing() {
     let after = server.publish(&account, None, "after", json!(null)).await;
     assert_eq!(alice.next_event().await.0, after);
 }
+
+#[tokio::test]
+async fn a_session_that_fails_closes_alone() {
+    let db = crate::common::Db::sqlite();
+    let server = TestServer::on(&db); // one worker thread serves every session here
+    let account = unique("isolated");
+    let (mut alice, _) = server.connect(&token(&account, "alice")).await;
+    let (mut bob, _) = server.connect(&token(&account, "bob")).await;
+
+    use switchboard::actors::broker::FailUserSessions;
+    use switchboard::ids::{AccountId, UserId};
+    server.broker.do_send(FailUserSessions(
+        AccountId::new(&account).unwrap(),
+        UserId::new("alice").unwrap(),
+    ));
+    assert_eq!(alice.expect_close().await, 1011);
+
+    // Bob, on the same worker thread, and the room carry on; alice can come back.
+    let seq = server.publish(&account, None, "after", json!(null)).await;
+    assert_eq!(bob.next_event().await.0, seq);
+    let (mut again, _) = server.connect(&token(&account, "alice")).await;
+    let next = server.publish(&account, None, "again", json!(null)).await;
+    assert_eq!(again.next_event().await.0, next);
+    assert_eq!(bob.next_event().await.0, next);
+}

@@ -245,6 +245,22 @@ impl Handler<FailRoom> for Broker {
     }
 }
 
+/// Makes a user's sessions fail (see [`FailSessions`](super::room::FailSessions)).
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FailUserSessions(pub AccountId, pub UserId);
+
+impl Handler<FailUserSessions> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, FailUserSessions(account, user): FailUserSessions, _: &mut Context<Self>) {
+        if let Some(entry) = self.rooms.get(&account) {
+            entry.room.do_send(super::room::FailSessions(user));
+        }
+    }
+}
+
 impl Handler<Wait> for Broker {
     type Result = ();
 

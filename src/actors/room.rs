@@ -521,6 +521,24 @@ impl Handler<Fail> for Room {
     }
 }
 
+/// Makes one user's sessions fail, as a bug in them would: for exercising their isolation.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FailSessions(pub UserId);
+
+impl Handler<FailSessions> for Room {
+    type Result = ();
+
+    fn handle(&mut self, FailSessions(user): FailSessions, _: &mut Context<Self>) {
+        for id in self.tabs.get(&user).into_iter().flatten() {
+            if let Some(member) = self.members.get(id) {
+                member.notices.do_send(FromRoom::Fail);
+            }
+        }
+    }
+}
+
 impl Handler<Shutdown> for Room {
     type Result = ();
 

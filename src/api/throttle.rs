@@ -43,10 +43,11 @@ impl AuthFailures {
         let Some(ip) = address(req) else {
             return Ok(());
         };
+        let now = Instant::now();
         let mut blocked = self.blocked.lock().expect("not poisoned");
         match blocked.get(&ip) {
-            Some(until) if *until > Instant::now() => Err(ApiError::TooManyAuthFailures {
-                retry_after: *until - Instant::now(),
+            Some(until) if *until > now => Err(ApiError::TooManyAuthFailures {
+                retry_after: *until - now,
             }),
             Some(_) => {
                 blocked.remove(&ip);

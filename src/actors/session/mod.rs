@@ -60,6 +60,9 @@ pub enum FromRoom {
     GoingAway,
     /// The user has as many sessions open as allowed: this one is refused (4004).
     TooManySessions,
+    /// Panics, as a bug would: for exercising the isolation of sessions.
+    #[doc(hidden)]
+    Fail,
 }
 
 /// What every session shares (one allocation for all of them).
@@ -310,11 +313,12 @@ impl Handler<FromRoom> for Session {
     type Result = ();
 
     fn handle(&mut self, notice: FromRoom, ctx: &mut Self::Context) {
-        match notice {
-            FromRoom::Joined { seq } => self.joined(seq, ctx),
-            FromRoom::GoingAway => self.close(ctx, Close::ServerShutdown),
-            FromRoom::TooManySessions => self.close(ctx, Close::TooManySessions),
-        }
+        self.guarded(ctx, |session, ctx| match notice {
+            FromRoom::Joined { seq } => session.joined(seq, ctx),
+            FromRoom::GoingAway => session.close(ctx, Close::ServerShutdown),
+            FromRoom::TooManySessions => session.close(ctx, Close::TooManySessions),
+            FromRoom::Fail => panic!("session failing on request"),
+        });
     }
 }
 
@@ -322,12 +326,42 @@ impl Handler<Deliver> for Session {
     type Result = ();
 
     fn handle(&mut self, deliver: Deliver, ctx: &mut Self::Context) {
-        self.deliver(deliver, ctx);
+        self.guarded(ctx, |session, ctx| session.deliver(deliver, ctx));
     }
 }
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     fn handle(&mut self, message: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.guarded(ctx, |session, ctx| session.on_message(message, ctx));
+    }
+}
+
+impl Session {
+    /// Runs a handler so that a panic in it — a bug — closes this session (1011) and nothing
+    /// else: it must not unwind through the worker thread, which serves other sessions too.
+    fn guarded(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        handler: impl FnOnce(&mut Self, &mut ws::WebsocketContext<Self>),
+    ) {
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut *self, ctx)));
+        if outcome.is_err() {
+            log::error!(
+                "session failed account={} user={} session={}; closing it",
+                self.identity.account,
+                self.identity.user,
+                self.id
+            );
+            self.close(ctx, Close::ServerError);
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        message: Result<ws::Message, ws::ProtocolError>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         let message = match message {
             Ok(message) => message,
             Err(ws::ProtocolError::Overflow) => return self.close(ctx, Close::FrameTooLarge),
