@@ -216,4 +216,9 @@ fn log_startup(config: &Config, addr: SocketAddr) {
             dev.keys_file.display()
         );
     }
+    if config.demo != Demo::Off {
+        log::info!(
+            "demo inbox: http://{addr}/demo?account=acme&user=alice (and &user=bob in another tab)"
+        );
+    }
 }

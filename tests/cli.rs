@@ -105,6 +105,7 @@ async fn the_run_command_works_from_nothing_and_logs_no_secret() {
         .contains("switchboard.db"));
     server.wait_for("heartbeat: ping every 15s");
     server.wait_for("DEVELOPMENT MODE");
+    server.wait_for("demo inbox: http://");
     assert!(dir.path().join("switchboard.db").exists());
     let keys_file = dir.path().join("switchboard-dev-keys.json");
     let mode = std::fs::metadata(&keys_file).unwrap().permissions().mode();
