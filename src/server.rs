@@ -2,6 +2,7 @@
 //! binary and the tests, which start the real server on `127.0.0.1:0`.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, Addr};
@@ -35,6 +36,7 @@ pub struct Running {
     pub addr: SocketAddr,
     pub server: actix_web::dev::Server,
     broker: Addr<Broker>,
+    draining: Arc<AtomicBool>,
 }
 
 /// Longest a shutdown waits for connections to finish after their sessions were told to close.
@@ -53,7 +55,9 @@ impl Running {
     /// hold the HTTP server's graceful stop until its timeout.
     pub fn shutdown(&self) -> impl std::future::Future<Output = ()> + 'static {
         let (handle, broker) = (self.server.handle(), self.broker.clone());
+        let draining = self.draining.clone();
         async move {
+            draining.store(true, Ordering::Relaxed);
             let told = broker.send(Drain).await.unwrap_or(0);
             log::info!("shutting down: {told} session(s) closed with 1001");
             handle.stop(true).await;
@@ -84,8 +88,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.retention.idempotency_window,
     );
     let verifier = Arc::new(Verifier::new(&config.jwt));
+    let draining = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
         verifier: verifier.clone(),
+        draining: draining.clone(),
         auth_failures: api::throttle::AuthFailures::new(config.auth_failures_per_minute),
         api_keys: std::iter::once(&config.api_key)
             .chain(&config.previous_api_keys)
@@ -146,6 +152,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr,
         server: server.run(),
         broker: shutdown_broker,
+        draining,
     })
 }
 

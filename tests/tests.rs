@@ -13,6 +13,7 @@ mod delivery;
 mod heartbeat;
 mod isolation;
 mod lifetime;
+mod operations;
 mod persistence;
 mod resume;
 mod users;

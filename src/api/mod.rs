@@ -12,6 +12,7 @@ pub mod conversations;
 pub mod demo;
 pub mod events;
 pub mod extract;
+pub mod health;
 pub mod integrations;
 pub mod notifications;
 pub mod presence;
@@ -39,6 +40,8 @@ use crate::webhooks::{self, facebook, generic, zalo};
 /// What every request handler shares.
 pub struct AppState {
     pub verifier: Arc<Verifier>,
+    /// Set when the server starts stopping: `/readyz` then says so.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// Failed authentications per client address.
     pub auth_failures: throttle::AuthFailures,
     /// The server API keys accepted (the current one and any being rotated out).
@@ -79,6 +82,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .error_handler(|error, _| ApiError::InvalidQuery(error.to_string()).into()),
     )
     .route("/ws", web::get().to(ws::connect))
+    .route("/healthz", web::get().to(health::alive))
+    .route("/readyz", web::get().to(health::ready))
     .route("/sdk/switchboard.js", web::get().to(sdk::script))
     .route("/sdk/switchboard.d.ts", web::get().to(sdk::types))
     .route("/demo", web::get().to(demo::page))
