@@ -237,6 +237,14 @@ fn subprotocol_token(req: &HttpRequest) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
+/// Seconds since the Unix epoch: the unit of a token's `exp`.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 /// The credential of an `Authorization: Bearer …` header value, if it is one.
 pub fn bearer(header: &str) -> Option<&str> {
     let (scheme, credential) = header.split_once(' ')?;
@@ -275,10 +283,7 @@ pub fn mint(
     let JwtKey::Secret(secret) = &config.key else {
         return Err(MintError::NoSecret);
     };
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = unix_now();
     let claims = MintedClaims {
         sub: user.as_str(),
         account_id: account.as_str(),

@@ -61,6 +61,16 @@ impl Server {
         }
     }
 
+    /// The address the server says it listens on (`host:port`).
+    fn listening_on(&mut self) -> String {
+        let line = self.wait_for("listening on http://");
+        line.split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_owned()
+    }
+
     /// Reads log lines until one contains `needle`; returns it.
     fn wait_for(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -93,13 +103,7 @@ impl Drop for Server {
 async fn the_run_command_works_from_nothing_and_logs_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path());
-    let listening = server.wait_for("listening on http://");
-    let addr = listening
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let addr = server.listening_on();
     assert!(server
         .wait_for("database: sqlite")
         .contains("switchboard.db"));
@@ -309,13 +313,7 @@ fn a_port_in_use_is_a_clear_error_before_anything_starts() {
 async fn sigterm_closes_every_session_with_1001_then_exits() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = Server::start(dir.path());
-    let listening = server.wait_for("listening on http://");
-    let addr = listening
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+    let addr = server.listening_on();
     let token = cli(
         dir.path(),
         &["token", "--account", "acme", "--user", "alice"],

@@ -3,8 +3,6 @@
 //! before (`token-expiring`), takes a fresh token in place (`auth`) when it names the same
 //! account and user, and closes with 4002 when none came in time.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use actix_web_actors::ws;
 use serde_json::Value;
 
@@ -24,14 +22,6 @@ pub(super) struct Lifetime {
     warned: bool,
 }
 
-/// Seconds since the Unix epoch.
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
 impl Session {
     /// On each heartbeat tick (and once after the welcome): warns when the token is within the
     /// refresh lead of expiring, closes with 4002 once it has expired (past the JWT leeway, as
@@ -42,7 +32,7 @@ impl Session {
         }
         let expires_at = self.identity.expires_at;
         let tokens = &self.shared.tokens;
-        let now = now();
+        let now = crate::auth::unix_now();
         if now >= expires_at.saturating_add(tokens.leeway.as_secs()) {
             self.close(ctx, Close::TokenExpired);
         } else if !self.lifetime.warned

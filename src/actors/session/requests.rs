@@ -8,6 +8,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_web_actors::ws;
 use governor::clock::{Clock, DefaultClock};
+use governor::NotUntil;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
@@ -77,17 +78,28 @@ impl Session {
             );
             self.close(ctx, Close::TooManyFrames);
         } else if self.limits.frames_refused == 1 {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let frame = ServerFrame::Error {
-                code: "rate-limited",
-                message: "too many frames; this one and any more until retry_after_ms are dropped"
-                    .to_owned(),
-                reference: None,
-                retry_after_ms: Some(wait.as_millis().max(1) as u64),
-            };
-            self.write(ctx, frame.to_text());
+            let message = "too many frames; this one and any more until retry_after_ms are dropped";
+            self.rate_limited(ctx, &not_until, message, None);
         }
         false
+    }
+
+    /// Answers a request over its rate with `rate-limited` and when to try again.
+    fn rate_limited(
+        &mut self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        not_until: &NotUntil<<DefaultClock as Clock>::Instant>,
+        message: &str,
+        reference: Option<Value>,
+    ) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        let frame = ServerFrame::Error {
+            code: "rate-limited",
+            message: message.to_owned(),
+            reference,
+            retry_after_ms: Some(wait.as_millis().max(1) as u64),
+        };
+        self.write(ctx, frame.to_text());
     }
 
     fn refuse(
@@ -119,15 +131,8 @@ impl Session {
         ctx: &mut ws::WebsocketContext<Self>,
     ) {
         if let Err(not_until) = self.limits.sends.check() {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let frame = ServerFrame::Error {
-                code: "rate-limited",
-                message: "too many messages; slow down".to_owned(),
-                reference,
-                retry_after_ms: Some(wait.as_millis().max(1) as u64),
-            };
-            self.write(ctx, frame.to_text());
-            return;
+            let message = "too many messages; slow down";
+            return self.rate_limited(ctx, &not_until, message, reference);
         }
         if let Err(error) = send.borrow().validate() {
             return self.refuse(ctx, &error, reference);
