@@ -388,7 +388,7 @@ export class Client {
   startPolling() {
     const controller = new AbortController();
     this.polling = controller;
-    this.setStatus("polling", this.lastError);
+    // `polling` is reported once the first answer came: from then on, nothing is missed.
     this.later(() => this.open(), this.options.wsRetryWhilePollingMs);
     this.pollLoop(controller);
   }

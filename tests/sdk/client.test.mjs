@@ -311,10 +311,15 @@ test("repeated WebSocket failures switch to long-poll, and a working WebSocket s
 
 test("long-polling from scratch starts from now, not from the account's history", async () => {
   const asked = [];
+  let answerNow;
+  const firstAnswer = new Promise((resolve) => (answerNow = resolve));
   const net = network({
     poll: async (url) => {
       asked.push(url.search);
-      if (!url.searchParams.has("since")) return json(200, { events: [], since: 41 });
+      if (!url.searchParams.has("since")) {
+        await firstAnswer;
+        return json(200, { events: [], since: 41 });
+      }
       await tick(20);
       return json(200, { events: [], since: Number(url.searchParams.get("since")) });
     },
@@ -322,7 +327,13 @@ test("long-polling from scratch starts from now, not from the account's history"
   const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, pollAfterFailures: 1, ...net });
   await until(() => net.sockets.length === 1, "a socket");
   net.sockets[0].drop();
+  await until(() => asked.length === 1, "the first poll");
+  // Not `polling` until the server has said where "now" is: what is published before that is
+  // not this client's to receive, and the app must not think it is receiving yet.
+  assert.notEqual(client.status, "polling");
+  answerNow();
   await until(() => asked.length >= 2, "two polls");
+  assert.equal(client.status, "polling");
   assert.equal(asked[0], "");
   assert.match(asked[1], /since=41/);
   assert.equal(client.lastSeq, 41);
