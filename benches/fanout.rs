@@ -73,6 +73,7 @@ fn fan_out(c: &mut Criterion) {
                         broadcast_max: 1000,
                     },
                     usize::MAX,
+                    None,
                 )
                 .start();
                 let delivered = Arc::new(AtomicUsize::new(0));

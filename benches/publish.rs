@@ -24,7 +24,7 @@ fn publish(c: &mut Criterion) {
             grace: Duration::from_secs(5),
             broadcast_max: 1000,
         };
-        let broker = Broker::new(store.clone(), presence, usize::MAX).start();
+        let broker = Broker::new(store.clone(), presence, usize::MAX, None).start();
         Publisher::start(store, broker, Duration::from_secs(3600))
     });
     let account = AccountId::new("bench").unwrap();

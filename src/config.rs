@@ -183,6 +183,15 @@ pub struct Settings {
     /// Time limit of one outbound webhook request.
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub outbound_timeout: Duration,
+
+    /// Cluster mode: nodes share events, presence and typing through this Redis
+    /// (`redis://[:password@]host:port[/db]`). Unset: a single node, no Redis used.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// On SIGTERM, sessions are closed in batches spread over this period.
+    #[arg(long, env = "SWITCHBOARD_DRAIN_PERIOD", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub drain_period: Duration,
 }
 
 /// A setting that cannot be used, with what to do about it.
@@ -363,6 +372,9 @@ pub struct Config {
     pub workers: Option<usize>,
     pub webhooks: WebhookConfig,
     pub outbound: OutboundConfig,
+    /// Cluster mode's Redis (its URL may carry a password).
+    pub redis_url: Option<Secret>,
+    pub drain_period: Duration,
     pub presence: Presence,
     pub retention: Retention,
     pub max_queued_bytes: usize,
@@ -573,6 +585,15 @@ impl Config {
             workers: settings.workers,
             webhooks,
             outbound,
+            redis_url: match settings.redis_url {
+                Some(url) => {
+                    redis::Client::open(url.as_str())
+                        .map_err(|e| invalid("REDIS_URL", e.to_string()))?;
+                    Some(Secret::new(url))
+                }
+                None => None,
+            },
+            drain_period: settings.drain_period,
             presence: Presence {
                 grace: settings.presence_grace,
                 broadcast_max: settings.presence_broadcast_max,

@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::auth::TokenError;
+use crate::metrics;
 use crate::protocol::SinceError;
 use crate::store::StoreError;
 
@@ -63,6 +64,10 @@ pub enum ApiError {
     NoSuch(&'static str),
     #[error("an integration for this provider and external id already exists")]
     IntegrationExists,
+    #[error(
+        "this node is shutting down; connect again (the load balancer sends you to another node)"
+    )]
+    Draining,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -123,7 +128,8 @@ impl ApiError {
             Self::VerifyToken(_) => "verify-token-mismatch",
             Self::NoSuch(_) => "not-found",
             Self::IntegrationExists => "integration-exists",
-            Self::Store(StoreError::Unavailable(_)) => "unavailable",
+            Self::Store(e) if e.is_unavailable() => "unavailable",
+            Self::Draining => "draining",
             Self::Store(_) | Self::Internal(_) => "internal-error",
         }
     }
@@ -149,22 +155,36 @@ impl ResponseError for ApiError {
             Self::DemoOff => StatusCode::NOT_FOUND,
             Self::DemoTokensOff | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        let message = if status.is_server_error() {
-            log::error!("request failed: {self}");
-            match status {
-                StatusCode::SERVICE_UNAVAILABLE => "the database is unavailable; try again shortly",
-                _ => "internal error",
+        match self {
+            Self::Token(_)
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::UserTokenForbidden
+            | Self::TooManyAuthFailures { .. } => metrics::auth_failure(self.code()),
+            Self::Store(_) => metrics::database_error(),
+            _ => {}
+        }
+        let message = match self {
+            // A fault's cause is for the log; the client gets a generic message.
+            Self::Store(_) | Self::Internal(_) => {
+                log::error!("request failed: {self}");
+                match self {
+                    Self::Store(e) if e.is_unavailable() => {
+                        "the database is unavailable; try again shortly"
+                    }
+                    _ => "internal error",
+                }
+                .to_owned()
             }
-            .to_owned()
-        } else {
-            self.to_string()
+            _ => self.to_string(),
         };
         let mut response = HttpResponse::build(status);
         if let Self::Token(_) = self {

@@ -9,12 +9,14 @@
 //! the account's next sequence numbers in the same transaction as the change they describe;
 //! [`hand_off`] passes them to the broker once that transaction has committed.
 
+use std::time::Duration;
+
 use actix::Addr;
 use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::actors::broker::{Broker, Publish};
-use crate::actors::room::RoomEvent;
+use crate::actors::room::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
 use crate::protocol::event_frame;
 use crate::store::conversations::{self, Conversation, Message, NewMessage};
@@ -75,7 +77,7 @@ pub fn emit(
         seq,
         user: user.cloned(),
         frame: event_frame(seq, event, data),
-        handed: None,
+        handed: Some(Handed::stored_ago(Duration::ZERO)),
     })
 }
 

@@ -20,6 +20,8 @@
 //! - [`api`] — HTTP routes: `/ws`, the publish API, integrations (admin), conversations (users),
 //!   the browser SDK (`src/sdk/`, embedded) and the demo page (`src/demo/`).
 //! - [`error`] — the API's error type and its one mapping to HTTP responses.
+//! - [`cluster`] — several nodes on one PostgreSQL and one Redis (`REDIS_URL`).
+//! - [`metrics`] — Prometheus metrics, at `/metrics`.
 //! - [`server`] — wiring it together; used by the binary and the tests.
 //! - [`cli`] and [`logging`] — the binary's command line and log set-up.
 //! - [`bench`] — `switchboard bench`, the load tool that measures a running server.
@@ -29,11 +31,13 @@ pub mod api;
 pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod ids;
 pub mod inbox;
 pub mod logging;
+pub mod metrics;
 pub mod outbound;
 pub mod protocol;
 pub mod publisher;

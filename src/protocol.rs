@@ -317,7 +317,7 @@ impl Close {
             Self::HeartbeatTimeout => "heartbeat timeout",
             Self::FrameTooLarge => "message too large",
             Self::ProtocolError => "protocol error",
-            Self::ServerShutdown => "server shutting down",
+            Self::ServerShutdown => "server shutting down; reconnect",
             Self::SlowConsumer => "slow consumer",
             Self::ServerError => "server error",
             Self::TokenExpired => "token expired",

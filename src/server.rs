@@ -5,19 +5,21 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Addr};
+use actix::{Actor, Addr, AsyncContext};
 use actix_web::{web, App, HttpServer};
 
 use crate::actors::broker::{Broker, Drain};
 use crate::actors::session;
 use crate::api::{self, AppState, WebhookState};
 use crate::auth::Verifier;
+use crate::cluster::Cluster;
 use crate::config::{Config, Demo};
-use crate::logging;
+use crate::ids::random_id;
 use crate::outbound::Dispatcher;
 use crate::publisher::Publisher;
 use crate::retention::Pruner;
 use crate::store::{Store, StoreError};
+use crate::{logging, metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -37,7 +39,11 @@ pub struct Running {
     pub server: actix_web::dev::Server,
     broker: Addr<Broker>,
     draining: Arc<AtomicBool>,
+    drain_period: std::time::Duration,
 }
+
+/// How often the metrics recorder folds in what was recorded.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Longest a shutdown waits for connections to finish after their sessions were told to close.
 const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
@@ -49,16 +55,21 @@ impl Running {
         self.broker.clone()
     }
 
-    /// A graceful stop: every session is closed with 1001 ("server shutting down", so clients
-    /// reconnect — to another node, or to this one once it is back — and resume), then the
-    /// server stops once its connections have finished. Without this, open WebSockets would
-    /// hold the HTTP server's graceful stop until its timeout.
+    /// A graceful stop: the node turns unready and refuses new sessions; every session is
+    /// closed with 1001 ("reconnect", so clients reconnect — to another node, or to this one
+    /// once it is back — and resume), in batches over the drain period; then the server stops
+    /// once its in-flight requests (publishes included) have finished. Without this, open
+    /// WebSockets would hold the HTTP server's graceful stop until its timeout.
     pub fn shutdown(&self) -> impl std::future::Future<Output = ()> + 'static {
         let (handle, broker) = (self.server.handle(), self.broker.clone());
-        let draining = self.draining.clone();
+        let (draining, period) = (self.draining.clone(), self.drain_period);
         async move {
             draining.store(true, Ordering::Relaxed);
-            let told = broker.send(Drain).await.unwrap_or(0);
+            log::info!(
+                "draining: closing sessions over {}",
+                humantime::format_duration(period)
+            );
+            let told = broker.send(Drain { period }).await.unwrap_or(0);
             log::info!("shutting down: {told} session(s) closed with 1001");
             handle.stop(true).await;
         }
@@ -77,7 +88,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let store = web::block(move || Store::open(&database, pool_size))
         .await
         .map_err(|_| StoreError::Cancelled)??;
-    let broker = Broker::new(store.clone(), config.presence, config.max_sessions_per_user).start();
+    let node = random_id("node")[..13].to_owned();
+    let metrics = metrics::install(&node);
+    let upkeep = metrics.clone();
+    actix::spawn(async move {
+        // Folds recorded samples into the histograms even when nobody scrapes.
+        let mut every = actix::clock::interval(METRICS_UPKEEP);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let redis = config
+        .redis_url
+        .as_ref()
+        .map(|url| redis::Client::open(url.expose()).expect("checked by Config::load"));
+    let mut cluster = None;
+    let broker = Broker::create(|ctx| {
+        cluster =
+            redis.map(|client| Cluster::start(client, &node, config.presence.grace, ctx.address()));
+        Broker::new(
+            store.clone(),
+            config.presence,
+            config.max_sessions_per_user,
+            cluster.clone(),
+        )
+    });
     let shutdown_broker = broker.clone();
     let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound).start();
     Pruner::new(store.clone(), config.retention).start();
@@ -90,6 +126,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let verifier = Arc::new(Verifier::new(&config.jwt));
     let draining = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
+        cluster,
+        metrics,
         verifier: verifier.clone(),
         draining: draining.clone(),
         auth_failures: api::throttle::AuthFailures::new(config.auth_failures_per_minute),
@@ -153,6 +191,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         server: server.run(),
         broker: shutdown_broker,
         draining,
+        drain_period: config.drain_period,
     })
 }
 
@@ -204,6 +243,12 @@ pub fn raise_open_files_limit() -> u64 {
 fn log_startup(config: &Config, addr: SocketAddr) {
     log::info!("listening on http://{addr} (WebSocket endpoint ws://{addr}/ws)");
     log::info!("database: {}", config.database.describe());
+    if config.redis_url.is_some() && matches!(config.database, crate::config::Database::Sqlite(_)) {
+        log::warn!(
+            "cluster mode on SQLite: only nodes on this machine, sharing the file, see each \
+             other's events; use PostgreSQL (DATABASE_URL=postgres://…) for several machines"
+        );
+    }
     log::info!("open files allowed: {}", raise_open_files_limit());
     log::info!(
         "heartbeat: ping every {}, close after {} without an answer",

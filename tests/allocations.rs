@@ -63,7 +63,7 @@ fn fan_out_shares_one_serialized_event() {
             grace: Duration::from_secs(5),
             broadcast_max: 0,
         };
-        let broker = Broker::new(store, presence, usize::MAX).start();
+        let broker = Broker::new(store, presence, usize::MAX, None).start();
         let account = AccountId::new("acme").unwrap();
         let (count, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
         for i in 0..SESSIONS {

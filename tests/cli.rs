@@ -1,19 +1,17 @@
 //! The binary as a user runs it: development mode from nothing, `keys`, `token`, a session and a
 //! publish — and no secret in any log line, at debug level.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+use crate::common::process::{Process, BIN};
 
 fn cli(dir: &Path, args: &[&str]) -> String {
     let output = Command::new(BIN)
@@ -30,79 +28,28 @@ fn cli(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// The server process, killed on drop; its log lines arrive on `lines`.
-struct Server {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Vec<String>,
+/// `switchboard token` for alice of acme, with the development keys in `dir`.
+fn alice_token(dir: &Path) -> String {
+    cli(dir, &["token", "--account", "acme", "--user", "alice"])
+        .trim()
+        .to_owned()
 }
 
-impl Server {
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(BIN)
-            .current_dir(dir)
-            .env_remove("DATABASE_URL")
-            .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-            .env("RUST_LOG", "debug")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start switchboard");
-        let (tx, lines) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Self {
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// The address the server says it listens on (`host:port`).
-    fn listening_on(&mut self) -> String {
-        let line = self.wait_for("listening on http://");
-        line.split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap()
-            .to_owned()
-    }
-
-    /// Reads log lines until one contains `needle`; returns it.
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.log.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no log line with {needle:?}; log so far:\n{}",
-            self.log.join("\n")
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The server as a user starts it: in `dir`, on embedded defaults, at debug level.
+fn start_server(dir: &Path) -> Process {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "debug");
+    Process::spawn(command)
 }
 
 #[tokio::test]
 async fn the_run_command_works_from_nothing_and_logs_no_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path());
+    let mut server = start_server(dir.path());
     let addr = server.listening_on();
     assert!(server
         .wait_for("database: sqlite")
@@ -127,12 +74,7 @@ async fn the_run_command_works_from_nothing_and_logs_no_secret() {
         value("SWITCHBOARD_API_KEY"),
     );
     assert!(jwt_secret.len() >= 32 && api_key.len() >= 16);
-    let token = cli(
-        dir.path(),
-        &["token", "--account", "acme", "--user", "alice"],
-    )
-    .trim()
-    .to_owned();
+    let token = alice_token(dir.path());
 
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
         .await
@@ -312,24 +254,15 @@ fn a_port_in_use_is_a_clear_error_before_anything_starts() {
 #[tokio::test]
 async fn sigterm_closes_every_session_with_1001_then_exits() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::start(dir.path());
+    let mut server = start_server(dir.path());
     let addr = server.listening_on();
-    let token = cli(
-        dir.path(),
-        &["token", "--account", "acme", "--user", "alice"],
-    )
-    .trim()
-    .to_owned();
+    let token = alice_token(dir.path());
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
         .await
         .unwrap();
     ws.next().await.unwrap().unwrap(); // welcome
 
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    server.signal("TERM");
     // The client is told, rather than left to find out when the connection drops.
     let close = loop {
         match ws.next().await {
@@ -340,17 +273,10 @@ async fn sigterm_closes_every_session_with_1001_then_exits() {
     };
     let close = close.expect("a close code");
     assert_eq!(close.code, CloseCode::Away);
-    assert_eq!(close.reason.as_str(), "server shutting down");
+    assert_eq!(close.reason.as_str(), "server shutting down; reconnect");
     drop(ws);
     server.wait_for("session(s) closed with 1001");
     // And the process ends on its own (the server's own graceful timeout is 10 s).
-    let deadline = Instant::now() + Duration::from_secs(8);
-    loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            assert!(status.success(), "{status}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "still running after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let status = server.exits_within(Duration::from_secs(8));
+    assert!(status.success(), "{status}");
 }

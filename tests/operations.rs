@@ -1,8 +1,11 @@
-//! What operators and their load balancers see: liveness and readiness.
+//! What operators, their load balancers and their monitoring see: liveness, readiness, the
+//! database going away and coming back, metrics.
+
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{Db, TestServer};
+use crate::common::{token, unique, Db, TestServer, API_KEY};
 
 #[tokio::test]
 async fn health_and_readiness_answer_for_load_balancers() {
@@ -19,5 +22,166 @@ async fn health_and_readiness_answer_for_load_balancers() {
     assert_eq!(
         ready.json::<Value>().await.unwrap(),
         json!({"status": "ready", "database": "ok", "draining": false})
+    );
+}
+
+/// A TCP relay between the server and PostgreSQL that the test can cut: what the server sees
+/// when the database goes away (connections reset, new ones refused) and comes back.
+struct Relay {
+    port: u16,
+    upstream: std::net::SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut relay = Self {
+            port,
+            upstream,
+            task: None,
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let upstream = self.upstream;
+        self.task = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    /// Every connection through the relay is dropped, and new ones are refused.
+    fn cut(&mut self) {
+        // Aborting the task drops the listener and, with the join set, every connection.
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    async fn restore(&mut self) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => break listener,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgresql_down_publishes_answer_503_and_the_node_recovers_by_itself() {
+    let Some(db) = Db::postgres() else {
+        eprintln!(
+            "skipped: set {} to run on PostgreSQL",
+            crate::common::POSTGRES_ENV
+        );
+        return;
+    };
+    let url = reqwest::Url::parse(db.url()).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let mut relay = Relay::start(upstream.parse().unwrap()).await;
+    let mut through_relay = url.clone();
+    through_relay.set_port(Some(relay.port)).unwrap();
+    let mut config = crate::common::config(&Db::with_url(through_relay.as_str()));
+    config.db_pool_size = 2;
+    let server = TestServer::start(config);
+
+    let account = unique("pg-down");
+    let (mut client, _) = server.connect(&token(&account, "alice")).await;
+    let first = server.publish(&account, None, "before", json!(1)).await;
+    assert_eq!(client.next_event().await.0, first);
+
+    relay.cut();
+    let body = json!({"account_id": account, "event": "during", "data": 2}).to_string();
+    let (status, answer) = server
+        .publish_raw(Some(&format!("Bearer {API_KEY}")), body)
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "unavailable");
+    let ready = reqwest::get(server.http_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap()["database"],
+        "unreachable"
+    );
+
+    relay.restore().await;
+    // The node reconnects by itself; the refused publish was not stored behind anyone's back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let body = json!({"account_id": account, "event": "after", "data": 3}).to_string();
+        let (status, answer) = server
+            .publish_raw(Some(&format!("Bearer {API_KEY}")), body)
+            .await;
+        if status == 200 {
+            break answer["seq"].as_u64().unwrap();
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(Instant::now() < deadline, "still unavailable");
+    };
+    assert_eq!(after, first + 1);
+    let (seq, event, _) = client.next_event().await;
+    assert_eq!((seq, event.as_str()), (after, "after"));
+}
+
+#[tokio::test]
+async fn metrics_are_served_for_prometheus_without_user_labels() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let scrape = || async {
+        let response = reqwest::get(server.http_url("/metrics")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    let account = unique("metrics");
+    let (mut client, _) = server.connect(&token(&account, "alice")).await;
+    server.publish(&account, None, "x", json!(1)).await;
+    client.next_event().await;
+    let refused = server
+        .try_connect(format!("{}?token=not-a-token", server.ws_url()))
+        .await;
+    assert!(refused.is_err());
+
+    let text = scrape().await;
+    for name in [
+        "# TYPE switchboard_connections gauge",
+        "# TYPE switchboard_rooms gauge",
+        "# TYPE switchboard_deliveries_total counter",
+        "# TYPE switchboard_events_published_total counter",
+        "# TYPE switchboard_publish_to_delivery_seconds histogram",
+        "switchboard_publish_to_delivery_seconds_bucket{node=\"node_",
+        "switchboard_auth_failures_total{node=\"node_",
+        "reason=\"malformed-token\"}",
+    ] {
+        assert!(text.contains(name), "no {name:?} in:\n{text}");
+    }
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let delivered = value(&text, "switchboard_deliveries_total");
+    assert!(delivered >= 1.0, "{text}");
+    // Tests share one process, so counters move with other tests: only growth is asserted.
+    server.publish(&account, None, "x", json!(2)).await;
+    client.next_event().await;
+    assert!(value(&scrape().await, "switchboard_deliveries_total") > delivered);
+    // Never labelled by who: the account and the user appear nowhere.
+    assert!(
+        !text.contains(&account) && !text.contains("alice"),
+        "{text}"
     );
 }

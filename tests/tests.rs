@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod browser_side;
 mod cli;
+mod cluster;
 mod conversations;
 mod delivery;
 mod heartbeat;

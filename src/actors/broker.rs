@@ -4,17 +4,23 @@
 //!
 //! Because every message for a room passes through the broker, the broker's count of a room's
 //! members is exact, and a room is never stopped with a join still on its way to it.
+//!
+//! In cluster mode the broker also relays what this node stores to the other nodes and hands
+//! what they relay ([`FromPeers`]) to its rooms (see [`crate::cluster`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::room::{Room, RoomEvent, Shutdown};
+use super::room::{Fill, Members, PresenceChanged, Room, RoomEvent, Shutdown};
 use super::session::{Backlog, Deliver, FromRoom};
+use crate::cluster::Cluster;
 use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
+use crate::metrics;
 use crate::store::Store;
 
 /// A session asks to receive its account's events.
@@ -34,10 +40,17 @@ pub struct Join {
     pub backlog: Arc<Backlog>,
 }
 
-/// The server is shutting down: every session is told to close (1001). Answers how many were.
+/// The server is shutting down: every session is told to close (1001, "reconnect"), in batches
+/// spread over `period`, so that clients reconnecting to the other nodes do not arrive all at
+/// once. Answers, when done, how many were told.
 #[derive(Message, Clone, Copy)]
 #[rtype(result = "usize")]
-pub struct Drain;
+pub struct Drain {
+    pub period: Duration,
+}
+
+/// How far apart a drain's batches are: its period is cut into steps this long.
+const DRAIN_STEP: Duration = Duration::from_millis(100);
 
 /// A session has ended.
 #[derive(Message)]
@@ -49,7 +62,7 @@ pub struct Leave {
 
 /// An ephemeral frame (presence, typing) for some users of an account — or all of them — except
 /// one; never stored.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct Ephemeral {
     pub account: AccountId,
@@ -94,8 +107,33 @@ struct RoomEntry {
     members: usize,
 }
 
+/// News from the other nodes of a cluster.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum FromPeers {
+    /// An event another node stored.
+    Event {
+        account: AccountId,
+        event: RoomEvent,
+    },
+    Ephemeral(Ephemeral),
+    /// A user came online or went offline across the cluster.
+    Presence {
+        account: AccountId,
+        user: UserId,
+        online: bool,
+    },
+}
+
+/// Events may have been stored that rooms did not hear of: the account's room (every room, for
+/// `None`) reads them from the database.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CatchUp(pub Option<AccountId>);
+
 pub struct Broker {
     store: Store,
+    cluster: Option<Cluster>,
     presence: Presence,
     /// Sessions (tabs) one user may have open at once.
     max_sessions_per_user: usize,
@@ -105,9 +143,15 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(store: Store, presence: Presence, max_sessions_per_user: usize) -> Self {
+    pub fn new(
+        store: Store,
+        presence: Presence,
+        max_sessions_per_user: usize,
+        cluster: Option<Cluster>,
+    ) -> Self {
         Self {
             store,
+            cluster,
             presence,
             max_sessions_per_user,
             rooms: HashMap::new(),
@@ -126,6 +170,7 @@ impl Handler<Join> for Broker {
     fn handle(&mut self, join: Join, _: &mut Context<Self>) {
         let entry = self.rooms.entry(join.account.clone()).or_insert_with(|| {
             log::debug!("room open account={}", join.account);
+            metrics::room_opened();
             RoomEntry {
                 room: {
                     let room = Room::new(
@@ -134,6 +179,7 @@ impl Handler<Join> for Broker {
                         self.store.clone(),
                         self.presence,
                         self.max_sessions_per_user,
+                        self.cluster.clone(),
                     );
                     Supervisor::start(move |_| room)
                 },
@@ -157,8 +203,36 @@ impl Handler<Leave> for Broker {
         entry.room.do_send(leave);
         if entry.members == 0 {
             log::debug!("room close account={account}");
+            metrics::room_closed();
             entry.room.do_send(Shutdown);
             self.rooms.remove(&account);
+        }
+    }
+}
+
+impl Broker {
+    /// Wakes the account's long-polls the event is for, and hands it to the account's room.
+    fn deliver(&mut self, account: &AccountId, event: RoomEvent) {
+        if let Some(waiters) = self.waiters.get_mut(account) {
+            let target = event.user.as_ref();
+            let woken = waiters.extract_if(.., |w| target.is_none_or(|t| *t == w.user));
+            for waiter in woken {
+                // The long-poll reads the events itself; this only wakes it.
+                let _ = waiter.wake.send(());
+            }
+            if waiters.is_empty() {
+                self.waiters.remove(account);
+            }
+        }
+        // No room means no live session: the event is stored, and that is all it needs.
+        if let Some(entry) = self.rooms.get(account) {
+            entry.room.do_send(event);
+        }
+    }
+
+    fn ephemeral(&self, ephemeral: Ephemeral) {
+        if let Some(entry) = self.rooms.get(&ephemeral.account) {
+            entry.room.do_send(ephemeral);
         }
     }
 }
@@ -167,21 +241,11 @@ impl Handler<Publish> for Broker {
     type Result = ();
 
     fn handle(&mut self, publish: Publish, _: &mut Context<Self>) {
-        if let Some(waiters) = self.waiters.get_mut(&publish.account) {
-            let target = publish.event.user.as_ref();
-            let woken = waiters.extract_if(.., |w| target.is_none_or(|t| *t == w.user));
-            for waiter in woken {
-                // The long-poll reads the events itself; this only wakes it.
-                let _ = waiter.wake.send(());
-            }
-            if waiters.is_empty() {
-                self.waiters.remove(&publish.account);
-            }
+        metrics::published(1);
+        if let Some(cluster) = &self.cluster {
+            cluster.relay_event(&publish.account, &publish.event);
         }
-        // No room means no live session: the event is stored, and that is all it needs.
-        if let Some(entry) = self.rooms.get(&publish.account) {
-            entry.room.do_send(publish.event);
-        }
+        self.deliver(&publish.account, publish.event);
     }
 }
 
@@ -189,8 +253,47 @@ impl Handler<Ephemeral> for Broker {
     type Result = ();
 
     fn handle(&mut self, ephemeral: Ephemeral, _: &mut Context<Self>) {
-        if let Some(entry) = self.rooms.get(&ephemeral.account) {
-            entry.room.do_send(ephemeral);
+        if let Some(cluster) = &self.cluster {
+            cluster.relay_ephemeral(ephemeral.clone());
+        }
+        self.ephemeral(ephemeral);
+    }
+}
+
+impl Handler<FromPeers> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, news: FromPeers, _: &mut Context<Self>) {
+        match news {
+            FromPeers::Event { account, event } => self.deliver(&account, event),
+            FromPeers::Ephemeral(ephemeral) => self.ephemeral(ephemeral),
+            FromPeers::Presence {
+                account,
+                user,
+                online,
+            } => {
+                if let Some(entry) = self.rooms.get(&account) {
+                    entry.room.do_send(PresenceChanged { user, online });
+                }
+            }
+        }
+    }
+}
+
+impl Handler<CatchUp> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, CatchUp(account): CatchUp, _: &mut Context<Self>) {
+        match account {
+            Some(account) => {
+                if let Some(entry) = self.rooms.get(&account) {
+                    entry.room.do_send(Fill);
+                }
+            }
+            None => self
+                .rooms
+                .values()
+                .for_each(|entry| entry.room.do_send(Fill)),
         }
     }
 }
@@ -203,7 +306,14 @@ impl Handler<OnlineUsers> for Broker {
             .rooms
             .get(&query.account)
             .map(|entry| entry.room.clone());
+        let cluster = self.cluster.clone();
         Box::pin(async move {
+            if let Some(cluster) = cluster {
+                if let Some(users) = cluster.online_users(&query.account).await {
+                    return users;
+                }
+            }
+            // Alone, or Redis cannot say: this node's view.
             match room {
                 Some(room) => room.send(query).await.unwrap_or_default(),
                 None => Vec::new(),
@@ -218,11 +328,22 @@ impl Handler<Drain> for Broker {
     fn handle(&mut self, drain: Drain, _: &mut Context<Self>) -> Self::Result {
         let rooms: Vec<_> = self.rooms.values().map(|e| e.room.clone()).collect();
         Box::pin(async move {
-            let mut told = 0;
+            let mut sessions = Vec::new();
             for room in rooms {
-                told += room.send(drain).await.unwrap_or(0);
+                sessions.extend(room.send(Members).await.unwrap_or_default());
             }
-            told
+            let batches = (drain.period.as_millis() / DRAIN_STEP.as_millis()).max(1) as usize;
+            let per_batch = sessions.len().div_ceil(batches).max(1);
+            let pause = drain.period / batches as u32;
+            for (i, batch) in sessions.chunks(per_batch).enumerate() {
+                if i > 0 {
+                    actix::clock::sleep(pause).await;
+                }
+                for session in batch {
+                    session.do_send(FromRoom::GoingAway);
+                }
+            }
+            sessions.len()
         })
     }
 }

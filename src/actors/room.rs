@@ -8,18 +8,21 @@
 //! so once the database shows seq N, every earlier event is there too.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use super::broker::{Drain, Ephemeral, Join, Leave, OnlineUsers};
+use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
 use super::session::{frame_size, Backlog, Deliver, FromRoom};
+use crate::cluster::Cluster;
 use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
+use crate::metrics;
 use crate::protocol::{ephemeral_frame, event_frame};
 use crate::store::{events, Store};
 
@@ -39,24 +42,59 @@ const PRESENCE_BATCH: Duration = Duration::from_millis(100);
 /// [`Handed`]): a client that stopped reading must not slow its whole account.
 const PACED_BELOW: usize = 16 * 1024;
 
-/// Carried by every delivery of one published event. The sender inside is dropped with the
-/// last copy — once every session has taken its frame — which tells the publish API the room
-/// has caught up. Publishers are thereby paced by what the room can deliver instead of queueing
-/// work in it without bound.
+/// Carried by every delivery of one event. Its last copy is dropped once every session has
+/// taken its frame, which (1) records the event's publish-to-delivery latency and (2) tells a
+/// waiting publish API call that the room has caught up: publishers are thereby paced by what
+/// the room can deliver instead of queueing work in it without bound.
 #[derive(Debug, Clone)]
-pub struct Handed {
-    _last_copy_drops_it: Arc<oneshot::Sender<()>>,
+pub struct Handed(Arc<Ticket>);
+
+#[derive(Debug)]
+struct Ticket {
+    since: Instant,
+    /// Dropped with the ticket; nothing is ever sent.
+    _taken: Option<oneshot::Sender<()>>,
+    /// Whether any session was offered the event: only then is there a latency to record.
+    offered: AtomicBool,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if *self.offered.get_mut() {
+            metrics::publish_to_delivery(self.since.elapsed());
+        }
+    }
 }
 
 impl Handed {
-    /// The ticket, and what resolves (with `Err`, as nothing is ever sent) when its last copy
-    /// is gone.
+    /// For a publisher that waits: the ticket, and what resolves (with `Err`) when its last
+    /// copy is gone.
     pub fn new() -> (Self, oneshot::Receiver<()>) {
         let (sender, receiver) = oneshot::channel();
-        let handed = Self {
-            _last_copy_drops_it: Arc::new(sender),
-        };
-        (handed, receiver)
+        (Self::ticket(Instant::now(), Some(sender)), receiver)
+    }
+
+    /// For an event stored `age` ago, with nobody waiting.
+    pub fn stored_ago(age: Duration) -> Self {
+        let since = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        Self::ticket(since, None)
+    }
+
+    fn ticket(since: Instant, taken: Option<oneshot::Sender<()>>) -> Self {
+        Self(Arc::new(Ticket {
+            since,
+            _taken: taken,
+            offered: AtomicBool::new(false),
+        }))
+    }
+
+    /// How long ago the event was published.
+    pub fn age(&self) -> Duration {
+        self.0.since.elapsed()
+    }
+
+    fn offered(&self) {
+        self.0.offered.store(true, Ordering::Relaxed);
     }
 }
 
@@ -68,7 +106,7 @@ pub struct RoomEvent {
     /// When set, only this user's sessions receive it.
     pub user: Option<UserId>,
     pub frame: ByteString,
-    /// Set for events from the publish API, which waits for it.
+    /// Set for newly stored events (not for those read back from the database).
     pub handed: Option<Handed>,
 }
 
@@ -111,16 +149,19 @@ struct Member {
 impl Member {
     /// Queues a frame for the member unless its client is too far behind. The session then
     /// closes itself as a slow consumer (at its next message or heartbeat), and the client
-    /// resumes from its last sequence number, so the frames not queued are not lost.
-    fn offer(&self, frame: &ByteString, seq: Option<u64>, handed: Option<&Handed>) {
+    /// resumes from its last sequence number, so the frames not queued are not lost. Answers
+    /// whether the frame was queued.
+    fn offer(&self, frame: &ByteString, seq: Option<u64>, handed: Option<&Handed>) -> bool {
         let handed = handed.filter(|_| self.backlog.queued() < PACED_BELOW);
-        if self.backlog.reserve(frame_size(frame.len())) {
-            self.deliver.do_send(Deliver {
-                frame: frame.clone(),
-                seq,
-                handed: handed.cloned(),
-            });
+        if !self.backlog.reserve(frame_size(frame.len())) {
+            return false;
         }
+        self.deliver.do_send(Deliver {
+            frame: frame.clone(),
+            seq,
+            handed: handed.cloned(),
+        });
+        true
     }
 }
 
@@ -147,6 +188,8 @@ pub struct Room {
     presence_changes: Vec<(UserId, bool)>,
     /// Within [`PRESENCE_BATCH`] of the last announcement: changes wait for the next.
     presence_batching: bool,
+    /// In cluster mode, presence is decided across nodes (see [`crate::cluster::presence`]).
+    cluster: Option<Cluster>,
 }
 
 impl Room {
@@ -157,8 +200,10 @@ impl Room {
         store: Store,
         presence: Presence,
         max_sessions_per_user: usize,
+        cluster: Option<Cluster>,
     ) -> Self {
         Self {
+            cluster,
             max_sessions_per_user,
             account,
             store,
@@ -265,13 +310,25 @@ impl Room {
 
     fn fan_out(&self, event: &RoomEvent) {
         let deliver = |id: &SessionId| {
-            if let Some(member) = self.members.get(id) {
-                member.offer(&event.frame, Some(event.seq), event.handed.as_ref());
-            }
+            self.members.get(id).is_some_and(|member| {
+                member.offer(&event.frame, Some(event.seq), event.handed.as_ref())
+            })
         };
-        match &event.user {
-            None => self.members.keys().for_each(deliver),
-            Some(user) => self.tabs.get(user).into_iter().flatten().for_each(deliver),
+        let delivered = match &event.user {
+            None => self.members.keys().filter(|id| deliver(id)).count(),
+            Some(user) => self
+                .tabs
+                .get(user)
+                .into_iter()
+                .flatten()
+                .filter(|id| deliver(id))
+                .count(),
+        };
+        if delivered > 0 {
+            metrics::delivered(delivered);
+            if let Some(handed) = &event.handed {
+                handed.offered();
+            }
         }
     }
 
@@ -294,6 +351,18 @@ impl Room {
                     room.fill(ctx);
                 }
             });
+        }
+    }
+
+    /// A user's first session here opened (`online`), or their last one closed. Alone, the room
+    /// decides what that means for their presence, keeping the grace itself; in a cluster, the
+    /// cluster decides — the user may have sessions on other nodes, and this room may close
+    /// before the grace is over.
+    fn presence_here(&mut self, user: UserId, online: bool, ctx: &mut Context<Self>) {
+        match (&self.cluster, online) {
+            (Some(cluster), _) => cluster.presence(&self.account, &user, online),
+            (None, true) => self.presence_changed(&user, true, ctx),
+            (None, false) => self.going_offline(user, ctx),
         }
     }
 
@@ -327,6 +396,7 @@ impl Room {
             }
             Err(e) => {
                 log::error!("room start failed account={}: {e}", room.account);
+                metrics::database_error();
                 ctx.wait(actix::clock::sleep(FILL_RETRY).into_actor(room));
                 room.read_last_seq(ctx);
             }
@@ -350,6 +420,7 @@ impl Room {
                 Ok(rows) => room.apply_fill(rows, ctx),
                 Err(e) => {
                     log::error!("room fill failed account={}: {e}", room.account);
+                    metrics::database_error();
                     room.filling = true;
                     ctx.run_later(FILL_RETRY, |room, ctx| room.fill(ctx));
                 }
@@ -437,7 +508,7 @@ impl Handler<Join> for Room {
             },
         );
         if first_tab && returning.is_none() {
-            self.presence_changed(&join.user, true, ctx);
+            self.presence_here(join.user, true, ctx);
         }
     }
 }
@@ -455,7 +526,7 @@ impl Handler<Leave> for Room {
         tabs.retain(|id| *id != session);
         if tabs.is_empty() {
             self.tabs.remove(&member.user);
-            self.going_offline(member.user, ctx);
+            self.presence_here(member.user, false, ctx);
         }
     }
 }
@@ -471,15 +542,48 @@ impl Handler<RoomEvent> for Room {
     }
 }
 
-impl Handler<Drain> for Room {
-    type Result = usize;
+/// Who to tell when the server goes away: every member's notice address.
+#[derive(Message)]
+#[rtype(result = "Vec<Recipient<FromRoom>>")]
+pub struct Members;
 
-    /// Tells every session the server is going away; they close with 1001.
-    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> usize {
-        for member in self.members.values() {
-            member.notices.do_send(FromRoom::GoingAway);
+impl Handler<Members> for Room {
+    type Result = MessageResult<Members>;
+
+    fn handle(&mut self, _: Members, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.members.values().map(|m| m.notices.clone()).collect())
+    }
+}
+
+/// A user came online or went offline on some node of the cluster.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PresenceChanged {
+    pub user: UserId,
+    pub online: bool,
+}
+
+impl Handler<PresenceChanged> for Room {
+    type Result = ();
+
+    fn handle(&mut self, change: PresenceChanged, ctx: &mut Context<Self>) {
+        self.presence_changed(&change.user, change.online, ctx);
+    }
+}
+
+/// Events may have been stored that this room did not hear of (another node's, while Redis was
+/// unreachable): read them from the database.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Fill;
+
+impl Handler<Fill> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Fill, ctx: &mut Context<Self>) {
+        if !self.filling && self.last_seq_known {
+            self.fill(ctx);
         }
-        self.members.len()
     }
 }
 

@@ -1,6 +1,7 @@
-//! Liveness and readiness, for load balancers and orchestrators: `/healthz` says the process
-//! answers; `/readyz` says it should be sent traffic — its database answers and it is not
-//! draining (a stopping node turns unready first, so the balancer moves clients away).
+//! What load balancers, orchestrators and monitoring ask a node: `/healthz` says the process
+//! answers; `/readyz` says it should be sent traffic — its database answers, its Redis too in
+//! cluster mode, and it is not draining (a stopping node turns unready first, so the balancer
+//! moves clients away); `/metrics` is the Prometheus scrape (see [`crate::metrics`]).
 
 use std::sync::atomic::Ordering;
 
@@ -26,14 +27,29 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
         .await
         .is_ok();
     let draining = state.draining.load(Ordering::Relaxed);
-    let body = json!({
-        "status": if database && !draining { "ready" } else { "not-ready" },
+    let redis = state.cluster.as_ref().map(|cluster| cluster.redis_up());
+    let ready = database && !draining && redis != Some(false);
+    let mut body = json!({
+        "status": if ready { "ready" } else { "not-ready" },
         "database": if database { "ok" } else { "unreachable" },
         "draining": draining,
     });
-    if database && !draining {
+    if let Some(redis) = redis {
+        // Without Redis the node still serves its own sessions, alone: degraded.
+        body["redis"] = json!(if redis { "ok" } else { "unreachable" });
+        if !redis && database && !draining {
+            body["status"] = json!("degraded");
+        }
+    }
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)
     }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
 }

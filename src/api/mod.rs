@@ -39,6 +39,9 @@ use crate::webhooks::{self, facebook, generic, zalo};
 
 /// What every request handler shares.
 pub struct AppState {
+    /// Set in cluster mode.
+    pub cluster: Option<crate::cluster::Cluster>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub verifier: Arc<Verifier>,
     /// Set when the server starts stopping: `/readyz` then says so.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
@@ -84,6 +87,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     .route("/ws", web::get().to(ws::connect))
     .route("/healthz", web::get().to(health::alive))
     .route("/readyz", web::get().to(health::ready))
+    .route("/metrics", web::get().to(health::metrics))
     .route("/sdk/switchboard.js", web::get().to(sdk::script))
     .route("/sdk/switchboard.d.ts", web::get().to(sdk::types))
     .route("/demo", web::get().to(demo::page))

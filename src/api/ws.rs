@@ -26,6 +26,9 @@ pub async fn connect(
     stream: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
     // Before any token work: a page on another site must not open a socket with the user's
     // credentials (cross-site WebSocket hijacking).
     if let Some(origin) = req.headers().get(header::ORIGIN) {

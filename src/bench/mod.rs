@@ -36,9 +36,13 @@ const CONNECTING_AT_ONCE: usize = 256;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// The server's HTTP address (loopback).
+    /// The server's HTTP address (loopback); publishes go here.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Cluster mode: the nodes the WebSocket connections are spread over, round-robin
+    /// (comma-separated HTTP addresses; default: `--url`).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
     /// WebSocket connections to open.
     #[arg(long, default_value_t = 1000)]
     connections: usize,
@@ -184,7 +188,14 @@ fn server_addr(url: &str) -> Result<SocketAddr, String> {
 }
 
 async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Result<Report, String> {
-    let addr = server_addr(&args.url)?;
+    let nodes = if args.nodes.is_empty() {
+        vec![server_addr(&args.url)?]
+    } else {
+        args.nodes
+            .iter()
+            .map(|url| server_addr(url))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let deadline = Instant::now() + args.timeout;
     let accounts = args.accounts.max(1);
     let run_id = crate::ids::SessionId::random();
@@ -216,6 +227,7 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
     let mut readers = Vec::with_capacity(connections);
     for ((i, sink), token) in received.iter().enumerate().zip(tokens) {
         let account = i % accounts;
+        let addr = nodes[i % nodes.len()];
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / PER_SOURCE_ADDRESS) as u8));
         let (semaphore, sink, delivered, ready) = (
             semaphore.clone(),

@@ -55,6 +55,21 @@ pub enum StoreError {
     NoSequence,
 }
 
+impl StoreError {
+    /// The database could not be reached (no connection, or it went away mid-query): worth
+    /// retrying shortly, unlike a failed query.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Unavailable(_) => true,
+            Self::Query(DieselError::DatabaseError(kind, _)) => matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// The shared handle to the database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {

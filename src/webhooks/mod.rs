@@ -245,11 +245,12 @@ pub struct Stats {
 impl Stats {
     /// Counts and logs a refused signature — never the signature or the secret themselves.
     pub fn refused(&self, provider: &str, error: SignatureError) -> ApiError {
-        let counter = match provider {
-            "facebook" => &self.facebook,
-            "zalo" => &self.zalo,
-            _ => &self.generic,
+        let (counter, name) = match provider {
+            "facebook" => (&self.facebook, "facebook"),
+            "zalo" => (&self.zalo, "zalo"),
+            _ => (&self.generic, "generic"),
         };
+        crate::metrics::webhook_signature_failure(name);
         let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
         log::warn!(
             "webhook refused provider={provider} reason={} refused_total={total}",

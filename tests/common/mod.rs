@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,6 +53,14 @@ impl Db {
     pub fn postgres() -> Option<Self> {
         let url = std::env::var(POSTGRES_ENV).ok()?;
         Some(Self { url, _dir: None })
+    }
+
+    /// A database at `url`, which the test owns.
+    pub fn with_url(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            _dir: None,
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -125,6 +135,8 @@ pub fn config(db: &Db) -> Config {
             max_body_bytes: 64 * 1024,
             tolerance: Duration::from_secs(300),
         },
+        redis_url: None,
+        drain_period: Duration::from_millis(500),
         outbound: OutboundConfig {
             max_attempts: 3,
             retry_base: Duration::from_millis(100),
@@ -155,7 +167,7 @@ pub fn config(db: &Db) -> Config {
 }
 
 pub struct TestServer {
-    pub addr: SocketAddr,
+    pub api: Api,
     /// The engine's broker, for tests that reach past the API (making a room fail).
     pub broker: actix::Addr<switchboard::actors::broker::Broker>,
     handle: actix_web::dev::ServerHandle,
@@ -177,7 +189,7 @@ impl TestServer {
         });
         let (addr, handle, broker) = rx.recv().expect("server thread reports its address");
         Self {
-            addr,
+            api: Api { addr },
             broker,
             handle,
             thread: Some(thread),
@@ -187,7 +199,22 @@ impl TestServer {
     pub fn on(db: &Db) -> Self {
         Self::start(config(db))
     }
+}
 
+impl std::ops::Deref for TestServer {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+/// A server's API, as its clients reach it.
+pub struct Api {
+    pub addr: SocketAddr,
+}
+
+impl Api {
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.addr)
     }
@@ -489,7 +516,7 @@ impl SilentClient {
 }
 
 /// HTTP helpers for the admin, user and webhook endpoints.
-impl TestServer {
+impl Api {
     /// A request with the server API key.
     pub async fn admin(
         &self,

@@ -34,6 +34,7 @@ use super::room::Handed;
 use crate::auth::{Identity, Verifier};
 use crate::config::Heartbeat;
 use crate::ids::SessionId;
+use crate::metrics;
 use crate::outbound::Dispatcher;
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 use crate::store::Store;
@@ -142,6 +143,13 @@ impl Session {
             return;
         }
         self.end_reason = Some(close.reason().to_owned());
+        match close {
+            Close::HeartbeatTimeout => metrics::heartbeat_timeout(),
+            Close::SlowConsumer => metrics::slow_consumer(),
+            Close::TokenExpired => metrics::auth_failure("token-expired"),
+            Close::TokenRefused => metrics::auth_failure("token-refused"),
+            _ => {}
+        }
         ctx.close(Some(CloseReason {
             code: CloseCode::from(close.code()),
             description: Some(close.reason().to_owned()),
@@ -260,6 +268,7 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::session_opened();
         log::info!(
             "connect account={} user={} session={}",
             self.identity.account,
@@ -295,6 +304,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        metrics::session_closed();
         self.shared.broker.do_send(Leave {
             session: self.id,
             account: self.identity.account.clone(),

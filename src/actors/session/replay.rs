@@ -16,7 +16,9 @@ use bytestring::ByteString;
 use serde_json::Value;
 
 use super::{Deliver, Session};
+use crate::actors::broker::CatchUp;
 use crate::actors::room::RoomEvent;
+use crate::metrics;
 use crate::protocol::{Close, ServerFrame, SinceError};
 use crate::store::{events, StoreError};
 
@@ -127,6 +129,7 @@ impl Session {
         let refusal = match SinceError::parse(since) {
             Err(e) => Some(e),
             Ok(_) if self.resume.since.is_some() || self.resume.events_written => {
+                metrics::resume("resume-too-late");
                 Some(SinceError::TooLate)
             }
             Ok(since) => {
@@ -170,7 +173,16 @@ impl Session {
                 session.resume.since = None;
                 return session.finish_replay(ctx);
             }
+            if last > joined {
+                // The room is behind the database (it missed another node's news): it reads
+                // what it missed, and delivers it to this session with the rest.
+                session
+                    .shared
+                    .broker
+                    .do_send(CatchUp(Some(session.identity.account.clone())));
+            }
             let kept = since + 1 >= oldest;
+            metrics::resume(if kept { "resumed" } else { "resume-failed" });
             match asked {
                 Asked::Query => session.welcome(ctx, joined, kept),
                 Asked::Frame if kept => {

@@ -1,0 +1,138 @@
+//! Prometheus metrics, served at `GET /metrics`. Recorded through the `metrics` facade into one
+//! process-wide Prometheus recorder; every name is here, with its help text, and no metric is
+//! ever labelled by account, user or token (their number is unbounded, and they are private).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+const CONNECTIONS: &str = "switchboard_connections";
+const ROOMS: &str = "switchboard_rooms";
+const DELIVERIES: &str = "switchboard_deliveries_total";
+const EVENTS_PUBLISHED: &str = "switchboard_events_published_total";
+const PUBLISH_TO_DELIVERY: &str = "switchboard_publish_to_delivery_seconds";
+const HEARTBEAT_TIMEOUTS: &str = "switchboard_heartbeat_timeouts_total";
+const SLOW_CONSUMER_CLOSES: &str = "switchboard_slow_consumer_closes_total";
+const AUTH_FAILURES: &str = "switchboard_auth_failures_total";
+const WEBHOOK_SIGNATURE_FAILURES: &str = "switchboard_webhook_signature_failures_total";
+const RESUMES: &str = "switchboard_resumes_total";
+const REDIS_ERRORS: &str = "switchboard_redis_errors_total";
+const DATABASE_ERRORS: &str = "switchboard_database_errors_total";
+
+/// Latency buckets, in seconds: from a quick local hand-off to a paced publish under load.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The recorder's handle, installing it on first use, labelled with this node's name. (One
+/// process normally runs one node; tests that start several share the first one's label.)
+pub fn install(node: &str) -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .add_global_label("node", node)
+                .set_buckets_for_metric(Matcher::Full(PUBLISH_TO_DELIVERY.into()), LATENCY_BUCKETS)
+                .expect("the buckets are not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            // So a scrape before the first session shows the node, at zero.
+            gauge!(CONNECTIONS).set(0.0);
+            gauge!(ROOMS).set(0.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open WebSocket sessions on this node.");
+    describe_gauge!(ROOMS, "Accounts with a live room on this node.");
+    describe_counter!(DELIVERIES, "Event frames queued for sessions.");
+    describe_counter!(EVENTS_PUBLISHED, "Events stored by this node.");
+    describe_histogram!(
+        PUBLISH_TO_DELIVERY,
+        metrics::Unit::Seconds,
+        "From an event's publish (or storing) to its last session on this node taking it."
+    );
+    describe_counter!(
+        HEARTBEAT_TIMEOUTS,
+        "Sessions closed for answering no ping (4000)."
+    );
+    describe_counter!(
+        SLOW_CONSUMER_CLOSES,
+        "Sessions closed as slow consumers (4001)."
+    );
+    describe_counter!(AUTH_FAILURES, "Refused tokens and API keys, by reason.");
+    describe_counter!(
+        WEBHOOK_SIGNATURE_FAILURES,
+        "Webhooks refused for their signature, by provider."
+    );
+    describe_counter!(RESUMES, "Resume attempts, by outcome.");
+    describe_counter!(REDIS_ERRORS, "Failed Redis commands and lost connections.");
+    describe_counter!(
+        DATABASE_ERRORS,
+        "Database errors seen by requests and rooms."
+    );
+}
+
+pub fn session_opened() {
+    gauge!(CONNECTIONS).increment(1.0);
+}
+
+pub fn session_closed() {
+    gauge!(CONNECTIONS).decrement(1.0);
+}
+
+pub fn room_opened() {
+    gauge!(ROOMS).increment(1.0);
+}
+
+pub fn room_closed() {
+    gauge!(ROOMS).decrement(1.0);
+}
+
+pub fn delivered(frames: usize) {
+    counter!(DELIVERIES).increment(frames as u64);
+}
+
+pub fn published(events: usize) {
+    counter!(EVENTS_PUBLISHED).increment(events as u64);
+}
+
+pub fn publish_to_delivery(latency: Duration) {
+    histogram!(PUBLISH_TO_DELIVERY).record(latency);
+}
+
+pub fn heartbeat_timeout() {
+    counter!(HEARTBEAT_TIMEOUTS).increment(1);
+}
+
+pub fn slow_consumer() {
+    counter!(SLOW_CONSUMER_CLOSES).increment(1);
+}
+
+/// `reason`: the error code the client was given (`token-expired`, `invalid-api-key`, …).
+pub fn auth_failure(reason: &'static str) {
+    counter!(AUTH_FAILURES, "reason" => reason).increment(1);
+}
+
+pub fn webhook_signature_failure(provider: &'static str) {
+    counter!(WEBHOOK_SIGNATURE_FAILURES, "provider" => provider).increment(1);
+}
+
+/// `outcome`: `resumed`, `resume-failed` or `resume-too-late`.
+pub fn resume(outcome: &'static str) {
+    counter!(RESUMES, "outcome" => outcome).increment(1);
+}
+
+pub fn redis_error() {
+    counter!(REDIS_ERRORS).increment(1);
+}
+
+pub fn database_error() {
+    counter!(DATABASE_ERRORS).increment(1);
+}

@@ -1,0 +1,510 @@
+//! Cluster mode as it runs in production: `switchboard` nodes as separate processes on this
+//! machine's PostgreSQL, sharing a `redis-server` of the test's own (on its own port, so the
+//! machine's shared Redis is left alone and can be stopped and restarted mid-stream).
+//!
+//! Clients here behave as the SDK does: when a connection ends they reconnect to a node that is
+//! up, resuming with `?since=` their last sequence number; what they must end with is exactly
+//! their events, in order, once each.
+
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::process::{Process, BIN};
+use crate::common::{token, unique, Api, Client, Db, Received, API_KEY, JWT_SECRET, WAIT};
+
+/// The cluster tests need PostgreSQL (shared by the nodes); they run where the other PostgreSQL
+/// tests run.
+fn postgres() -> Option<Db> {
+    let db = Db::postgres();
+    if db.is_none() {
+        eprintln!(
+            "skipped: cluster mode needs PostgreSQL; set {}",
+            crate::common::POSTGRES_ENV
+        );
+    }
+    db
+}
+
+/// A `redis-server` of the test's own, on a free port; killed on drop.
+struct Redis {
+    port: u16,
+    process: Option<Process>,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut redis = Self {
+            port,
+            process: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it: every connection to it drops, and everything it held is gone.
+    fn stop(&mut self) {
+        self.process.take();
+    }
+
+    /// Starts it (again) on the same port, empty.
+    fn restart(&mut self) {
+        let mut command = Command::new("redis-server");
+        command.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        self.process = Some(Process::spawn(command));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A `switchboard` process in cluster mode.
+struct Node {
+    process: Process,
+    api: Api,
+}
+
+impl std::ops::Deref for Node {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Node {
+    async fn start(db: &Db, redis: &Redis) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .env("DATABASE_URL", db.url())
+            .env("REDIS_URL", redis.url())
+            .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD_JWT_SECRET", JWT_SECRET)
+            .env("SWITCHBOARD_API_KEY", API_KEY)
+            .env("SWITCHBOARD_PRESENCE_GRACE", "300ms")
+            .env("SWITCHBOARD_DRAIN_PERIOD", "1s")
+            .env("RUST_LOG", "info");
+        let mut process = Process::spawn(command);
+        let addr = process.listening_on().parse().unwrap();
+        let node = Self {
+            process,
+            api: Api { addr },
+        };
+        node.until_ready(true).await;
+        node
+    }
+
+    async fn readyz(&self) -> (u16, Value) {
+        match reqwest::get(self.http_url("/readyz")).await {
+            Ok(response) => (
+                response.status().as_u16(),
+                response.json().await.unwrap_or(Value::Null),
+            ),
+            Err(_) => (0, Value::Null),
+        }
+    }
+
+    /// Waits until `/readyz` says ready (or, with `false`, not ready); returns its body.
+    async fn until_ready(&self, ready: bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.readyz().await;
+            if (status == 200) == ready {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "readyz stayed {status} {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A client that keeps its place: what it received, and where to resume.
+struct Follower {
+    token: String,
+    client: Client,
+    seqs: Vec<u64>,
+    reconnects: usize,
+}
+
+impl Follower {
+    async fn connect(node: &Api, account: &str, user: &str) -> Self {
+        let token = token(account, user);
+        let (client, _) = node.connect(&token).await;
+        Self {
+            token,
+            client,
+            seqs: Vec::new(),
+            reconnects: 0,
+        }
+    }
+
+    /// Receives until it holds `count` events; when its connection ends, resumes on the first
+    /// of `nodes` that takes it.
+    async fn collect(&mut self, count: usize, nodes: &[&Api]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.seqs.len() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "only {} of {count} events: {:?}",
+                self.seqs.len(),
+                self.seqs
+            );
+            match self.client.receive(WAIT).await {
+                Received::Json(frame) if frame["type"] == "event" => {
+                    if let Some(seq) = frame["seq"].as_u64() {
+                        self.seqs.push(seq);
+                    }
+                }
+                Received::Json(_) => {}
+                Received::Closed(_) | Received::TimedOut => self.reconnect(nodes).await,
+            }
+        }
+    }
+
+    async fn reconnect(&mut self, nodes: &[&Api]) {
+        let since = self.seqs.last().copied().unwrap_or(0);
+        for _ in 0..100 {
+            for node in nodes {
+                let url = format!("{}?token={}&since={since}", node.ws_url(), self.token);
+                if let Ok(mut client) = node.try_connect(url).await {
+                    let welcome = client.next_json().await;
+                    assert_eq!(welcome["type"], "welcome", "{welcome}");
+                    self.client = client;
+                    self.reconnects += 1;
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no node took the reconnect");
+    }
+}
+
+/// Asserts the follower got exactly `expected`, in order.
+fn assert_exact(who: &str, follower: &Follower, expected: &[u64]) {
+    assert_eq!(follower.seqs, expected, "{who} got the wrong events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_and_webhooks_on_any_node_reach_every_session_on_every_node() {
+    let Some(db) = postgres() else { return };
+    let redis = Redis::start();
+    let nodes = [
+        Node::start(&db, &redis).await,
+        Node::start(&db, &redis).await,
+        Node::start(&db, &redis).await,
+    ];
+    let (acme, globex) = (unique("cluster-acme"), unique("cluster-globex"));
+    let generic = nodes[0]
+        .integration(
+            json!({"provider": "generic", "external_id": unique("shop"), "account_id": acme}),
+        )
+        .await;
+    let (secret, path) = (
+        generic["secret"].as_str().unwrap().to_owned(),
+        generic["webhook_path"].as_str().unwrap().to_owned(),
+    );
+
+    // Every user has a tab on every node.
+    let mut followers = Vec::new();
+    for (account, user) in [(&acme, "alice"), (&acme, "bob"), (&globex, "carol")] {
+        for node in &nodes {
+            followers.push((account, user, Follower::connect(node, account, user).await));
+        }
+    }
+
+    // Sequence numbers of an account are gap-free from 1, so what each user must get follows
+    // from the targeted publishes alone.
+    let mut for_alice_only = Vec::new();
+    for i in 0..45 {
+        let node = &nodes[i % 3];
+        match i % 5 {
+            0 => {
+                // A customer message through a webhook: events for the whole account.
+                let body = json!({"type": "message", "data": {"contact_id": "cust", "text": format!("m{i}")}})
+                    .to_string();
+                let (id, ts) = (format!("wh_{i}"), crate::common::now() as i64);
+                let headers = [
+                    ("webhook-id", id.clone()),
+                    ("webhook-timestamp", ts.to_string()),
+                    (
+                        "webhook-signature",
+                        crate::common::sign::standard(&secret, &id, ts, &body),
+                    ),
+                ];
+                let (status, answer) = node.webhook(&path, &headers, &body).await;
+                assert_eq!(status, 200, "{answer}");
+            }
+            1 => for_alice_only.push(
+                node.publish(&acme, Some("alice"), "dm", json!({"i": i}))
+                    .await,
+            ),
+            2 | 3 => {
+                node.publish(&globex, None, "tick", json!({"i": i})).await;
+            }
+            _ => {
+                node.publish(&acme, None, "tick", json!({"i": i})).await;
+            }
+        }
+    }
+    let acme_last = nodes[2].publish(&acme, None, "last", json!(null)).await;
+    let globex_last = nodes[0].publish(&globex, None, "last", json!(null)).await;
+
+    let api: Vec<&Api> = nodes.iter().map(|n| &n.api).collect();
+    for (account, user, follower) in &mut followers {
+        let want: Vec<u64> = if *account == &globex {
+            (1..=globex_last).collect()
+        } else if *user == "alice" {
+            (1..=acme_last).collect()
+        } else {
+            (1..=acme_last)
+                .filter(|seq| !for_alice_only.contains(seq))
+                .collect()
+        };
+        follower.collect(want.len(), &api).await;
+        follower
+            .client
+            .expect_silence(Duration::from_millis(300))
+            .await;
+        assert_exact(&format!("{account}/{user}"), follower, &want);
+        assert_eq!(follower.reconnects, 0, "{account}/{user} was disconnected");
+    }
+}
+
+/// Publishes `count` events for the whole account through `node`, one after another with a
+/// pause, from a task of its own; answers their sequence numbers.
+fn publish_in_background(
+    node: &Api,
+    account: &str,
+    count: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<Vec<u64>> {
+    let (node, account) = (Api { addr: node.addr }, account.to_owned());
+    tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        for i in 0..count {
+            seqs.push(
+                node.publish(&account, None, "tick", json!({ "i": i }))
+                    .await,
+            );
+            tokio::time::sleep(pause).await;
+        }
+        seqs
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_and_of_a_drained_node_resume_elsewhere_losing_nothing() {
+    let Some(db) = postgres() else { return };
+    let redis = Redis::start();
+    let mut nodes = [
+        Node::start(&db, &redis).await,
+        Node::start(&db, &redis).await,
+        Node::start(&db, &redis).await,
+    ];
+    let account = unique("cluster-failover");
+    let mut followers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for tab in 0..2 {
+            let user = format!("user-{i}-{tab}");
+            followers.push((i, Follower::connect(node, &account, &user).await));
+        }
+    }
+    let publishing = publish_in_background(&nodes[2], &account, 120, Duration::from_millis(10));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    nodes[0].process.signal("KILL");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    nodes[1].process.signal("TERM");
+    let published = publishing.await.unwrap();
+    assert_eq!(published, (1..=120).collect::<Vec<u64>>());
+
+    let survivor = [&nodes[2].api];
+    for (node, follower) in &mut followers {
+        follower.collect(published.len(), &survivor).await;
+        follower
+            .client
+            .expect_silence(Duration::from_millis(300))
+            .await;
+        assert_exact(&format!("a client of node {node}"), follower, &published);
+        let moved = if *node == 2 { 0 } else { 1 };
+        assert_eq!(follower.reconnects, moved, "client of node {node}");
+    }
+    // Drained, the node said so to every client and stopped by itself.
+    let drained = &mut nodes[1].process;
+    drained.wait_for("2 session(s) closed with 1001");
+    assert!(drained.exits_within(Duration::from_secs(10)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
+    let Some(db) = postgres() else { return };
+    let mut redis = Redis::start();
+    let nodes = [
+        Node::start(&db, &redis).await,
+        Node::start(&db, &redis).await,
+    ];
+    let account = unique("cluster-redis");
+    let mut followers = Vec::new();
+    for user in ["ann", "ben", "cat"] {
+        followers.push(Follower::connect(&nodes[1], &account, user).await);
+    }
+    let mut published = Vec::new();
+    for i in 0..30 {
+        published.push(
+            nodes[0]
+                .publish(&account, None, "tick", json!({ "i": i }))
+                .await,
+        );
+    }
+    redis.stop();
+    // Both nodes carry on — publishes are accepted and stored — and say they are degraded.
+    for node in &nodes {
+        let health = node.until_ready(false).await;
+        assert_eq!(
+            health,
+            json!({"status": "degraded", "database": "ok", "redis": "unreachable", "draining": false})
+        );
+    }
+    // The last events are published while node 1 cannot hear of them: nothing comes after them
+    // to reveal a gap, so only the catch-up when Redis returns brings them.
+    for i in 30..60 {
+        published.push(
+            nodes[0]
+                .publish(&account, None, "tick", json!({ "i": i }))
+                .await,
+        );
+    }
+    redis.restart();
+    for node in &nodes {
+        node.until_ready(true).await;
+    }
+    assert_eq!(published, (1..=60).collect::<Vec<u64>>());
+
+    for follower in &mut followers {
+        follower.collect(published.len(), &[&nodes[1].api]).await;
+        follower
+            .client
+            .expect_silence(Duration::from_millis(300))
+            .await;
+        assert_exact(
+            "a client of the node that missed messages",
+            follower,
+            &published,
+        );
+        assert_eq!(
+            follower.reconnects, 0,
+            "the sessions themselves were never cut"
+        );
+    }
+}
+
+async fn presence_change(client: &mut Client, wait: Duration) -> (String, String) {
+    match client.receive(wait).await {
+        Received::Json(frame) => (
+            frame["event"].as_str().unwrap_or_default().to_owned(),
+            frame["data"]["user_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ),
+        other => panic!("expected a presence change, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_typing_span_nodes_and_a_dead_nodes_users_go_offline() {
+    let Some(db) = postgres() else { return };
+    let redis = Redis::start();
+    let nodes = [
+        Node::start(&db, &redis).await,
+        Node::start(&db, &redis).await,
+    ];
+    let account = unique("cluster-presence");
+    let (olga, uma) = (token(&account, "olga"), token(&account, "uma"));
+    let (mut observer, _) = nodes[0].connect(&olga).await;
+    observer.watch_presence();
+    let quiet = Duration::from_millis(800);
+
+    let (mut uma_on_1, _) = nodes[1].connect(&uma).await;
+    let online = ("user-online".to_owned(), "uma".to_owned());
+    let offline = ("user-offline".to_owned(), "uma".to_owned());
+    assert_eq!(presence_change(&mut observer, WAIT).await, online);
+    // A second tab on the other node: still one online user.
+    let (uma_on_0, _) = nodes[0].connect(&uma).await;
+    observer.expect_silence(quiet).await;
+    for node in &nodes {
+        let (status, listed) = node
+            .as_user(&olga, Method::GET, "/api/v1/presence", None)
+            .await;
+        assert_eq!((status, listed), (200, json!({"users": ["olga", "uma"]})));
+    }
+
+    // Typing goes to the other participant wherever their session is.
+    let (status, dm) = nodes[1]
+        .as_user(
+            &uma,
+            Method::POST,
+            "/api/v1/conversations",
+            Some(json!({"participants": ["olga"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{dm}");
+    let dm = dm["id"].as_str().unwrap().to_owned();
+    uma_on_1
+        .send_text(&json!({"type": "typing", "conversation_id": dm}).to_string())
+        .await;
+    let typing = loop {
+        let frame = observer.next_json().await;
+        if frame["event"] == "typing" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        typing["data"],
+        json!({"conversation_id": dm, "user_id": "uma"})
+    );
+
+    // The tab on node 1 closes: Uma is still online on node 0.
+    drop(uma_on_1);
+    observer.expect_silence(quiet).await;
+    drop(uma_on_0);
+    assert_eq!(presence_change(&mut observer, WAIT).await, offline);
+
+    // A node that dies cannot say its users left; its records expire and another node sweeps
+    // them (within the record's 15 s lifetime and one sweep).
+    let doomed = Node::start(&db, &redis).await;
+    let (_uma_on_doomed, _) = doomed.connect(&uma).await;
+    assert_eq!(presence_change(&mut observer, WAIT).await, online);
+    doomed.process.signal("KILL");
+    assert_eq!(
+        presence_change(&mut observer, Duration::from_secs(30)).await,
+        offline
+    );
+    let (_, listed) = nodes[0]
+        .as_user(&olga, Method::GET, "/api/v1/presence", None)
+        .await;
+    assert_eq!(listed, json!({"users": ["olga"]}));
+}
