@@ -133,6 +133,23 @@ async fn facebook_refuses_bad_signatures_and_ingests_retries_once() {
         (status, error["error"]["code"].as_str()),
         (400, Some("invalid-body"))
     );
+    // A timestamp before 1970 (the fuzz test once found one that overflowed): 400, nothing stored.
+    let body_before_1970 = json!({"object": "page", "entry": [{"id": "page-1", "messaging": [{
+        "sender": {"id": "psid-1"}, "recipient": {"id": "page-1"}, "timestamp": i64::MIN,
+        "message": {"mid": "mid.0", "text": "from before 1970"}
+    }]}]})
+    .to_string();
+    let (status, error) = post_facebook(&server, APP_SECRET, &body_before_1970).await;
+    assert_eq!(
+        (
+            status,
+            error["error"]["code"].as_str(),
+            error["error"]["message"]
+                .as_str()
+                .map(|m| m.contains("timestamp"))
+        ),
+        (400, Some("invalid-field"), Some(true))
+    );
     // A page nobody registered.
     let other = facebook_text("page-unknown", "psid-1", "mid.x", "hi");
     let (status, error) = post_facebook(&server, APP_SECRET, &other).await;
@@ -463,6 +480,13 @@ async fn generic_webhooks_verify_rotate_and_refuse_replays() {
         sign::standard(&new_secret, "wh_4", old, &body2),
     );
     let (status, error) = server.webhook(&path, &stale, &body2).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (401, Some("timestamp-out-of-window"))
+    );
+    // A timestamp whose distance from now does not fit in 64 bits (once an overflow).
+    let absurd = headers("wh_4", i64::MIN, "v1,AAAA".into());
+    let (status, error) = server.webhook(&path, &absurd, &body2).await;
     assert_eq!(
         (status, error["error"]["code"].as_str()),
         (401, Some("timestamp-out-of-window"))

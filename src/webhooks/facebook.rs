@@ -98,56 +98,54 @@ struct Watermark {
 /// Prefix of the `metadata` an app passes to the Send API so that the echo is recognised.
 pub const ECHO_METADATA_PREFIX: &str = "switchboard:";
 
-fn items(page: &str, messaging: Vec<Messaging>) -> Vec<Inbound> {
-    messaging
-        .into_iter()
-        .filter_map(|m| {
-            // For an echo the page is the sender and the contact the recipient.
-            let outbound = m.message.as_ref().is_some_and(|msg| msg.is_echo);
-            let contact_id = if outbound {
-                m.recipient.id
-            } else {
-                m.sender.id
-            };
-            let at = millis(m.timestamp);
-            if let Some(message) = m.message {
-                Some(Inbound::Message {
-                    provider_message_id: message.mid,
-                    sender_id: if outbound {
-                        page.to_owned()
-                    } else {
-                        contact_id.clone()
-                    },
-                    contact_id,
-                    direction: if outbound {
-                        Direction::Outbound
-                    } else {
-                        Direction::Inbound
-                    },
-                    text: message.text,
-                    attachments: message.attachments,
-                    sent_at: at,
-                    echo_of: message
-                        .metadata
-                        .and_then(|m| m.strip_prefix(ECHO_METADATA_PREFIX).map(str::to_owned)),
-                })
-            } else if let Some((status, w)) = m
-                .read
-                .map(|w| ("read", w))
-                .or(m.delivery.map(|w| ("delivered", w)))
-            {
-                Some(Inbound::Status {
-                    receipt: format!("{status}:{contact_id}:{}", w.watermark),
-                    contact_id,
-                    status,
-                    watermark: millis(Some(w.watermark)),
-                })
-            } else {
-                // Postbacks, reactions, …: not part of the inbox; acknowledged and dropped.
-                None
-            }
-        })
-        .collect()
+fn items(page: &str, messaging: Vec<Messaging>) -> Result<Vec<Inbound>, ApiError> {
+    let mut items = Vec::with_capacity(messaging.len());
+    for m in messaging {
+        // For an echo the page is the sender and the contact the recipient.
+        let outbound = m.message.as_ref().is_some_and(|msg| msg.is_echo);
+        let contact_id = if outbound {
+            m.recipient.id
+        } else {
+            m.sender.id
+        };
+        let at = millis(m.timestamp)?;
+        if let Some(message) = m.message {
+            items.push(Inbound::Message {
+                provider_message_id: message.mid,
+                sender_id: if outbound {
+                    page.to_owned()
+                } else {
+                    contact_id.clone()
+                },
+                contact_id,
+                direction: if outbound {
+                    Direction::Outbound
+                } else {
+                    Direction::Inbound
+                },
+                text: message.text,
+                attachments: message.attachments,
+                sent_at: at,
+                echo_of: message
+                    .metadata
+                    .and_then(|m| m.strip_prefix(ECHO_METADATA_PREFIX).map(str::to_owned)),
+            });
+        } else if let Some((status, w)) = m
+            .read
+            .map(|w| ("read", w))
+            .or(m.delivery.map(|w| ("delivered", w)))
+        {
+            items.push(Inbound::Status {
+                receipt: format!("{status}:{contact_id}:{}", w.watermark),
+                contact_id,
+                status,
+                watermark: millis(Some(w.watermark))?,
+            });
+        }
+        // Anything else (postbacks, reactions, …) is not part of the inbox: acknowledged
+        // and dropped.
+    }
+    Ok(items)
 }
 
 /// `POST /webhooks/facebook`
@@ -190,7 +188,7 @@ pub async fn receive(
     }
     let mut by_page: HashMap<String, Vec<Inbound>> = HashMap::new();
     for entry in payload.entry {
-        let items = items(&entry.id, entry.messaging);
+        let items = items(&entry.id, entry.messaging)?;
         by_page.entry(entry.id).or_default().extend(items);
     }
     let mut total = super::Ingested::default();

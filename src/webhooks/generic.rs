@@ -58,8 +58,8 @@ pub async fn receive(
         .ok_or(ApiError::UnknownIntegration)?;
 
     let sent = timestamp.parse::<i64>().ok();
-    let tolerance = state.webhooks.tolerance.as_secs() as i64;
-    if sent.is_none_or(|t| (now_ms() / 1000 - t).abs() > tolerance) {
+    let tolerance = state.webhooks.tolerance.as_secs();
+    if sent.is_none_or(|t| (now_ms() / 1000).abs_diff(t) > tolerance) {
         return Err(stats.refused(PROVIDER, SignatureError::Stale));
     }
     if !signature::verify_standard(&integration.secret, &id, &timestamp, &body, &signatures) {
@@ -80,7 +80,7 @@ pub async fn receive(
         direction: Direction::Inbound,
         text: data.text,
         attachments: data.attachments,
-        sent_at: millis(data.sent_at.or(sent)),
+        sent_at: millis(data.sent_at.or(sent))?,
         echo_of: None,
     };
     let ingested = ingest(&state.store, state.broker.clone(), integration, vec![item]).await?;

@@ -270,10 +270,15 @@ impl Stats {
 }
 
 /// A provider timestamp in seconds or milliseconds, as milliseconds; now when absent.
-fn millis(value: Option<i64>) -> i64 {
+/// One before 1970 is refused: no provider sends one, and scaling it could overflow.
+fn millis(value: Option<i64>) -> Result<i64, ApiError> {
     match value {
-        Some(t) if t < 100_000_000_000 => t * 1000,
-        Some(t) => t,
-        None => now_ms(),
+        Some(t) if t < 0 => Err(ApiError::InvalidField {
+            field: "timestamp",
+            reason: "must be seconds or milliseconds since 1970".into(),
+        }),
+        Some(t) if t < 100_000_000_000 => Ok(t * 1000),
+        Some(t) => Ok(t),
+        None => Ok(now_ms()),
     }
 }

@@ -154,7 +154,7 @@ pub async fn receive(
 
     let event: Event =
         serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    let at = millis(timestamp.parse().ok());
+    let at = millis(timestamp.parse().ok())?;
     let items: Vec<Inbound> = parse(event, at)?.into_iter().collect();
     let ingested = ingest(&state.store, state.broker.clone(), integration, items).await?;
     Ok(HttpResponse::Ok().json(ingested))
