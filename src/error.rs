@@ -64,6 +64,12 @@ pub enum ApiError {
     NoSuch(&'static str),
     #[error("an integration for this provider and external id already exists")]
     IntegrationExists,
+    /// A Socket.IO transport request that does not follow Engine.IO 4.
+    #[error("{message}")]
+    EngineIo {
+        code: &'static str,
+        message: &'static str,
+    },
     #[error(
         "this node is shutting down; connect again (the load balancer sends you to another node)"
     )]
@@ -130,6 +136,7 @@ impl ApiError {
             Self::IntegrationExists => "integration-exists",
             Self::Store(e) if e.is_unavailable() => "unavailable",
             Self::Draining => "draining",
+            Self::EngineIo { code, .. } => code,
             Self::Store(_) | Self::Internal(_) => "internal-error",
         }
     }
@@ -146,7 +153,8 @@ impl ResponseError for ApiError {
             | Self::InvalidField { .. }
             | Self::InvalidQuery(_)
             | Self::Since(_)
-            | Self::NotWebSocket => StatusCode::BAD_REQUEST,
+            | Self::NotWebSocket
+            | Self::EngineIo { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound | Self::UnknownIntegration | Self::NoSuch(_) => StatusCode::NOT_FOUND,
             Self::IntegrationExists => StatusCode::CONFLICT,

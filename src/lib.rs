@@ -20,6 +20,7 @@
 //! - [`api`] — HTTP routes: `/ws`, the publish API, integrations (admin), conversations (users),
 //!   the browser SDK (`src/sdk/`, embedded) and the demo page (`src/demo/`).
 //! - [`error`] — the API's error type and its one mapping to HTTP responses.
+//! - [`socket_io`] — `/socket.io/`: Socket.IO clients, as a second wire of the same sessions.
 //! - [`cluster`] — several nodes on one PostgreSQL and one Redis (`REDIS_URL`).
 //! - [`metrics`] — Prometheus metrics, at `/metrics`.
 //! - [`server`] — wiring it together; used by the binary and the tests.
@@ -43,5 +44,6 @@ pub mod protocol;
 pub mod publisher;
 pub mod retention;
 pub mod server;
+pub mod socket_io;
 pub mod store;
 pub mod webhooks;

@@ -16,6 +16,8 @@ const SECRET_PARAMS: &[&str] = &[
     "key",
     "secret",
     "password",
+    // An Engine.IO connection id: whoever has it can poll the connection's packets.
+    "sid",
 ];
 
 pub fn init() {

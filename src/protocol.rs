@@ -97,6 +97,11 @@ impl FrameError {
 impl ClientFrame {
     pub fn parse(text: &str) -> Result<Self, FrameError> {
         let value: Value = serde_json::from_str(text).map_err(|_| FrameError::MalformedJson)?;
+        Self::from_value(value)
+    }
+
+    /// A frame already parsed as JSON (a Socket.IO emit, say).
+    pub fn from_value(value: Value) -> Result<Self, FrameError> {
         let kind = value
             .get("type")
             .and_then(Value::as_str)
@@ -181,6 +186,33 @@ pub enum ServerFrame<'a> {
 }
 
 impl ServerFrame<'_> {
+    /// The frame's `"type"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Welcome { .. } => "welcome",
+            Self::Resumed { .. } => "resumed",
+            Self::ResumeFailed { .. } => "resume-failed",
+            Self::Pong { .. } => "pong",
+            Self::TokenExpiring { .. } => "token-expiring",
+            Self::Authenticated { .. } => "authenticated",
+            Self::Ack { .. } => "ack",
+            Self::Presence { .. } => "presence",
+            Self::Error { .. } => "error",
+        }
+    }
+
+    /// The `ref` of the client frame this answers, if any.
+    pub fn reference(&self) -> Option<&Value> {
+        match self {
+            Self::Pong { reference }
+            | Self::Authenticated { reference, .. }
+            | Self::Ack { reference, .. }
+            | Self::Presence { reference, .. }
+            | Self::Error { reference, .. } => reference.as_ref(),
+            _ => None,
+        }
+    }
+
     pub fn to_text(&self) -> ByteString {
         serde_json::to_string(self)
             .expect("server frames always serialize")
@@ -297,6 +329,30 @@ pub enum Close {
 }
 
 impl Close {
+    /// For clients that see no close code (Socket.IO): the same, as a word.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::HeartbeatTimeout => "heartbeat-timeout",
+            Self::FrameTooLarge => "message-too-large",
+            Self::ProtocolError => "protocol-error",
+            Self::ServerShutdown => "server-shutdown",
+            Self::SlowConsumer => "slow-consumer",
+            Self::ServerError => "server-error",
+            Self::TokenExpired => "token-expired",
+            Self::TokenRefused => "token-refused",
+            Self::TooManyFrames => "too-many-frames",
+            Self::TooManySessions => "too-many-sessions",
+        }
+    }
+
+    /// Whether the client should reconnect on its own (and resume) after this close.
+    pub fn reconnect(self) -> bool {
+        !matches!(
+            self,
+            Self::TokenExpired | Self::TokenRefused | Self::TooManySessions
+        )
+    }
+
     pub fn code(self) -> u16 {
         match self {
             Self::HeartbeatTimeout => 4000,

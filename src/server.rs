@@ -137,6 +137,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .collect(),
         store: store.clone(),
         broker: broker.clone(),
+        engines: Arc::default(),
         sessions: Arc::new(session::Shared {
             broker,
             store,

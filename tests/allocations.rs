@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use switchboard::actors::broker::{Broker, Join, Publish};
 use switchboard::actors::room::RoomEvent;
-use switchboard::actors::session::{Backlog, Deliver, FromRoom};
+use switchboard::actors::session::{Backlog, Deliver, Framing, FromRoom};
 use switchboard::config::{Database, Presence};
 use switchboard::ids::{AccountId, SessionId, UserId};
 use switchboard::protocol::event_frame;
@@ -73,6 +73,7 @@ fn fan_out_shares_one_serialized_event() {
             }
             .start();
             broker.do_send(Join {
+                framing: Framing::Native,
                 session: SessionId::random(),
                 account: account.clone(),
                 user: UserId::new(&format!("u{i}")).unwrap(),

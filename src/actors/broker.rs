@@ -16,7 +16,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::room::{Fill, Members, PresenceChanged, Room, RoomEvent, Shutdown};
-use super::session::{Backlog, Deliver, FromRoom};
+use super::session::{Backlog, Deliver, Framing, FromRoom};
 use crate::cluster::Cluster;
 use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
@@ -34,6 +34,8 @@ pub struct Join {
     /// check a resume point): a new room catches up from the database after it, so an event
     /// stored while the room was starting is not lost. Without it, a new room reads it.
     pub seen_seq: Option<u64>,
+    /// How the session's client takes event frames.
+    pub framing: Framing,
     pub deliver: Recipient<Deliver>,
     pub notices: Recipient<FromRoom>,
     /// What is queued for the session's client; the room stops queueing past its bound.

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
-use super::session::{frame_size, Backlog, Deliver, FromRoom};
+use super::session::{frame_size, Backlog, Deliver, Framing, FromRoom};
 use crate::cluster::Cluster;
 use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
@@ -139,8 +139,32 @@ impl RoomEvent {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// A frame on its way to the members: native, and framed for Socket.IO when a member first
+/// needs it — once per event, however many members speak Socket.IO.
+struct Framed<'a> {
+    native: &'a ByteString,
+    socket_io: std::cell::OnceCell<ByteString>,
+}
+
+impl<'a> Framed<'a> {
+    fn new(native: &'a ByteString) -> Self {
+        Self {
+            native,
+            socket_io: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn get(&self, framing: Framing) -> &ByteString {
+        match framing {
+            Framing::Native => self.native,
+            Framing::SocketIo => self.socket_io.get_or_init(|| framing.encode(self.native)),
+        }
+    }
+}
+
 struct Member {
     user: UserId,
+    framing: Framing,
     deliver: Recipient<Deliver>,
     notices: Recipient<FromRoom>,
     backlog: Arc<Backlog>,
@@ -151,7 +175,8 @@ impl Member {
     /// closes itself as a slow consumer (at its next message or heartbeat), and the client
     /// resumes from its last sequence number, so the frames not queued are not lost. Answers
     /// whether the frame was queued.
-    fn offer(&self, frame: &ByteString, seq: Option<u64>, handed: Option<&Handed>) -> bool {
+    fn offer(&self, framed: &Framed, seq: Option<u64>, handed: Option<&Handed>) -> bool {
+        let frame = framed.get(self.framing);
         let handed = handed.filter(|_| self.backlog.queued() < PACED_BELOW);
         if !self.backlog.reserve(frame_size(frame.len())) {
             return false;
@@ -227,13 +252,14 @@ impl Room {
         users: Option<&[UserId]>,
         except: Option<&UserId>,
     ) {
+        let framed = Framed::new(frame);
         let deliver = |(user, ids): (&UserId, &Vec<SessionId>)| {
             if Some(user) == except {
                 return;
             }
             for id in ids {
                 if let Some(member) = self.members.get(id) {
-                    member.offer(frame, None, None);
+                    member.offer(&framed, None, None);
                 }
             }
         };
@@ -309,10 +335,11 @@ impl Room {
     }
 
     fn fan_out(&self, event: &RoomEvent) {
+        let framed = Framed::new(&event.frame);
         let deliver = |id: &SessionId| {
-            self.members.get(id).is_some_and(|member| {
-                member.offer(&event.frame, Some(event.seq), event.handed.as_ref())
-            })
+            self.members
+                .get(id)
+                .is_some_and(|member| member.offer(&framed, Some(event.seq), event.handed.as_ref()))
         };
         let delivered = match &event.user {
             None => self.members.keys().filter(|id| deliver(id)).count(),
@@ -502,6 +529,7 @@ impl Handler<Join> for Room {
             join.session,
             Member {
                 user: join.user.clone(),
+                framing: join.framing,
                 deliver: join.deliver,
                 notices: join.notices.clone(),
                 backlog: join.backlog,

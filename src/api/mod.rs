@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, shared state, and the request extractors' error handling.
 //!
-//! - `GET /ws` — the WebSocket endpoint ([`ws`]).
+//! - `GET /ws` — the WebSocket endpoint ([`ws`]); `/socket.io/` — the same for Socket.IO clients
+//!   ([`crate::socket_io`]).
 //! - `POST /api/v1/publish` — the server-side publish API ([`publish`]).
 //! - `GET /api/v1/events` — the long-poll fallback ([`events`]).
 //! - `/api/v1/integrations…`, `/api/v1/webhooks/stats` — admin ([`integrations`]).
@@ -52,6 +53,8 @@ pub struct AppState {
     pub store: Store,
     pub broker: Addr<Broker>,
     pub sessions: Arc<session::Shared>,
+    /// Socket.IO clients' Engine.IO connections.
+    pub engines: Arc<crate::socket_io::Engines>,
     pub dispatcher: Addr<Dispatcher>,
     pub publisher: Publisher,
     pub webhooks: WebhookState,
@@ -85,6 +88,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .error_handler(|error, _| ApiError::InvalidQuery(error.to_string()).into()),
     )
     .route("/ws", web::get().to(ws::connect))
+    .service(
+        web::resource(["/socket.io/", "/socket.io"])
+            .route(web::get().to(crate::socket_io::get))
+            .route(web::post().to(crate::socket_io::post))
+            .default_service(web::to(method_not_allowed)),
+    )
     .route("/healthz", web::get().to(health::alive))
     .route("/readyz", web::get().to(health::ready))
     .route("/metrics", web::get().to(health::metrics))

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::AppState;
-use crate::actors::session::{self, Session};
+use crate::actors::session::{self, Native, Session};
 use crate::error::ApiError;
 use crate::protocol::SinceError;
 use crate::store::events;
@@ -29,20 +29,7 @@ pub async fn connect(
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
         return Err(ApiError::Draining);
     }
-    // Before any token work: a page on another site must not open a socket with the user's
-    // credentials (cross-site WebSocket hijacking).
-    if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok());
-        let allowed = origin
-            .to_str()
-            .is_ok_and(|origin| state.allowed_origins.allow(origin, host));
-        if !allowed {
-            return Err(ApiError::OriginNotAllowed);
-        }
-    }
+    check_origin(&req, &state)?;
     let identity = super::extract::identity(&req)?;
     ws::handshake(&req).map_err(|_| ApiError::NotWebSocket)?;
     let since = web::Query::<ResumeQuery>::from_query(req.query_string())
@@ -70,6 +57,32 @@ pub async fn connect(
         }
     };
 
-    let session = Session::new(identity, seen_seq, since, state.sessions.clone());
+    let session = Session::new(
+        identity,
+        seen_seq,
+        since,
+        state.sessions.clone(),
+        Native::default(),
+    );
     session::start(session, &req, stream).map_err(|_| ApiError::NotWebSocket)
+}
+
+/// Before any token work: a page on another site must not open a socket with the user's
+/// credentials (cross-site WebSocket hijacking).
+pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|origin| state.allowed_origins.allow(origin, host));
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::OriginNotAllowed)
+    }
 }

@@ -3,10 +3,9 @@
 //! before (`token-expiring`), takes a fresh token in place (`auth`) when it names the same
 //! account and user, and closes with 4002 when none came in time.
 
-use actix_web_actors::ws;
 use serde_json::Value;
 
-use super::Session;
+use super::{Session, Wire};
 use crate::config::Secret;
 use crate::protocol::{Close, ServerFrame};
 
@@ -22,11 +21,11 @@ pub(super) struct Lifetime {
     warned: bool,
 }
 
-impl Session {
+impl<W: Wire> Session<W> {
     /// On each heartbeat tick (and once after the welcome): warns when the token is within the
     /// refresh lead of expiring, closes with 4002 once it has expired (past the JWT leeway, as
     /// at the handshake).
-    pub(super) fn check_token(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    pub(super) fn check_token(&mut self, ctx: &mut W::Context) {
         if !self.lifetime.welcomed || self.closing() {
             return;
         }
@@ -39,7 +38,7 @@ impl Session {
             && now.saturating_add(tokens.refresh_lead.as_secs()) >= expires_at
         {
             self.lifetime.warned = true;
-            self.write(ctx, ServerFrame::TokenExpiring { expires_at }.to_text());
+            self.write(ctx, &ServerFrame::TokenExpiring { expires_at });
         }
     }
 
@@ -48,7 +47,7 @@ impl Session {
         &mut self,
         token: &Secret,
         reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut W::Context,
     ) {
         let (code, message) = match self.shared.tokens.verifier.verify(token.expose()) {
             Err(e) => (e.code(), e.to_string()),
@@ -69,7 +68,7 @@ impl Session {
                     reference,
                     expires_at: identity.expires_at,
                 };
-                return self.write(ctx, answer.to_text());
+                return self.write(ctx, &answer);
             }
         };
         log::info!(
@@ -84,7 +83,7 @@ impl Session {
             reference,
             retry_after_ms: None,
         };
-        self.write(ctx, error.to_text());
+        self.write(ctx, &error);
         self.close(ctx, Close::TokenRefused);
     }
 }

@@ -1,10 +1,13 @@
-//! A session: one WebSocket connection, as an actor.
+//! A session: one client connection, as an actor.
 //!
 //! It joins its account's room through the broker when it starts and leaves when it stops; it
 //! writes the frames its room delivers; it pings the client every heartbeat interval and closes a
 //! connection that stays silent past the timeout; it answers bad frames with an `error` frame and
-//! carries on. The rest lives beside this file:
+//! carries on. How frames reach the client is its [`Wire`]: the native protocol on a WebSocket
+//! ([`Native`]), or Socket.IO ([`crate::socket_io`]) — the session's behaviour is the same on
+//! both. The rest lives beside this file:
 //!
+//! - [`wire`] — what a wire provides; [`native`] — the native one, on a WebSocket;
 //! - [`requests`] — the user's `send`, `read`, `typing` and `presence` frames;
 //! - [`lifetime`] — the token's expiry on a live connection, and its refresh in place;
 //! - [`replay`] — resuming after a reconnect (`?since=` or a `resume` frame): replaying what was
@@ -12,21 +15,20 @@
 //! - [`transport`] — the WebSocket transport, which counts the bytes queued for the client, so a
 //!   client that does not read is closed at a bound instead of growing the server's memory.
 //!
-//! actix-web-actors is deprecated upstream in favour of actix-ws; it is used only in this module
-//! and in `api::ws`, so moving off it touches those places only.
+//! actix-web-actors is deprecated upstream in favour of actix-ws; it is used only by the native
+//! wire, the Socket.IO WebSocket transport and `api::ws`, so moving off it touches those only.
 
 mod lifetime;
+mod native;
 mod replay;
 mod requests;
 mod transport;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use actix_http::ws::Item;
-use actix_web::web::{Bytes, BytesMut};
-use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use bytestring::ByteString;
 
 use super::broker::{Broker, Join, Leave};
@@ -38,7 +40,9 @@ use crate::metrics;
 use crate::outbound::Dispatcher;
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 use crate::store::Store;
-pub use transport::{frame_size, start, Backlog};
+pub use native::Native;
+pub use transport::{frame_size, serve, start, Backlog};
+pub use wire::{Framing, Wire};
 
 /// A frame for the client, already serialized (the same bytes go to every recipient). `seq` is
 /// the stored event's sequence number; `None` for an ephemeral event.
@@ -90,7 +94,7 @@ pub struct Tokens {
     pub refresh_lead: std::time::Duration,
 }
 
-pub struct Session {
+pub struct Session<W: Wire> {
     id: SessionId,
     identity: Identity,
     /// The account's sequence number at authorisation, if it was read (for `?since=`), handed
@@ -104,19 +108,19 @@ pub struct Session {
     backlog: Arc<transport::Backlog>,
     /// When the client last showed it is alive (any frame, pongs included).
     last_heard: Instant,
-    /// A fragmented message being reassembled; `None` almost always.
-    fragments: Option<BytesMut>,
     /// Why the session ended, for the disconnect log line; set once it is closing.
     end_reason: Option<String>,
+    wire: W,
 }
 
-impl Session {
+impl<W: Wire> Session<W> {
     /// `since`: the last sequence number the client processed, when it reconnects (`?since=`).
     pub fn new(
         identity: Identity,
         seen_seq: Option<u64>,
         since: Option<u64>,
         shared: Arc<Shared>,
+        wire: W,
     ) -> Self {
         let backlog = Arc::new(Backlog::new(shared.max_queued_bytes));
         Self {
@@ -129,16 +133,21 @@ impl Session {
             shared,
             backlog,
             last_heard: Instant::now(),
-            fragments: None,
             end_reason: None,
+            wire,
         }
+    }
+
+    /// The backlog bytes queued for this session's client, shared with its transport.
+    pub fn backlog(&self) -> &Arc<Backlog> {
+        &self.backlog
     }
 
     fn closing(&self) -> bool {
         self.end_reason.is_some()
     }
 
-    fn close(&mut self, ctx: &mut ws::WebsocketContext<Self>, close: Close) {
+    fn close(&mut self, ctx: &mut W::Context, close: Close) {
         if self.closing() {
             return;
         }
@@ -150,24 +159,33 @@ impl Session {
             Close::TokenRefused => metrics::auth_failure("token-refused"),
             _ => {}
         }
-        ctx.close(Some(CloseReason {
-            code: CloseCode::from(close.code()),
-            description: Some(close.reason().to_owned()),
-        }));
+        self.wire.close(ctx, close, self.lifetime.welcomed);
         ctx.stop();
     }
 
     /// Writes a frame of the session's own for the client, counting it against the backlog
     /// bound: a client that does not read is closed (4001) rather than allowed to grow the
     /// server's memory. It resumes from its last sequence number, so it loses nothing.
-    fn write(&mut self, ctx: &mut ws::WebsocketContext<Self>, frame: ByteString) {
-        if self.reserve(ctx, frame.len()) {
-            ctx.text(frame);
+    pub(crate) fn write(&mut self, ctx: &mut W::Context, frame: &ServerFrame) {
+        let text = self.wire.frame(frame);
+        self.write_framed(text, ctx);
+    }
+
+    /// Writes text already framed for the wire, counting it like any frame of the session's.
+    pub(crate) fn write_framed(&mut self, text: ByteString, ctx: &mut W::Context) {
+        if self.reserve(ctx, text.len()) {
+            self.wire.send(ctx, text);
         }
     }
 
+    /// The client ended the session (its socket closed, or it said goodbye).
+    pub(crate) fn client_closed(&mut self, reason: String, ctx: &mut W::Context) {
+        self.end_reason.get_or_insert(reason);
+        ctx.stop();
+    }
+
     /// Counts a frame with `payload` bytes; closes the session when the bound is passed.
-    fn reserve(&mut self, ctx: &mut ws::WebsocketContext<Self>, payload: usize) -> bool {
+    fn reserve(&mut self, ctx: &mut W::Context, payload: usize) -> bool {
         if self.closing() {
             return false;
         }
@@ -178,7 +196,7 @@ impl Session {
         false
     }
 
-    fn slow_consumer(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn slow_consumer(&mut self, ctx: &mut W::Context) {
         log::warn!(
             "slow consumer account={} user={} session={} queued={}",
             self.identity.account,
@@ -189,7 +207,7 @@ impl Session {
         self.close(ctx, Close::SlowConsumer);
     }
 
-    fn send_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: &FrameError) {
+    fn send_error(&mut self, ctx: &mut W::Context, error: &FrameError) {
         log::debug!(
             "bad frame account={} user={} session={} code={}",
             self.identity.account,
@@ -197,13 +215,18 @@ impl Session {
             self.id,
             error.code()
         );
-        self.write(ctx, ServerFrame::error(error).to_text());
+        self.write(ctx, &ServerFrame::error(error));
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
-        match ClientFrame::parse(text) {
+    /// A frame from the client, in the native protocol's terms whatever its wire.
+    pub(crate) fn on_frame(
+        &mut self,
+        frame: Result<ClientFrame, FrameError>,
+        ctx: &mut W::Context,
+    ) {
+        match frame {
             Ok(ClientFrame::Ping { reference }) => {
-                self.write(ctx, ServerFrame::Pong { reference }.to_text());
+                self.write(ctx, &ServerFrame::Pong { reference });
             }
             Ok(ClientFrame::Send {
                 conversation_id,
@@ -232,40 +255,10 @@ impl Session {
             Err(error) => self.send_error(ctx, &error),
         }
     }
-
-    fn on_fragment(&mut self, item: Item, ctx: &mut ws::WebsocketContext<Self>) {
-        let (first, bytes, last) = match item {
-            Item::FirstText(b) => (Some(true), b, false),
-            Item::FirstBinary(b) => (Some(false), b, false),
-            Item::Continue(b) => (None, b, false),
-            Item::Last(b) => (None, b, true),
-        };
-        match (first, self.fragments.as_mut()) {
-            (Some(false), _) => {
-                self.fragments = None;
-                self.send_error(ctx, &FrameError::Binary);
-                return;
-            }
-            (Some(true), _) => self.fragments = Some(BytesMut::from(&bytes[..])),
-            (None, Some(buffer)) => buffer.extend_from_slice(&bytes),
-            // The rest of a binary message we already refused.
-            (None, None) => return,
-        }
-        let size = self.fragments.as_ref().map_or(0, BytesMut::len);
-        if size > self.shared.max_frame_bytes {
-            self.close(ctx, Close::FrameTooLarge);
-        } else if last {
-            let message: Bytes = self.fragments.take().unwrap_or_default().freeze();
-            match std::str::from_utf8(&message) {
-                Ok(text) => self.on_text(text, ctx),
-                Err(_) => self.close(ctx, Close::ProtocolError),
-            }
-        }
-    }
 }
 
-impl Actor for Session {
-    type Context = ws::WebsocketContext<Self>;
+impl<W: Wire> Actor for Session<W> {
+    type Context = W::Context;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::session_opened();
@@ -275,6 +268,7 @@ impl Actor for Session {
             self.identity.user,
             self.id
         );
+        self.wire.started(ctx);
         ctx.run_interval(self.shared.heartbeat.interval, |session, ctx| {
             session.limits.frames_refused = 0;
             session.check_token(ctx);
@@ -286,10 +280,8 @@ impl Actor for Session {
             } else if session.backlog.overflowed() {
                 // The room stopped queueing events for this client.
                 session.slow_consumer(ctx);
-            } else {
-                if session.reserve(ctx, 0) {
-                    ctx.ping(b"");
-                }
+            } else if session.reserve(ctx, W::PING_BYTES) {
+                session.wire.ping(ctx);
             }
         });
         self.shared.broker.do_send(Join {
@@ -297,6 +289,7 @@ impl Actor for Session {
             account: self.identity.account.clone(),
             user: self.identity.user.clone(),
             seen_seq: self.seen_seq,
+            framing: W::FRAMING,
             deliver: ctx.address().recipient(),
             notices: ctx.address().recipient(),
             backlog: self.backlog.clone(),
@@ -309,6 +302,7 @@ impl Actor for Session {
             session: self.id,
             account: self.identity.account.clone(),
         });
+        self.wire.stopped();
         log::info!(
             "disconnect account={} user={} session={} reason={}",
             self.identity.account,
@@ -319,7 +313,7 @@ impl Actor for Session {
     }
 }
 
-impl Handler<FromRoom> for Session {
+impl<W: Wire> Handler<FromRoom> for Session<W> {
     type Result = ();
 
     fn handle(&mut self, notice: FromRoom, ctx: &mut Self::Context) {
@@ -332,7 +326,7 @@ impl Handler<FromRoom> for Session {
     }
 }
 
-impl Handler<Deliver> for Session {
+impl<W: Wire> Handler<Deliver> for Session<W> {
     type Result = ();
 
     fn handle(&mut self, deliver: Deliver, ctx: &mut Self::Context) {
@@ -340,19 +334,13 @@ impl Handler<Deliver> for Session {
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
-    fn handle(&mut self, message: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        self.guarded(ctx, |session, ctx| session.on_message(message, ctx));
-    }
-}
-
-impl Session {
+impl<W: Wire> Session<W> {
     /// Runs a handler so that a panic in it — a bug — closes this session (1011) and nothing
     /// else: it must not unwind through the worker thread, which serves other sessions too.
-    fn guarded(
+    pub(crate) fn guarded(
         &mut self,
-        ctx: &mut ws::WebsocketContext<Self>,
-        handler: impl FnOnce(&mut Self, &mut ws::WebsocketContext<Self>),
+        ctx: &mut W::Context,
+        handler: impl FnOnce(&mut Self, &mut W::Context),
     ) {
         let outcome =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&mut *self, ctx)));
@@ -367,46 +355,10 @@ impl Session {
         }
     }
 
-    fn on_message(
-        &mut self,
-        message: Result<ws::Message, ws::ProtocolError>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
-        let message = match message {
-            Ok(message) => message,
-            Err(ws::ProtocolError::Overflow) => return self.close(ctx, Close::FrameTooLarge),
-            Err(error) => {
-                log::debug!("websocket protocol error session={}: {error}", self.id);
-                return self.close(ctx, Close::ProtocolError);
-            }
-        };
+    /// The client showed it is alive; `counted`: it asked for something, which counts against
+    /// its frame rate. Answers whether to act on what it sent.
+    pub(crate) fn heard(&mut self, counted: bool, ctx: &mut W::Context) -> bool {
         self.last_heard = Instant::now();
-        let counted = matches!(
-            message,
-            ws::Message::Text(_)
-                | ws::Message::Binary(_)
-                | ws::Message::Ping(_)
-                | ws::Message::Continuation(Item::FirstText(_) | Item::FirstBinary(_))
-        );
-        if counted && !self.admit_frame(ctx) {
-            return;
-        }
-        match message {
-            ws::Message::Text(text) => self.on_text(&text, ctx),
-            ws::Message::Binary(_) => self.send_error(ctx, &FrameError::Binary),
-            ws::Message::Continuation(item) => self.on_fragment(item, ctx),
-            ws::Message::Ping(payload) => {
-                if self.reserve(ctx, payload.len()) {
-                    ctx.pong(&payload);
-                }
-            }
-            ws::Message::Pong(_) | ws::Message::Nop => {}
-            ws::Message::Close(reason) => {
-                let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
-                self.end_reason = Some(format!("client closed ({code})"));
-                ctx.close(reason);
-                ctx.stop();
-            }
-        }
+        !counted || self.admit_frame(ctx)
     }
 }

@@ -11,11 +11,10 @@
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web_actors::ws;
 use bytestring::ByteString;
 use serde_json::Value;
 
-use super::{Deliver, Session};
+use super::{Deliver, Session, Wire};
 use crate::actors::broker::CatchUp;
 use crate::actors::room::RoomEvent;
 use crate::metrics;
@@ -62,8 +61,8 @@ enum Asked {
     Frame,
 }
 
-impl Session {
-    fn welcome(&mut self, ctx: &mut ws::WebsocketContext<Self>, seq: u64, resumed: bool) {
+impl<W: Wire> Session<W> {
+    fn welcome(&mut self, ctx: &mut W::Context, seq: u64, resumed: bool) {
         let welcome = ServerFrame::Welcome {
             session_id: self.id.to_string(),
             account_id: self.identity.account.as_str(),
@@ -74,15 +73,15 @@ impl Session {
             token_expires_at: self.identity.expires_at,
             resumed,
             since: self.resume.since,
-        }
-        .to_text();
-        self.write(ctx, welcome);
+        };
+        let text = self.wire.frame(&welcome);
+        self.write_framed(text, ctx);
         self.lifetime.welcomed = true;
         self.check_token(ctx);
     }
 
     /// The room took the session in at `seq`.
-    pub(super) fn joined(&mut self, seq: u64, ctx: &mut ws::WebsocketContext<Self>) {
+    pub(super) fn joined(&mut self, seq: u64, ctx: &mut W::Context) {
         self.resume.joined_seq = Some(seq);
         match self.resume.since {
             None => self.welcome(ctx, seq, false),
@@ -96,7 +95,7 @@ impl Session {
         &mut self,
         // The ticket, if any, is let go once the frame is written (or held for the replay).
         Deliver { frame, seq, .. }: Deliver,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut W::Context,
     ) {
         if self.backlog.overflowed() {
             // The room stopped queueing for this client; what it missed comes back on resume.
@@ -112,20 +111,15 @@ impl Session {
     }
 
     /// Writes a frame already counted in the backlog.
-    fn write_counted(
-        &mut self,
-        ctx: &mut ws::WebsocketContext<Self>,
-        seq: Option<u64>,
-        frame: ByteString,
-    ) {
+    fn write_counted(&mut self, ctx: &mut W::Context, seq: Option<u64>, frame: ByteString) {
         if !self.closing() {
             self.resume.events_written |= seq.is_some();
-            ctx.text(frame);
+            self.wire.send(ctx, frame);
         }
     }
 
     /// A `resume` frame: honoured only as the first thing the session delivers.
-    pub(super) fn on_resume(&mut self, since: &Value, ctx: &mut ws::WebsocketContext<Self>) {
+    pub(super) fn on_resume(&mut self, since: &Value, ctx: &mut W::Context) {
         let refusal = match SinceError::parse(since) {
             Err(e) => Some(e),
             Ok(_) if self.resume.since.is_some() || self.resume.events_written => {
@@ -146,17 +140,17 @@ impl Session {
         }
     }
 
-    fn refuse_since(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: SinceError) {
+    fn refuse_since(&mut self, ctx: &mut W::Context, error: SinceError) {
         let frame = ServerFrame::Error {
             code: error.code(),
             message: error.to_string(),
             reference: None,
             retry_after_ms: None,
         };
-        self.write(ctx, frame.to_text());
+        self.write(ctx, &frame);
     }
 
-    fn begin_replay(&mut self, since: u64, asked: Asked, ctx: &mut ws::WebsocketContext<Self>) {
+    fn begin_replay(&mut self, since: u64, asked: Asked, ctx: &mut W::Context) {
         let joined = self.resume.joined_seq.expect("replay starts once joined");
         self.resume.held = Some(Vec::new());
         let store = self.shared.store.clone();
@@ -186,7 +180,7 @@ impl Session {
             match asked {
                 Asked::Query => session.welcome(ctx, joined, kept),
                 Asked::Frame if kept => {
-                    session.write(ctx, ServerFrame::Resumed { since, seq: joined }.to_text());
+                    session.write(ctx, &ServerFrame::Resumed { since, seq: joined });
                 }
                 Asked::Frame => {}
             }
@@ -196,7 +190,7 @@ impl Session {
                     oldest_seq: oldest,
                     seq: joined,
                 };
-                session.write(ctx, failed.to_text());
+                session.write(ctx, &failed);
                 return session.finish_replay(ctx);
             }
             if since >= joined {
@@ -209,7 +203,7 @@ impl Session {
     }
 
     /// Writes the next chunk of history after `after`, up to `up_to`.
-    fn replay_step(&mut self, after: u64, up_to: u64, ctx: &mut ws::WebsocketContext<Self>) {
+    fn replay_step(&mut self, after: u64, up_to: u64, ctx: &mut W::Context) {
         let store = self.shared.store.clone();
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
         let read = async move {
@@ -229,8 +223,10 @@ impl Session {
             for row in rows {
                 last = row.seq as u64;
                 if let Some(event) = RoomEvent::from_stored(row) {
-                    if session.reserve(ctx, event.frame.len()) {
-                        session.write_counted(ctx, Some(event.seq), event.frame);
+                    // Read back for this session alone: framed here, for its wire.
+                    let frame = session.wire.event(event.frame);
+                    if session.reserve(ctx, frame.len()) {
+                        session.write_counted(ctx, Some(event.seq), frame);
                     }
                 }
             }
@@ -246,12 +242,7 @@ impl Session {
     }
 
     /// Paces a long replay by the client's reading: the next chunk once half the backlog drained.
-    fn replay_when_drained(
-        &mut self,
-        after: u64,
-        up_to: u64,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn replay_when_drained(&mut self, after: u64, up_to: u64, ctx: &mut W::Context) {
         if self.backlog.queued() > self.shared.max_queued_bytes / 2 {
             ctx.run_later(REPLAY_PAUSE, move |session, ctx| {
                 session.replay_when_drained(after, up_to, ctx)
@@ -262,7 +253,7 @@ impl Session {
     }
 
     /// The replay is done: write what arrived live meanwhile, and go live.
-    fn finish_replay(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn finish_replay(&mut self, ctx: &mut W::Context) {
         let held = self.resume.held.take().unwrap_or_default();
         for (seq, frame) in held {
             if seq.is_none_or(|seq| seq > self.resume.skip_through) {
@@ -271,7 +262,7 @@ impl Session {
         }
     }
 
-    fn replay_failed(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: &StoreError) {
+    fn replay_failed(&mut self, ctx: &mut W::Context, error: &StoreError) {
         log::error!("replay failed session={}: {error}", self.id);
         self.close(ctx, Close::ServerError);
     }

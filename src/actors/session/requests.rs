@@ -6,13 +6,12 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use actix::prelude::*;
-use actix_web_actors::ws;
 use governor::clock::{Clock, DefaultClock};
 use governor::NotUntil;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
-use super::Session;
+use super::{Session, Wire};
 use crate::actors::broker::{Ephemeral, OnlineUsers};
 use crate::inbox::{self, InboxError, Send};
 use crate::outbound::Dispatch;
@@ -60,11 +59,11 @@ impl Limits {
     }
 }
 
-impl Session {
+impl<W: Wire> Session<W> {
     /// Whether a frame from the client is within its rate. The first refused one in a heartbeat
     /// interval is answered with `rate-limited` (later ones are dropped silently, so a flood
     /// gets no flood back); past [`ABUSE_LIMIT`] the session is closed.
-    pub(super) fn admit_frame(&mut self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+    pub(super) fn admit_frame(&mut self, ctx: &mut W::Context) -> bool {
         let Err(not_until) = self.limits.frames.check() else {
             return true;
         };
@@ -87,7 +86,7 @@ impl Session {
     /// Answers a request over its rate with `rate-limited` and when to try again.
     fn rate_limited(
         &mut self,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut W::Context,
         not_until: &NotUntil<<DefaultClock as Clock>::Instant>,
         message: &str,
         reference: Option<Value>,
@@ -99,15 +98,10 @@ impl Session {
             reference,
             retry_after_ms: Some(wait.as_millis().max(1) as u64),
         };
-        self.write(ctx, frame.to_text());
+        self.write(ctx, &frame);
     }
 
-    fn refuse(
-        &mut self,
-        ctx: &mut ws::WebsocketContext<Self>,
-        error: &InboxError,
-        reference: Option<Value>,
-    ) {
+    fn refuse(&mut self, ctx: &mut W::Context, error: &InboxError, reference: Option<Value>) {
         if let InboxError::Store(e) = error {
             log::error!("session request failed: {e}");
         }
@@ -121,14 +115,14 @@ impl Session {
             reference,
             retry_after_ms: None,
         };
-        self.write(ctx, frame.to_text());
+        self.write(ctx, &frame);
     }
 
     pub(super) fn on_send(
         &mut self,
         send: OwnedSend,
         reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut W::Context,
     ) {
         if let Err(not_until) = self.limits.sends.check() {
             let message = "too many messages; slow down";
@@ -169,7 +163,7 @@ impl Session {
                             seq: Some(sent.seq),
                             duplicate: sent.duplicate,
                         };
-                        session.write(ctx, ack.to_text());
+                        session.write(ctx, &ack);
                     }
                     Err(error) => session.refuse(ctx, &error, reference),
                 }),
@@ -181,7 +175,7 @@ impl Session {
         conversation_id: String,
         up_to: Option<String>,
         reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut W::Context,
     ) {
         let (store, broker) = (self.shared.store.clone(), self.shared.broker.clone());
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
@@ -208,7 +202,7 @@ impl Session {
                             seq: None,
                             duplicate: false,
                         };
-                        session.write(ctx, ack.to_text());
+                        session.write(ctx, &ack);
                     }
                     Err(error) => session.refuse(ctx, &error, reference),
                 }),
@@ -217,11 +211,7 @@ impl Session {
 
     /// Forwards "typing" to the others who see the conversation; at most one per
     /// [`TYPING_INTERVAL`], the rest dropped (a typing indicator loses nothing by it).
-    pub(super) fn on_typing(
-        &mut self,
-        conversation_id: String,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    pub(super) fn on_typing(&mut self, conversation_id: String, ctx: &mut W::Context) {
         if self.limits.typing.check().is_err() {
             return;
         }
@@ -249,11 +239,7 @@ impl Session {
         }));
     }
 
-    pub(super) fn on_presence(
-        &mut self,
-        reference: Option<Value>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    pub(super) fn on_presence(&mut self, reference: Option<Value>, ctx: &mut W::Context) {
         let query = self.shared.broker.send(OnlineUsers {
             account: self.identity.account.clone(),
         });
@@ -261,11 +247,10 @@ impl Session {
             let users = users.unwrap_or_default();
             session.write(
                 ctx,
-                ServerFrame::Presence {
+                &ServerFrame::Presence {
                     reference,
                     users: &users,
-                }
-                .to_text(),
+                },
             );
         }));
     }

@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use actix::{Actor, StreamHandler};
 use actix_http::ws::Codec;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, WebsocketContext};
 use futures_core::Stream;
 
-use super::Session;
+use super::{Native, Session};
 
 /// Bytes written for a client and not yet taken by the socket writer: counted by whoever
 /// queues a frame (the room for events, the session for its own frames) and uncounted by the
@@ -63,7 +64,7 @@ impl Backlog {
         self.queued.load(Ordering::Relaxed)
     }
 
-    fn taken(&self, bytes: usize) {
+    pub fn taken(&self, bytes: usize) {
         // Saturating: a frame nobody counted (none should exist) must not wrap.
         let _ = self
             .queued
@@ -116,15 +117,38 @@ impl Stream for Counted {
 
 /// Upgrades the request and starts the session on it.
 pub fn start(
-    session: Session,
+    session: Session<Native>,
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
+    let (max_frame_bytes, backlog) = (session.shared.max_frame_bytes, session.backlog.clone());
     // Answers with `switchboard.v1` when the client offered it (never with the token entry).
-    let mut response = ws::handshake_with_protocols(req, &[crate::auth::SUBPROTOCOL])?;
-    let codec = Codec::new().max_size(session.shared.max_frame_bytes);
-    let backlog = session.backlog.clone();
-    let inner = Box::pin(WebsocketContext::with_codec(session, payload, codec));
+    serve(
+        session,
+        req,
+        payload,
+        &[crate::auth::SUBPROTOCOL],
+        max_frame_bytes,
+        backlog,
+    )
+}
+
+/// Upgrades the request and runs `actor` on the WebSocket, counting what it writes off
+/// `backlog` as the socket takes it.
+pub fn serve<A>(
+    actor: A,
+    req: &HttpRequest,
+    payload: web::Payload,
+    protocols: &[&str],
+    max_frame_bytes: usize,
+    backlog: Arc<Backlog>,
+) -> Result<HttpResponse, actix_web::Error>
+where
+    A: Actor<Context = WebsocketContext<A>> + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
+{
+    let mut response = ws::handshake_with_protocols(req, protocols)?;
+    let codec = Codec::new().max_size(max_frame_bytes);
+    let inner = Box::pin(WebsocketContext::with_codec(actor, payload, codec));
     Ok(response.streaming(Counted {
         inner,
         pending: Bytes::new(),

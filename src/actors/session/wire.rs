@@ -1,0 +1,68 @@
+//! What a session needs from the protocol its client speaks: how its frames are framed, how they
+//! reach the client, how the client is pinged and how the connection is closed.
+//!
+//! Everything else — rooms, requests, resuming, token lifetime, backpressure — is the session's
+//! own and the same on every wire. Events are framed once per publish by the room, for each
+//! [`Framing`] among its members, not once per recipient.
+
+use actix::dev::ToEnvelope;
+use actix::prelude::*;
+use bytestring::ByteString;
+
+use super::{Deliver, FromRoom, Session};
+use crate::protocol::{Close, ServerFrame};
+
+/// How event frames are encoded for a session; the room keeps one encoding of each event per
+/// framing in use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `{"type":"event",…}` JSON text frames (`/ws`).
+    Native,
+    /// Socket.IO EVENT packets (`/socket.io/`).
+    SocketIo,
+}
+
+impl Framing {
+    /// An event's native frame in this framing.
+    pub fn encode(self, native: &ByteString) -> ByteString {
+        match self {
+            Self::Native => native.clone(),
+            Self::SocketIo => crate::socket_io::packet::event(native),
+        }
+    }
+}
+
+pub trait Wire: Sized + Unpin + 'static {
+    type Context: ActorContext
+        + AsyncContext<Session<Self>>
+        + ToEnvelope<Session<Self>, Deliver>
+        + ToEnvelope<Session<Self>, FromRoom>;
+
+    /// How the room frames events for this wire.
+    const FRAMING: Framing;
+    /// What a ping costs in the client's backlog.
+    const PING_BYTES: usize;
+
+    /// A frame of the session's own (welcome, ack, error, …), framed for this wire.
+    fn frame(&mut self, frame: &ServerFrame) -> ByteString;
+
+    /// An event's native frame, framed for this wire (events read back for one session; live
+    /// ones come framed by the room).
+    fn event(&self, native: ByteString) -> ByteString {
+        Self::FRAMING.encode(&native)
+    }
+
+    /// Hands a framed text to the client's transport (already counted in the backlog).
+    fn send(&mut self, ctx: &mut Self::Context, text: ByteString);
+
+    /// The heartbeat's ping; the client's answer (any sign of life) resets its timeout.
+    fn ping(&mut self, ctx: &mut Self::Context);
+
+    /// Ends the connection for `close`; `welcomed`: the client was told it is connected. The
+    /// session stops itself afterwards.
+    fn close(&mut self, ctx: &mut Self::Context, close: Close, welcomed: bool);
+
+    fn started(&mut self, _ctx: &mut Self::Context) {}
+
+    fn stopped(&mut self) {}
+}

@@ -1,0 +1,236 @@
+//! One Engine.IO connection: whichever transport currently carries it (HTTP long-polling or a
+//! WebSocket), the session on it once the client connected, and the packets waiting for the
+//! next poll.
+//!
+//! The session writes through the link without knowing the transport; the HTTP handlers and
+//! the WebSocket actor read from it. Shared across threads (a poll may be served by any worker),
+//! so its state sits behind a mutex held only for queue operations.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use tokio::sync::Notify;
+
+use super::socket::{Shut, Socket, Write};
+use super::wire::{Engine, Inbound};
+use super::{packet, Engines};
+use crate::actors::session::{frame_size, Backlog, Session};
+use crate::config::Secret;
+
+pub struct Link {
+    pub sid: String,
+    /// What the handshake request carried (`Authorization: Bearer` or `?token=`), for a CONNECT
+    /// whose `auth` has no `token`.
+    pub handshake_token: Option<Secret>,
+    /// Bytes written for the client and not yet taken by a poll or the socket.
+    pub backlog: Arc<Backlog>,
+    state: Mutex<State>,
+    /// Wakes the waiting poll.
+    wake: Notify,
+    engines: Weak<Engines>,
+}
+
+enum Transport {
+    Polling,
+    WebSocket(Addr<Socket>),
+}
+
+struct State {
+    transport: Transport,
+    /// Packets for the next poll; `true` for those counted in the backlog.
+    queue: VecDeque<(ByteString, bool)>,
+    /// A poll is waiting.
+    polling: bool,
+    /// A WebSocket is being probed: the waiting poll answers at once (with a noop if need be),
+    /// so the client can switch.
+    upgrading: bool,
+    session: Option<Addr<Session<Engine>>>,
+    closed: bool,
+}
+
+/// Why a poll was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PollError {
+    /// The connection moved to a WebSocket, or closed.
+    Gone,
+    /// A second poll while one waits: the protocol forbids it, and the connection is closed.
+    Overlap,
+}
+
+impl Link {
+    pub fn new(
+        sid: String,
+        handshake_token: Option<Secret>,
+        max_queued_bytes: usize,
+        engines: Weak<Engines>,
+    ) -> Self {
+        Self {
+            sid,
+            handshake_token,
+            backlog: Arc::new(Backlog::new(max_queued_bytes)),
+            state: Mutex::new(State {
+                transport: Transport::Polling,
+                queue: VecDeque::new(),
+                polling: false,
+                upgrading: false,
+                session: None,
+                closed: false,
+            }),
+            wake: Notify::new(),
+            engines,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding it leaves only a queue behind: carry on with it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A packet the session counted in the backlog.
+    pub fn send(&self, packet: ByteString) {
+        self.push(packet, true);
+    }
+
+    /// A packet of the connection's own (CONNECT_ERROR, close), not counted.
+    pub fn send_uncounted(&self, packet: ByteString) {
+        self.push(packet, false);
+    }
+
+    fn push(&self, packet: ByteString, counted: bool) {
+        let mut state = self.state();
+        if state.closed {
+            return;
+        }
+        match &state.transport {
+            Transport::WebSocket(socket) => socket.do_send(Write(packet)),
+            Transport::Polling => {
+                state.queue.push_back((packet, counted));
+                drop(state);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    pub fn session(&self) -> Option<Addr<Session<Engine>>> {
+        self.state().session.clone()
+    }
+
+    pub fn set_session(&self, session: Addr<Session<Engine>>) {
+        self.state().session = Some(session);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
+    /// The packets for one poll (joined by the record separator, at most about `max_payload`
+    /// bytes), waiting up to `wait` for one; a noop when none came.
+    pub async fn poll(&self, max_payload: usize, wait: Duration) -> Result<String, PollError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        {
+            let mut state = self.state();
+            if state.polling {
+                drop(state);
+                self.close();
+                return Err(PollError::Overlap);
+            }
+            state.polling = true;
+        }
+        let answer = loop {
+            if let Some(answer) = self.take(max_payload) {
+                break answer;
+            }
+            if tokio::time::timeout_at(deadline, self.wake.notified())
+                .await
+                .is_err()
+            {
+                break self
+                    .take(max_payload)
+                    .unwrap_or(Ok(packet::NOOP.to_owned()));
+            }
+        };
+        self.state().polling = false;
+        answer
+    }
+
+    /// What a poll can answer now, if anything.
+    fn take(&self, max_payload: usize) -> Option<Result<String, PollError>> {
+        let mut state = self.state();
+        if matches!(state.transport, Transport::WebSocket(_)) {
+            return Some(Err(PollError::Gone));
+        }
+        if state.queue.is_empty() {
+            return match (state.closed, state.upgrading) {
+                (true, _) => Some(Ok(packet::CLOSE.to_owned())),
+                (false, true) => Some(Ok(packet::NOOP.to_owned())),
+                (false, false) => None,
+            };
+        }
+        let mut body = String::new();
+        while let Some((packet, counted)) = state.queue.front() {
+            if !body.is_empty() && body.len() + packet.len() + 1 > max_payload {
+                break;
+            }
+            if !body.is_empty() {
+                body.push(packet::SEPARATOR);
+            }
+            body.push_str(packet);
+            if *counted {
+                self.backlog.taken(frame_size(packet.len()));
+            }
+            state.queue.pop_front();
+        }
+        Some(Ok(body))
+    }
+
+    /// A WebSocket is being probed for this connection: release the waiting poll.
+    pub fn upgrading(&self) {
+        self.state().upgrading = true;
+        self.wake.notify_one();
+    }
+
+    pub fn upgrade_abandoned(&self) {
+        self.state().upgrading = false;
+    }
+
+    /// The client switched to `socket`: what was queued for polling goes there, and so does
+    /// everything after.
+    pub fn upgraded(&self, socket: Addr<Socket>) {
+        let mut state = self.state();
+        // Still counted: the socket uncounts them as it writes them.
+        for (packet, _) in state.queue.drain(..) {
+            socket.do_send(Write(packet));
+        }
+        state.transport = Transport::WebSocket(socket);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// The connection is over: the transport is closed, the session told, the link forgotten.
+    /// Idempotent.
+    pub fn close(&self) {
+        let mut state = self.state();
+        if state.closed {
+            return;
+        }
+        state.closed = true;
+        if let Transport::WebSocket(socket) = &state.transport {
+            socket.do_send(Shut);
+        }
+        let session = state.session.take();
+        drop(state);
+        // A waiting poll answers with the close packet.
+        self.wake.notify_one();
+        if let Some(session) = session {
+            session.do_send(Inbound::TransportClosed);
+        }
+        if let Some(engines) = self.engines.upgrade() {
+            engines.forget(&self.sid);
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Socket.IO compatibility: `/socket.io/` speaks Socket.IO v5 over Engine.IO v4, so a frontend
+//! built on `socket.io-client` connects by changing only its URL.
+//!
+//! It is a second wire of the same engine: a connected client is a [`Session`] like any on
+//! `/ws` — same room, auth, requests, resume and backpressure — whose frames are Socket.IO
+//! packets ([`wire`]). Underneath, an Engine.IO connection ([`link`]) is carried by HTTP
+//! long-polling, a WebSocket ([`socket`]), or the one then the other. The request handlers here:
+//!
+//! - `GET /socket.io/?EIO=4&transport=polling` opens a connection (the open packet); with `&sid=`,
+//!   waits for packets.
+//! - `POST /socket.io/?EIO=4&transport=polling&sid=…` carries the client's packets.
+//! - `GET /socket.io/?EIO=4&transport=websocket[&sid=…]` opens one on a WebSocket, or upgrades.
+//!
+//! Only the default namespace is served, and binary attachments are refused, each with an error
+//! the client can show.
+
+pub mod link;
+pub mod packet;
+pub mod socket;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix::Actor;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::actors::session::{self, Session};
+use crate::api::AppState;
+use crate::auth;
+use crate::config::Secret;
+use crate::error::ApiError;
+use crate::metrics;
+use crate::store::events;
+use link::{Link, PollError};
+use packet::{FromClient, Packet};
+use socket::Socket;
+use wire::{pid_of, Engine, Inbound};
+
+/// The open Engine.IO connections of this node, by `sid`.
+#[derive(Default)]
+pub struct Engines {
+    links: Mutex<HashMap<String, Arc<Link>>>,
+}
+
+impl Engines {
+    fn get(&self, sid: &str) -> Option<Arc<Link>> {
+        self.lock().get(sid).cloned()
+    }
+
+    fn forget(&self, sid: &str) {
+        self.lock().remove(sid);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Link>>> {
+        self.links
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Query {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Polling,
+    WebSocket,
+}
+
+impl Query {
+    fn transport(&self) -> Result<Transport, ApiError> {
+        if self.eio.as_deref() != Some("4") {
+            return Err(ApiError::EngineIo {
+                code: "unsupported-protocol",
+                message: "only Engine.IO 4 (EIO=4, Socket.IO v3 and later clients) is served",
+            });
+        }
+        match self.transport.as_deref() {
+            Some("polling") => Ok(Transport::Polling),
+            Some("websocket") => Ok(Transport::WebSocket),
+            _ => Err(ApiError::EngineIo {
+                code: "unknown-transport",
+                message: "`transport` must be `polling` or `websocket`",
+            }),
+        }
+    }
+
+    fn link(&self, state: &AppState) -> Result<Arc<Link>, ApiError> {
+        self.sid
+            .as_deref()
+            .and_then(|sid| state.engines.get(sid))
+            .ok_or(ApiError::EngineIo {
+                code: "unknown-sid",
+                message: "no such Engine.IO connection (it closed, or lives on another node)",
+            })
+    }
+}
+
+/// `GET /socket.io/`
+pub async fn get(
+    req: HttpRequest,
+    query: web::Query<Query>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let transport = query.transport()?;
+    if query.sid.is_none() {
+        return open(&req, transport, payload, state);
+    }
+    let link = query.link(&state)?;
+    match transport {
+        Transport::WebSocket => {
+            let socket = Socket::upgrading(link.clone(), state.clone());
+            serve(socket, &req, payload, &state, link)
+        }
+        Transport::Polling => {
+            let wait = state.sessions.heartbeat.interval;
+            match link.poll(state.sessions.max_frame_bytes, wait).await {
+                Ok(body) => Ok(HttpResponse::Ok()
+                    .content_type("text/plain; charset=UTF-8")
+                    .body(body)),
+                Err(PollError::Gone) => Err(ApiError::EngineIo {
+                    code: "unknown-sid",
+                    message: "this connection no longer polls (it upgraded or closed)",
+                }),
+                Err(PollError::Overlap) => Err(ApiError::EngineIo {
+                    code: "overlapping-poll",
+                    message: "a poll was already waiting; the connection is closed",
+                }),
+            }
+        }
+    }
+}
+
+/// A new connection: the open packet, as the poll's answer or the socket's first message.
+fn open(
+    req: &HttpRequest,
+    transport: Transport,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
+    crate::api::ws::check_origin(req, &state)?;
+    state.auth_failures.check(req)?;
+    // A token given with the handshake is checked at CONNECT, so that a bad one is answered
+    // where the client's `connect_error` handler sees it.
+    let handshake_token = auth::token_from_request(req).ok().map(Secret::new);
+    let sid = crate::ids::random_id("eio");
+    let link = Arc::new(Link::new(
+        sid.clone(),
+        handshake_token,
+        state.sessions.max_queued_bytes,
+        Arc::downgrade(&state.engines),
+    ));
+    state.engines.lock().insert(sid.clone(), link.clone());
+    expire_unless_connected(link.clone(), state.sessions.heartbeat.timeout);
+
+    let heartbeat = &state.sessions.heartbeat;
+    let upgrades: &[&str] = match transport {
+        Transport::Polling => &["websocket"],
+        Transport::WebSocket => &[],
+    };
+    let open = packet::open(
+        &sid,
+        upgrades,
+        heartbeat.interval.as_millis() as u64,
+        (heartbeat.timeout - heartbeat.interval).as_millis() as u64,
+        state.sessions.max_frame_bytes,
+    );
+    match transport {
+        Transport::Polling => Ok(HttpResponse::Ok()
+            .content_type("text/plain; charset=UTF-8")
+            .body(open)),
+        Transport::WebSocket => {
+            let socket = Socket::opening(link.clone(), state.clone(), open);
+            serve(socket, req, payload, &state, link)
+        }
+    }
+}
+
+fn serve(
+    socket: Socket,
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    link: Arc<Link>,
+) -> Result<HttpResponse, ApiError> {
+    let max = state.sessions.max_frame_bytes;
+    session::serve(socket, req, payload, &[], max, link.backlog.clone())
+        .map_err(|_| ApiError::NotWebSocket)
+}
+
+/// A connection whose client never connects a session is closed after the heartbeat timeout.
+fn expire_unless_connected(link: Arc<Link>, after: std::time::Duration) {
+    actix::spawn(async move {
+        tokio::time::sleep(after).await;
+        if link.session().is_none() {
+            link.close();
+        }
+    });
+}
+
+/// `POST /socket.io/`: the client's packets, handled in order.
+pub async fn post(
+    req: HttpRequest,
+    query: web::Query<Query>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if query.transport()? != Transport::Polling {
+        return Err(ApiError::EngineIo {
+            code: "unknown-transport",
+            message: "packets are posted on the polling transport",
+        });
+    }
+    let link = query.link(&state)?;
+    let limit = state.sessions.max_frame_bytes;
+    let body = match payload.to_bytes_limited(limit).await {
+        Ok(body) => body.map_err(|e| ApiError::InvalidBody(e.to_string()))?,
+        Err(_) => {
+            // As a WebSocket message over the limit closes the socket.
+            link.close();
+            return Err(ApiError::PayloadTooLarge { limit });
+        }
+    };
+    let body = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::InvalidBody("the payload is not UTF-8 text".into()))?;
+    for packet in body.split(packet::SEPARATOR) {
+        receive(&state, &link, packet, Some(&req)).await;
+    }
+    Ok(HttpResponse::Ok().content_type("text/html").body("ok"))
+}
+
+/// One Engine.IO packet from the client, by whichever transport it came.
+async fn receive(state: &AppState, link: &Arc<Link>, text: &str, req: Option<&HttpRequest>) {
+    let session = link.session();
+    match FromClient::decode(text) {
+        Some(FromClient::Pong) => {
+            if let Some(session) = session {
+                session.do_send(Inbound::Pong);
+            }
+        }
+        Some(FromClient::Message(text)) => match (Packet::decode(text), session) {
+            (Ok((namespace, Packet::Connect { auth })), None) if namespace == "/" => {
+                connect(state, link, auth, req).await;
+            }
+            (Ok((namespace, Packet::Connect { .. })), _) if namespace != "/" => {
+                link.send_uncounted(packet::connect_error(
+                    &namespace,
+                    "unknown-namespace",
+                    "only the default namespace (/) is served",
+                ));
+            }
+            // For a namespace that never connected: dropped, as Socket.IO servers do.
+            (Ok((namespace, _)), _) if namespace != "/" => {}
+            (Ok((_, packet)), Some(session)) => session.do_send(Inbound::Packet(Ok(packet))),
+            (Err(e), Some(session)) => session.do_send(Inbound::Packet(Err(e))),
+            // Anything but CONNECT before CONNECT is dropped, likewise.
+            (_, None) => {}
+        },
+        Some(FromClient::Close) => link.close(),
+        // A ping from the client (only a probe, handled by the socket), a noop, an upgrade on
+        // the wrong transport: nothing to do.
+        Some(FromClient::Ping(_) | FromClient::Noop | FromClient::Upgrade) => {}
+        None => {
+            log::debug!("not an Engine.IO packet; closing the connection");
+            link.close();
+        }
+    }
+}
+
+/// A CONNECT: the token verified, the resume point (if any) checked, the session started — or
+/// CONNECT_ERROR with a code and a message.
+async fn connect(state: &AppState, link: &Arc<Link>, auth: Value, req: Option<&HttpRequest>) {
+    let refuse = |code: &str, message: &str| {
+        link.send_uncounted(packet::connect_error("/", code, message));
+    };
+    let token = match auth.get("token") {
+        Some(Value::String(token)) => Some(token.clone()),
+        Some(_) => {
+            return refuse("malformed-token", "`auth.token` must be a string");
+        }
+        None => link.handshake_token.as_ref().map(|t| t.expose().to_owned()),
+    };
+    let Some(token) = token else {
+        metrics::auth_failure("missing-token");
+        return refuse(
+            "missing-token",
+            "connect with `auth: { token }`, an `Authorization: Bearer` header or `?token=`",
+        );
+    };
+    let identity = match state.verifier.verify(&token) {
+        Ok(identity) => identity,
+        Err(e) => {
+            metrics::auth_failure(e.code());
+            if let Some(req) = req {
+                state.auth_failures.failed(req);
+            }
+            log::info!("socket.io connect refused code={}", e.code());
+            return refuse(e.code(), &e.to_string());
+        }
+    };
+
+    // Recovering: the `pid` this account's session gave, and the last sequence number seen.
+    let pid = auth.get("pid").and_then(Value::as_str).map(str::to_owned);
+    let offset = auth
+        .get("offset")
+        .and_then(Value::as_str)
+        .and_then(|o| o.parse::<u64>().ok());
+    let since = offset.filter(|_| {
+        pid.as_deref()
+            .is_some_and(|pid| pid_of(pid, identity.account.as_str()))
+    });
+    let (mut since, mut seen_seq) = (since, None);
+    if let Some(asked) = since {
+        let account = identity.account.clone();
+        match state
+            .store
+            .run(move |conn| events::current_seq(conn, &account))
+            .await
+        {
+            Ok(seq) if asked <= seq => seen_seq = Some(seq),
+            // An offset from the future is not ours: connect afresh (not recovered).
+            Ok(_) => since = None,
+            Err(e) => {
+                log::error!("socket.io connect failed: {e}");
+                return refuse("unavailable", "the server cannot serve this now; retry");
+            }
+        }
+    }
+    if link.is_closed() {
+        return;
+    }
+    let wire = Engine::new(link.clone(), pid.filter(|_| since.is_some()));
+    let session = Session::new(identity, seen_seq, since, state.sessions.clone(), wire);
+    link.set_session(session.start());
+}
