@@ -17,6 +17,7 @@ mod lifetime;
 mod operations;
 mod persistence;
 mod resume;
+mod socket_io;
 mod users;
 mod webhook_fuzz;
 mod webhooks;

@@ -20,6 +20,9 @@ use super::{packet, Engines};
 use crate::actors::session::{frame_size, Backlog, Session};
 use crate::config::Secret;
 
+/// How long a closed polling connection still answers polls.
+const LINGER: Duration = Duration::from_secs(5);
+
 pub struct Link {
     pub sid: String,
     /// What the handshake request carried (`Authorization: Bearer` or `?token=`), for a CONNECT
@@ -219,9 +222,13 @@ impl Link {
             return;
         }
         state.closed = true;
-        if let Transport::WebSocket(socket) = &state.transport {
-            socket.do_send(Shut);
-        }
+        let polling = match &state.transport {
+            Transport::WebSocket(socket) => {
+                socket.do_send(Shut);
+                false
+            }
+            Transport::Polling => true,
+        };
         let session = state.session.take();
         drop(state);
         // A waiting poll answers with the close packet.
@@ -229,7 +236,18 @@ impl Link {
         if let Some(session) = session {
             session.do_send(Inbound::TransportClosed);
         }
-        if let Some(engines) = self.engines.upgrade() {
+        let Some(engines) = self.engines.upgrade() else {
+            return;
+        };
+        if polling {
+            // The client's next poll still gets what was queued (a `closing` event, say), then
+            // the close packet.
+            let sid = self.sid.clone();
+            actix::spawn(async move {
+                tokio::time::sleep(LINGER).await;
+                engines.forget(&sid);
+            });
+        } else {
             engines.forget(&self.sid);
         }
     }

@@ -224,6 +224,12 @@ pub async fn post(
         });
     }
     let link = query.link(&state)?;
+    if link.is_closed() {
+        return Err(ApiError::EngineIo {
+            code: "unknown-sid",
+            message: "this connection is closed",
+        });
+    }
     let limit = state.sessions.max_frame_bytes;
     let body = match payload.to_bytes_limited(limit).await {
         Ok(body) => body.map_err(|e| ApiError::InvalidBody(e.to_string()))?,

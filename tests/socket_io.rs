@@ -1,0 +1,288 @@
+//! Socket.IO compatibility (`/socket.io/`), tested with clients nobody here wrote: the npm
+//! `socket.io-client` (tests/socketio/client.test.mjs, Node's test runner) and the PyPI
+//! `python-socketio` client (tests/socketio/python_client.py), each against a real server on an
+//! ephemeral port. The clients are installed on first use — `npm ci` into tests/socketio, and a
+//! virtual environment under target/ — so `cargo test` needs only Node and Python on the machine.
+//! Then the Engine.IO transport's refusals, by plain HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{token, Db, TestServer, API_KEY, JWT_SECRET};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(command: &mut Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{what} failed:\n{text}");
+    text
+}
+
+/// `npm ci` once, if socket.io-client is not installed yet.
+fn node_client() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = root().join("tests/socketio");
+        if !dir.join("node_modules/socket.io-client").exists() {
+            run(
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(&dir),
+                "installing socket.io-client",
+            );
+        }
+        dir
+    })
+}
+
+/// A virtual environment with the pinned python-socketio client, made once.
+fn python_client() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let venv = root().join("target/socketio-venv");
+        let python = venv.join("bin/python");
+        let installed = python.exists()
+            && Command::new(&python)
+                .args(["-c", "import socketio, requests, websocket"])
+                .status()
+                .is_ok_and(|s| s.success());
+        if !installed {
+            run(
+                Command::new("python3").args(["-m", "venv"]).arg(&venv),
+                "creating a virtual environment",
+            );
+            let requirements = root().join("tests/socketio/requirements.txt");
+            run(
+                Command::new(&python)
+                    .args(["-m", "pip", "install", "--quiet", "-r"])
+                    .arg(requirements),
+                "installing python-socketio",
+            );
+        }
+        python
+    })
+}
+
+/// The server's address and credentials, as the client suites read them.
+fn client_env(command: &mut Command, server: &TestServer) {
+    command
+        .env("SWITCHBOARD_URL", server.http_url(""))
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .env("SWITCHBOARD_JWT_SECRET", JWT_SECRET);
+}
+
+#[test]
+fn socket_io_client_from_npm() {
+    let dir = node_client();
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let mut node = Command::new("node");
+    node.args(["--test", "--test-reporter=spec", "."])
+        .current_dir(dir);
+    client_env(&mut node, &server);
+    let output = run(&mut node, "the socket.io-client suite");
+    assert!(output.contains("pass 9"), "{output}");
+}
+
+#[test]
+fn python_socketio_client_from_pypi() {
+    let python = python_client();
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let mut suite = Command::new(python);
+    suite.arg(root().join("tests/socketio/python_client.py"));
+    client_env(&mut suite, &server);
+    let output = run(&mut suite, "the python-socketio suite");
+    assert!(
+        output.contains("Ran 6 tests") && output.contains("OK"),
+        "{output}"
+    );
+}
+
+async fn get(server: &TestServer, query: &str) -> (u16, String) {
+    let response = reqwest::get(server.http_url(&format!("/socket.io/?{query}")))
+        .await
+        .expect("GET /socket.io/");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn post(server: &TestServer, query: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(server.http_url(&format!("/socket.io/?{query}")))
+        .body(body)
+        .send()
+        .await
+        .expect("POST /socket.io/");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn error_code(body: &str) -> Value {
+    serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["error"]["code"].clone()
+}
+
+/// A polling connection's `sid`, from its open packet.
+async fn open(server: &TestServer) -> String {
+    let (status, body) = get(server, "EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "{body}");
+    let open: Value =
+        serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    assert!(open["pingInterval"].as_u64().unwrap() > 0);
+    open["sid"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn engine_io_refusals_are_clear_and_disturb_nothing() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+
+    // Wrong protocol version, unknown transport, unknown sid: 400 with a code each.
+    let cases = [
+        ("EIO=3&transport=polling", "unsupported-protocol"),
+        ("transport=polling", "unsupported-protocol"),
+        ("EIO=4&transport=flashsocket", "unknown-transport"),
+        ("EIO=4&transport=polling&sid=eio_nope", "unknown-sid"),
+    ];
+    for (query, code) in cases {
+        let (status, body) = get(&server, query).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (400, json!(code)),
+            "{query}: {body}"
+        );
+    }
+    // A WebSocket request that is not an upgrade.
+    let (status, body) = get(&server, "EIO=4&transport=websocket").await;
+    assert_eq!((status, error_code(&body)), (400, json!("not-websocket")));
+
+    // A CONNECT with a bad token: CONNECT_ERROR with a code, read by the next poll.
+    let sid = open(&server).await;
+    let query = format!("EIO=4&transport=polling&sid={sid}");
+    assert_eq!(
+        post(&server, &query, r#"40{"token":"nope"}"#).await,
+        (200, "ok".into())
+    );
+    let (status, body) = get(&server, &query).await;
+    assert_eq!(status, 200);
+    let error: Value =
+        serde_json::from_str(body.strip_prefix("44").expect("CONNECT_ERROR")).unwrap();
+    assert_eq!(error["data"]["code"], "malformed-token");
+
+    // The same connection may try again with a good token; then it is a session.
+    let connect = format!("40{}", json!({ "token": token("acme", "u1") }));
+    assert_eq!(post(&server, &query, connect).await.0, 200);
+    let (_, body) = get(&server, &query).await;
+    let connected: Value = serde_json::from_str(body.strip_prefix("40").expect("CONNECT")).unwrap();
+    assert!(
+        connected["sid"].is_string() && connected["pid"].is_string(),
+        "{body}"
+    );
+
+    // A binary event is refused with its acknowledgement; the session carries on.
+    assert_eq!(
+        post(
+            &server,
+            &query,
+            r#"451-7["upload",{"_placeholder":true,"num":0}]"#
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, body) = get(&server, &query).await;
+    let answer: Value = serde_json::from_str(body.strip_prefix("437").expect("an ack")).unwrap();
+    assert_eq!(answer[0]["code"], "binary-not-supported", "{body}");
+    assert_eq!(post(&server, &query, r#"428["presence",{}]"#).await.0, 200);
+    let (_, body) = get(&server, &query).await;
+    assert!(
+        body.starts_with("438[") && body.contains("\"u1\""),
+        "{body}"
+    );
+
+    // Over the payload limit: 413, and the connection is closed: the next poll gets the close
+    // packet, and nothing more is taken.
+    let (status, body) = post(&server, &query, "4".repeat(1 << 20)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, json!("payload-too-large"))
+    );
+    assert_eq!(get(&server, &query).await, (200, "1".into()));
+    let (status, body) = post(&server, &query, r#"42["presence",{}]"#).await;
+    assert_eq!((status, error_code(&body)), (400, json!("unknown-sid")));
+
+    // Other connections are undisturbed.
+    let other = open(&server).await;
+    let query = format!("EIO=4&transport=polling&sid={other}");
+    let connect = format!("40{}", json!({ "token": token("acme", "u2") }));
+    assert_eq!(post(&server, &query, connect).await.0, 200);
+    assert!(get(&server, &query).await.1.starts_with("40{"));
+}
+
+#[tokio::test]
+async fn engine_io_pings_come_from_the_session_and_a_silent_client_is_closed() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    config.heartbeat = switchboard::config::Heartbeat {
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(400),
+    };
+    let server = TestServer::start(config);
+    let (_, body) = get(&server, "EIO=4&transport=polling").await;
+    let open: Value = serde_json::from_str(&body[1..]).unwrap();
+    // Our heartbeat, in Engine.IO's terms: a ping every interval, the rest of the timeout to answer.
+    assert_eq!(
+        (open["pingInterval"].as_u64(), open["pingTimeout"].as_u64()),
+        (Some(100), Some(300))
+    );
+    let query = format!(
+        "EIO=4&transport=polling&sid={}",
+        open["sid"].as_str().unwrap()
+    );
+    let connect = format!("40{}", json!({ "token": token("acme", "u1") }));
+    assert_eq!(post(&server, &query, connect).await.0, 200);
+    assert!(get(&server, &query).await.1.starts_with("40{"));
+
+    // Answering every ping keeps the session well past the timeout.
+    let answering = Instant::now() + Duration::from_millis(1200);
+    let mut pings = 0;
+    while Instant::now() < answering {
+        let (status, body) = get(&server, &query).await;
+        assert_eq!(status, 200, "{body}");
+        for packet in body.split('\x1e') {
+            assert_eq!(packet, "2", "only pings while nothing happens: {body}");
+            pings += 1;
+            assert_eq!(post(&server, &query, "3").await.0, 200);
+        }
+    }
+    assert!(pings >= 5, "{pings} pings in 1.2 s at a 100 ms interval");
+
+    // Silent from now on: told why, then closed.
+    let mut seen = String::new();
+    let closed = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < closed, "not closed: {seen}");
+        let (status, body) = get(&server, &query).await;
+        if status == 400 {
+            assert_eq!(error_code(&body), json!("unknown-sid"));
+            break;
+        }
+        seen.push_str(&body);
+        if body == "1" {
+            break;
+        }
+    }
+    assert!(seen.contains(r#""name":"heartbeat-timeout""#), "{seen}");
+}
