@@ -6,7 +6,7 @@
 //! - A frame answering an emit that asked for an acknowledgement is that acknowledgement; any
 //!   other frame (`error`, `token-expiring`, `resume-failed`, …) is an event named by its type.
 //! - `socket.emit(<type>, {…}, ack)` is the native frame `{"type": <type>, …}` with the ack id as
-//!   its `ref`.
+//!   its `ref` (`mark_read` and `send_message` are taken for `read` and `send`).
 
 use std::sync::Arc;
 
@@ -157,8 +157,9 @@ impl Session<Engine> {
                 return self.refuse_packet(FrameError::Invalid(e.to_string()), None, ctx);
             }
         };
-        let answered = answers(&name);
-        match client_frame(name, args, ack.filter(|_| answered)) {
+        let kind = native_name(&name);
+        let answered = answers(kind);
+        match client_frame(kind, args, ack.filter(|_| answered)) {
             Ok(frame) => {
                 self.on_frame(Ok(frame), ctx);
                 if let (Some(id), false) = (ack, answered) {
@@ -181,6 +182,16 @@ impl Session<Engine> {
     }
 }
 
+/// The native command an emit names: its own name, or the one our field reports' frontends use
+/// for it.
+fn native_name(emit: &str) -> &str {
+    match emit {
+        "mark_read" => "read",
+        "send_message" => "send",
+        other => other,
+    }
+}
+
 /// Whether the native protocol answers frames of this type (with their `ref`).
 fn answers(kind: &str) -> bool {
     !matches!(kind, "typing" | "resume")
@@ -188,11 +199,7 @@ fn answers(kind: &str) -> bool {
 
 /// `emit(name, {…})` as the native frame `{"type": name, …, "ref": ack}`. A `ref` of the
 /// client's own is dropped: answers are matched by the acknowledgement id.
-fn client_frame(
-    name: String,
-    args: Vec<Value>,
-    ack: Option<u64>,
-) -> Result<ClientFrame, FrameError> {
+fn client_frame(kind: &str, args: Vec<Value>, ack: Option<u64>) -> Result<ClientFrame, FrameError> {
     let mut args = args.into_iter();
     let mut fields = match args.next() {
         None => Map::new(),
@@ -208,7 +215,7 @@ fn client_frame(
             "an emit takes one object (and an acknowledgement callback)".into(),
         ));
     }
-    fields.insert("type".into(), Value::String(name));
+    fields.insert("type".into(), Value::from(kind));
     fields.remove("ref");
     if let Some(id) = ack {
         fields.insert("ref".into(), Value::from(id));

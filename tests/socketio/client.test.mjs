@@ -171,6 +171,11 @@ test("emits with acknowledgements are the native commands, answered with the nat
 
   const read = await b.timeout(WAIT).emitWithAck("read", { conversation_id: conversation });
   assert.deepEqual([read.type, read.conversation_id], ["ack", conversation]);
+  // The names our field reports' frontends use.
+  const marked = await b.timeout(WAIT).emitWithAck("mark_read", { conversation_id: conversation });
+  assert.deepEqual([marked.type, marked.conversation_id], ["ack", conversation]);
+  const sent = await a.timeout(WAIT).emitWithAck("send_message", { conversation_id: conversation, text: "again" });
+  assert.equal(sent.type, "ack");
 
   const presence = await a.timeout(WAIT).emitWithAck("presence", {});
   assert.deepEqual(presence.users.sort(), [alice, bob]);
@@ -181,7 +186,8 @@ test("emits with acknowledgements are the native commands, answered with the nat
   assert.deepEqual(a.received.find(([name]) => name === "typing")[1], { conversation_id: conversation, user_id: bob });
 
   const errors = [
-    [["mark_read", {}], "unknown-type"],
+    // Rooms are the token's account: there is nothing to join.
+    [["join_room", { room: "account:globex" }], "unknown-type"],
     [["send", { text: "no conversation" }], "invalid-frame"],
     [["send", { conversation_id: "conv_nope", text: "x" }], "not-a-participant"],
     [["send", "a string"], "invalid-frame"],

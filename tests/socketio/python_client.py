@@ -167,7 +167,7 @@ class PythonSocketIoClient(unittest.TestCase):
         client = self.recorder().connect(auth={"token": token(account, "u1")})
         presence = client.client.call("presence", {}, timeout=WAIT)
         self.assertEqual((presence["type"], presence["users"]), ("presence", ["u1"]))
-        error = client.client.call("mark_read", {"conversation_id": "c"}, timeout=WAIT)
+        error = client.client.call("join_room", {"room": "account:globex"}, timeout=WAIT)
         self.assertEqual((error["type"], error["code"]), ("error", "unknown-type"))
         self.assertEqual(client.client.call("ping", {}, timeout=WAIT)["type"], "pong")
 

@@ -65,7 +65,8 @@ impl Backlog {
     }
 
     pub fn taken(&self, bytes: usize) {
-        // Saturating: a frame nobody counted (none should exist) must not wrap.
+        // Saturating: a frame nobody counted (a Socket.IO connection's own packets, such as its
+        // open packet) must not wrap.
         let _ = self
             .queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
