@@ -286,3 +286,94 @@ async fn engine_io_pings_come_from_the_session_and_a_silent_client_is_closed() {
     }
     assert!(seen.contains(r#""name":"heartbeat-timeout""#), "{seen}");
 }
+
+/// A Socket.IO client on long-polling, packet by packet.
+struct Poller<'a> {
+    server: &'a TestServer,
+    query: String,
+    /// Packets polled and not yet looked at.
+    pending: std::collections::VecDeque<String>,
+}
+
+impl<'a> Poller<'a> {
+    /// Opens a connection and CONNECTs with `auth`; answers the CONNECT answer's data.
+    async fn connect(server: &'a TestServer, auth: Value) -> (Self, Value) {
+        let query = format!("EIO=4&transport=polling&sid={}", open(server).await);
+        assert_eq!(post(server, &query, format!("40{auth}")).await.0, 200);
+        let mut poller = Self {
+            server,
+            query,
+            pending: Default::default(),
+        };
+        let connected = poller.next().await;
+        let connected = connected.strip_prefix("40").expect("a CONNECT answer");
+        (poller, serde_json::from_str(connected).unwrap())
+    }
+
+    /// The next packet other than pings and noops.
+    async fn next(&mut self) -> String {
+        loop {
+            if let Some(packet) = self.pending.pop_front() {
+                return packet;
+            }
+            let (status, body) = get(self.server, &self.query).await;
+            assert_eq!(status, 200, "{body}");
+            let packets = body.split('\x1e').filter(|p| *p != "2" && *p != "6");
+            self.pending.extend(packets.map(str::to_owned));
+        }
+    }
+}
+
+#[tokio::test]
+async fn recovering_from_beyond_retention_is_not_a_recovery_and_says_so() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    config.retention.max_events = 5;
+    config.retention.interval = Duration::from_millis(50);
+    let server = TestServer::start(config);
+    let auth = json!({ "token": token("acme", "alice") });
+    let (_, first) = Poller::connect(&server, auth.clone()).await;
+    let pid = first["pid"].as_str().unwrap().to_owned();
+    for i in 1..=10 {
+        server.publish("acme", None, "e", json!(i)).await;
+    }
+    // Wait (bounded) for the pruner: the long-poll reports what is kept.
+    let alice = token("acme", "alice");
+    let mut pruned = false;
+    for _ in 0..100 {
+        let path = "/api/v1/events?since=4&timeout=0";
+        if server
+            .as_user(&alice, reqwest::Method::GET, path, None)
+            .await
+            .0
+            == 410
+        {
+            pruned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(pruned, "the pruner ran");
+
+    // Within what is kept: the same pid (socket.recovered), then what was missed.
+    let mut recovering = auth.clone();
+    recovering["pid"] = json!(pid);
+    recovering["offset"] = json!("8");
+    let (mut client, connected) = Poller::connect(&server, recovering.clone()).await;
+    assert_eq!(connected["pid"], json!(pid));
+    assert_eq!(client.next().await, r#"42["e",9,"9"]"#);
+    assert_eq!(client.next().await, r#"42["e",10,"10"]"#);
+
+    // Beyond it: another pid (not recovered), and why.
+    recovering["offset"] = json!("4");
+    let (mut client, connected) = Poller::connect(&server, recovering).await;
+    assert_ne!(connected["pid"], json!(pid));
+    let failed = client.next().await;
+    let failed: Value = serde_json::from_str(failed.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(
+        failed,
+        json!(["resume-failed", {"type": "resume-failed", "since": 4, "oldest_seq": 6, "seq": 10}])
+    );
+    let live = server.publish("acme", None, "e", json!(11)).await;
+    assert_eq!(client.next().await, format!(r#"42["e",11,"{live}"]"#));
+}

@@ -208,12 +208,17 @@ pub fn event(native: &ByteString) -> ByteString {
     }
     let event: Event = serde_json::from_str(native).expect("event frames are made by the server");
     let name = serde_json::to_string(&event.event).expect("strings serialize");
-    let data = event.data.get();
-    match event.seq {
-        Some(seq) => format!("42[{name},{data},\"{seq}\"]"),
-        None => format!("42[{name},{data}]"),
+    // Sized once: the data may be large, and this copy is the only one.
+    let mut packet = String::with_capacity(native.len() + 8);
+    packet.push_str("42[");
+    packet.push_str(&name);
+    packet.push(',');
+    packet.push_str(event.data.get());
+    if let Some(seq) = event.seq {
+        packet.push_str(&format!(",\"{seq}\""));
     }
-    .into()
+    packet.push(']');
+    packet.into()
 }
 
 #[cfg(test)]
