@@ -144,21 +144,27 @@ impl Link {
             }
             state.polling = true;
         }
-        let answer = loop {
+        // Not waiting any more however this ends — answered, or dropped with its request.
+        struct Waiting<'a>(&'a Link);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.state().polling = false;
+            }
+        }
+        let _waiting = Waiting(self);
+        loop {
             if let Some(answer) = self.take(max_payload) {
-                break answer;
+                return answer;
             }
             if tokio::time::timeout_at(deadline, self.wake.notified())
                 .await
                 .is_err()
             {
-                break self
+                return self
                     .take(max_payload)
                     .unwrap_or(Ok(packet::NOOP.to_owned()));
             }
-        };
-        self.state().polling = false;
-        answer
+        }
     }
 
     /// What a poll can answer now, if anything.
@@ -205,6 +211,10 @@ impl Link {
     /// everything after.
     pub fn upgraded(&self, socket: Addr<Socket>) {
         let mut state = self.state();
+        if state.closed {
+            socket.do_send(Shut);
+            return;
+        }
         // Still counted: the socket uncounts them as it writes them.
         for (packet, _) in state.queue.drain(..) {
             socket.do_send(Write(packet));

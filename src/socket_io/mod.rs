@@ -162,9 +162,6 @@ fn open(
         state.sessions.max_queued_bytes,
         Arc::downgrade(&state.engines),
     ));
-    state.engines.lock().insert(sid.clone(), link.clone());
-    expire_unless_connected(link.clone(), state.sessions.heartbeat.timeout);
-
     let heartbeat = &state.sessions.heartbeat;
     let upgrades: &[&str] = match transport {
         Transport::Polling => &["websocket"],
@@ -177,15 +174,18 @@ fn open(
         (heartbeat.timeout - heartbeat.interval).as_millis() as u64,
         state.sessions.max_frame_bytes,
     );
-    match transport {
-        Transport::Polling => Ok(HttpResponse::Ok()
+    let response = match transport {
+        Transport::Polling => HttpResponse::Ok()
             .content_type("text/plain; charset=UTF-8")
-            .body(open)),
+            .body(open),
         Transport::WebSocket => {
             let socket = Socket::opening(link.clone(), state.clone(), open);
-            serve(socket, req, payload, &state, link)
+            serve(socket, req, payload, &state, link.clone())?
         }
-    }
+    };
+    state.engines.lock().insert(sid, link.clone());
+    expire_unless_connected(link, heartbeat.timeout);
+    Ok(response)
 }
 
 fn serve(

@@ -82,6 +82,13 @@ impl Actor for Socket {
         if let Some(open) = self.open.take() {
             ctx.text(open);
             self.link.upgraded(ctx.address());
+        } else {
+            // A probe that never completes the upgrade is not kept open.
+            ctx.run_later(self.state.sessions.heartbeat.timeout, |socket, ctx| {
+                if !socket.attached {
+                    ctx.stop();
+                }
+            });
         }
     }
 

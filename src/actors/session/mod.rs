@@ -138,11 +138,6 @@ impl<W: Wire> Session<W> {
         }
     }
 
-    /// The backlog bytes queued for this session's client, shared with its transport.
-    pub fn backlog(&self) -> &Arc<Backlog> {
-        &self.backlog
-    }
-
     fn closing(&self) -> bool {
         self.end_reason.is_some()
     }
@@ -268,7 +263,6 @@ impl<W: Wire> Actor for Session<W> {
             self.identity.user,
             self.id
         );
-        self.wire.started(ctx);
         ctx.run_interval(self.shared.heartbeat.interval, |session, ctx| {
             session.limits.frames_refused = 0;
             session.check_token(ctx);

@@ -62,7 +62,5 @@ pub trait Wire: Sized + Unpin + 'static {
     /// session stops itself afterwards.
     fn close(&mut self, ctx: &mut Self::Context, close: Close, welcomed: bool);
 
-    fn started(&mut self, _ctx: &mut Self::Context) {}
-
     fn stopped(&mut self) {}
 }
