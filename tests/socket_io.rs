@@ -377,3 +377,22 @@ async fn recovering_from_beyond_retention_is_not_a_recovery_and_says_so() {
     let live = server.publish("acme", None, "e", json!(11)).await;
     assert_eq!(client.next().await, format!(r#"42["e",11,"{live}"]"#));
 }
+
+#[tokio::test]
+async fn bad_tokens_at_connect_count_against_the_address() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    config.auth_failures_per_minute = std::num::NonZeroU32::new(3).unwrap();
+    let server = TestServer::start(config);
+    let query = format!("EIO=4&transport=polling&sid={}", open(&server).await);
+    for _ in 0..4 {
+        assert_eq!(post(&server, &query, r#"40{"token":"nope"}"#).await.0, 200);
+        assert!(get(&server, &query).await.1.starts_with("44"));
+    }
+    // Over the allowance: the next handshake is refused before any token work.
+    let (status, body) = get(&server, "EIO=4&transport=polling").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (429, json!("too-many-auth-failures"))
+    );
+}

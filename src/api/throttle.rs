@@ -59,7 +59,13 @@ impl AuthFailures {
 
     /// A token or key from the client did not verify.
     pub fn failed(&self, req: &HttpRequest) {
-        let Some(ip) = address(req) else { return };
+        if let Some(ip) = address(req) {
+            self.failed_from(ip);
+        }
+    }
+
+    /// A token from the client at `ip` did not verify (after its request, on its connection).
+    pub fn failed_from(&self, ip: IpAddr) {
         if let Err(not_until) = self.allowance.check_key(&ip) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             let until = Instant::now() + wait.max(Duration::from_secs(1));

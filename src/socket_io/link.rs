@@ -7,6 +7,7 @@
 //! so its state sits behind a mutex held only for queue operations.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct Link {
     /// What the handshake request carried (`Authorization: Bearer` or `?token=`), for a CONNECT
     /// whose `auth` has no `token`.
     pub handshake_token: Option<Secret>,
+    /// The client's address at the handshake: a CONNECT with a bad token counts against it.
+    pub peer: Option<IpAddr>,
     /// Bytes written for the client and not yet taken by a poll or the socket.
     pub backlog: Arc<Backlog>,
     state: Mutex<State>,
@@ -67,12 +70,14 @@ impl Link {
     pub fn new(
         sid: String,
         handshake_token: Option<Secret>,
+        peer: Option<IpAddr>,
         max_queued_bytes: usize,
         engines: Weak<Engines>,
     ) -> Self {
         Self {
             sid,
             handshake_token,
+            peer,
             backlog: Arc::new(Backlog::new(max_queued_bytes)),
             state: Mutex::new(State {
                 transport: Transport::Polling,

@@ -159,6 +159,7 @@ fn open(
     let link = Arc::new(Link::new(
         sid.clone(),
         handshake_token,
+        req.peer_addr().map(|a| a.ip()),
         state.sessions.max_queued_bytes,
         Arc::downgrade(&state.engines),
     ));
@@ -212,7 +213,6 @@ fn expire_unless_connected(link: Arc<Link>, after: std::time::Duration) {
 
 /// `POST /socket.io/`: the client's packets, handled in order.
 pub async fn post(
-    req: HttpRequest,
     query: web::Query<Query>,
     payload: web::Payload,
     state: web::Data<AppState>,
@@ -242,13 +242,13 @@ pub async fn post(
     let body = std::str::from_utf8(&body)
         .map_err(|_| ApiError::InvalidBody("the payload is not UTF-8 text".into()))?;
     for packet in body.split(packet::SEPARATOR) {
-        receive(&state, &link, packet, Some(&req)).await;
+        receive(&state, &link, packet).await;
     }
     Ok(HttpResponse::Ok().content_type("text/html").body("ok"))
 }
 
 /// One Engine.IO packet from the client, by whichever transport it came.
-async fn receive(state: &AppState, link: &Arc<Link>, text: &str, req: Option<&HttpRequest>) {
+async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
     let session = link.session();
     match FromClient::decode(text) {
         Some(FromClient::Pong) => {
@@ -258,7 +258,7 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str, req: Option<&Ht
         }
         Some(FromClient::Message(text)) => match (Packet::decode(text), session) {
             (Ok((namespace, Packet::Connect { auth })), None) if namespace == "/" => {
-                connect(state, link, auth, req).await;
+                connect(state, link, auth).await;
             }
             (Ok((namespace, Packet::Connect { .. })), _) if namespace != "/" => {
                 link.send_uncounted(packet::connect_error(
@@ -287,7 +287,7 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str, req: Option<&Ht
 
 /// A CONNECT: the token verified, the resume point (if any) checked, the session started — or
 /// CONNECT_ERROR with a code and a message.
-async fn connect(state: &AppState, link: &Arc<Link>, auth: Value, req: Option<&HttpRequest>) {
+async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
     let refuse = |code: &str, message: &str| {
         link.send_uncounted(packet::connect_error("/", code, message));
     };
@@ -309,8 +309,8 @@ async fn connect(state: &AppState, link: &Arc<Link>, auth: Value, req: Option<&H
         Ok(identity) => identity,
         Err(e) => {
             metrics::auth_failure(e.code());
-            if let Some(req) = req {
-                state.auth_failures.failed(req);
+            if let Some(peer) = link.peer {
+                state.auth_failures.failed_from(peer);
             }
             log::info!("socket.io connect refused code={}", e.code());
             return refuse(e.code(), &e.to_string());

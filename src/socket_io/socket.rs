@@ -71,7 +71,7 @@ impl Socket {
         // One packet at a time, in order: a CONNECT reads the database before the next is
         // taken.
         let (state, link) = (self.state.clone(), self.link.clone());
-        ctx.wait(async move { super::receive(&state, &link, &text, None).await }.into_actor(self));
+        ctx.wait(async move { super::receive(&state, &link, &text).await }.into_actor(self));
     }
 }
 
