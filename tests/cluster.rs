@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::common::engine_io::Poller;
 use crate::common::process::{Process, BIN};
 use crate::common::{token, unique, Api, Client, Db, Received, API_KEY, JWT_SECRET, WAIT};
 
@@ -507,4 +508,58 @@ async fn presence_and_typing_span_nodes_and_a_dead_nodes_users_go_offline() {
         .as_user(&olga, Method::GET, "/api/v1/presence", None)
         .await;
     assert_eq!(listed, json!({"users": ["olga"]}));
+}
+
+/// A Socket.IO client is a session like any other: events stored through another node reach it;
+/// a drained node tells it to go (and closes its connection, so socket.io-client reconnects);
+/// on another node it recovers its state from its `pid` and last offset, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_io_clients_get_other_nodes_events_and_recover_on_another_node_after_a_drain() {
+    let Some(db) = postgres() else { return };
+    let redis = Redis::start();
+    let mut nodes = [
+        Node::start(&db, &redis).await,
+        Node::start(&db, &redis).await,
+    ];
+    let account = unique("cluster-socketio");
+    let auth = json!({ "token": token(&account, "alice") });
+    let (mut client, connected) = Poller::connect(&nodes[0], auth.clone()).await;
+
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        let seq = nodes[1].publish(&account, None, "tick", json!(i)).await;
+        assert_eq!(client.next().await, format!(r#"42["tick",{i},"{seq}"]"#));
+        seqs.push(seq);
+    }
+
+    // As socket.io-client does, the client has a poll waiting when the node starts draining.
+    let (closing, ()) = tokio::join!(client.next(), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        nodes[0].process.signal("TERM");
+    });
+    let closing: Value = serde_json::from_str(closing.strip_prefix("42").unwrap()).unwrap();
+    assert_eq!(
+        (&closing[0], &closing[1]["name"]),
+        (&json!("closing"), &json!("server-shutdown"))
+    );
+    // In the same answer, the close packet: the client reconnects by itself.
+    assert_eq!(client.next().await, "1");
+    drop(client);
+    assert!(nodes[0]
+        .process
+        .exits_within(Duration::from_secs(10))
+        .success());
+
+    // Published while the client is away; then it reconnects elsewhere, as socket.io-client does.
+    for i in 5..8 {
+        seqs.push(nodes[1].publish(&account, None, "tick", json!(i)).await);
+    }
+    let mut recovering = auth;
+    recovering["pid"] = connected["pid"].clone();
+    recovering["offset"] = json!(seqs[4].to_string());
+    let (mut client, reconnected) = Poller::connect(&nodes[1], recovering).await;
+    assert_eq!(reconnected["pid"], connected["pid"], "socket.recovered");
+    for (i, seq) in seqs.iter().enumerate().skip(5) {
+        assert_eq!(client.next().await, format!(r#"42["tick",{i},"{seq}"]"#));
+    }
 }

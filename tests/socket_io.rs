@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common::engine_io::{error_code, get, open, post, Poller};
 use crate::common::{token, Db, TestServer, API_KEY, JWT_SECRET};
 
 fn root() -> &'static Path {
@@ -110,38 +111,6 @@ fn python_socketio_client_from_pypi() {
         output.contains("Ran 6 tests") && output.contains("OK"),
         "{output}"
     );
-}
-
-async fn get(server: &TestServer, query: &str) -> (u16, String) {
-    let response = reqwest::get(server.http_url(&format!("/socket.io/?{query}")))
-        .await
-        .expect("GET /socket.io/");
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-async fn post(server: &TestServer, query: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
-    let response = reqwest::Client::new()
-        .post(server.http_url(&format!("/socket.io/?{query}")))
-        .body(body)
-        .send()
-        .await
-        .expect("POST /socket.io/");
-    (response.status().as_u16(), response.text().await.unwrap())
-}
-
-fn error_code(body: &str) -> Value {
-    serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["error"]["code"].clone()
-}
-
-/// A polling connection's `sid`, from its open packet.
-async fn open(server: &TestServer) -> String {
-    let (status, body) = get(server, "EIO=4&transport=polling").await;
-    assert_eq!(status, 200, "{body}");
-    let open: Value =
-        serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
-    assert_eq!(open["upgrades"], json!(["websocket"]));
-    assert!(open["pingInterval"].as_u64().unwrap() > 0);
-    open["sid"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -285,43 +254,6 @@ async fn engine_io_pings_come_from_the_session_and_a_silent_client_is_closed() {
         }
     }
     assert!(seen.contains(r#""name":"heartbeat-timeout""#), "{seen}");
-}
-
-/// A Socket.IO client on long-polling, packet by packet.
-struct Poller<'a> {
-    server: &'a TestServer,
-    query: String,
-    /// Packets polled and not yet looked at.
-    pending: std::collections::VecDeque<String>,
-}
-
-impl<'a> Poller<'a> {
-    /// Opens a connection and CONNECTs with `auth`; answers the CONNECT answer's data.
-    async fn connect(server: &'a TestServer, auth: Value) -> (Self, Value) {
-        let query = format!("EIO=4&transport=polling&sid={}", open(server).await);
-        assert_eq!(post(server, &query, format!("40{auth}")).await.0, 200);
-        let mut poller = Self {
-            server,
-            query,
-            pending: Default::default(),
-        };
-        let connected = poller.next().await;
-        let connected = connected.strip_prefix("40").expect("a CONNECT answer");
-        (poller, serde_json::from_str(connected).unwrap())
-    }
-
-    /// The next packet other than pings and noops.
-    async fn next(&mut self) -> String {
-        loop {
-            if let Some(packet) = self.pending.pop_front() {
-                return packet;
-            }
-            let (status, body) = get(self.server, &self.query).await;
-            assert_eq!(status, 200, "{body}");
-            let packets = body.split('\x1e').filter(|p| *p != "2" && *p != "6");
-            self.pending.extend(packets.map(str::to_owned));
-        }
-    }
 }
 
 #[tokio::test]

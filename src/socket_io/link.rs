@@ -199,6 +199,10 @@ impl Link {
             }
             state.queue.pop_front();
         }
+        if state.closed && state.queue.is_empty() {
+            body.push(packet::SEPARATOR);
+            body.push_str(packet::CLOSE);
+        }
         Some(Ok(body))
     }
 
@@ -232,6 +236,12 @@ impl Link {
     /// The connection is over: the transport is closed, the session told, the link forgotten.
     /// Idempotent.
     pub fn close(&self) {
+        self.close_with(std::iter::empty());
+    }
+
+    /// Closes after `last` — the packets that say why — so that the client gets them with the
+    /// close (one poll answer carries both).
+    pub fn close_with(&self, last: impl IntoIterator<Item = ByteString>) {
         let mut state = self.state();
         if state.closed {
             return;
@@ -239,14 +249,22 @@ impl Link {
         state.closed = true;
         let polling = match &state.transport {
             Transport::WebSocket(socket) => {
+                for packet in last {
+                    socket.do_send(Write(packet));
+                }
                 socket.do_send(Shut);
                 false
             }
-            Transport::Polling => true,
+            Transport::Polling => {
+                state
+                    .queue
+                    .extend(last.into_iter().map(|packet| (packet, false)));
+                true
+            }
         };
         let session = state.session.take();
         drop(state);
-        // A waiting poll answers with the close packet.
+        // A waiting poll answers with what is left, and the close packet.
         self.wake.notify_one();
         if let Some(session) = session {
             session.do_send(Inbound::TransportClosed);
@@ -255,8 +273,8 @@ impl Link {
             return;
         };
         if polling {
-            // The client's next poll still gets what was queued (a `closing` event, say), then
-            // the close packet.
+            // A client that was not polling just then still gets what was queued, and the
+            // close packet, from its next poll.
             let sid = self.sid.clone();
             actix::spawn(async move {
                 tokio::time::sleep(LINGER).await;

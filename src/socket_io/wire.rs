@@ -84,11 +84,11 @@ impl Wire for Engine {
     }
 
     fn close(&mut self, _: &mut Self::Context, close: Close, welcomed: bool) {
+        let mut last = Vec::new();
         if !welcomed {
             // Refused before it was connected (too many sessions, say): the client's
             // `connect_error` handler says why.
-            self.link
-                .send_uncounted(packet::connect_error("/", close.name(), close.reason()));
+            last.push(packet::connect_error("/", close.name(), close.reason()));
         } else {
             let closing = serde_json::json!({
                 "type": "closing",
@@ -96,14 +96,13 @@ impl Wire for Engine {
                 "name": close.name(),
                 "reason": close.reason(),
             });
-            self.link
-                .send_uncounted(packet::emit("closing", &closing.to_string()));
+            last.push(packet::emit("closing", &closing.to_string()));
             if !close.reconnect() {
                 // "io server disconnect": the client does not reconnect by itself.
-                self.link.send_uncounted(packet::DISCONNECT.into());
+                last.push(packet::DISCONNECT.into());
             }
         }
-        self.link.close();
+        self.link.close_with(last);
     }
 
     fn stopped(&mut self) {

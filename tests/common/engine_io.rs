@@ -1,0 +1,75 @@
+//! A Socket.IO client on Engine.IO long-polling, by plain HTTP: for the transport's own tests and
+//! for nodes started as processes.
+
+use serde_json::{json, Value};
+
+use super::Api;
+
+pub async fn get(api: &Api, query: &str) -> (u16, String) {
+    let response = reqwest::get(api.http_url(&format!("/socket.io/?{query}")))
+        .await
+        .expect("GET /socket.io/");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+pub async fn post(api: &Api, query: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(api.http_url(&format!("/socket.io/?{query}")))
+        .body(body)
+        .send()
+        .await
+        .expect("POST /socket.io/");
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+pub fn error_code(body: &str) -> Value {
+    serde_json::from_str::<Value>(body).unwrap_or(Value::Null)["error"]["code"].clone()
+}
+
+/// A polling connection's `sid`, from its open packet.
+pub async fn open(api: &Api) -> String {
+    let (status, body) = get(api, "EIO=4&transport=polling").await;
+    assert_eq!(status, 200, "{body}");
+    let open: Value =
+        serde_json::from_str(body.strip_prefix('0').expect("an open packet")).unwrap();
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    assert!(open["pingInterval"].as_u64().unwrap() > 0);
+    open["sid"].as_str().unwrap().to_owned()
+}
+
+/// A Socket.IO client on long-polling, packet by packet.
+pub struct Poller<'a> {
+    api: &'a Api,
+    query: String,
+    /// Packets polled and not yet looked at.
+    pending: std::collections::VecDeque<String>,
+}
+
+impl<'a> Poller<'a> {
+    /// Opens a connection and CONNECTs with `auth`; answers the CONNECT answer's data.
+    pub async fn connect(api: &'a Api, auth: Value) -> (Self, Value) {
+        let query = format!("EIO=4&transport=polling&sid={}", open(api).await);
+        assert_eq!(post(api, &query, format!("40{auth}")).await.0, 200);
+        let mut poller = Self {
+            api,
+            query,
+            pending: Default::default(),
+        };
+        let connected = poller.next().await;
+        let connected = connected.strip_prefix("40").expect("a CONNECT answer");
+        (poller, serde_json::from_str(connected).unwrap())
+    }
+
+    /// The next packet other than pings and noops.
+    pub async fn next(&mut self) -> String {
+        loop {
+            if let Some(packet) = self.pending.pop_front() {
+                return packet;
+            }
+            let (status, body) = get(self.api, &self.query).await;
+            assert_eq!(status, 200, "{body}");
+            let packets = body.split('\x1e').filter(|p| *p != "2" && *p != "6");
+            self.pending.extend(packets.map(str::to_owned));
+        }
+    }
+}
