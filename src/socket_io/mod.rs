@@ -269,8 +269,9 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
             }
             // For a namespace that never connected: dropped, as Socket.IO servers do.
             (Ok((namespace, _)), _) if namespace != "/" => {}
-            (Ok((_, packet)), Some(session)) => session.do_send(Inbound::Packet(Ok(packet))),
-            (Err(e), Some(session)) => session.do_send(Inbound::Packet(Err(e))),
+            (packet, Some(session)) => {
+                session.do_send(Inbound::Packet(packet.map(|(_, packet)| packet)));
+            }
             // Anything but CONNECT before CONNECT is dropped, likewise.
             (_, None) => {}
         },
@@ -323,21 +324,22 @@ async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
         .get("offset")
         .and_then(Value::as_str)
         .and_then(|o| o.parse::<u64>().ok());
-    let since = offset.filter(|_| {
+    let asked = offset.filter(|_| {
         pid.as_deref()
             .is_some_and(|pid| pid_of(pid, identity.account.as_str()))
     });
-    let (mut since, mut seen_seq) = (since, None);
-    if let Some(asked) = since {
+    // With a resume point, the account's sequence number now (as `/ws` reads it for `?since=`).
+    let mut resume = None;
+    if let Some(since) = asked {
         let account = identity.account.clone();
         match state
             .store
             .run(move |conn| events::current_seq(conn, &account))
             .await
         {
-            Ok(seq) if asked <= seq => seen_seq = Some(seq),
+            Ok(seq) if since <= seq => resume = Some((since, seq)),
             // An offset from the future is not ours: connect afresh (not recovered).
-            Ok(_) => since = None,
+            Ok(_) => {}
             Err(e) => {
                 log::error!("socket.io connect failed: {e}");
                 return refuse("unavailable", "the server cannot serve this now; retry");
@@ -347,7 +349,8 @@ async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
     if link.is_closed() {
         return;
     }
-    let wire = Engine::new(link.clone(), pid.filter(|_| since.is_some()));
+    let (since, seen_seq) = (resume.map(|(since, _)| since), resume.map(|(_, seq)| seq));
+    let wire = Engine::new(link.clone(), pid.filter(|_| resume.is_some()));
     let session = Session::new(identity, seen_seq, since, state.sessions.clone(), wire);
     link.set_session(session.start());
 }
