@@ -5,10 +5,10 @@
 //!
 //! The thread is the blocking executor for this path, so no actix thread waits on the database.
 //!
-//! A publish is answered once its event is committed and every live session of the account has
-//! taken it (or [`PACING_MAX`] has passed): a publisher that outruns a room's fan-out is slowed
-//! to its pace rather than piling events up in the server, which is what keeps delivery latency
-//! flat under load.
+//! A publish is answered once its event is committed and the account's live sessions have
+//! caught up to within a few events of it (see `room::PACING_SLACK`), or [`PACING_MAX`] has
+//! passed: a publisher that outruns a room's fan-out is slowed to its pace rather than piling
+//! events up in the server, which is what keeps delivery latency flat under load.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use crate::store::{self, now_ms, publish_keys, Store, StoreError};
 
 /// Most publishes stored in one transaction.
 const MAX_BATCH: usize = 512;
-/// Longest a committed publish waits for its room to take the event.
+/// Longest a committed publish waits for its room to catch up.
 pub const PACING_MAX: Duration = Duration::from_millis(250);
 
 /// What the publish API asks to publish.
@@ -76,7 +76,7 @@ impl Publisher {
     }
 
     /// Stores the event and answers with its sequence number once the account's sessions have
-    /// taken it (see the module's documentation).
+    /// caught up (see the module's documentation).
     pub async fn publish(&self, request: Request) -> Result<Published, StoreError> {
         let (reply, answer) = oneshot::channel();
         let (handed, taken) = Handed::new();
@@ -87,7 +87,7 @@ impl Publisher {
         };
         self.jobs.send(job).map_err(|_| StoreError::Cancelled)?;
         let published = answer.await.map_err(|_| StoreError::Cancelled)??;
-        // Resolves (as closed) when the last delivery lets go of the ticket.
+        // Resolves (as closed) when the ticket holding this publisher is let go (see `Handed`).
         let _ = tokio::time::timeout(PACING_MAX, taken).await;
         Ok(published)
     }
