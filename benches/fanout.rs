@@ -95,6 +95,7 @@ fn fan_out(c: &mut Criterion) {
                         deliver: counter.clone().recipient(),
                         notices: counter.recipient(),
                         backlog: Arc::new(Backlog::new(usize::MAX)),
+                        answered: None,
                     });
                 }
                 done.notified().await;

@@ -86,6 +86,7 @@ fn fan_out_shares_one_serialized_event() {
                 deliver: recipient.clone().recipient(),
                 notices: recipient.recipient(),
                 backlog: Arc::new(Backlog::new(usize::MAX)),
+                answered: None,
             });
         }
         // Let the joins (and the room's start-up read) settle before counting.

@@ -40,6 +40,9 @@ pub struct Join {
     pub notices: Recipient<FromRoom>,
     /// What is queued for the session's client; the room stops queueing past its bound.
     pub backlog: Arc<Backlog>,
+    /// Dropped once the room has told the session where it stands (joined, or refused): a
+    /// WebSocket handshake waits for it, so that its answer and the welcome leave together.
+    pub answered: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The server is shutting down: every session is told to close (1001, "reconnect"), in batches

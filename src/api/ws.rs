@@ -64,7 +64,9 @@ pub async fn connect(
         state.sessions.clone(),
         Native::default(),
     );
-    session::start(session, &req, stream).map_err(|_| ApiError::NotWebSocket)
+    session::start(session, &req, stream)
+        .await
+        .map_err(|_| ApiError::NotWebSocket)
 }
 
 /// Before any token work: a page on another site must not open a socket with the user's

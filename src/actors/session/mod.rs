@@ -1,7 +1,7 @@
 //! A session: one client connection, as an actor.
 //!
-//! It joins its account's room through the broker when it starts and leaves when it stops; it
-//! writes the frames its room delivers; it pings the client every heartbeat interval and closes a
+//! It joins its account's room through the broker as it starts (a `/ws` session just before,
+//! see [`transport::start`]) and leaves when it stops; it writes the frames its room delivers; it pings the client every heartbeat interval and closes a
 //! connection that stays silent past the timeout; it answers bad frames with an `error` frame and
 //! carries on. How frames reach the client is its [`Wire`]: the native protocol on a WebSocket
 //! ([`Native`]), or Socket.IO ([`crate::socket_io`]) — the session's behaviour is the same on
@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use bytestring::ByteString;
+use tokio::sync::oneshot;
 
 use super::broker::{Broker, Join, Leave};
 use super::room::Handed;
@@ -110,6 +111,9 @@ pub struct Session<W: Wire> {
     last_heard: Instant,
     /// Why the session ended, for the disconnect log line; set once it is closing.
     end_reason: Option<String>,
+    /// The transport registered the session with its room before starting it (see
+    /// [`transport::start`]); otherwise the session does as it starts.
+    joined_before_start: bool,
     wire: W,
 }
 
@@ -134,6 +138,7 @@ impl<W: Wire> Session<W> {
             backlog,
             last_heard: Instant::now(),
             end_reason: None,
+            joined_before_start: false,
             wire,
         }
     }
@@ -278,16 +283,9 @@ impl<W: Wire> Actor for Session<W> {
                 session.wire.ping(ctx);
             }
         });
-        self.shared.broker.do_send(Join {
-            session: self.id,
-            account: self.identity.account.clone(),
-            user: self.identity.user.clone(),
-            seen_seq: self.seen_seq,
-            framing: W::FRAMING,
-            deliver: ctx.address().recipient(),
-            notices: ctx.address().recipient(),
-            backlog: self.backlog.clone(),
-        });
+        if !self.joined_before_start {
+            self.shared.broker.do_send(self.join()(ctx.address(), None));
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -304,6 +302,26 @@ impl<W: Wire> Actor for Session<W> {
             self.id,
             self.end_reason.as_deref().unwrap_or("connection lost")
         );
+    }
+}
+
+impl<W: Wire> Session<W> {
+    /// The request registering this session with its account's room, for once the session has
+    /// an address (its transport gives it one, or it has started).
+    fn join(&self) -> impl FnOnce(Addr<Self>, Option<oneshot::Sender<()>>) -> Join {
+        let (session, seen_seq, backlog) = (self.id, self.seen_seq, self.backlog.clone());
+        let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
+        move |address, answered| Join {
+            session,
+            account,
+            user,
+            seen_seq,
+            framing: W::FRAMING,
+            deliver: address.clone().recipient(),
+            notices: address.recipient(),
+            backlog,
+            answered,
+        }
     }
 }
 
