@@ -12,13 +12,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix::{Actor, StreamHandler};
+use actix::{Actor, Addr, StreamHandler};
 use actix_http::ws::Codec;
-use actix_web::body::{BodyStream, MessageBody};
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, WebsocketContext};
-use futures_core::Stream;
 use tokio::sync::oneshot;
 
 use super::{Native, Session};
@@ -94,20 +93,27 @@ pub fn frame_size(payload: usize) -> usize {
 /// own (bounded) buffer is full, and the rest stays counted here.
 const SLICE: usize = 16 * 1024;
 
-/// The response stream, counting what it hands to the HTTP layer.
-struct Counted {
-    inner: Pin<Box<dyn Stream<Item = Result<Bytes, actix_web::Error>>>>,
+/// The response body, counting what it hands to the HTTP layer.
+struct Counted<B> {
+    inner: B,
     /// Encoded bytes the HTTP layer has not taken yet.
     pending: Bytes,
     backlog: Arc<Backlog>,
 }
 
-impl Stream for Counted {
-    type Item = Result<Bytes, actix_web::Error>;
+impl<B: MessageBody + Unpin> MessageBody for Counted<B> {
+    type Error = B::Error;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         if self.pending.is_empty() {
-            match self.inner.as_mut().poll_next(cx) {
+            match Pin::new(&mut self.inner).poll_next(cx) {
                 Poll::Ready(Some(Ok(bytes))) => self.pending = bytes,
                 other => return other,
             }
@@ -138,30 +144,14 @@ pub async fn start(
     session.joined_before_start = true;
     let join = session.join();
     // Answers with `switchboard.v1` when the client offered it (never with the token entry).
-    let (address, response) = ws::WsResponseBuilder::new(session, req, payload)
-        .protocols(&[crate::auth::SUBPROTOCOL])
-        .codec(Codec::new().max_size(max_frame_bytes))
-        .start_with_addr()?;
+    let protocols = &[crate::auth::SUBPROTOCOL];
+    let (address, response) = upgrade(session, req, payload, protocols, max_frame_bytes, backlog)?;
     let (answered, answer) = oneshot::channel();
     broker.do_send(join(address, Some(answered)));
     // Should the client leave now, the response is dropped unstarted; actix then runs the
     // session's `started` and `stopped`, so it still leaves its room.
     let _ = tokio::time::timeout(JOIN_WAIT, answer).await;
-    Ok(response
-        .map_body(|_, body| {
-            let mut body = Box::pin(body);
-            let stream = futures_util::stream::poll_fn(move |cx| {
-                body.as_mut()
-                    .poll_next(cx)
-                    .map_err(actix_web::error::ErrorInternalServerError)
-            });
-            BodyStream::new(Counted {
-                inner: Box::pin(stream),
-                pending: Bytes::new(),
-                backlog,
-            })
-        })
-        .map_into_boxed_body())
+    Ok(response)
 }
 
 /// Upgrades the request and runs `actor` on the WebSocket, counting what it writes off
@@ -177,12 +167,29 @@ pub fn serve<A>(
 where
     A: Actor<Context = WebsocketContext<A>> + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
 {
-    let mut response = ws::handshake_with_protocols(req, protocols)?;
-    let codec = Codec::new().max_size(max_frame_bytes);
-    let inner = Box::pin(WebsocketContext::with_codec(actor, payload, codec));
-    Ok(response.streaming(Counted {
+    upgrade(actor, req, payload, protocols, max_frame_bytes, backlog).map(|(_, response)| response)
+}
+
+/// [`serve`], with the actor's address; the actor starts when the response is first polled.
+fn upgrade<A>(
+    actor: A,
+    req: &HttpRequest,
+    payload: web::Payload,
+    protocols: &[&str],
+    max_frame_bytes: usize,
+    backlog: Arc<Backlog>,
+) -> Result<(Addr<A>, HttpResponse), actix_web::Error>
+where
+    A: Actor<Context = WebsocketContext<A>> + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
+{
+    let (address, response) = ws::WsResponseBuilder::new(actor, req, payload)
+        .protocols(protocols)
+        .codec(Codec::new().max_size(max_frame_bytes))
+        .start_with_addr()?;
+    let response = response.map_body(|_, inner| Counted {
         inner,
         pending: Bytes::new(),
         backlog,
-    }))
+    });
+    Ok((address, response.map_into_boxed_body()))
 }
