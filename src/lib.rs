@@ -35,6 +35,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod ids;
 pub mod inbox;
 pub mod logging;

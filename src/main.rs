@@ -2,8 +2,7 @@
 
 /// jemalloc rather than glibc's malloc: on the worker threads glibc grows its heap a little at a
 /// time (an `mprotect` call and page faults at each step), which cost a tenth of the server's
-/// time while ten thousand clients connected; jemalloc also leaves the untouched pages of
-/// actix-http's fixed 8 KiB connection buffers unbacked. (README, "Performance".)
+/// time while ten thousand clients connected. (README, "Performance".)
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

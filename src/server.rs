@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, Addr, AsyncContext};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 
 use crate::actors::broker::{Broker, Drain};
 use crate::actors::session;
@@ -19,7 +19,7 @@ use crate::outbound::Dispatcher;
 use crate::publisher::Publisher;
 use crate::retention::Pruner;
 use crate::store::{Store, StoreError};
-use crate::{logging, metrics};
+use crate::{http, logging, metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -166,26 +166,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
     });
     let max_publish_bytes = config.max_publish_bytes;
-    let mut server = HttpServer::new(move || {
+    let make_app = move || {
         App::new()
             .app_data(state.clone())
             .wrap(logging::request_logger())
             .wrap(cors())
             .configure(|cfg| api::routes(cfg, max_publish_bytes))
-    });
+    };
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let mut server = actix_server::Server::build()
+        // Signals are the binary's to handle (see `Running::shutdown`).
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
     if let Some(workers) = config.workers {
         server = server.workers(workers);
     }
     let server = server
-        // Signals are the binary's to handle (see `Running::shutdown`).
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-        .listen(listener)
+        .listen("switchboard", listener, move || {
+            http::service(make_app.clone(), addr)
+        })
         .map_err(|source| StartError::Bind {
             addr: config.bind,
             source,
         })?;
-    let addr = server.addrs()[0];
     log_startup(&config, addr);
     Ok(Running {
         addr,

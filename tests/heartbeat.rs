@@ -10,6 +10,7 @@ use crate::common::{self, token, Db, Received, SilentClient, TestServer};
 const TEXT: u8 = 0x1;
 const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
 
 fn quick_heartbeat_server(db: &Db) -> TestServer {
     let mut config = common::config(db);
@@ -52,6 +53,26 @@ async fn a_silent_client_is_closed_with_the_heartbeat_code() {
         client.next_frame().await.is_none(),
         "the connection is closed"
     );
+}
+
+/// Frames a client sends right behind its handshake arrive with the request, before the server
+/// has answered it; they are the session's all the same.
+#[tokio::test]
+async fn a_ping_sent_with_the_handshake_is_answered() {
+    let db = Db::sqlite();
+    let server = TestServer::start(common::config(&db));
+    // A masked ping frame carrying "hi" (mask 1,2,3,4).
+    let ping = [0x89, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+    let mut client =
+        SilentClient::connect_sending(server.addr, &token("acme", "alice"), &ping).await;
+    let pong = loop {
+        match client.next_frame().await.expect("closed before the pong") {
+            (PONG, payload) => break payload,
+            (TEXT, _) => {}
+            (opcode, _) => panic!("unexpected frame {opcode}"),
+        }
+    };
+    assert_eq!(pong, b"hi");
 }
 
 #[tokio::test]

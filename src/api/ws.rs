@@ -23,7 +23,6 @@ struct ResumeQuery {
 
 pub async fn connect(
     req: HttpRequest,
-    stream: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
@@ -64,7 +63,7 @@ pub async fn connect(
         state.sessions.clone(),
         Native::default(),
     );
-    session::start(session, &req, stream)
+    session::start(session, &req)
         .await
         .map_err(|_| ApiError::NotWebSocket)
 }

@@ -108,18 +108,17 @@ impl Query {
 pub async fn get(
     req: HttpRequest,
     query: web::Query<Query>,
-    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let transport = query.transport()?;
     if query.sid.is_none() {
-        return open(&req, transport, payload, state);
+        return open(&req, transport, state);
     }
     let link = query.link(&state)?;
     match transport {
         Transport::WebSocket => {
             let socket = Socket::upgrading(link.clone(), state.clone());
-            serve(socket, &req, payload, &state, link)
+            serve(socket, &req, &state, link)
         }
         Transport::Polling => {
             let wait = state.sessions.heartbeat.interval;
@@ -144,7 +143,6 @@ pub async fn get(
 fn open(
     req: &HttpRequest,
     transport: Transport,
-    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
@@ -181,7 +179,7 @@ fn open(
             .body(open),
         Transport::WebSocket => {
             let socket = Socket::opening(link.clone(), state.clone(), open);
-            serve(socket, req, payload, &state, link.clone())?
+            serve(socket, req, &state, link.clone())?
         }
     };
     state.engines.lock().insert(sid, link.clone());
@@ -192,13 +190,11 @@ fn open(
 fn serve(
     socket: Socket,
     req: &HttpRequest,
-    payload: web::Payload,
     state: &AppState,
     link: Arc<Link>,
 ) -> Result<HttpResponse, ApiError> {
     let max = state.sessions.max_frame_bytes;
-    session::serve(socket, req, payload, &[], max, link.backlog.clone())
-        .map_err(|_| ApiError::NotWebSocket)
+    session::serve(socket, req, &[], max, link.backlog.clone()).map_err(|_| ApiError::NotWebSocket)
 }
 
 /// A connection whose client never connects a session is closed after the heartbeat timeout.

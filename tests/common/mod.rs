@@ -451,14 +451,22 @@ pub type RawFrame = (u8, Vec<u8>);
 
 impl SilentClient {
     pub async fn connect(addr: SocketAddr, token: &str) -> Self {
+        Self::connect_sending(addr, token, &[]).await
+    }
+
+    /// Connects with `early` (client frames, masked) sent in the same write as the handshake,
+    /// before the server has answered it.
+    pub async fn connect_sending(addr: SocketAddr, token: &str, early: &[u8]) -> Self {
         use tokio::io::AsyncWriteExt;
         let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
-        let request = format!(
+        let mut request = format!(
             "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
              Sec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
+        )
+        .into_bytes();
+        request.extend_from_slice(early);
+        stream.write_all(&request).await.unwrap();
         let mut client = Self {
             stream,
             buffer: Vec::new(),

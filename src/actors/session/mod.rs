@@ -12,8 +12,9 @@
 //! - [`lifetime`] — the token's expiry on a live connection, and its refresh in place;
 //! - [`replay`] — resuming after a reconnect (`?since=` or a `resume` frame): replaying what was
 //!   missed, merged with live events by sequence number;
-//! - [`transport`] — the WebSocket transport, which counts the bytes queued for the client, so a
-//!   client that does not read is closed at a bound instead of growing the server's memory.
+//! - [`transport`] — the WebSocket transport: the socket, once the HTTP layer hands it over
+//!   after the `101` (`crate::http`), and the count of bytes queued for the client, so a client
+//!   that does not read is closed at a bound instead of growing the server's memory.
 //!
 //! actix-web-actors is deprecated upstream in favour of actix-ws; it is used only by the native
 //! wire, the Socket.IO WebSocket transport and `api::ws`, so moving off it touches those only.
@@ -42,7 +43,7 @@ use crate::outbound::Dispatcher;
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 use crate::store::Store;
 pub use native::Native;
-pub use transport::{frame_size, serve, start, Backlog};
+pub use transport::{frame_size, serve, start, Backlog, Handover, Writer};
 pub use wire::{Framing, Wire};
 
 /// A frame for the client, already serialized (the same bytes go to every recipient). `seq` is

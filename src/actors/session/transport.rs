@@ -1,12 +1,22 @@
-//! The WebSocket transport, and the count of bytes queued for the client.
+//! The WebSocket transport: the socket of an upgraded connection, and the count of bytes queued
+//! for the client.
+//!
+//! A handshake is answered by a handler like any request, with a `101` whose body is the
+//! session's output. Once the `101` is written, the HTTP layer hands the socket over
+//! ([`Handover`], see `crate::http`): the session reads it ([`Incoming`]) and [`Writer`] writes
+//! its output to it, so an idle connection holds no HTTP buffers (actix-http's are 8 KiB each,
+//! fixed, and would otherwise stay for the connection's life).
 //!
 //! actix-web-actors keeps what a session writes in a private buffer that grows without bound
 //! for a client that does not read. So the session counts each frame as it writes it
-//! ([`Backlog::add`]), and the response stream — which the HTTP layer polls only as fast as the
+//! ([`Backlog::reserve`]), and the response body — which [`Writer`] polls only as fast as the
 //! socket drains — subtracts what it yields ([`Counted`]). The difference is what the server
 //! holds for this client.
 
+use std::cell::{Cell, OnceCell};
+use std::io;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -14,10 +24,13 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, StreamHandler};
 use actix_http::ws::Codec;
-use actix_web::body::{BodySize, MessageBody};
-use actix_web::web::{self, Bytes};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::error::PayloadError;
+use actix_web::rt::net::TcpStream;
+use actix_web::web::{Buf, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, WebsocketContext};
+use futures_core::Stream;
 use tokio::sync::oneshot;
 
 use super::{Native, Session};
@@ -87,16 +100,16 @@ pub fn frame_size(payload: usize) -> usize {
         }
 }
 
-/// Most bytes handed to the HTTP layer per poll. The context encodes everything it has queued
-/// into one buffer; handing that over whole would move an unbounded amount into the HTTP layer's
-/// write buffer, out of sight of the count. In slices, the HTTP layer stops taking them when its
-/// own (bounded) buffer is full, and the rest stays counted here.
+/// Most bytes handed to the [`Writer`] per poll. The context encodes everything it has queued
+/// into one buffer; handing that over whole would move an unbounded amount out of sight of the
+/// count. In slices, the writer stops taking them when it holds [`HELD`] bytes, and the rest
+/// stays counted here.
 const SLICE: usize = 16 * 1024;
 
-/// The response body, counting what it hands to the HTTP layer.
+/// The response body, counting what it hands to the [`Writer`].
 struct Counted<B> {
     inner: B,
-    /// Encoded bytes the HTTP layer has not taken yet.
+    /// Encoded bytes the writer has not taken yet.
     pending: Bytes,
     backlog: Arc<Backlog>,
 }
@@ -137,7 +150,6 @@ const JOIN_WAIT: Duration = Duration::from_millis(250);
 pub async fn start(
     mut session: Session<Native>,
     req: &HttpRequest,
-    payload: web::Payload,
 ) -> Result<HttpResponse, actix_web::Error> {
     let (max_frame_bytes, backlog) = (session.shared.max_frame_bytes, session.backlog.clone());
     let broker = session.shared.broker.clone();
@@ -145,7 +157,7 @@ pub async fn start(
     let join = session.join();
     // Answers with `switchboard.v1` when the client offered it (never with the token entry).
     let protocols = &[crate::auth::SUBPROTOCOL];
-    let (address, response) = upgrade(session, req, payload, protocols, max_frame_bytes, backlog)?;
+    let (address, response) = upgrade(session, req, protocols, max_frame_bytes, backlog)?;
     let (answered, answer) = oneshot::channel();
     broker.do_send(join(address, Some(answered)));
     // Should the client leave now, the response is dropped unstarted; actix then runs the
@@ -159,7 +171,6 @@ pub async fn start(
 pub fn serve<A>(
     actor: A,
     req: &HttpRequest,
-    payload: web::Payload,
     protocols: &[&str],
     max_frame_bytes: usize,
     backlog: Arc<Backlog>,
@@ -167,14 +178,14 @@ pub fn serve<A>(
 where
     A: Actor<Context = WebsocketContext<A>> + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
 {
-    upgrade(actor, req, payload, protocols, max_frame_bytes, backlog).map(|(_, response)| response)
+    upgrade(actor, req, protocols, max_frame_bytes, backlog).map(|(_, response)| response)
 }
 
-/// [`serve`], with the actor's address; the actor starts when the response is first polled.
+/// [`serve`], with the actor's address; the actor starts when the response is first polled,
+/// which is once the socket is handed over.
 fn upgrade<A>(
     actor: A,
     req: &HttpRequest,
-    payload: web::Payload,
     protocols: &[&str],
     max_frame_bytes: usize,
     backlog: Arc<Backlog>,
@@ -182,14 +193,207 @@ fn upgrade<A>(
 where
     A: Actor<Context = WebsocketContext<A>> + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
 {
-    let (address, response) = ws::WsResponseBuilder::new(actor, req, payload)
+    let handover = Handover::default();
+    let incoming = Incoming {
+        slot: handover.0.clone(),
+        read: 0,
+    };
+    let (address, response) = ws::WsResponseBuilder::new(actor, req, incoming)
         .protocols(protocols)
         .codec(Codec::new().max_size(max_frame_bytes))
         .start_with_addr()?;
-    let response = response.map_body(|_, inner| Counted {
+    let mut response = response.map_body(|_, inner| Counted {
         inner,
         pending: Bytes::new(),
         backlog,
     });
+    response.extensions_mut().insert(handover);
     Ok((address, response.map_into_boxed_body()))
+}
+
+/// The socket of an upgraded connection, for the session answering it: put in the `101`
+/// response's extensions by the handler, given the socket by the HTTP layer once the `101` is
+/// written. Everything here lives on the connection's worker thread.
+#[derive(Clone, Default)]
+pub struct Handover(Rc<Slot>);
+
+#[derive(Default)]
+struct Slot {
+    socket: OnceCell<Rc<TcpStream>>,
+    /// What the client sent right behind its handshake, read with the request.
+    early: Cell<Option<Bytes>>,
+}
+
+impl Handover {
+    /// Gives the session its socket, with any bytes already read from it.
+    pub fn attach(&self, socket: Rc<TcpStream>, early: Bytes) {
+        if !early.is_empty() {
+            self.0.early.set(Some(early));
+        }
+        let _ = self.0.socket.set(socket);
+    }
+}
+
+/// Most bytes read at once.
+const READ_CHUNK: usize = 4 * 1024;
+/// Most bytes the session's decoder is handed before it decodes: it reads whatever its input
+/// yields before decoding one frame, so a client that sends faster than it is served would
+/// otherwise grow its buffer without pause.
+const READ_PER_POLL: usize = 64 * 1024;
+
+/// The client's bytes, as the session's WebSocket decoder takes them: nothing until the socket
+/// is handed over, then what each read returns, in buffers of the size read.
+struct Incoming {
+    slot: Rc<Slot>,
+    /// Bytes yielded since the decoder last saw `Pending`.
+    read: usize,
+}
+
+impl Stream for Incoming {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        // Nobody polls the session before the handover: its output is the response body.
+        let Some(socket) = self.slot.socket.get().cloned() else {
+            return Poll::Pending;
+        };
+        if let Some(early) = self.slot.early.take() {
+            return Poll::Ready(Some(Ok(early)));
+        }
+        if self.read >= READ_PER_POLL {
+            self.read = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let mut buf = [0; READ_CHUNK];
+        loop {
+            match socket.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(PayloadError::Io(e)))),
+                Poll::Pending => {
+                    self.read = 0;
+                    return Poll::Pending;
+                }
+            }
+            match socket.try_read(&mut buf) {
+                Ok(0) => return Poll::Ready(None),
+                Ok(n) => {
+                    self.read += n;
+                    return Poll::Ready(Some(Ok(Bytes::copy_from_slice(&buf[..n]))));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Some(Err(PayloadError::Io(e)))),
+            }
+        }
+    }
+}
+
+/// Most bytes taken from the session while the socket does not take them, as actix-http's
+/// write buffer would hold: past it, the session's output waits in its own (counted) buffer.
+const HELD: usize = 32 * 1024;
+
+/// Writes a handed-over connection's `101` and then the session's output (the response body)
+/// to its socket, until the session ends; then closes the connection.
+pub struct Writer {
+    socket: Rc<TcpStream>,
+    body: BoxBody,
+    /// Taken from the session (or the `101`) and not yet written.
+    pending: Bytes,
+    ended: bool,
+}
+
+impl Writer {
+    pub fn new(socket: Rc<TcpStream>, head: Bytes, body: BoxBody) -> Self {
+        Self {
+            socket,
+            body,
+            pending: head,
+            ended: false,
+        }
+    }
+
+    /// Runs the connection to its end: writes until the session ends, then closes gracefully.
+    pub async fn run(mut self) {
+        std::future::poll_fn(|cx| self.poll_write(cx)).await;
+        let Self { socket, body, .. } = self;
+        // The session (and its reading half) is gone with the body; the socket is ours alone.
+        drop(body);
+        if let Ok(socket) = Rc::try_unwrap(socket) {
+            // Boxed: needed once, at the end, and this future lives in every connection's task.
+            Box::pin(close(socket)).await;
+        }
+    }
+
+    fn take(&mut self, bytes: Bytes) {
+        if self.pending.is_empty() {
+            self.pending = bytes;
+        } else {
+            // The first output joins the `101`, so that both leave in one send; later, output
+            // taken while the socket was full.
+            let mut both = BytesMut::with_capacity(self.pending.len() + bytes.len());
+            both.extend_from_slice(&self.pending);
+            both.extend_from_slice(&bytes);
+            self.pending = both.freeze();
+        }
+    }
+
+    /// Ready when the session has ended and all it wrote is written, or the socket failed.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // Set once the session has nothing more for now (and will wake us when it has): polling
+        // it again runs the whole actor for nothing.
+        let mut idle = false;
+        loop {
+            // Polling the body runs the session: it must go on (reading, pinging) while a
+            // write is under way, up to what may be held here.
+            while !self.ended && !idle && self.pending.len() < HELD {
+                match Pin::new(&mut self.body).poll_next(cx) {
+                    Poll::Ready(Some(Ok(bytes))) => self.take(bytes),
+                    Poll::Ready(_) => self.ended = true,
+                    Poll::Pending => idle = true,
+                }
+            }
+            if self.pending.is_empty() {
+                return if self.ended {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                };
+            }
+            match self.socket.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+            match self.socket.try_write(&self.pending) {
+                Ok(n) => self.pending.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// Longest a closing connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Ends a connection the way a client expects: our side closed first, then what the client
+/// still sends (its answer to our close frame) read and dropped until it closes too — closing
+/// with unread bytes would reset the connection, and the client could lose our close frame.
+async fn close(mut socket: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    if socket.shutdown().await.is_err() {
+        return;
+    }
+    // The buffer is never held across an await: this future lives inline in every connection's
+    // task, and its size is paid by each of them.
+    let drain = async {
+        while socket.readable().await.is_ok() {
+            match socket.try_read(&mut [0; 1024]) {
+                Ok(0) => break,
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => break,
+                _ => {}
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }

@@ -1,0 +1,165 @@
+//! The HTTP service: actix-web's `App` on actix-http, as `HttpServer` serves it, except for
+//! WebSocket handshakes, which go to [`handover`].
+//!
+//! The app answers a handshake like any request. When the answer is a session's `101` (a
+//! [`Handover`] in its extensions), the `101` is written here and the socket becomes the
+//! session's; actix-http's connection, with its two 8 KiB buffers, ends there. Served the usual
+//! way, a WebSocket kept those buffers for its whole life: half of an idle connection's memory.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix_codec::{Encoder, Framed};
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::h1::{self, Message};
+use actix_http::{ConnectionType, HttpService, KeepAlive, Request, Response, StatusCode};
+use actix_service::{
+    fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory,
+    ServiceFactoryExt,
+};
+use actix_web::dev::AppConfig;
+use actix_web::rt::net::TcpStream;
+use actix_web::web::BytesMut;
+
+use crate::actors::session::{Handover, Writer};
+
+/// `HttpServer`'s defaults.
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The service for one worker's connections; `make_app` builds the app (twice per worker: once
+/// for requests, once for handshakes).
+pub fn service<F, I, S, B>(
+    make_app: F,
+    addr: SocketAddr,
+) -> impl ServiceFactory<
+    TcpStream,
+    Config = (),
+    Response = (),
+    Error = actix_http::error::DispatchError,
+    InitError = (),
+>
+where
+    F: Fn() -> I + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig, InitError = ()> + 'static,
+    S::Error: Into<actix_web::Error>,
+    S::Response: Into<Response<B>>,
+    S::Service: 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let app = make_app()
+        .into_factory()
+        .map_err(|e| e.into().error_response());
+    // The app's configuration is its default (host `localhost:8080`): it only informs
+    // `ConnectionInfo` without a Host header and `url_for`, neither of which Switchboard uses.
+    // Handshakes: the app, with `handover` around it.
+    let handshakes = fn_factory(move || {
+        let app = make_app().into_factory().new_service(AppConfig::default());
+        async move {
+            let app = Rc::new(app.await?);
+            Ok::<_, ()>(fn_service(move |(req, framed)| {
+                handover(app.clone(), req, framed)
+            }))
+        }
+    });
+    HttpService::build()
+        .keep_alive(KeepAlive::default())
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+        .local_addr(addr)
+        .upgrade(handshakes)
+        .finish(map_config(app, |_| AppConfig::default()))
+        .tcp()
+}
+
+/// Answers a handshake: the app's `101` and then the session's output on the socket, or the
+/// app's refusal, after which the connection closes.
+///
+/// This future lives inline in the connection's task for the connection's life, and every
+/// connection pays for its size: so the app's future is boxed (needed only until it answers),
+/// and only the [`Writer`] is held across the last await.
+async fn handover<S, B>(
+    app: Rc<S>,
+    req: Request,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> Result<(), actix_web::Error>
+where
+    S: Service<Request>,
+    S::Error: Into<actix_web::Error>,
+    S::Response: Into<Response<B>>,
+    B: MessageBody + 'static,
+{
+    let response: Response<BoxBody> = match Box::pin(app.call(req)).await {
+        Ok(response) => response.into().map_into_boxed_body(),
+        Err(e) => e.into().error_response().into(),
+    };
+    let (mut head, body) = response.into_parts();
+    let handover = match head.status() {
+        StatusCode::SWITCHING_PROTOCOLS => head.extensions_mut().remove::<Handover>(),
+        _ => None,
+    };
+    let writer = match handover {
+        Some(handover) => upgraded(handover, head, body, framed)?,
+        None => Box::pin(refused(head, body, framed)).await?,
+    };
+    writer.run().await;
+    Ok(())
+}
+
+/// The `101` written, the socket given to the session.
+fn upgraded(
+    handover: Handover,
+    head: Response<()>,
+    body: BoxBody,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> Result<Writer, actix_web::Error> {
+    let mut parts = framed.into_parts();
+    let mut out = BytesMut::new();
+    parts
+        .codec
+        .encode(Message::Item((head, BodySize::Stream)), &mut out)?;
+    let socket = Rc::new(parts.io);
+    handover.attach(socket.clone(), parts.read_buf.freeze());
+    Ok(Writer::new(socket, out.freeze(), body))
+}
+
+/// The app's refusal, whole, with the connection closing after it: a client whose handshake
+/// was refused does not go on to other requests on it.
+async fn refused(
+    mut head: Response<()>,
+    body: BoxBody,
+    framed: Framed<TcpStream, h1::Codec>,
+) -> Result<Writer, actix_web::Error> {
+    let body = actix_http::body::to_bytes(body)
+        .await
+        .map_err(|e| Unwritten(e.to_string()))?;
+    head.head_mut().set_connection_type(ConnectionType::Close);
+    let mut parts = framed.into_parts();
+    let mut out = BytesMut::new();
+    let length = BodySize::Sized(body.len() as u64);
+    parts
+        .codec
+        .encode(Message::Item((head, length)), &mut out)?;
+    out.extend_from_slice(&body);
+    let nothing_more = BoxBody::new(());
+    Ok(Writer::new(Rc::new(parts.io), out.freeze(), nothing_more))
+}
+/// A refusal whose body could not be read (actix-http logs it, and drops the connection).
+#[derive(Debug)]
+struct Unwritten(String);
+
+impl fmt::Display for Unwritten {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the answer to a handshake could not be written: {}",
+            self.0
+        )
+    }
+}
+
+impl actix_web::ResponseError for Unwritten {}
