@@ -302,3 +302,30 @@ async fn a_user_past_the_session_limit_is_refused_with_4004() {
         assert_eq!(tab.next_event().await.0, seq);
     }
 }
+
+/// A refused handshake is answered whole, as an HTTP error, and its connection then closes.
+#[tokio::test]
+async fn a_refused_handshake_is_answered_then_its_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws?token=not-a-jwt HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the connection stays open after the refusal")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["error"]["code"], "malformed-token");
+}

@@ -131,8 +131,12 @@ impl<B: MessageBody + Unpin> MessageBody for Counted<B> {
                 other => return other,
             }
         }
-        let take = self.pending.len().min(SLICE);
-        let slice = self.pending.split_to(take);
+        let slice = if self.pending.len() > SLICE {
+            self.pending.split_to(SLICE)
+        } else {
+            // Taken whole: an emptied `Bytes` would keep its buffer alive while the client idles.
+            std::mem::take(&mut self.pending)
+        };
         self.backlog.taken(slice.len());
         Poll::Ready(Some(Ok(slice)))
     }
@@ -365,6 +369,8 @@ impl Writer {
                 Poll::Pending => return Poll::Pending,
             }
             match self.socket.try_write(&self.pending) {
+                // Written whole: dropped, not emptied, so an idle connection keeps no buffer.
+                Ok(n) if n == self.pending.len() => self.pending = Bytes::new(),
                 Ok(n) => self.pending.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Poll::Ready(()),
