@@ -15,6 +15,7 @@ use actix_codec::{Encoder, Framed};
 use actix_http::body::{BodySize, BoxBody, MessageBody};
 use actix_http::h1::{self, Message};
 use actix_http::{ConnectionType, HttpService, KeepAlive, Request, Response, StatusCode};
+use actix_server::GracefulShutdownSignal;
 use actix_service::{
     fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory,
     ServiceFactoryExt,
@@ -30,10 +31,13 @@ const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The service for one worker's connections; `make_app` builds the app (twice per worker: once
-/// for requests, once for handshakes).
+/// for requests, once for handshakes). `shutdown` tells idle keep-alive connections to close
+/// when the server stops, as `HttpServer` does; otherwise they would hold the stop until they
+/// time out.
 pub fn service<F, I, S, B>(
     make_app: F,
     addr: SocketAddr,
+    shutdown: GracefulShutdownSignal,
 ) -> impl ServiceFactory<
     TcpStream,
     Config = (),
@@ -67,6 +71,11 @@ where
         }
     });
     HttpService::build()
+        // How `HttpServer` wires it (the builder method is hidden from actix-http's docs).
+        .graceful_shutdown_signal(move || {
+            let shutdown = shutdown.clone();
+            async move { shutdown.notified().await }
+        })
         .keep_alive(KeepAlive::default())
         .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)

@@ -23,6 +23,8 @@
 //! - [`socket_io`] — `/socket.io/`: Socket.IO clients, as a second wire of the same sessions.
 //! - [`cluster`] — several nodes on one PostgreSQL and one Redis (`REDIS_URL`).
 //! - [`metrics`] — Prometheus metrics, at `/metrics`.
+//! - [`http`] — the app on actix-http, with each WebSocket's socket handed to its session once
+//!   the `101` is written.
 //! - [`server`] — wiring it together; used by the binary and the tests.
 //! - [`cli`] and [`logging`] — the binary's command line and log set-up.
 //! - [`bench`] — `switchboard bench`, the load tool that measures a running server.

@@ -181,12 +181,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // Signals are the binary's to handle (see `Running::shutdown`).
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+    let shutdown = server.graceful_shutdown_signal();
     if let Some(workers) = config.workers {
         server = server.workers(workers);
     }
     let server = server
         .listen("switchboard", listener, move || {
-            http::service(make_app.clone(), addr)
+            http::service(make_app.clone(), addr, shutdown.clone())
         })
         .map_err(|source| StartError::Bind {
             addr: config.bind,

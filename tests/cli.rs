@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
@@ -261,6 +262,14 @@ async fn sigterm_closes_every_session_with_1001_then_exits() {
         .await
         .unwrap();
     ws.next().await.unwrap().unwrap(); // welcome
+                                       // A browser's connection between two requests, kept alive: it must not hold the stop.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: switchboard\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0; 512];
+    let n = idle.read(&mut answer).await.unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
 
     server.signal("TERM");
     // The client is told, rather than left to find out when the connection drops.
@@ -276,7 +285,9 @@ async fn sigterm_closes_every_session_with_1001_then_exits() {
     assert_eq!(close.reason.as_str(), "server shutting down; reconnect");
     drop(ws);
     server.wait_for("session(s) closed with 1001");
-    // And the process ends on its own (the server's own graceful timeout is 10 s).
-    let status = server.exits_within(Duration::from_secs(8));
+    // And the process ends on its own, without waiting for the idle connection to time out
+    // (5 s; the server's own graceful timeout is 10 s).
+    let status = server.exits_within(Duration::from_secs(3));
     assert!(status.success(), "{status}");
+    drop(idle);
 }
