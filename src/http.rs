@@ -55,11 +55,11 @@ where
     <S::Service as Service<Request>>::Future: 'static,
     B: MessageBody + 'static,
 {
+    // The app's configuration is its default (host `localhost:8080`): it only informs
+    // `ConnectionInfo` without a Host header and `url_for`, neither of which Switchboard uses.
     let app = make_app()
         .into_factory()
         .map_err(|e| e.into().error_response());
-    // The app's configuration is its default (host `localhost:8080`): it only informs
-    // `ConnectionInfo` without a Host header and `url_for`, neither of which Switchboard uses.
     // Handshakes: the app, with `handover` around it.
     let handshakes = fn_factory(move || {
         let app = make_app().into_factory().new_service(AppConfig::default());
@@ -157,6 +157,7 @@ async fn refused(
     let nothing_more = BoxBody::new(());
     Ok(Writer::new(Rc::new(parts.io), out.freeze(), nothing_more))
 }
+
 /// A refusal whose body could not be read (actix-http logs it, and drops the connection).
 #[derive(Debug)]
 struct Unwritten(String);

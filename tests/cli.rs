@@ -262,7 +262,8 @@ async fn sigterm_closes_every_session_with_1001_then_exits() {
         .await
         .unwrap();
     ws.next().await.unwrap().unwrap(); // welcome
-                                       // A browser's connection between two requests, kept alive: it must not hold the stop.
+
+    // A browser's connection between two requests, kept alive: it must not hold the stop.
     let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: switchboard\r\n\r\n")
         .await
