@@ -6,7 +6,6 @@
 //! session's; actix-http's connection, with its two 8 KiB buffers, ends there. Served the usual
 //! way, a WebSocket kept those buffers for its whole life: half of an idle connection's memory.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -131,9 +130,7 @@ fn upgraded(
     parts
         .codec
         .encode(Message::Item((head, BodySize::Stream)), &mut out)?;
-    let socket = Rc::new(parts.io);
-    handover.attach(socket.clone(), parts.read_buf.freeze());
-    Ok(Writer::new(socket, out.freeze(), body))
+    Ok(handover.attach(parts.io, parts.read_buf.freeze(), out.freeze(), body))
 }
 
 /// The app's refusal, whole, with the connection closing after it: a client whose handshake
@@ -145,7 +142,7 @@ async fn refused(
 ) -> Result<Writer, actix_web::Error> {
     let body = actix_http::body::to_bytes(body)
         .await
-        .map_err(|e| Unwritten(e.to_string()))?;
+        .map_err(|e| actix_web::error::ErrorInternalServerError(e.to_string()))?;
     head.head_mut().set_connection_type(ConnectionType::Close);
     let mut parts = framed.into_parts();
     let mut out = BytesMut::new();
@@ -157,19 +154,3 @@ async fn refused(
     let nothing_more = BoxBody::new(());
     Ok(Writer::new(Rc::new(parts.io), out.freeze(), nothing_more))
 }
-
-/// A refusal whose body could not be read (actix-http logs it, and drops the connection).
-#[derive(Debug)]
-struct Unwritten(String);
-
-impl fmt::Display for Unwritten {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the answer to a handshake could not be written: {}",
-            self.0
-        )
-    }
-}
-
-impl actix_web::ResponseError for Unwritten {}

@@ -1,9 +1,9 @@
 //! A session: one client connection, as an actor.
 //!
 //! It joins its account's room through the broker as it starts (a `/ws` session just before,
-//! see [`transport::start`]) and leaves when it stops; it writes the frames its room delivers; it pings the client every heartbeat interval and closes a
-//! connection that stays silent past the timeout; it answers bad frames with an `error` frame and
-//! carries on. How frames reach the client is its [`Wire`]: the native protocol on a WebSocket
+//! see [`transport::start`]) and leaves when it stops; it writes the frames its room delivers; it
+//! pings the client every heartbeat interval and closes a connection that stays silent past the
+//! timeout; it answers bad frames with an `error` frame and carries on. How frames reach the client is its [`Wire`]: the native protocol on a WebSocket
 //! ([`Native`]), or Socket.IO ([`crate::socket_io`]) — the session's behaviour is the same on
 //! both. The rest lives beside this file:
 //!

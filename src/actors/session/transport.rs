@@ -9,9 +9,8 @@
 //!
 //! actix-web-actors keeps what a session writes in a private buffer that grows without bound
 //! for a client that does not read. So the session counts each frame as it writes it
-//! ([`Backlog::reserve`]), and the response body — which [`Writer`] polls only as fast as the
-//! socket drains — subtracts what it yields ([`Counted`]). The difference is what the server
-//! holds for this client.
+//! ([`Backlog::reserve`]), and [`Writer`] subtracts what the socket takes. The difference is what
+//! the server holds for this client.
 
 use std::cell::{Cell, OnceCell};
 use std::io;
@@ -24,7 +23,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, StreamHandler};
 use actix_http::ws::Codec;
-use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::body::{BoxBody, MessageBody};
 use actix_web::error::PayloadError;
 use actix_web::rt::net::TcpStream;
 use actix_web::web::{Buf, Bytes, BytesMut};
@@ -100,48 +99,6 @@ pub fn frame_size(payload: usize) -> usize {
         }
 }
 
-/// Most bytes handed to the [`Writer`] per poll. The context encodes everything it has queued
-/// into one buffer; handing that over whole would move an unbounded amount out of sight of the
-/// count. In slices, the writer stops taking them when it holds [`HELD`] bytes, and the rest
-/// stays counted here.
-const SLICE: usize = 16 * 1024;
-
-/// The response body, counting what it hands to the [`Writer`].
-struct Counted<B> {
-    inner: B,
-    /// Encoded bytes the writer has not taken yet.
-    pending: Bytes,
-    backlog: Arc<Backlog>,
-}
-
-impl<B: MessageBody + Unpin> MessageBody for Counted<B> {
-    type Error = B::Error;
-
-    fn size(&self) -> BodySize {
-        BodySize::Stream
-    }
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
-        if self.pending.is_empty() {
-            match Pin::new(&mut self.inner).poll_next(cx) {
-                Poll::Ready(Some(Ok(bytes))) => self.pending = bytes,
-                other => return other,
-            }
-        }
-        let slice = if self.pending.len() > SLICE {
-            self.pending.split_to(SLICE)
-        } else {
-            // Taken whole: an emptied `Bytes` would keep its buffer alive while the client idles.
-            std::mem::take(&mut self.pending)
-        };
-        self.backlog.taken(slice.len());
-        Poll::Ready(Some(Ok(slice)))
-    }
-}
-
 /// Longest the handshake waits for the room to take the session in. A room normally answers
 /// within microseconds; one that is starting while the database is down takes until it is back,
 /// and the handshake then completes without it (the welcome follows when the room answers).
@@ -197,29 +154,31 @@ fn upgrade<A>(
 where
     A: Actor<Context = WebsocketContext<A>> + StreamHandler<Result<ws::Message, ws::ProtocolError>>,
 {
-    let handover = Handover::default();
+    let handover = Handover {
+        slot: Rc::default(),
+        backlog,
+    };
     let incoming = Incoming {
-        slot: handover.0.clone(),
+        slot: handover.slot.clone(),
         read: 0,
     };
     let (address, response) = ws::WsResponseBuilder::new(actor, req, incoming)
         .protocols(protocols)
         .codec(Codec::new().max_size(max_frame_bytes))
         .start_with_addr()?;
-    let mut response = response.map_body(|_, inner| Counted {
-        inner,
-        pending: Bytes::new(),
-        backlog,
-    });
+    let mut response = response.map_into_boxed_body();
     response.extensions_mut().insert(handover);
-    Ok((address, response.map_into_boxed_body()))
+    Ok((address, response))
 }
 
 /// The socket of an upgraded connection, for the session answering it: put in the `101`
 /// response's extensions by the handler, given the socket by the HTTP layer once the `101` is
 /// written. Everything here lives on the connection's worker thread.
-#[derive(Clone, Default)]
-pub struct Handover(Rc<Slot>);
+pub struct Handover {
+    slot: Rc<Slot>,
+    /// What the session has queued for its client, for the [`Writer`] to count down.
+    backlog: Arc<Backlog>,
+}
 
 #[derive(Default)]
 struct Slot {
@@ -229,12 +188,17 @@ struct Slot {
 }
 
 impl Handover {
-    /// Gives the session its socket, with any bytes already read from it.
-    pub fn attach(&self, socket: Rc<TcpStream>, early: Bytes) {
+    /// Gives the session its socket, with any bytes already read from it, and returns the
+    /// writer of the session's output (`body`) after `head`, the encoded `101`.
+    pub fn attach(self, socket: TcpStream, early: Bytes, head: Bytes, body: BoxBody) -> Writer {
         if !early.is_empty() {
-            self.0.early.set(Some(early));
+            self.slot.early.set(Some(early));
         }
-        let _ = self.0.socket.set(socket);
+        let socket = Rc::new(socket);
+        let _ = self.slot.socket.set(socket.clone());
+        let mut writer = Writer::new(socket, head, body);
+        writer.backlog = Some(self.backlog);
+        writer
     }
 }
 
@@ -293,16 +257,21 @@ impl Stream for Incoming {
 }
 
 /// Most bytes taken from the session while the socket does not take them, as actix-http's
-/// write buffer would hold: past it, the session's output waits in its own (counted) buffer.
+/// write buffer would hold: past it, the session's output waits in its own buffer.
 const HELD: usize = 32 * 1024;
 
-/// Writes a handed-over connection's `101` and then the session's output (the response body)
-/// to its socket, until the session ends; then closes the connection.
+/// Writes an answer's head and then its body to the socket, until the body ends (for a
+/// handed-over connection, the session's output); then closes the connection.
 pub struct Writer {
     socket: Rc<TcpStream>,
     body: BoxBody,
-    /// Taken from the session (or the `101`) and not yet written.
+    /// Taken from the body (or the head) and not yet written.
     pending: Bytes,
+    /// Leading bytes of `pending` that no session counted (the head).
+    uncounted: usize,
+    /// The session's count of what is queued for its client, which this writer takes down as
+    /// the socket takes the bytes.
+    backlog: Option<Arc<Backlog>>,
     ended: bool,
 }
 
@@ -311,7 +280,9 @@ impl Writer {
         Self {
             socket,
             body,
+            uncounted: head.len(),
             pending: head,
+            backlog: None,
             ended: false,
         }
     }
@@ -338,6 +309,20 @@ impl Writer {
             both.extend_from_slice(&self.pending);
             both.extend_from_slice(&bytes);
             self.pending = both.freeze();
+        }
+    }
+
+    fn written(&mut self, n: usize) {
+        if n == self.pending.len() {
+            // Dropped, not emptied: an idle connection keeps no buffer.
+            self.pending = Bytes::new();
+        } else {
+            self.pending.advance(n);
+        }
+        let head = n.min(self.uncounted);
+        self.uncounted -= head;
+        if let Some(backlog) = &self.backlog {
+            backlog.taken(n - head);
         }
     }
 
@@ -369,9 +354,7 @@ impl Writer {
                 Poll::Pending => return Poll::Pending,
             }
             match self.socket.try_write(&self.pending) {
-                // Written whole: dropped, not emptied, so an idle connection keeps no buffer.
-                Ok(n) if n == self.pending.len() => self.pending = Bytes::new(),
-                Ok(n) => self.pending.advance(n),
+                Ok(n) => self.written(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(_) => return Poll::Ready(()),
             }
