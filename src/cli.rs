@@ -72,6 +72,8 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn serve(config: Config) -> Result<(), String> {
+    // Before the System starts its first thread.
+    crate::scheduling::apply(config.scheduling);
     actix_web::rt::System::new().block_on(async move {
         let running = server::start(config).await.map_err(|e| e.to_string())?;
         let shutdown = running.shutdown();

@@ -81,6 +81,17 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_WORKERS")]
     pub workers: Option<usize>,
 
+    /// How the server's threads are scheduled on Linux: `batch` (a thread that wakes does not
+    /// preempt the one running, so the server's threads take work from one another in batches)
+    /// or `normal` (the system's default); see the README's "Performance".
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SCHEDULING",
+        value_enum,
+        default_value = "batch"
+    )]
+    pub scheduling: Scheduling,
+
     /// Frames a WebSocket client may send per second, twice as many in a burst; past that they
     /// are dropped, and a client that keeps at it is disconnected.
     #[arg(long, env = "SWITCHBOARD_FRAMES_PER_SECOND", default_value = "20")]
@@ -370,6 +381,7 @@ pub struct Config {
     pub max_frame_bytes: usize,
     pub max_publish_bytes: usize,
     pub workers: Option<usize>,
+    pub scheduling: Scheduling,
     pub webhooks: WebhookConfig,
     pub outbound: OutboundConfig,
     /// Cluster mode's Redis (its URL may carry a password).
@@ -436,6 +448,15 @@ impl Origins {
             }
         }
     }
+}
+
+/// The CPU scheduling policy of the server's threads (see [`crate::scheduling`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheduling {
+    /// Linux's `SCHED_BATCH`.
+    Batch,
+    /// Left as the server was started (normally the system's default).
+    Normal,
 }
 
 /// The demo inbox at `/demo`.
@@ -583,6 +604,7 @@ impl Config {
             max_frame_bytes: settings.max_frame_bytes,
             max_publish_bytes: settings.max_publish_bytes,
             workers: settings.workers,
+            scheduling: settings.scheduling,
             webhooks,
             outbound,
             redis_url: match settings.redis_url {

@@ -26,7 +26,8 @@
 //! - [`http`] — the app on actix-http, with each WebSocket's socket handed to its session once
 //!   the `101` is written.
 //! - [`server`] — wiring it together; used by the binary and the tests.
-//! - [`cli`] and [`logging`] — the binary's command line and log set-up.
+//! - [`cli`], [`logging`] and [`scheduling`] — the binary's command line, log set-up and the
+//!   scheduling policy of its threads.
 //! - [`bench`] — `switchboard bench`, the load tool that measures a running server.
 
 pub mod actors;
@@ -46,6 +47,7 @@ pub mod outbound;
 pub mod protocol;
 pub mod publisher;
 pub mod retention;
+pub mod scheduling;
 pub mod server;
 pub mod socket_io;
 pub mod store;

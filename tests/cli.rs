@@ -252,6 +252,78 @@ fn a_port_in_use_is_a_clear_error_before_anything_starts() {
     assert!(!dir.path().join("switchboard.db").exists());
 }
 
+/// The scheduling policy of each of `pid`'s threads (field 41 of its `stat`).
+fn thread_policies(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|task| {
+            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
+            let after_name = &stat[stat.rfind(')').unwrap() + 1..];
+            after_name
+                .split_whitespace()
+                .nth(38)
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Every thread of the server runs under `SCHED_BATCH` (README, "Performance"), unless told
+/// `normal`, or started at a nice value of the operator's, which the server leaves alone.
+#[test]
+fn the_server_threads_run_under_the_scheduling_policy_configured() {
+    const SCHED_BATCH: u32 = 3;
+    let as_started = thread_policies(std::process::id())[0];
+    assert_ne!(
+        as_started, SCHED_BATCH,
+        "run the tests under the default policy"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let started = |command: Command, expect: &str| {
+        let mut server = Process::spawn(command);
+        server.wait_for(expect);
+        server.wait_for("starting service");
+        let policies = thread_policies(server.child.id());
+        assert!(policies.len() > 3, "{policies:?}");
+        policies
+    };
+    // `program` is the binary, or a command that runs it.
+    let server = |program: &str, args: &[&str], scheduling: Option<&str>| {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env("SWITCHBOARD_BIND", "127.0.0.1:0");
+        if let Some(scheduling) = scheduling {
+            command.env("SWITCHBOARD_SCHEDULING", scheduling);
+        }
+        command
+    };
+
+    let batch = started(server(BIN, &[], None), "scheduling: SCHED_BATCH");
+    assert!(batch.iter().all(|&p| p == SCHED_BATCH), "{batch:?}");
+    let normal = started(
+        server(BIN, &[], Some("normal")),
+        "scheduling: the system's default",
+    );
+    assert!(normal.iter().all(|&p| p == as_started), "{normal:?}");
+    let niced = started(
+        server("nice", &["-n", "5", BIN], None),
+        "as the server runs at nice 5",
+    );
+    assert!(niced.iter().all(|&p| p == as_started), "{niced:?}");
+
+    let refused = server(BIN, &[], Some("fastest")).output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("--scheduling") && stderr.contains("batch, normal"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_closes_every_session_with_1001_then_exits() {
     let dir = tempfile::tempdir().unwrap();

@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use switchboard::config::{
-    Config, Database, Heartbeat, JwtConfig, JwtKey, OutboundConfig, Presence, Retention, Secret,
-    WebhookConfig,
+    Config, Database, Heartbeat, JwtConfig, JwtKey, OutboundConfig, Presence, Retention,
+    Scheduling, Secret, WebhookConfig,
 };
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-32-bytes-or-more";
@@ -131,6 +131,9 @@ pub fn config(db: &Db) -> Config {
         max_frame_bytes: 64 * 1024,
         max_publish_bytes: 256 * 1024,
         workers: Some(1),
+        // The binary sets the policy for its process (`scheduling::apply`); an in-process server
+        // runs in the test's.
+        scheduling: Scheduling::Normal,
         webhooks: WebhookConfig {
             facebook_verify_token: Some(Secret::new(FACEBOOK_VERIFY_TOKEN.into())),
             max_body_bytes: 64 * 1024,
