@@ -274,6 +274,7 @@ fn thread_policies(pid: u32) -> Vec<u32> {
 #[test]
 fn the_server_threads_run_under_the_scheduling_policy_configured() {
     const SCHED_BATCH: u32 = 3;
+    // The test's threads all run under the policy it was started with.
     let as_started = thread_policies(std::process::id())[0];
     assert_ne!(
         as_started, SCHED_BATCH,
