@@ -252,20 +252,18 @@ fn a_port_in_use_is_a_clear_error_before_anything_starts() {
     assert!(!dir.path().join("switchboard.db").exists());
 }
 
-/// The scheduling policy of each of `pid`'s threads (field 41 of its `stat`).
+/// The scheduling policy of a thread (field 41 of its `stat`); `None` once it has exited.
+fn policy(stat_path: &Path) -> Option<u32> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(38)?.parse().ok()
+}
+
+/// The scheduling policy of each of `pid`'s threads.
 fn thread_policies(pid: u32) -> Vec<u32> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
     tasks
-        .map(|task| {
-            let stat = std::fs::read_to_string(task.unwrap().path().join("stat")).unwrap();
-            let after_name = &stat[stat.rfind(')').unwrap() + 1..];
-            after_name
-                .split_whitespace()
-                .nth(38)
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
+        .filter_map(|task| policy(&task.ok()?.path().join("stat")))
         .collect()
 }
 
@@ -274,8 +272,7 @@ fn thread_policies(pid: u32) -> Vec<u32> {
 #[test]
 fn the_server_threads_run_under_the_scheduling_policy_configured() {
     const SCHED_BATCH: u32 = 3;
-    // The test's threads all run under the policy it was started with.
-    let as_started = thread_policies(std::process::id())[0];
+    let as_started = policy(Path::new("/proc/thread-self/stat")).unwrap();
     assert_ne!(
         as_started, SCHED_BATCH,
         "run the tests under the default policy"
