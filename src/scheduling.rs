@@ -18,12 +18,12 @@ use crate::config::Scheduling;
 /// Puts the calling thread, and so every thread it starts afterwards, under `scheduling`.
 pub fn apply(scheduling: Scheduling) {
     match scheduling {
-        Scheduling::Normal => log::info!("scheduling: the system's default policy"),
+        Scheduling::Normal => log::info!("scheduling: left as started"),
         Scheduling::Batch => match batch() {
             Ok(()) => log::info!(
-                "scheduling: SCHED_BATCH (SWITCHBOARD_SCHEDULING=normal for the system's default)"
+                "scheduling: SCHED_BATCH (SWITCHBOARD_SCHEDULING=normal leaves it as started)"
             ),
-            Err(reason) => log::warn!("scheduling: the system's default policy, {reason}"),
+            Err(reason) => log::warn!("scheduling: left as started, {reason}"),
         },
     }
 }

@@ -304,7 +304,7 @@ fn the_server_threads_run_under_the_scheduling_policy_configured() {
     assert!(batch.iter().all(|&p| p == SCHED_BATCH), "{batch:?}");
     let normal = started(
         server(BIN, &[], Some("normal")),
-        "scheduling: the system's default",
+        "scheduling: left as started",
     );
     assert!(normal.iter().all(|&p| p == as_started), "{normal:?}");
     let niced = started(
