@@ -904,6 +904,43 @@ mod tests {
     }
 
     #[test]
+    fn outbound_leases_outlast_a_request_and_private_networks_are_opt_in() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let load = |extra: &[&str]| {
+            let secret = "s".repeat(MIN_JWT_SECRET_BYTES);
+            let mut args = vec!["switchboard", "--jwt-secret", &secret];
+            args.extend(["--api-key", "an-api-key-long-enough"]);
+            args.extend(["--outbound-timeout", "10s"]);
+            args.extend(extra);
+            let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
+            Config::load(cli.settings)
+        };
+        assert!(matches!(
+            load(&["--outbound-lease", "10500ms"]),
+            Err(ConfigError::Invalid {
+                setting: "SWITCHBOARD_OUTBOUND_LEASE",
+                ..
+            })
+        ));
+        let config = load(&["--outbound-lease", "11s"]).unwrap();
+        assert_eq!(config.outbound.lease, Duration::from_secs(11));
+        assert!(!config.outbound.allow_private);
+        let on_premises = load(&["--outbound-allow-private", "true"]).unwrap();
+        assert!(on_premises.outbound.allow_private);
+        assert!(matches!(
+            load(&["--outbound-scan-interval", "0s"]),
+            Err(ConfigError::Invalid {
+                setting: "SWITCHBOARD_OUTBOUND_SCAN_INTERVAL",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn secrets_do_not_debug_print() {
         let s = Secret::new("hunter2".into());
         assert!(!format!("{s:?}").contains("hunter2"));

@@ -19,7 +19,7 @@ use crate::common::process::{Process, BIN};
 use crate::common::{unique, Api, Db, API_KEY, JWT_SECRET};
 
 /// The outbound settings of every node: a request's time limit, and the lease just over it.
-const TIMEOUT: &str = "3s";
+const TIMEOUT: Duration = Duration::from_secs(3);
 const LEASE: Duration = Duration::from_secs(4);
 const SCAN_INTERVAL: Duration = Duration::from_millis(300);
 /// How long the backend takes to answer: long enough for a second sender to overlap.
@@ -208,6 +208,11 @@ impl std::ops::Deref for Node {
     }
 }
 
+/// A duration as a setting takes it.
+fn setting(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
 /// Starts `count` nodes together (so that they look for pending deliveries at the same time).
 fn start_nodes(db: &Db, redis: &Redis, count: usize) -> Vec<Node> {
     let processes: Vec<Process> = (0..count)
@@ -220,9 +225,9 @@ fn start_nodes(db: &Db, redis: &Redis, count: usize) -> Vec<Node> {
                 .env("SWITCHBOARD_JWT_SECRET", JWT_SECRET)
                 .env("SWITCHBOARD_API_KEY", API_KEY)
                 .env("SWITCHBOARD_OUTBOUND_ALLOW_PRIVATE", "true")
-                .env("SWITCHBOARD_OUTBOUND_TIMEOUT", TIMEOUT)
-                .env("SWITCHBOARD_OUTBOUND_LEASE", "4s")
-                .env("SWITCHBOARD_OUTBOUND_SCAN_INTERVAL", "300ms")
+                .env("SWITCHBOARD_OUTBOUND_TIMEOUT", setting(TIMEOUT))
+                .env("SWITCHBOARD_OUTBOUND_LEASE", setting(LEASE))
+                .env("SWITCHBOARD_OUTBOUND_SCAN_INTERVAL", setting(SCAN_INTERVAL))
                 .env("SWITCHBOARD_OUTBOUND_RETRY_BASE", "500ms")
                 .env("SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS", "20")
                 .env("RUST_LOG", "info");
