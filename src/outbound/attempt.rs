@@ -78,31 +78,30 @@ impl Attempts {
         &self.node
     }
 
-    fn lease_until(&self, now: i64) -> i64 {
-        now + self.config.lease.as_millis() as i64
-    }
-
     /// Claims one delivery for this node, if it is due and no node holds it.
     pub(super) async fn claim(&self, id: String) -> Result<Option<Delivery>, StoreError> {
-        let node = self.node.clone();
-        let now = now_ms();
-        let until = self.lease_until(now);
+        let (node, lease) = (self.node.clone(), millis(self.config.lease));
         self.store
-            .run(move |conn| deliveries::claim(conn, &id, &node, now, until))
+            .run(move |conn| {
+                // Read on the blocking thread: the lease starts when the claim is made.
+                let now = now_ms();
+                deliveries::claim(conn, &id, &node, now, now.saturating_add(lease))
+            })
             .await
     }
 
     /// Claims up to `limit` of the due deliveries no node holds.
     pub(super) async fn claim_due(&self, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        let node = self.node.clone();
-        let now = now_ms();
-        let until = self.lease_until(now);
+        let (node, lease) = (self.node.clone(), millis(self.config.lease));
         self.store
             .run(move |conn| {
                 let mut claimed = Vec::new();
-                for (id, expired_holder) in deliveries::due(conn, now, limit as i64)? {
+                for (id, expired_holder) in deliveries::due(conn, now_ms(), limit as i64)? {
                     // Another node may claim it first: then it is that node's.
-                    let Some(delivery) = deliveries::claim(conn, &id, &node, now, until)? else {
+                    let now = now_ms();
+                    let Some(delivery) =
+                        deliveries::claim(conn, &id, &node, now, now.saturating_add(lease))?
+                    else {
                         continue;
                     };
                     if let Some(holder) = expired_holder {
@@ -137,6 +136,18 @@ impl Attempts {
             None => Err(Failure::Final("its integration no longer exists".into())),
             Some(i) if i.disabled_at.is_some() => {
                 Err(Failure::Final("integration disabled".into()))
+            }
+            Some(_)
+                if now_ms().saturating_add(millis(self.config.timeout))
+                    >= delivery.leased_until =>
+            {
+                // The database was slow: another node could claim it while the request runs.
+                log::warn!(
+                    "outbound delivery={}: too little of the lease left for a request; left to \
+                     the next claim",
+                    delivery.id
+                );
+                return None;
             }
             Some(i) => self.send(i, &delivery).await,
         };
@@ -206,7 +217,7 @@ impl Attempts {
             ),
             None => log::debug!("outbound delivery={} delivered", delivery.id),
         }
-        let next_attempt_at = now_ms() + retry_in.map_or(0, |d| d.as_millis() as i64);
+        let next_attempt_at = now_ms() + retry_in.map_or(0, millis);
         let broker = self.broker.clone();
         let id = delivery.id.clone();
         let recorded = self
@@ -244,6 +255,10 @@ impl Attempts {
             .saturating_mul(1 << doublings)
             .min(MAX_BACKOFF)
     }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Records `outcome` if the claim on `delivery` still stands. A final outcome is recorded in the
