@@ -263,6 +263,20 @@ async fn delivery(node: &Api, integration: &str, message: &Value) -> Value {
         .expect("the reply has a delivery")
 }
 
+/// What the test's parts share: the database and Redis the nodes use, the backend, and the
+/// integration whose replies go to it.
+struct Scene {
+    db: Db,
+    redis: Redis,
+    backend: Backend,
+    integration: Value,
+    id: String,
+    account: String,
+}
+
+/// How long the test waits for what it expects, beyond the lease.
+const WAIT: Duration = Duration::from_secs(10);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_delivery_is_sent_by_one_node_at_a_time_and_survives_its_node() {
     let Some(db) = postgres() else { return };
@@ -277,25 +291,39 @@ async fn each_delivery_is_sent_by_one_node_at_a_time_and_survives_its_node() {
         .integration(json!({"provider": "generic", "external_id": unique("shop"),
                             "account_id": unique("cluster-outbound"), "outbound_url": backend.url}))
         .await;
-    let (integration_id, account) = (
-        integration["id"].as_str().unwrap().to_owned(),
-        integration["account_id"].as_str().unwrap().to_owned(),
+    let scene = Scene {
+        id: integration["id"].as_str().unwrap().to_owned(),
+        account: integration["account_id"].as_str().unwrap().to_owned(),
+        integration,
+        db,
+        redis,
+        backend,
+    };
+    the_holder_dies_mid_retry(&scene, &mut nodes).await;
+    every_node_restarts_with_deliveries_pending(&scene, nodes).await;
+    assert_eq!(
+        scene.backend.seen.lock().unwrap().overlaps,
+        Vec::<String>::new(),
+        "sent by two nodes at once"
     );
+}
 
-    // The first attempt fails; the retry is held unanswered, and its node killed meanwhile.
-    let conversation = nodes[0].conversation_from(&integration, "c0").await;
+/// The first attempt fails; the retry is held unanswered, and the node making it is killed
+/// meanwhile: another takes the delivery over once the lease runs out.
+async fn the_holder_dies_mid_retry(scene: &Scene, nodes: &mut Vec<Node>) {
+    let conversation = nodes[0].conversation_from(&scene.integration, "c0").await;
     let reply = nodes[0]
-        .reply(&account, "agent", &conversation, "held")
+        .reply(&scene.account, "agent", &conversation, "held")
         .await;
-    let webhook_id = delivery(&nodes[0], &integration_id, &reply).await["id"]
+    let webhook_id = delivery(&nodes[0], &scene.id, &reply).await["id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let wait = Duration::from_secs(10);
+    let backend = &scene.backend;
     backend
-        .until("the retry", wait, |seen| seen.held == 1)
+        .until("the retry", WAIT, |seen| seen.held == 1)
         .await;
-    let holder = delivery(&nodes[0], &integration_id, &reply).await["leased_by"].clone();
+    let holder = delivery(&nodes[0], &scene.id, &reply).await["leased_by"].clone();
     let holder = nodes
         .iter()
         .position(|node| holder == node.name.as_str())
@@ -303,7 +331,7 @@ async fn each_delivery_is_sent_by_one_node_at_a_time_and_survives_its_node() {
     nodes[holder].process.signal("KILL");
     let dead = nodes.remove(holder);
     backend.release.notify_waiters();
-    let still = delivery(&nodes[0], &integration_id, &reply).await;
+    let still = delivery(&nodes[0], &scene.id, &reply).await;
     assert_eq!(
         (&still["status"], &still["leased_by"]),
         (&json!("pending"), &json!(dead.name)),
@@ -311,44 +339,45 @@ async fn each_delivery_is_sent_by_one_node_at_a_time_and_survives_its_node() {
     );
     // Another node takes it once the lease runs out (and one scan later).
     backend
-        .until("the delivery taken over", LEASE + wait, |seen| {
+        .until("the delivery taken over", LEASE + WAIT, |seen| {
             seen.accepted.get(&webhook_id) == Some(&1)
         })
         .await;
     let message = reply["id"].as_str().unwrap();
     nodes[0]
-        .delivery_when(&integration_id, message, "delivered", wait)
+        .delivery_when(&scene.id, message, "delivered", WAIT)
         .await;
     assert_eq!(backend.requests(&webhook_id), 3);
-    drop(dead);
+}
 
-    // Replies on every node, whose backend now fails them all; then every node dies.
+/// Replies on every node, whose backend now fails them all; every node dies; all start again at
+/// once, the backend accepting: each pending delivery is sent once.
+async fn every_node_restarts_with_deliveries_pending(scene: &Scene, mut nodes: Vec<Node>) {
+    let backend = &scene.backend;
     *backend.script.lock().unwrap() = Script {
         fail_first: 0,
         hold: None,
         accept: false,
     };
-    nodes.extend(start_nodes(&db, &redis, 1));
+    nodes.extend(start_nodes(&scene.db, &scene.redis, 1));
     let mut replies = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        let conversation = node
-            .conversation_from(&integration, &format!("c{}", i + 1))
-            .await;
+        let contact = format!("c{}", i + 1);
+        let conversation = node.conversation_from(&scene.integration, &contact).await;
         for text in ["one", "two"] {
-            replies.push(node.reply(&account, "agent", &conversation, text).await);
+            replies.push(
+                node.reply(&scene.account, "agent", &conversation, text)
+                    .await,
+            );
         }
     }
     let mut ids = Vec::new();
     for reply in &replies {
-        ids.push(
-            delivery(&nodes[0], &integration_id, reply).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        let delivery = delivery(&nodes[0], &scene.id, reply).await;
+        ids.push(delivery["id"].as_str().unwrap().to_owned());
     }
     backend
-        .until("every reply tried", wait, |seen| {
+        .until("every reply tried", WAIT, |seen| {
             ids.iter().all(|id| seen.requests.contains_key(id))
         })
         .await;
@@ -359,17 +388,16 @@ async fn each_delivery_is_sent_by_one_node_at_a_time_and_survives_its_node() {
     drop(nodes);
     // What the dead nodes had sent is all counted once none of it is being answered.
     backend
-        .until("the dead nodes' requests answered", wait, |seen| {
+        .until("the dead nodes' requests answered", WAIT, |seen| {
             seen.answering.values().all(|n| *n == 0)
         })
         .await;
     let before: Vec<usize> = ids.iter().map(|id| backend.requests(id)).collect();
 
-    // All restart at once; each pending delivery is sent once.
     backend.script.lock().unwrap().accept = true;
-    let nodes = start_nodes(&db, &redis, 3);
+    let nodes = start_nodes(&scene.db, &scene.redis, 3);
     backend
-        .until("every reply delivered", LEASE + wait, |seen| {
+        .until("every reply delivered", LEASE + WAIT, |seen| {
             ids.iter().all(|id| seen.accepted.contains_key(id))
         })
         .await;
@@ -385,12 +413,7 @@ async fn each_delivery_is_sent_by_one_node_at_a_time_and_survives_its_node() {
     for reply in &replies {
         let message = reply["id"].as_str().unwrap();
         nodes[0]
-            .delivery_when(&integration_id, message, "delivered", wait)
+            .delivery_when(&scene.id, message, "delivered", WAIT)
             .await;
     }
-    assert_eq!(
-        backend.seen.lock().unwrap().overlaps,
-        Vec::<String>::new(),
-        "sent by two nodes at once"
-    );
 }
