@@ -195,6 +195,26 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub outbound_timeout: Duration,
 
+    /// How long a node holds an outbound delivery it is attempting; another node takes over one
+    /// whose holder died once this runs out. At least the timeout plus 1 s.
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_LEASE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub outbound_lease: Duration,
+
+    /// How often every node looks for due outbound deliveries that no node holds (retries, a
+    /// dead node's deliveries, those pending at start-up).
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_SCAN_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub outbound_scan_interval: Duration,
+
+    /// Let outbound webhooks reach loopback and private networks (an application backend on
+    /// premises); link-local and cloud metadata addresses stay refused.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OUTBOUND_ALLOW_PRIVATE",
+        default_value_t = false,
+        action = clap::ArgAction::Set
+    )]
+    pub outbound_allow_private: bool,
+
     /// Cluster mode: nodes share events, presence and typing through this Redis
     /// (`redis://[:password@]host:port[/db]`). Unset: a single node, no Redis used.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
@@ -347,6 +367,13 @@ pub struct OutboundConfig {
     pub max_attempts: u32,
     pub retry_base: Duration,
     pub timeout: Duration,
+    /// How long a node holds a delivery it attempts; longer than `timeout`, so that an attempt
+    /// ends (and is recorded) before another node may take the delivery over.
+    pub lease: Duration,
+    /// How often the node looks for due deliveries that no node holds.
+    pub scan_interval: Duration,
+    /// Loopback and private networks may be reached (never link-local or metadata addresses).
+    pub allow_private: bool,
 }
 
 /// Presence settings.
@@ -479,6 +506,9 @@ pub struct DevMode {
 }
 
 const MIN_JWT_SECRET_BYTES: usize = 32;
+/// How much longer than one outbound request a lease must last at least: the attempt's outcome
+/// is recorded after the request, within the lease.
+const OUTBOUND_LEASE_MARGIN: Duration = Duration::from_secs(1);
 const MIN_API_KEY_BYTES: usize = 16;
 
 impl Config {
@@ -550,7 +580,22 @@ impl Config {
             max_attempts: settings.outbound_max_attempts,
             retry_base: settings.outbound_retry_base,
             timeout: settings.outbound_timeout,
+            lease: settings.outbound_lease,
+            scan_interval: settings.outbound_scan_interval,
+            allow_private: settings.outbound_allow_private,
         };
+        if outbound.lease < outbound.timeout + OUTBOUND_LEASE_MARGIN {
+            return Err(invalid(
+                "SWITCHBOARD_OUTBOUND_LEASE",
+                "must be at least SWITCHBOARD_OUTBOUND_TIMEOUT plus 1s (an attempt, then its record)",
+            ));
+        }
+        if outbound.scan_interval.is_zero() {
+            return Err(invalid(
+                "SWITCHBOARD_OUTBOUND_SCAN_INTERVAL",
+                "must be positive",
+            ));
+        }
 
         let configured_key = configured_jwt_key(&settings)?;
         let mut configured_api_keys = Vec::new();
@@ -856,6 +901,43 @@ mod tests {
     fn passwords_are_not_described() {
         let db = Database::parse("postgres://u:hunter2@h:5432/db").unwrap();
         assert_eq!(db.describe(), "postgres postgres://u:[redacted]@h:5432/db");
+    }
+
+    #[test]
+    fn outbound_leases_outlast_a_request_and_private_networks_are_opt_in() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let load = |extra: &[&str]| {
+            let secret = "s".repeat(MIN_JWT_SECRET_BYTES);
+            let mut args = vec!["switchboard", "--jwt-secret", &secret];
+            args.extend(["--api-key", "an-api-key-long-enough"]);
+            args.extend(["--outbound-timeout", "10s"]);
+            args.extend(extra);
+            let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
+            Config::load(cli.settings)
+        };
+        assert!(matches!(
+            load(&["--outbound-lease", "10500ms"]),
+            Err(ConfigError::Invalid {
+                setting: "SWITCHBOARD_OUTBOUND_LEASE",
+                ..
+            })
+        ));
+        let config = load(&["--outbound-lease", "11s"]).unwrap();
+        assert_eq!(config.outbound.lease, Duration::from_secs(11));
+        assert!(!config.outbound.allow_private);
+        let on_premises = load(&["--outbound-allow-private", "true"]).unwrap();
+        assert!(on_premises.outbound.allow_private);
+        assert!(matches!(
+            load(&["--outbound-scan-interval", "0s"]),
+            Err(ConfigError::Invalid {
+                setting: "SWITCHBOARD_OUTBOUND_SCAN_INTERVAL",
+                ..
+            })
+        ));
     }
 
     #[test]

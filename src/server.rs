@@ -15,7 +15,7 @@ use crate::auth::Verifier;
 use crate::cluster::Cluster;
 use crate::config::{Config, Demo};
 use crate::ids::random_id;
-use crate::outbound::Dispatcher;
+use crate::outbound::{address, Dispatcher};
 use crate::publisher::Publisher;
 use crate::retention::Pruner;
 use crate::store::{Store, StoreError};
@@ -115,7 +115,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )
     });
     let shutdown_broker = broker.clone();
-    let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound).start();
+    let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound, &node).start();
     Pruner::new(store.clone(), config.retention).start();
 
     let publisher = Publisher::start(
@@ -153,6 +153,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             },
         }),
         dispatcher,
+        outbound_addresses: address::Policy {
+            allow_private: config.outbound.allow_private,
+        },
         publisher,
         long_poll_max: config.long_poll_max,
         demo: config.demo,

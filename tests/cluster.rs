@@ -19,7 +19,7 @@ use crate::common::{token, unique, Api, Client, Db, Received, API_KEY, JWT_SECRE
 
 /// The cluster tests need PostgreSQL (shared by the nodes); they run where the other PostgreSQL
 /// tests run.
-fn postgres() -> Option<Db> {
+pub(crate) fn postgres() -> Option<Db> {
     let db = Db::postgres();
     if db.is_none() {
         eprintln!(
@@ -31,13 +31,13 @@ fn postgres() -> Option<Db> {
 }
 
 /// A `redis-server` of the test's own, on a free port; killed on drop.
-struct Redis {
+pub(crate) struct Redis {
     port: u16,
     process: Option<Process>,
 }
 
 impl Redis {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -51,7 +51,7 @@ impl Redis {
         redis
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 

@@ -15,6 +15,7 @@ mod heartbeat;
 mod isolation;
 mod lifetime;
 mod operations;
+mod outbound_cluster;
 mod persistence;
 mod resume;
 mod socket_io;

@@ -1,13 +1,16 @@
 //! Webhook ingestion end to end: real signed requests to a real server; the owning account's
 //! sessions see the messages, no other account's do, and every bad request is refused with
-//! nothing stored.
+//! nothing stored. And the replies going out: only to addresses allowed, never through a
+//! redirect, and no more once their integration is disabled.
 
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::common::{now, sign, token, unique, Client, Db, TestServer, FACEBOOK_VERIFY_TOKEN};
+use crate::common::{
+    now, sign, token, unique, Client, Db, TestServer, FACEBOOK_VERIFY_TOKEN, WAIT,
+};
 use crate::on_each_backend;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -530,4 +533,231 @@ async fn generic_webhooks_verify_rotate_and_refuse_replays() {
         .await;
     let fresh = headers("wh_8", ts, sign::standard(&new_secret, "wh_8", ts, &body2));
     assert_eq!(server.webhook(&path, &fresh, &body2).await.0, 404);
+}
+
+// Outbound replies and the addresses they may reach. These run on SQLite only: on a shared
+// PostgreSQL database every test's server is a node of one cluster for outbound deliveries (any
+// of them may send any test's reply, with its own settings); `outbound_cluster` tests that.
+
+/// A generic integration of a fresh account sending its replies to `url`.
+async fn replying_to(server: &TestServer, url: &str) -> Value {
+    server
+        .integration(json!({"provider": "generic", "external_id": unique("shop"),
+                            "account_id": unique("acme"), "outbound_url": url}))
+        .await
+}
+
+#[tokio::test]
+async fn outbound_urls_into_the_servers_own_networks_are_refused() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    config.outbound.allow_private = false;
+    let server = TestServer::start(config);
+    let create = |url: &str| {
+        let body = json!({"provider": "generic", "external_id": unique("shop"),
+                          "account_id": "acme", "outbound_url": url});
+        server.admin(Method::POST, "/api/v1/integrations", Some(body))
+    };
+    for url in [
+        "http://127.0.0.1:8080/hooks",
+        "http://localhost/hooks",
+        "http://LocalHost./hooks",
+        "http://[::1]/hooks",
+        "http://0x7f000001/hooks",
+        "http://2130706433/hooks",
+        "http://[::ffff:127.0.0.1]/hooks",
+        "http://10.0.0.7/hooks",
+        "http://192.168.1.20/hooks",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/hooks",
+        "http://0.0.0.0/hooks",
+        "file:///etc/passwd",
+    ] {
+        let (status, error) = create(url).await;
+        assert_eq!(
+            (status, error["error"]["code"].as_str()),
+            (400, Some("invalid-field")),
+            "{url}: {error}"
+        );
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("outbound_url"),
+            "{error}"
+        );
+    }
+    for url in [
+        "https://app.example.com/hooks/switchboard",
+        "http://93.184.216.34:8080/hooks",
+    ] {
+        assert_eq!(create(url).await.0, 201, "{url}");
+    }
+
+    // On premises (as the tests' receivers are): loopback and private networks, but never the
+    // metadata service.
+    let server = TestServer::on(&db);
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            "/api/v1/integrations",
+            Some(json!({"provider": "generic", "external_id": unique("shop"),
+                        "account_id": "acme", "outbound_url": "http://127.0.0.1:9/hooks"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, error) = server
+        .admin(
+            Method::POST,
+            "/api/v1/integrations",
+            Some(json!({"provider": "generic", "external_id": unique("shop"),
+                        "account_id": "acme", "outbound_url": "http://169.254.169.254/"})),
+        )
+        .await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (400, Some("invalid-field"))
+    );
+}
+
+#[tokio::test]
+async fn outbound_requests_connect_only_to_allowed_addresses() {
+    let db = Db::sqlite();
+    let receiver = crate::common::Receiver::start(vec![200]);
+    let port = receiver
+        .url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    // Created while private networks were allowed; then the server is restarted without.
+    let (by_name, by_literal) = {
+        let server = TestServer::on(&db);
+        let by_name = replying_to(&server, &format!("http://localhost:{port}/hooks")).await;
+        let by_literal = replying_to(&server, &format!("http://127.0.0.1:{port}/hooks")).await;
+        (by_name, by_literal)
+    };
+    let mut config = crate::common::config(&db);
+    config.outbound.allow_private = false;
+    let server = TestServer::start(config);
+
+    for (integration, why) in [
+        // The name is resolved, and what it resolves to is refused: nothing is connected to.
+        (
+            &by_name,
+            "localhost resolves only to addresses that may not be reached",
+        ),
+        (&by_literal, "127.0.0.1 is a loopback or private address"),
+    ] {
+        let account = integration["account_id"].as_str().unwrap();
+        let conversation = server.conversation_from(integration, "c1").await;
+        let message = server.reply(account, "agent", &conversation, "hi").await;
+        let id = integration["id"].as_str().unwrap();
+        let delivery = server
+            .delivery_when(id, message["id"].as_str().unwrap(), "failed", WAIT)
+            .await;
+        let error = delivery["last_error"].as_str().unwrap();
+        assert!(error.contains(why), "{delivery}");
+    }
+    assert!(receiver.received.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn outbound_redirects_are_not_followed_and_answers_are_kept_short() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let answer = format!(
+        "moved\r\n[ERROR] forged log line\u{1b}[2J\u{202e}{}",
+        "x".repeat(100_000)
+    );
+    let receiver = crate::common::Receiver::answering(vec![302], &answer);
+    let integration = replying_to(&server, &receiver.url).await;
+    let account = integration["account_id"].as_str().unwrap();
+    let conversation = server.conversation_from(&integration, "c1").await;
+    let message = server.reply(account, "agent", &conversation, "hi").await;
+
+    let delivery = server
+        .delivery_when(
+            integration["id"].as_str().unwrap(),
+            message["id"].as_str().unwrap(),
+            "failed",
+            WAIT,
+        )
+        .await;
+    assert_eq!(delivery["attempts"], 3, "{delivery}");
+    assert_eq!(
+        *receiver.requests.lock().unwrap(),
+        vec!["POST /hooks/switchboard"; 3],
+        "the redirect to /internal/admin was never followed"
+    );
+    let error = delivery["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("HTTP 302 Found: moved  [ERROR] forged log line [2J xxx"),
+        "{error}"
+    );
+    assert!(error.chars().count() <= 230, "{error}");
+    assert!(
+        !error.chars().any(|c| c.is_control() || c == '\u{202e}'),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_integration_sends_nothing_more() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    // A failed attempt is retried only after an hour: long past the test.
+    config.outbound.retry_base = Duration::from_secs(3600);
+    config.outbound.scan_interval = Duration::from_millis(100);
+    let server = TestServer::start(config);
+    let receiver = crate::common::Receiver::start(vec![500, 200]);
+    let integration = replying_to(&server, &receiver.url).await;
+    let (id, account) = (
+        integration["id"].as_str().unwrap(),
+        integration["account_id"].as_str().unwrap(),
+    );
+    let conversation = server.conversation_from(&integration, "c1").await;
+    let (mut agent, _) = server.connect(&token(account, "agent")).await;
+    let first = server.reply(account, "agent", &conversation, "one").await;
+    receiver.wait_for(1).await;
+    let pending = server
+        .delivery_when(id, first["id"].as_str().unwrap(), "pending", WAIT)
+        .await;
+    assert_eq!(pending["attempts"], 1, "{pending}");
+
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            &format!("/api/v1/integrations/{id}/disable"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The retry due in an hour ends now; a reply after the disabling is never sent either.
+    let second = server.reply(account, "agent", &conversation, "two").await;
+    for message in [&first, &second] {
+        let failed = server
+            .delivery_when(id, message["id"].as_str().unwrap(), "failed", WAIT)
+            .await;
+        assert_eq!(failed["last_error"], "integration disabled", "{failed}");
+    }
+    let mut failed = Vec::new();
+    while failed.len() < 2 {
+        let (_, event, data) = agent.next_event().await;
+        if event == "message-status" {
+            assert_eq!(data["status"], "failed", "{data}");
+            failed.push(data["message_id"].clone());
+        }
+    }
+    failed.sort_by_key(|id| id.to_string());
+    let mut expected = vec![first["id"].clone(), second["id"].clone()];
+    expected.sort_by_key(|id| id.to_string());
+    assert_eq!(failed, expected);
+    assert_eq!(
+        receiver.received.lock().unwrap().len(),
+        1,
+        "nothing sent after the disabling"
+    );
 }

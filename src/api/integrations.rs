@@ -63,14 +63,6 @@ pub struct CreateRequest {
     outbound_url: Option<String>,
 }
 
-fn check_url(url: &str) -> Result<(), &'static str> {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        Ok(())
-    } else {
-        Err("must be an http:// or https:// URL")
-    }
-}
-
 /// For generic integrations Switchboard makes the secret; providers' secrets are given.
 fn inbound_secret(provider: &str, given: Option<String>) -> Result<(String, bool), ApiError> {
     match (provider, given) {
@@ -111,7 +103,7 @@ pub async fn create(
         });
     }
     if let Some(url) = &request.outbound_url {
-        field("outbound_url", check_url(url))?;
+        field("outbound_url", state.outbound_addresses.check_url(url))?;
     }
     let (secret, generated) = inbound_secret(&request.provider, request.secret)?;
     let outbound_secret = generate_secret();

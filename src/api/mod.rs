@@ -56,6 +56,8 @@ pub struct AppState {
     /// Socket.IO clients' Engine.IO connections.
     pub engines: Arc<crate::socket_io::Engines>,
     pub dispatcher: Addr<Dispatcher>,
+    /// What an integration's `outbound_url` may point at.
+    pub outbound_addresses: crate::outbound::address::Policy,
     pub publisher: Publisher,
     pub webhooks: WebhookState,
     /// Longest wait a long-poll may ask for.

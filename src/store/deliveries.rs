@@ -1,5 +1,11 @@
 //! Outbound deliveries: replies handed to the application's backend by signed webhook, with
 //! their retry state, so failures are visible and survive a restart.
+//!
+//! A delivery is attempted by one node at a time. A node first [`claim`]s it — one conditional
+//! update, atomic on both backends: it succeeds only if the delivery is pending, due, and no
+//! node's lease on it is still running — and then holds it until its lease runs out or it
+//! [`finish`]es the attempt. A node that dies holding one leaves a lease that runs out; another
+//! node's scan ([`due`]) then finds it.
 
 use diesel::prelude::*;
 use serde::Serialize;
@@ -20,6 +26,10 @@ pub struct Delivery {
     pub next_attempt_at: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The node attempting it now (or that was, if its lease ran out before it finished).
+    pub leased_by: Option<String>,
+    /// Until when (ms) `leased_by` holds it; 0 when no node does.
+    pub leased_until: i64,
 }
 
 pub fn create(
@@ -50,11 +60,93 @@ pub fn get(conn: &mut DbConnection, id: &str) -> Result<Option<Delivery>, StoreE
     Ok(d::table.find(id).first(conn).optional()?)
 }
 
-pub fn pending(conn: &mut DbConnection) -> Result<Vec<Delivery>, StoreError> {
+/// Up to `limit` deliveries that are due at `now` and that no node holds, the longest due
+/// first: their ids, and the node whose lease on one ran out, if any (it died, or was cut off).
+pub fn due(
+    conn: &mut DbConnection,
+    now: i64,
+    limit: i64,
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
     Ok(d::table
+        .select((d::id, d::leased_by))
         .filter(d::status.eq("pending"))
+        .filter(d::next_attempt_at.le(now))
+        .filter(d::leased_until.lt(now))
         .order(d::next_attempt_at.asc())
+        .limit(limit)
         .load(conn)?)
+}
+
+/// Claims the delivery for one attempt by `node`, holding it until `leased_until`: the
+/// delivery as claimed, or `None` when it is not pending, not due, or held by a node whose
+/// lease still runs. Of several nodes claiming at once, exactly one gets it (the update
+/// re-checks its condition on the row it locks, on PostgreSQL as on SQLite).
+pub fn claim(
+    conn: &mut DbConnection,
+    id: &str,
+    node: &str,
+    now: i64,
+    leased_until: i64,
+) -> Result<Option<Delivery>, StoreError> {
+    Ok(diesel::update(d::table.find(id))
+        .filter(d::status.eq("pending"))
+        .filter(d::next_attempt_at.le(now))
+        .filter(d::leased_until.lt(now))
+        .set((d::leased_by.eq(node), d::leased_until.eq(leased_until)))
+        .get_result(conn)
+        .optional()?)
+}
+
+/// What an attempt came to.
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    /// `delivered`, `pending` (to be retried at `next_attempt_at`) or `failed`.
+    pub status: &'a str,
+    /// Attempts made so far, this one included if a request was made.
+    pub attempts: i64,
+    pub error: Option<&'a str>,
+    pub next_attempt_at: i64,
+}
+
+/// Records the outcome of the attempt `claimed` was claimed for, and frees the lease — but only
+/// while that claim still stands: a node whose lease ran out, and whose delivery another node
+/// then claimed (or even finished), must not overwrite what the other records. Answers whether
+/// it was recorded.
+pub fn finish(
+    conn: &mut DbConnection,
+    claimed: &Delivery,
+    outcome: &Outcome<'_>,
+) -> Result<bool, StoreError> {
+    let Some(node) = claimed.leased_by.as_deref() else {
+        return Ok(false);
+    };
+    let rows = diesel::update(d::table.find(&claimed.id))
+        .filter(d::status.eq("pending"))
+        .filter(d::leased_by.eq(node))
+        .filter(d::attempts.eq(claimed.attempts))
+        .set((
+            d::status.eq(outcome.status),
+            d::attempts.eq(outcome.attempts),
+            d::last_error.eq(outcome.error),
+            d::next_attempt_at.eq(outcome.next_attempt_at),
+            d::leased_by.eq(None::<&str>),
+            d::leased_until.eq(0_i64),
+            d::updated_at.eq(now_ms()),
+        ))
+        .execute(conn)?;
+    Ok(rows == 1)
+}
+
+/// Makes the integration's pending deliveries due now (it was disabled: the next scan ends
+/// them, rather than their next retry, which may be an hour away).
+pub fn due_now_of(conn: &mut DbConnection, integration_id: &str) -> Result<usize, StoreError> {
+    let now = now_ms();
+    Ok(diesel::update(d::table)
+        .filter(d::integration_id.eq(integration_id))
+        .filter(d::status.eq("pending"))
+        .filter(d::next_attempt_at.gt(now))
+        .set(d::next_attempt_at.eq(now))
+        .execute(conn)?)
 }
 
 /// The integration's most recent deliveries, newest first.
@@ -68,25 +160,4 @@ pub fn recent(
         .order(d::created_at.desc())
         .limit(limit)
         .load(conn)?)
-}
-
-/// Records an attempt's outcome: `status` is delivered, pending (retry at `next_attempt_at`) or
-/// failed.
-pub fn record_attempt(
-    conn: &mut DbConnection,
-    id: &str,
-    status: &str,
-    error: Option<&str>,
-    next_attempt_at: i64,
-) -> Result<(), StoreError> {
-    diesel::update(d::table.find(id))
-        .set((
-            d::status.eq(status),
-            d::attempts.eq(d::attempts + 1),
-            d::last_error.eq(error),
-            d::next_attempt_at.eq(next_attempt_at),
-            d::updated_at.eq(now_ms()),
-        ))
-        .execute(conn)?;
-    Ok(())
 }

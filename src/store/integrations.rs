@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use super::schema::integrations;
-use super::{now_ms, DbConnection, StoreError};
+use super::{deliveries, now_ms, DbConnection, StoreError};
 
 /// An integration as stored. Its secrets are never serialized into an API answer: see
 /// `api::integrations` for the public view.
@@ -127,10 +127,14 @@ pub fn set_secret(
     get(conn, id)
 }
 
+/// Disables the integration: its webhooks find it no more, and it sends nothing more — each of
+/// its pending outbound deliveries is made due now, so that the dispatcher ends it as `failed`
+/// ("integration disabled") at its next scan instead of sending it.
 pub fn disable(conn: &mut DbConnection, id: &str) -> Result<Option<Integration>, StoreError> {
     diesel::update(integrations::table.find(id))
         .filter(integrations::disabled_at.is_null())
         .set(integrations::disabled_at.eq(now_ms()))
         .execute(conn)?;
+    deliveries::due_now_of(conn, id)?;
     get(conn, id)
 }

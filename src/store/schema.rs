@@ -87,6 +87,8 @@ diesel::table! {
         next_attempt_at -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
+        leased_by -> Nullable<Text>,
+        leased_until -> BigInt,
     }
 }
 

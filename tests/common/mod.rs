@@ -145,6 +145,13 @@ pub fn config(db: &Db) -> Config {
             max_attempts: 3,
             retry_base: Duration::from_millis(100),
             timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(6),
+            // Tests on PostgreSQL share one database, where every test's server would be a node
+            // of one cluster for outbound deliveries, sending other tests' replies with its own
+            // settings: a server looks for due deliveries at start only, unless a test says so.
+            scan_interval: Duration::from_secs(3600),
+            // The receivers tests start are on loopback.
+            allow_private: true,
         },
         presence: Presence {
             grace: Duration::from_millis(300),
@@ -600,6 +607,87 @@ impl Api {
     }
 }
 
+/// Outbound replies, as a test drives them: a contact writes in through a generic integration, a
+/// user answers, and the answer's delivery is watched through the admin API.
+impl Api {
+    /// The conversation `contact` starts by writing to the generic `integration` (its JSON as
+    /// created, with its secret); returns the conversation's id.
+    pub async fn conversation_from(&self, integration: &Value, contact: &str) -> String {
+        let (secret, path) = (
+            integration["secret"].as_str().unwrap(),
+            integration["webhook_path"].as_str().unwrap(),
+        );
+        let account = integration["account_id"].as_str().unwrap();
+        let body = json!({"type": "message", "data": {"contact_id": contact, "text": "hello"}})
+            .to_string();
+        let (id, ts) = (unique("wh"), now() as i64);
+        let headers = [
+            ("webhook-id", id.clone()),
+            ("webhook-timestamp", ts.to_string()),
+            ("webhook-signature", sign::standard(secret, &id, ts, &body)),
+        ];
+        let (status, answer) = self.webhook(path, &headers, &body).await;
+        assert_eq!(status, 200, "{answer}");
+        let (_, list) = self
+            .as_user(
+                &token(account, "agent"),
+                reqwest::Method::GET,
+                "/api/v1/conversations?limit=1",
+                None,
+            )
+            .await;
+        list["conversations"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Replies as `user` of `account`; returns the message.
+    pub async fn reply(&self, account: &str, user: &str, conversation: &str, text: &str) -> Value {
+        let (status, message) = self
+            .as_user(
+                &token(account, user),
+                reqwest::Method::POST,
+                &format!("/api/v1/conversations/{conversation}/messages"),
+                Some(json!({ "text": text })),
+            )
+            .await;
+        assert_eq!(status, 201, "{message}");
+        message
+    }
+
+    /// The integration's deliveries, newest first.
+    pub async fn deliveries(&self, integration_id: &str) -> Vec<Value> {
+        let path = format!("/api/v1/integrations/{integration_id}/deliveries");
+        let (status, body) = self.admin(reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{body}");
+        body["deliveries"].as_array().unwrap().clone()
+    }
+
+    /// Waits (up to `wait`) until the delivery of `message_id` is `status`; returns it.
+    pub async fn delivery_when(
+        &self,
+        integration_id: &str,
+        message_id: &str,
+        status: &str,
+        wait: Duration,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let found = self
+                .deliveries(integration_id)
+                .await
+                .into_iter()
+                .find(|d| d["message_id"] == message_id);
+            match found {
+                Some(delivery) if delivery["status"] == status => return delivery,
+                other => assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the delivery is not {status}: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Signatures as the providers compute them, written here independently of the server's code.
 pub mod sign {
     use base64::Engine;
@@ -641,32 +729,45 @@ pub struct Receiver {
     pub url: String,
     pub received:
         std::sync::Arc<std::sync::Mutex<Vec<(actix_web::http::header::HeaderMap, String)>>>,
+    /// Each request's method and path, in the order they came.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     handle: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Receiver {
     pub fn start(statuses: Vec<u16>) -> Self {
+        Self::answering(statuses, "receiver says so")
+    }
+
+    /// Answers with `body`; a redirect status sends the client to another path of its own.
+    pub fn answering(statuses: Vec<u16>, body: &str) -> Self {
         use std::sync::{Arc, Mutex};
         let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (log, paths, body) = (received.clone(), requests.clone(), body.to_owned());
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let server = actix_web::HttpServer::new(move || {
-                    let log = log.clone();
-                    let statuses = statuses.clone();
+                    let (log, paths) = (log.clone(), paths.clone());
+                    let (statuses, body) = (statuses.clone(), body.clone());
                     actix_web::App::new().default_service(actix_web::web::to(
-                        move |req: actix_web::HttpRequest, body: String| {
+                        move |req: actix_web::HttpRequest, text: String| {
+                            paths
+                                .lock()
+                                .unwrap()
+                                .push(format!("{} {}", req.method(), req.path()));
                             let mut log = log.lock().unwrap();
-                            log.push((req.headers().clone(), body));
+                            log.push((req.headers().clone(), text));
                             let status = statuses[(log.len() - 1).min(statuses.len() - 1)];
-                            async move {
-                                actix_web::HttpResponse::build(
-                                    actix_web::http::StatusCode::from_u16(status).unwrap(),
-                                )
-                                .body("receiver says so")
+                            let status = actix_web::http::StatusCode::from_u16(status).unwrap();
+                            let mut answer = actix_web::HttpResponse::build(status);
+                            if status.is_redirection() {
+                                answer.insert_header(("location", "/internal/admin"));
                             }
+                            let answer = answer.body(body.clone());
+                            async move { answer }
                         },
                     ))
                 })
@@ -683,6 +784,7 @@ impl Receiver {
         Self {
             url: format!("http://{addr}/hooks/switchboard"),
             received,
+            requests,
             handle,
             thread: Some(thread),
         }
