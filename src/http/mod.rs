@@ -68,6 +68,8 @@ where
 {
     // The app's configuration is its default (host `localhost:8080`): it only informs
     // `ConnectionInfo` without a Host header and `url_for`, neither of which Switchboard uses.
+    // Each request tells its connection that it has arrived, and its response's body that it
+    // has been answered ([`admission::Requests`]).
     let app = apply_fn_factory(make_app().into_factory(), |req: Request, app| {
         let requests = arrived(&req);
         let response = app.call(req);
@@ -103,7 +105,7 @@ where
         .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
         .local_addr(addr)
-        // So that the connection's requests can tell it that its first one has arrived.
+        // So that the connection's requests can tell it when they arrive and are answered.
         .on_connect_ext(|io: &Admitted, data: &mut Extensions| {
             data.insert(io.ticket().requests());
         })
