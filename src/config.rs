@@ -1,8 +1,10 @@
 //! Configuration: every setting, read once from flags or environment variables and validated into
 //! a typed [`Config`]. Nothing else in the crate reads the environment.
 //!
-//! When no JWT key or API key is configured, [`Config::load`] enters development mode: the missing
-//! keys are generated at random once and kept in a file beside the database (see [`dev_keys`]).
+//! When neither the JWT key nor the API key is configured (or `SWITCHBOARD_DEV_MODE=true`),
+//! [`Config::load`] enters development mode: the missing keys are generated at random once and
+//! kept in a file beside the database (see [`dev_keys`]). One configured without the other is
+//! refused unless development is asked for.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -223,6 +225,45 @@ pub struct Settings {
     /// On SIGTERM, sessions are closed in batches spread over this period.
     #[arg(long, env = "SWITCHBOARD_DRAIN_PERIOD", default_value = "5s", value_parser = humantime::parse_duration)]
     pub drain_period: Duration,
+
+    /// Longest a request body may take to arrive whole; past it the request is answered 408 and
+    /// its connection closed.
+    #[arg(long, env = "SWITCHBOARD_BODY_TIMEOUT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Bytes per second a request body must average once its first 5 s are over (0: no
+    /// minimum); a slower one is answered 408 and its connection closed.
+    #[arg(long, env = "SWITCHBOARD_BODY_MIN_RATE", default_value_t = 1024)]
+    pub body_min_rate: u32,
+
+    /// Open connections from one client address (an IPv6 /64), WebSockets included; past it a
+    /// new one is closed at once (0: no cap). Behind a reverse proxy, every client has the
+    /// proxy's address.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_address: usize,
+
+    /// Connections accepted whose first request has not arrived whole yet; past it a new one is
+    /// closed at once (0: no cap).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_PENDING_CONNECTIONS",
+        default_value_t = 4096
+    )]
+    pub max_pending_connections: usize,
+
+    /// When set, `GET /metrics` answers only with `Authorization: Bearer <this>` (at least 16
+    /// bytes). Prefer the environment variable.
+    #[arg(long, env = "SWITCHBOARD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// `true`: generate whichever of the JWT secret and the API key is not configured, for
+    /// development; `false`: never generate one [default: only when neither is configured].
+    #[arg(long, env = "SWITCHBOARD_DEV_MODE")]
+    pub dev_mode: Option<bool>,
 }
 
 /// A setting that cannot be used, with what to do about it.
@@ -240,6 +281,14 @@ pub enum ConfigError {
     },
     #[error("development keys file {path}: {reason}")]
     DevKeys { path: PathBuf, reason: String },
+    #[error(
+        "{missing} is not configured, but the other key is: configure it too, or set \
+         SWITCHBOARD_DEV_MODE=true to have it generated for development (development mode also \
+         lets pages from any origin open WebSockets and serves the demo)"
+    )]
+    HalfConfigured { missing: &'static str },
+    #[error("SWITCHBOARD_DEV_MODE is false, so {missing} must be configured")]
+    DevModeOff { missing: &'static str },
 }
 
 fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -376,6 +425,20 @@ pub struct OutboundConfig {
     pub allow_private: bool,
 }
 
+/// What a client may hold at the HTTP edge before it has proved anything (README, "Limits").
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeLimits {
+    /// Longest a request body may take to arrive whole.
+    pub body_timeout: Duration,
+    /// Bytes per second a body must average after its grace (see [`crate::http::body`]); 0:
+    /// no minimum.
+    pub body_min_rate: u32,
+    /// Open connections from one address (an IPv6 /64); 0: no cap.
+    pub max_connections_per_address: usize,
+    /// Connections accepted whose first request has not arrived whole; 0: no cap.
+    pub max_pending_connections: usize,
+}
+
 /// Presence settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Presence {
@@ -423,6 +486,9 @@ pub struct Config {
     pub max_sessions_per_user: usize,
     pub auth_failures_per_minute: std::num::NonZeroU32,
     pub allowed_origins: Origins,
+    pub edge: EdgeLimits,
+    /// When set, `/metrics` needs it as a bearer token.
+    pub metrics_token: Option<Secret>,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
     pub demo: Demo,
@@ -571,6 +637,24 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if settings.body_timeout.is_zero() {
+            return Err(invalid("SWITCHBOARD_BODY_TIMEOUT", "must be positive"));
+        }
+        let edge = EdgeLimits {
+            body_timeout: settings.body_timeout,
+            body_min_rate: settings.body_min_rate,
+            max_connections_per_address: settings.max_connections_per_address,
+            max_pending_connections: settings.max_pending_connections,
+        };
+        let metrics_token = match settings.metrics_token.clone() {
+            Some(token) if token.len() < MIN_API_KEY_BYTES => {
+                return Err(invalid(
+                    "SWITCHBOARD_METRICS_TOKEN",
+                    format!("must be at least {MIN_API_KEY_BYTES} bytes"),
+                ))
+            }
+            token => token.map(Secret::new),
+        };
         let webhooks = WebhookConfig {
             facebook_verify_token: settings.facebook_verify_token.clone().map(Secret::new),
             max_body_bytes: settings.max_webhook_bytes,
@@ -615,6 +699,7 @@ impl Config {
         let (jwt_key, api_key, dev_mode) = match (configured_key, configured_api_key) {
             (Some(jwt_key), Some(api_key)) => (jwt_key, api_key, None),
             (jwt_key, api_key) => {
+                development_meant(settings.dev_mode, jwt_key.is_some(), api_key.is_some())?;
                 let keys_file = settings
                     .dev_keys_file
                     .clone()
@@ -682,6 +767,8 @@ impl Config {
                 None if dev_mode.is_some() => Origins::Any,
                 None => Origins::Listed(Vec::new()),
             },
+            edge,
+            metrics_token,
             demo: match settings.demo.unwrap_or(dev_mode.is_some()) {
                 false => Demo::Off,
                 true if dev_mode.as_ref().is_some_and(|d| d.generated_jwt_secret) => {
@@ -691,6 +778,29 @@ impl Config {
             },
             dev_mode,
         })
+    }
+}
+
+/// Whether keys may be generated for development. Development mode comes by itself only when no
+/// key is configured at all (a fresh checkout); with one configured, a production set-up is half
+/// done, and filling in the other would also relax the origin check and serve the demo unasked.
+fn development_meant(
+    dev_mode: Option<bool>,
+    has_jwt_key: bool,
+    has_api_key: bool,
+) -> Result<(), ConfigError> {
+    let missing = match (has_jwt_key, has_api_key) {
+        (false, false) => {
+            "SWITCHBOARD_JWT_SECRET (or SWITCHBOARD_JWT_PUBLIC_KEY_FILE) and SWITCHBOARD_API_KEY"
+        }
+        (false, true) => "SWITCHBOARD_JWT_SECRET (or SWITCHBOARD_JWT_PUBLIC_KEY_FILE)",
+        (true, _) => "SWITCHBOARD_API_KEY",
+    };
+    match dev_mode {
+        Some(true) => Ok(()),
+        Some(false) => Err(ConfigError::DevModeOff { missing }),
+        None if !has_jwt_key && !has_api_key => Ok(()),
+        None => Err(ConfigError::HalfConfigured { missing }),
     }
 }
 

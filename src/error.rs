@@ -3,7 +3,7 @@
 //! Every error answers `{"error":{"code":"…","message":"…"}}`. Codes are stable and documented in
 //! the README; 5xx bodies stay generic and their cause is logged once, here.
 
-use actix_web::error::JsonPayloadError;
+use actix_web::error::{JsonPayloadError, PayloadError, QueryPayloadError};
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
@@ -31,6 +31,14 @@ pub enum ApiError {
     InvalidField { field: &'static str, reason: String },
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive in time (SWITCHBOARD_BODY_TIMEOUT, SWITCHBOARD_BODY_MIN_RATE); the connection is closed")]
+    RequestTimeout,
+    #[error("send the body as JSON, with `Content-Type: application/json`")]
+    UnsupportedMediaType,
+    #[error(
+        "send the metrics token as `Authorization: Bearer <token>` (SWITCHBOARD_METRICS_TOKEN)"
+    )]
+    InvalidMetricsToken,
     #[error("expected a WebSocket upgrade request")]
     NotWebSocket,
     #[error("no such endpoint")]
@@ -45,7 +53,7 @@ pub enum ApiError {
     OriginNotAllowed,
     #[error("the demo is off: it is served in development mode, or with SWITCHBOARD_DEMO=true")]
     DemoOff,
-    #[error("demo tokens are only given out in development mode (a generated JWT secret), to requests from this machine")]
+    #[error("demo tokens are only given out in development mode (a generated JWT secret), to the demo page on this machine")]
     DemoTokensOff,
     #[error(transparent)]
     Signature(SignatureError),
@@ -120,6 +128,9 @@ impl ApiError {
             Self::InvalidField { .. } => "invalid-field",
             Self::InvalidQuery(_) => "invalid-query",
             Self::PayloadTooLarge { .. } => "payload-too-large",
+            Self::RequestTimeout => "request-timeout",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::InvalidMetricsToken => "invalid-metrics-token",
             Self::NotWebSocket => "not-websocket",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
@@ -145,9 +156,11 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Token(_) | Self::MissingApiKey | Self::InvalidApiKey | Self::Signature(_) => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::Token(_)
+            | Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::Signature(_)
+            | Self::InvalidMetricsToken => StatusCode::UNAUTHORIZED,
             Self::UserTokenForbidden | Self::VerifyToken(_) => StatusCode::FORBIDDEN,
             Self::InvalidBody(_)
             | Self::InvalidField { .. }
@@ -156,6 +169,8 @@ impl ResponseError for ApiError {
             | Self::NotWebSocket
             | Self::EngineIo { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound | Self::UnknownIntegration | Self::NoSuch(_) => StatusCode::NOT_FOUND,
             Self::IntegrationExists => StatusCode::CONFLICT,
             Self::ResumeFailed { .. } => StatusCode::GONE,
@@ -176,6 +191,7 @@ impl ResponseError for ApiError {
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::UserTokenForbidden
+            | Self::InvalidMetricsToken
             | Self::TooManyAuthFailures { .. } => metrics::auth_failure(self.code()),
             Self::Store(_) => metrics::database_error(),
             _ => {}
@@ -210,6 +226,8 @@ impl ResponseError for ApiError {
     }
 }
 
+/// actix's extractor errors, in words for the client: their own texts name the library ("Json
+/// deserialize error: …") or carry `Debug` output (`Some(Custom { kind: … })`).
 impl From<JsonPayloadError> for ApiError {
     fn from(error: JsonPayloadError) -> Self {
         match error {
@@ -218,7 +236,34 @@ impl From<JsonPayloadError> for ApiError {
                 Self::PayloadTooLarge { limit }
             }
             JsonPayloadError::Deserialize(e) => Self::InvalidBody(e.to_string()),
-            other => Self::InvalidBody(other.to_string()),
+            JsonPayloadError::ContentType => Self::UnsupportedMediaType,
+            JsonPayloadError::Payload(e) => Self::InvalidBody(unreadable_body(&e)),
+            _ => Self::InvalidBody("the body is not the JSON expected".into()),
         }
+    }
+}
+
+impl From<QueryPayloadError> for ApiError {
+    fn from(error: QueryPayloadError) -> Self {
+        match error {
+            QueryPayloadError::Deserialize(e) => Self::InvalidQuery(e.to_string()),
+            _ => Self::InvalidQuery("the query string is malformed".into()),
+        }
+    }
+}
+
+/// Why a request body could not be read, for the client.
+pub fn unreadable_body(error: &PayloadError) -> String {
+    match error {
+        PayloadError::Incomplete(None) => "the body ended before its declared length".into(),
+        // The only I/O error under a payload is the decompression of its Content-Encoding.
+        PayloadError::Incomplete(Some(e)) => {
+            format!("the body is not in its Content-Encoding: {e}")
+        }
+        PayloadError::EncodingCorrupted => "the body's transfer encoding is malformed".into(),
+        PayloadError::Overflow => "the body is larger than allowed".into(),
+        PayloadError::UnknownLength => "the body's length is unknown".into(),
+        PayloadError::Io(e) => e.to_string(),
+        _ => "the body could not be read".into(),
     }
 }

@@ -24,7 +24,8 @@
 //! - [`cluster`] — several nodes on one PostgreSQL and one Redis (`REDIS_URL`).
 //! - [`metrics`] — Prometheus metrics, at `/metrics`.
 //! - [`http`] — the app on actix-http, with each WebSocket's socket handed to its session once
-//!   the `101` is written.
+//!   the `101` is written; what a client may hold before it has proved anything (connections
+//!   per address and pending, request bodies under a deadline).
 //! - [`server`] — wiring it together; used by the binary and the tests.
 //! - [`cli`], [`logging`] and [`scheduling`] — the binary's command line, log set-up and the
 //!   scheduling policy of its threads.

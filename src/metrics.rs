@@ -20,6 +20,8 @@ const WEBHOOK_SIGNATURE_FAILURES: &str = "switchboard_webhook_signature_failures
 const RESUMES: &str = "switchboard_resumes_total";
 const REDIS_ERRORS: &str = "switchboard_redis_errors_total";
 const DATABASE_ERRORS: &str = "switchboard_database_errors_total";
+const CONNECTIONS_REFUSED: &str = "switchboard_connections_refused_total";
+const BODY_TIMEOUTS: &str = "switchboard_request_body_timeouts_total";
 
 /// Latency buckets, in seconds: from a quick local hand-off to a paced publish under load.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -76,6 +78,14 @@ fn describe() {
     describe_counter!(
         DATABASE_ERRORS,
         "Database errors seen by requests and rooms."
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed as accepted, by the cap they were past."
+    );
+    describe_counter!(
+        BODY_TIMEOUTS,
+        "Requests answered 408 for a body too slow to arrive."
     );
 }
 
@@ -135,4 +145,13 @@ pub fn redis_error() {
 
 pub fn database_error() {
     counter!(DATABASE_ERRORS).increment(1);
+}
+
+/// `reason`: `per-address` or `pending` (the cap the connection was past).
+pub fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+pub fn body_timeout() {
+    counter!(BODY_TIMEOUTS).increment(1);
 }

@@ -161,6 +161,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         demo: config.demo,
         allowed_origins: config.allowed_origins.clone(),
         demo_minter: (config.demo == Demo::WithTokens).then(|| config.jwt.clone()),
+        metrics_token: config.metrics_token.clone(),
         webhooks: WebhookState {
             stats: Default::default(),
             facebook_verify_token: config.webhooks.facebook_verify_token.clone(),
@@ -169,9 +170,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
     });
     let max_publish_bytes = config.max_publish_bytes;
+    let body_deadline = http::body::BodyDeadline::new(&config.edge);
     let make_app = move || {
         App::new()
             .app_data(state.clone())
+            .wrap(body_deadline)
             .wrap(logging::request_logger())
             .wrap(cors())
             .configure(|cfg| api::routes(cfg, max_publish_bytes))
@@ -185,12 +188,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
     let shutdown = server.graceful_shutdown_signal();
+    let admission = http::admission::Admission::new(&config.edge);
     if let Some(workers) = config.workers {
         server = server.workers(workers);
     }
     let server = server
         .listen("switchboard", listener, move || {
-            http::service(make_app.clone(), addr, shutdown.clone())
+            http::service(make_app.clone(), addr, shutdown.clone(), admission.clone())
         })
         .map_err(|source| StartError::Bind {
             addr: config.bind,
@@ -221,10 +225,14 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 /// Pages on other origins may call the API: every call carries its token explicitly (never a
 /// cookie), so no origin gains anything it could not do with the token anyway — and the SDK's
-/// long-poll fallback needs it.
+/// long-poll fallback needs it. Not the demo, whose tokens are the demo page's alone: under
+/// `/demo`, no CORS header is sent and no preflight granted.
 fn cors() -> actix_cors::Cors {
     actix_cors::Cors::default()
-        .allow_any_origin()
+        .allowed_origin_fn(|_, request| {
+            let path = request.uri.path();
+            !(path == "/demo" || path.starts_with("/demo/"))
+        })
         .allowed_methods(["GET", "POST", "DELETE"])
         .allowed_headers([
             actix_web::http::header::AUTHORIZATION,
@@ -266,22 +274,45 @@ fn log_startup(config: &Config, addr: SocketAddr) {
         humantime::format_duration(config.heartbeat.interval),
         humantime::format_duration(config.heartbeat.timeout)
     );
+    let edge = &config.edge;
+    log::info!(
+        "limits: request bodies within {} ({} bytes/s after the first {}); {} connections \
+         per address; {} connections without a whole request (0: no cap)",
+        humantime::format_duration(edge.body_timeout),
+        edge.body_min_rate,
+        humantime::format_duration(http::body::GRACE),
+        edge.max_connections_per_address,
+        edge.max_pending_connections
+    );
     if let Some(dev) = &config.dev_mode {
-        let generated = match (dev.generated_jwt_secret, dev.generated_api_key) {
-            (true, true) => "JWT secret and API key",
-            (true, false) => "JWT secret",
-            _ => "API key",
-        };
-        log::warn!(
-            "DEVELOPMENT MODE: no {generated} configured; using generated ones kept in {}. \
-             `switchboard keys` shows them, `switchboard token --account A --user U` mints a \
-             token. Set SWITCHBOARD_JWT_SECRET and SWITCHBOARD_API_KEY in production.",
-            dev.keys_file.display()
-        );
+        log_development_mode(config, dev);
     }
     if config.demo != Demo::Off {
         log::info!(
             "demo inbox: http://{addr}/demo?account=acme&user=alice (and &user=bob in another tab)"
         );
     }
+}
+
+/// Development mode, said loudly, with what it relaxes: whichever key was generated, and the
+/// origin check and the demo, where their settings leave development mode's defaults.
+fn log_development_mode(config: &Config, dev: &crate::config::DevMode) {
+    let generated = match (dev.generated_jwt_secret, dev.generated_api_key) {
+        (true, true) => "JWT secret and API key",
+        (true, false) => "JWT secret",
+        _ => "API key",
+    };
+    let mut relaxed = String::new();
+    if config.allowed_origins == crate::config::Origins::Any {
+        relaxed.push_str(" Pages from any origin may open WebSockets.");
+    }
+    if config.demo != Demo::Off {
+        relaxed.push_str(" The demo is served at /demo.");
+    }
+    log::warn!(
+        "DEVELOPMENT MODE: no {generated} configured; using generated ones kept in {}.{relaxed} \
+         `switchboard keys` shows them, `switchboard token --account A --user U` mints a token. \
+         Set SWITCHBOARD_JWT_SECRET and SWITCHBOARD_API_KEY in production.",
+        dev.keys_file.display()
+    );
 }

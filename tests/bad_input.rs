@@ -329,3 +329,126 @@ async fn a_refused_handshake_is_answered_then_its_connection_closes() {
     let body: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(body["error"]["code"], "malformed-token");
 }
+
+/// What the server answers to `request` (sent whole, then the writing half closed when
+/// `hang_up`), as (status, JSON body).
+async fn raw_answer(addr: std::net::SocketAddr, request: &[u8], hang_up: bool) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    if hang_up {
+        stream.shutdown().await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(common::WAIT, stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer, then the connection closed")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+/// Bodies broken below JSON — not the compression they claim, cut off halfway — and malformed
+/// query strings are answered with messages written for a person, never a library's `Debug`
+/// output (`Some(Custom { kind: InvalidInput, … })`).
+#[tokio::test]
+async fn broken_bodies_and_queries_get_messages_written_for_people() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let addr = server.addr;
+    let publish = |headers: &str, body: &str| {
+        format!(
+            "POST /api/v1/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {API_KEY}\r\n\
+             Content-Type: application/json\r\nConnection: close\r\n{headers}\r\n{body}"
+        )
+    };
+    let get = |path: &str, token: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        )
+    };
+    let body = r#"{"account_id":"acme","event":"e"}"#;
+    let user = token("acme", "alice");
+    let cases = [
+        (
+            "claims gzip",
+            publish(
+                &format!(
+                    "Content-Encoding: gzip\r\nContent-Length: {}\r\n",
+                    body.len()
+                ),
+                body,
+            ),
+            false,
+            400,
+            "invalid-body",
+        ),
+        (
+            "claims brotli",
+            publish(
+                &format!("Content-Encoding: br\r\nContent-Length: {}\r\n", body.len()),
+                body,
+            ),
+            false,
+            400,
+            "invalid-body",
+        ),
+        (
+            "cut off halfway",
+            publish("Content-Length: 100\r\n", &body[..10]),
+            true,
+            400,
+            "invalid-body",
+        ),
+        (
+            "a webhook cut off halfway",
+            format!(
+                "POST /webhooks/facebook HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+                 X-Hub-Signature-256: sha256=00\r\nContent-Length: 100\r\n\r\n{{\"obj"
+            ),
+            true,
+            400,
+            "invalid-body",
+        ),
+        (
+            "a limit that is not a number",
+            get("/api/v1/conversations?limit=ten", &user),
+            false,
+            400,
+            "invalid-query",
+        ),
+        (
+            "an unknown query parameter",
+            get("/api/v1/notifications?unread=maybe", &user),
+            false,
+            400,
+            "invalid-query",
+        ),
+    ];
+    for (what, request, hang_up, status, code) in cases {
+        let (got_status, body) = raw_answer(addr, request.as_bytes(), hang_up).await;
+        let body: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("{what}: {body:?}"));
+        assert_eq!(
+            (got_status, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{what}: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap();
+        for debug_shape in ["Some(", "None", "Custom", "kind:", " { ", "Error {"] {
+            assert!(
+                !message.contains(debug_shape),
+                "{what}: {debug_shape:?} in {message:?}"
+            );
+        }
+    }
+}

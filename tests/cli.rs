@@ -362,3 +362,89 @@ async fn sigterm_closes_every_session_with_1001_then_exits() {
     assert!(status.success(), "{status}");
     drop(idle);
 }
+
+/// The server as `start_server` starts it, with `env` added.
+fn server_with(dir: &Path, env: &[(&str, &str)]) -> Process {
+    let mut command = Command::new(BIN);
+    command
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "info");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    Process::spawn(command)
+}
+
+/// Only one of the two keys configured is a production set-up half done: development mode would
+/// fill in the other and, unannounced, let pages from any origin open WebSockets and serve the
+/// demo. It is refused unless development is meant (`SWITCHBOARD_DEV_MODE=true`), and then said
+/// as loudly as full development mode; `SWITCHBOARD_DEV_MODE=false` refuses to generate any key.
+#[test]
+fn half_configured_keys_are_refused_unless_development_is_meant() {
+    use crate::common::{API_KEY, JWT_SECRET};
+    let dir = tempfile::tempdir().unwrap();
+    let jwt_only = [("SWITCHBOARD_JWT_SECRET", JWT_SECRET)];
+    let key_only = [("SWITCHBOARD_API_KEY", API_KEY)];
+    for (env, missing) in [
+        (&jwt_only[..], "SWITCHBOARD_API_KEY"),
+        (&key_only[..], "SWITCHBOARD_JWT_SECRET"),
+        (
+            &[("SWITCHBOARD_DEV_MODE", "false")][..],
+            "SWITCHBOARD_JWT_SECRET",
+        ),
+    ] {
+        let mut server = server_with(dir.path(), env);
+        let status = server.exits_within(Duration::from_secs(10));
+        assert!(!status.success(), "{env:?} started");
+        let line = server.wait_for("SWITCHBOARD_DEV_MODE");
+        assert!(line.contains(missing), "{env:?}: {line}");
+        assert!(
+            !server.log.join("\n").contains(JWT_SECRET) && !server.log.join("\n").contains(API_KEY)
+        );
+    }
+    assert!(!dir.path().join("switchboard-dev-keys.json").exists());
+
+    let meant = [("SWITCHBOARD_DEV_MODE", "true"), jwt_only[0]];
+    let mut server = server_with(dir.path(), &meant);
+    server.wait_for("listening on http://");
+    let warning = server.wait_for("DEVELOPMENT MODE");
+    assert!(
+        warning.contains("no API key") && warning.contains("any origin"),
+        "{warning}"
+    );
+}
+
+/// Query values reach the request log only for parameters known to be harmless: Facebook's verify
+/// token (right or wrong) and any parameter the server has never heard of are redacted.
+#[tokio::test]
+async fn the_request_log_shows_only_query_values_known_to_be_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let verify_token = "fb-verify-token-0123456789";
+    let mut server = server_with(
+        dir.path(),
+        &[("SWITCHBOARD_FACEBOOK_VERIFY_TOKEN", verify_token)],
+    );
+    let addr = server.listening_on();
+    let get = |query: String| {
+        let url = format!("http://{addr}{query}");
+        async move { reqwest::get(url).await.unwrap().status().as_u16() }
+    };
+    let handshake = |token: &str| {
+        format!("/webhooks/facebook?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=42")
+    };
+    assert_eq!(get(handshake(verify_token)).await, 200);
+    assert_eq!(get(handshake("a-wrong-guess-0123")).await, 403);
+    assert_eq!(
+        get("/healthz?sessionkey=hunter2-hunter2&since=7".into()).await,
+        200
+    );
+    let line = server.wait_for("GET /healthz?");
+    assert!(line.contains("since=7"), "{line}");
+    let log = server.log.join("\n");
+    assert!(log.contains("hub.verify_token=[redacted]"), "{log}");
+    for secret in [verify_token, "a-wrong-guess-0123", "hunter2-hunter2"] {
+        assert!(!log.contains(secret), "{secret} reached the log:\n{log}");
+    }
+}

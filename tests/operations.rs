@@ -185,3 +185,42 @@ async fn metrics_are_served_for_prometheus_without_user_labels() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn with_a_metrics_token_the_scrape_needs_it() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    let scraper = "metrics-token-0123456789abcdef";
+    config.metrics_token = Some(switchboard::config::Secret::new(scraper.into()));
+    let server = TestServer::start(config);
+    let scrape = |bearer: Option<String>| {
+        let mut request = reqwest::Client::new().get(server.http_url("/metrics"));
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", bearer);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+    for bearer in [
+        None,
+        Some("Bearer not-the-token".to_owned()),
+        Some(format!("Bearer {scraper}x")),
+        Some(format!("Bearer {API_KEY}")),
+        Some(scraper.to_owned()),
+    ] {
+        let (status, body) = scrape(bearer.clone()).await;
+        assert_eq!(status, 401, "{bearer:?}: {body}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["error"]["code"], "invalid-metrics-token", "{bearer:?}");
+        assert!(!body.to_string().contains(scraper));
+    }
+    let (status, text) = scrape(Some(format!("Bearer {scraper}"))).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("# TYPE switchboard_connections gauge"),
+        "{text}"
+    );
+}

@@ -14,6 +14,7 @@ mod delivery;
 mod heartbeat;
 mod isolation;
 mod lifetime;
+mod limits;
 mod operations;
 mod outbound_cluster;
 mod persistence;

@@ -1,15 +1,20 @@
 //! What load balancers, orchestrators and monitoring ask a node: `/healthz` says the process
 //! answers; `/readyz` says it should be sent traffic — its database answers, its Redis too in
 //! cluster mode, and it is not draining (a stopping node turns unready first, so the balancer
-//! moves clients away); `/metrics` is the Prometheus scrape (see [`crate::metrics`]).
+//! moves clients away); `/metrics` is the Prometheus scrape (see [`crate::metrics`]), behind a
+//! bearer token when `SWITCHBOARD_METRICS_TOKEN` is set.
 
 use std::sync::atomic::Ordering;
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
 use diesel::RunQueryDsl;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use super::AppState;
+use crate::auth;
+use crate::error::ApiError;
 use crate::store::StoreError;
 
 pub async fn alive() -> HttpResponse {
@@ -48,8 +53,33 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
+pub async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(expected) = &state.metrics_token {
+        state.auth_failures.check(&req)?;
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(auth::bearer)
+            .unwrap_or_default();
+        if !same_secret(presented, expected.expose()) {
+            state.auth_failures.failed(&req);
+            return Err(ApiError::InvalidMetricsToken);
+        }
+    }
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render())
+        .body(state.metrics.render()))
+}
+
+/// Compared as digests, in constant time: neither the token's bytes nor its length show in the
+/// time taken.
+fn same_secret(presented: &str, expected: &str) -> bool {
+    constant_time_eq::constant_time_eq(
+        &Sha256::digest(presented.as_bytes()),
+        &Sha256::digest(expected.as_bytes()),
+    )
 }

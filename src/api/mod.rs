@@ -67,6 +67,8 @@ pub struct AppState {
     pub allowed_origins: Origins,
     /// Signs demo tokens; set only when [`Demo::WithTokens`].
     pub demo_minter: Option<JwtConfig>,
+    /// When set, `/metrics` needs it as a bearer token.
+    pub metrics_token: Option<Secret>,
 }
 
 /// What the webhook handlers share.
@@ -85,10 +87,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .content_type_required(false)
             .error_handler(|error, _| ApiError::from(error).into()),
     )
-    .app_data(
-        web::QueryConfig::default()
-            .error_handler(|error, _| ApiError::InvalidQuery(error.to_string()).into()),
-    )
+    .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::from(error).into()))
     .route("/ws", web::get().to(ws::connect))
     .service(
         web::resource(["/socket.io/", "/socket.io"])

@@ -1,6 +1,7 @@
 // The demo page and the SDK in a real browser: Debian's headless Chromium, driven by
 // playwright-core, against a real server (the debug binary, SQLite in a temporary directory,
-// development mode so the page can get demo tokens). Run with `npm test --prefix tests/browser`
+// development mode for the JWT secret, so the page can get demo tokens: SWITCHBOARD_DEV_MODE=true,
+// as the API key is configured). Run with `npm test --prefix tests/browser`
 // after `cargo build`.
 
 import { test, before, after } from "node:test";
@@ -33,7 +34,7 @@ function freePort() {
 /** Starts the server on `port`, resolving once it answers. */
 async function startServer() {
   server = spawn(BINARY, ["--bind", `127.0.0.1:${port}`, "--database-url", join(dir, "switchboard.db")], {
-    env: { ...process.env, SWITCHBOARD_API_KEY: API_KEY, RUST_LOG: "warn" },
+    env: { ...process.env, SWITCHBOARD_API_KEY: API_KEY, SWITCHBOARD_DEV_MODE: "true", RUST_LOG: "warn" },
     stdio: ["ignore", "ignore", "inherit"],
   });
   const deadline = Date.now() + WAIT;
@@ -235,4 +236,24 @@ test("a WebSocket route that refuses the upgrade: the page falls back to long-po
   await page.waitForSelector('#messages li:has-text("sent while polling")', { timeout: WAIT });
   assert.equal(await page.evaluate(() => window.switchboard.status), "polling");
   await page.context().close();
+});
+
+test("a ws parameter that names another origin is ignored: the token goes to this server alone", async () => {
+  const reached = [];
+  const elsewhere = createServer((socket) => {
+    reached.push(socket.remoteAddress);
+    socket.destroy();
+  });
+  await new Promise((resolve) => elsewhere.listen(0, "127.0.0.1", resolve));
+  const other = `127.0.0.1:${elsewhere.address().port}`;
+  try {
+    for (const ws of [`//${other}/x`, `ws://${other}/x`, `http://${other}/x`]) {
+      const page = await openDemo({ account: `ws-param-${RUN}`, user: "alice", ws });
+      await waitStatus(page, "open");
+      await page.context().close();
+    }
+    assert.deepEqual(reached, [], "the page connected to another origin");
+  } finally {
+    elsewhere.close();
+  }
 });

@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use switchboard::config::{
-    Config, Database, Heartbeat, JwtConfig, JwtKey, OutboundConfig, Presence, Retention,
-    Scheduling, Secret, WebhookConfig,
+    Config, Database, EdgeLimits, Heartbeat, JwtConfig, JwtKey, OutboundConfig, Presence,
+    Retention, Scheduling, Secret, WebhookConfig,
 };
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-32-bytes-or-more";
@@ -172,6 +172,13 @@ pub fn config(db: &Db) -> Config {
         allowed_origins: switchboard::config::Origins::Listed(vec![
             "https://app.example.com".into()
         ]),
+        edge: EdgeLimits {
+            body_timeout: Duration::from_secs(20),
+            body_min_rate: 1024,
+            max_connections_per_address: 1024,
+            max_pending_connections: 4096,
+        },
+        metrics_token: None,
         dev_mode: None,
         demo: switchboard::config::Demo::Off,
     }
