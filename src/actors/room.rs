@@ -840,7 +840,8 @@ impl Handler<RoomEvent> for Room {
     }
 }
 
-/// Who to tell when the server goes away: every member's notice address.
+/// Who to tell when the server goes away: every member's notice address (and those of the
+/// sessions still waiting to join).
 #[derive(Message)]
 #[rtype(result = "Vec<Recipient<FromRoom>>")]
 pub struct Members;
@@ -849,7 +850,14 @@ impl Handler<Members> for Room {
     type Result = MessageResult<Members>;
 
     fn handle(&mut self, _: Members, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.members.values().map(|m| m.notices.clone()).collect())
+        let waiting = self.waiting.iter().map(|join| join.notices.clone());
+        MessageResult(
+            self.members
+                .values()
+                .map(|m| m.notices.clone())
+                .chain(waiting)
+                .collect(),
+        )
     }
 }
 
@@ -1018,6 +1026,49 @@ mod tests {
     fn released(publisher: &mut oneshot::Receiver<()>) -> bool {
         // The ticket never sends: a released publisher sees its sender dropped.
         matches!(publisher.try_recv(), Err(TryRecvError::Closed))
+    }
+
+    fn event(seq: u64, bytes: usize) -> RoomEvent {
+        RoomEvent {
+            seq,
+            user: None,
+            frame: "x".repeat(bytes).into(),
+            handed: None,
+        }
+    }
+
+    #[test]
+    fn held_events_are_bounded_by_count_and_bytes_dropping_the_oldest() {
+        let mut pending = Pending::default();
+        for seq in 2..MAX_PENDING as u64 + 2 {
+            assert_eq!(pending.hold(event(seq, 10), 0), 0);
+        }
+        assert_eq!(pending.hold(event(1_000_000, 10), 0), 1);
+        assert_eq!(pending.events.len(), MAX_PENDING);
+        assert_eq!(
+            pending.events.first_key_value().map(|(seq, _)| *seq),
+            Some(3)
+        );
+
+        let mut pending = Pending::default();
+        pending.hold(event(5, 10), 0);
+        assert_eq!(pending.hold(event(6, MAX_PENDING_BYTES), 0), 1);
+        assert_eq!(pending.bytes, MAX_PENDING_BYTES);
+        assert_eq!(pending.hold(event(7, 1), 0), 1);
+        assert_eq!((pending.events.len(), pending.bytes), (1, 1));
+    }
+
+    #[test]
+    fn only_events_that_arrived_before_a_complete_read_began_count_as_absent() {
+        let mut pending = Pending::default();
+        pending.hold(event(9, 1), 1);
+        pending.hold(event(10, 1), 2);
+        pending.hold(event(4, 1), 1);
+        // A read (the second) saw everything up to 5: 9 arrived before it and is not there;
+        // 10 arrived while it ran, so it may be; 4 is not after the head.
+        assert_eq!(pending.drop_absent(5, 2), 1);
+        assert_eq!(pending.events.keys().copied().collect::<Vec<_>>(), [4, 10]);
+        assert_eq!(pending.bytes, 2);
     }
 
     #[test]
