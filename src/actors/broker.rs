@@ -5,8 +5,10 @@
 //! Because every message for a room passes through the broker, the broker's count of a room's
 //! members is exact, and a room is never stopped with a join still on its way to it.
 //!
-//! In cluster mode the broker also relays what this node stores to the other nodes and hands
-//! what they relay ([`FromPeers`]) to its rooms (see [`crate::cluster`]).
+//! In cluster mode the broker also relays what this node stores to the other nodes, hands what
+//! they relay ([`FromPeers`]) to its rooms, and has rooms that have been quiet for the check
+//! interval compare themselves with their account's head in the database, so that an event whose
+//! relay was lost still arrives (see [`crate::cluster`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -374,16 +374,16 @@ impl Link {
         if self.shared.overflowed.swap(false, Ordering::Relaxed) {
             self.unrelayed.everything();
         }
-        if self.unrelayed.is_empty() {
+        if self.unrelayed.is_empty() || self.conn.is_none() {
             return;
+        }
+        let mut notices = redis::pipe();
+        for wire in self.unrelayed.notices(&self.node) {
+            notices.publish(CHANNEL, self.sign(&wire));
         }
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let mut notices = redis::pipe();
-        for wire in self.unrelayed.notices(&self.node) {
-            notices.publish(CHANNEL, self.key.sign(&to_json(&wire)));
-        }
         let sent = notices.query_async::<()>(conn).await;
         if self.check(sent).is_some() {
             self.unrelayed = Unrelayed::default();

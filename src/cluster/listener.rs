@@ -102,8 +102,8 @@ async fn listen(pubsub: redis::aio::PubSub, node: &mut Node, broker: &Addr<Broke
 /// What the listener knows of this node: its name, the cluster's key, and which kinds of
 /// dropped message it has said something about.
 pub struct Node {
-    pub name: Arc<str>,
-    pub key: Key,
+    name: Arc<str>,
+    key: Key,
     /// Each kind of dropped message is logged once (then only counted): a peer of another
     /// version, or a flood of forgeries, must not flood the log.
     logged: HashSet<Refusal>,
