@@ -10,7 +10,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use serde_json::value::RawValue;
 
 use switchboard::actors::broker::Broker;
-use switchboard::config::{Database, Presence};
+use switchboard::config::{Database, Presence, PublishQueue};
 use switchboard::ids::AccountId;
 use switchboard::publisher::{Publisher, Request};
 use switchboard::store::Store;
@@ -25,7 +25,11 @@ fn publish(c: &mut Criterion) {
             broadcast_max: 1000,
         };
         let broker = Broker::new(store.clone(), presence, usize::MAX, None).start();
-        Publisher::start(store, broker, Duration::from_secs(3600))
+        let queue = PublishQueue {
+            max_publishes: 4096,
+            max_bytes: 64 * 1024 * 1024,
+        };
+        Publisher::start(store, broker, Duration::from_secs(3600), queue)
     });
     let account = AccountId::new("bench").unwrap();
     let data = || RawValue::from_string(format!("{{\"text\":\"{}\"}}", "x".repeat(180))).unwrap();

@@ -218,9 +218,35 @@ pub struct Settings {
     pub outbound_allow_private: bool,
 
     /// Cluster mode: nodes share events, presence and typing through this Redis
-    /// (`redis://[:password@]host:port[/db]`). Unset: a single node, no Redis used.
+    /// (`redis://[[user]:password@]host:port[/db]`, or `rediss://…` for TLS). Unset: a single
+    /// node, no Redis used.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// Cluster mode: the secret every node signs its messages on the Redis channel with (at
+    /// least 32 bytes, the same on every node); required with `REDIS_URL`. Prefer the
+    /// environment variable.
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// PEM file of the certificate authority that signed Redis's TLS certificate (`rediss://`)
+    /// [default: the system's trusted roots].
+    #[arg(long, env = "SWITCHBOARD_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// Cluster mode: a room that has had no event for this long reads the account's latest
+    /// sequence number, and catches up if it is behind (an event whose relay was lost).
+    #[arg(long, env = "SWITCHBOARD_CLUSTER_CHECK_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cluster_check_interval: Duration,
+
+    /// Publishes waiting to be stored; past it, a publish is refused with 503 `overloaded`.
+    #[arg(long, env = "SWITCHBOARD_MAX_QUEUED_PUBLISHES", default_value_t = 4096)]
+    pub max_queued_publishes: usize,
+
+    /// Bytes of event data waiting to be stored; past it, a publish is refused with 503
+    /// `overloaded`.
+    #[arg(long, env = "SWITCHBOARD_MAX_QUEUED_PUBLISH_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_queued_publish_bytes: usize,
 
     /// On SIGTERM, sessions are closed in batches spread over this period.
     #[arg(long, env = "SWITCHBOARD_DRAIN_PERIOD", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -457,6 +483,45 @@ pub struct Retention {
     pub idempotency_window: Duration,
 }
 
+/// Cluster mode (see [`crate::cluster`]).
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Its URL may carry a password.
+    pub redis_url: Secret,
+    /// PEM roots that Redis's TLS certificate is checked against, instead of the system's.
+    pub redis_ca: Option<Vec<u8>>,
+    /// What the key that signs node-to-node messages is derived from.
+    pub secret: Secret,
+    /// How long a room may go without an event before it checks the account's head.
+    pub check_interval: Duration,
+}
+
+impl ClusterConfig {
+    /// A client for the configured Redis (not yet connected).
+    pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+        // rustls must have its cryptography chosen before the first TLS connection
+        // (`rediss://`); it may have been chosen already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        match &self.redis_ca {
+            None => redis::Client::open(self.redis_url.expose()),
+            Some(pem) => redis::Client::build_with_tls(
+                self.redis_url.expose(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+        }
+    }
+}
+
+/// How much the publish API may queue for the group-commit writer.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishQueue {
+    pub max_publishes: usize,
+    pub max_bytes: usize,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -474,8 +539,9 @@ pub struct Config {
     pub scheduling: Scheduling,
     pub webhooks: WebhookConfig,
     pub outbound: OutboundConfig,
-    /// Cluster mode's Redis (its URL may carry a password).
-    pub redis_url: Option<Secret>,
+    /// Cluster mode: set when `REDIS_URL` is.
+    pub cluster: Option<ClusterConfig>,
+    pub publish_queue: PublishQueue,
     pub drain_period: Duration,
     pub presence: Presence,
     pub retention: Retention,
@@ -631,6 +697,18 @@ impl Config {
                 "must be at least 64 KiB (or the frame limit)",
             ));
         }
+        if settings.max_queued_publishes == 0 {
+            return Err(invalid(
+                "SWITCHBOARD_MAX_QUEUED_PUBLISHES",
+                "must be at least 1",
+            ));
+        }
+        if settings.max_queued_publish_bytes < settings.max_publish_bytes {
+            return Err(invalid(
+                "SWITCHBOARD_MAX_QUEUED_PUBLISH_BYTES",
+                "must be at least SWITCHBOARD_MAX_PUBLISH_BYTES (one publish must fit)",
+            ));
+        }
         if settings.outbound_max_attempts == 0 {
             return Err(invalid(
                 "SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS",
@@ -718,7 +796,9 @@ impl Config {
             }
         };
 
+        let cluster = cluster_config(&settings)?;
         Ok(Self {
+            cluster,
             bind,
             database,
             db_pool_size: settings.db_pool_size,
@@ -737,13 +817,9 @@ impl Config {
             scheduling: settings.scheduling,
             webhooks,
             outbound,
-            redis_url: match settings.redis_url {
-                Some(url) => {
-                    redis::Client::open(url.as_str())
-                        .map_err(|e| invalid("REDIS_URL", e.to_string()))?;
-                    Some(Secret::new(url))
-                }
-                None => None,
+            publish_queue: PublishQueue {
+                max_publishes: settings.max_queued_publishes,
+                max_bytes: settings.max_queued_publish_bytes,
             },
             drain_period: settings.drain_period,
             presence: Presence {
@@ -802,6 +878,63 @@ fn development_meant(
         None if !has_jwt_key && !has_api_key => Ok(()),
         None => Err(ConfigError::HalfConfigured { missing }),
     }
+}
+
+const MIN_CLUSTER_SECRET_BYTES: usize = 32;
+
+/// Cluster mode's settings, when `REDIS_URL` is set: every node must sign what it sends, so the
+/// secret is required; a CA file goes with TLS.
+fn cluster_config(settings: &Settings) -> Result<Option<ClusterConfig>, ConfigError> {
+    let Some(url) = &settings.redis_url else {
+        return Ok(None);
+    };
+    let secret = match &settings.cluster_secret {
+        Some(secret) if secret.len() >= MIN_CLUSTER_SECRET_BYTES => Secret::new(secret.clone()),
+        Some(_) => {
+            return Err(invalid(
+                "SWITCHBOARD_CLUSTER_SECRET",
+                format!("must be at least {MIN_CLUSTER_SECRET_BYTES} bytes"),
+            ))
+        }
+        None => {
+            return Err(invalid(
+                "SWITCHBOARD_CLUSTER_SECRET",
+                "required in cluster mode (REDIS_URL is set): the same secret of at least 32 \
+                 bytes on every node, which signs their messages to one another",
+            ))
+        }
+    };
+    let redis_ca = match &settings.redis_ca_file {
+        Some(_) if !url.starts_with("rediss://") => {
+            return Err(invalid(
+                "SWITCHBOARD_REDIS_CA_FILE",
+                "a CA file goes with a rediss:// (TLS) REDIS_URL",
+            ))
+        }
+        Some(path) => Some(std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    if settings.cluster_check_interval < Duration::from_millis(100) {
+        return Err(invalid(
+            "SWITCHBOARD_CLUSTER_CHECK_INTERVAL",
+            "must be at least 100ms",
+        ));
+    }
+    let cluster = ClusterConfig {
+        redis_url: Secret::new(url.clone()),
+        redis_ca,
+        secret,
+        check_interval: settings.cluster_check_interval,
+    };
+    // The URL is only parsed here (with the CA, if any); nothing connects yet. The error never
+    // shows the URL, which may carry a password.
+    cluster
+        .redis_client()
+        .map_err(|e| invalid("REDIS_URL", e.to_string()))?;
+    Ok(Some(cluster))
 }
 
 fn configured_jwt_key(settings: &Settings) -> Result<Option<JwtKey>, ConfigError> {

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::auth::TokenError;
 use crate::metrics;
 use crate::protocol::SinceError;
+use crate::publisher::PublishError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +83,25 @@ pub enum ApiError {
         "this node is shutting down; connect again (the load balancer sends you to another node)"
     )]
     Draining,
+    /// Too much is waiting to be stored (the database is slow): nothing was stored.
+    #[error("too many publishes are waiting to be stored; nothing was stored, retry after {} s", OVERLOADED_RETRY_AFTER.as_secs())]
+    Overloaded,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// When a publisher refused as overloaded is told to try again.
+const OVERLOADED_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl From<PublishError> for ApiError {
+    fn from(error: PublishError) -> Self {
+        match error {
+            PublishError::Overloaded => Self::Overloaded,
+            PublishError::Store(e) => Self::Store(e),
+        }
+    }
 }
 
 /// A validation result as the API's `invalid-field` error, naming the field.
@@ -147,6 +163,7 @@ impl ApiError {
             Self::IntegrationExists => "integration-exists",
             Self::Store(e) if e.is_unavailable() => "unavailable",
             Self::Draining => "draining",
+            Self::Overloaded => "overloaded",
             Self::EngineIo { code, .. } => code,
             Self::Store(_) | Self::Internal(_) => "internal-error",
         }
@@ -179,7 +196,7 @@ impl ResponseError for ApiError {
             Self::DemoTokensOff | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Draining | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -214,7 +231,12 @@ impl ResponseError for ApiError {
         if let Self::Token(_) = self {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
-        if let Self::TooManyAuthFailures { retry_after } = self {
+        let retry_after = match self {
+            Self::TooManyAuthFailures { retry_after } => Some(*retry_after),
+            Self::Overloaded => Some(OVERLOADED_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response.insert_header((header::RETRY_AFTER, seconds.max(1)));
         }

@@ -22,6 +22,14 @@ const REDIS_ERRORS: &str = "switchboard_redis_errors_total";
 const DATABASE_ERRORS: &str = "switchboard_database_errors_total";
 const CONNECTIONS_REFUSED: &str = "switchboard_connections_refused_total";
 const BODY_TIMEOUTS: &str = "switchboard_request_body_timeouts_total";
+    );
+const PUBLISH_QUEUE: &str = "switchboard_publish_queue";
+const PUBLISHES_OVERLOADED: &str = "switchboard_publishes_overloaded_total";
+const RELAY_QUEUE: &str = "switchboard_cluster_relay_queue";
+const RELAYS_DROPPED: &str = "switchboard_cluster_relays_dropped_total";
+const CLUSTER_MESSAGES_DROPPED: &str = "switchboard_cluster_messages_dropped_total";
+const JOINS_REFUSED: &str = "switchboard_joins_refused_total";
+const ROOM_EVENTS_DROPPED: &str = "switchboard_room_events_dropped_total";
 
 /// Latency buckets, in seconds: from a quick local hand-off to a paced publish under load.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -45,6 +53,7 @@ pub fn install(node: &str) -> PrometheusHandle {
             // So a scrape before the first session shows the node, at zero.
             gauge!(CONNECTIONS).set(0.0);
             gauge!(ROOMS).set(0.0);
+            gauge!(PUBLISH_QUEUE).set(0.0);
             handle
         })
         .clone()
@@ -86,6 +95,31 @@ fn describe() {
     describe_counter!(
         BODY_TIMEOUTS,
         "Requests answered 408 for a body too slow to arrive."
+    );
+    describe_gauge!(PUBLISH_QUEUE, "Publishes waiting to be stored.");
+    describe_counter!(
+        PUBLISHES_OVERLOADED,
+        "Publishes refused (503 overloaded) because too many were waiting to be stored."
+    );
+    describe_gauge!(
+        RELAY_QUEUE,
+        "Relays, catch-up notices and presence questions waiting to go to Redis."
+    );
+    describe_counter!(
+        RELAYS_DROPPED,
+        "Items not queued for Redis because the relay queue was full, by kind."
+    );
+    describe_counter!(
+        CLUSTER_MESSAGES_DROPPED,
+        "Messages from the cluster channel dropped unread, by reason."
+    );
+    describe_counter!(
+        JOINS_REFUSED,
+        "Sessions closed with 1011 because their room could not read the database."
+    );
+    describe_counter!(
+        ROOM_EVENTS_DROPPED,
+        "Events a room stopped holding (read back from the database instead), by reason."
     );
 }
 
@@ -154,4 +188,37 @@ pub fn connection_refused(reason: &'static str) {
 
 pub fn body_timeout() {
     counter!(BODY_TIMEOUTS).increment(1);
+}
+
+/// Publishes waiting to be stored, now.
+pub fn publish_queue(depth: usize) {
+    gauge!(PUBLISH_QUEUE).set(depth as f64);
+}
+
+pub fn publish_overloaded() {
+    counter!(PUBLISHES_OVERLOADED).increment(1);
+}
+
+/// Items waiting to go to Redis, now.
+pub fn relay_queue(depth: usize) {
+    gauge!(RELAY_QUEUE).set(depth as f64);
+}
+
+/// `kind`: `event`, `ephemeral`, `catch-up` or `presence-query`.
+pub fn relay_dropped(kind: &'static str) {
+    counter!(RELAYS_DROPPED, "kind" => kind).increment(1);
+}
+
+/// `reason`: `too-large`, `unsigned`, `bad-signature`, `malformed`, `bad-id` or `bad-frame`.
+pub fn cluster_message_dropped(reason: &'static str) {
+    counter!(CLUSTER_MESSAGES_DROPPED, "reason" => reason).increment(1);
+}
+
+pub fn join_refused() {
+    counter!(JOINS_REFUSED).increment(1);
+}
+
+/// `reason`: `overflow` (held past the bound) or `absent` (announced, but not in the database).
+pub fn room_events_dropped(reason: &'static str, events: usize) {
+    counter!(ROOM_EVENTS_DROPPED, "reason" => reason).increment(events as u64);
 }

@@ -229,6 +229,19 @@ impl ServerFrame<'_> {
     }
 }
 
+/// Longest event name.
+pub const MAX_EVENT_NAME: usize = 64;
+
+/// An event name as the publish API accepts it (and as a node accepts it from another).
+pub fn check_event_name(name: &str) -> Result<(), &'static str> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if !name.is_empty() && name.len() <= MAX_EVENT_NAME && name.chars().all(allowed) {
+        Ok(())
+    } else {
+        Err("must be 1 to 64 characters of letters, digits, '.', '_', ':' or '-'")
+    }
+}
+
 #[derive(Serialize)]
 struct EventFrame<'a> {
     #[serde(rename = "type")]

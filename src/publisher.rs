@@ -5,20 +5,27 @@
 //!
 //! The thread is the blocking executor for this path, so no actix thread waits on the database.
 //!
+//! What waits for the thread is bounded ([`PublishQueue`]: publishes, and bytes of their data):
+//! past it — the database is slow or stalled — a publish is refused at once with
+//! [`PublishError::Overloaded`] (503 `overloaded`, `Retry-After`), nothing stored, instead of
+//! queueing without limit.
+//!
 //! A publish is answered once its event is committed and the account's live sessions have
 //! caught up to within a few events of it (see `room::PACING_SLACK`), or [`PACING_MAX`] has
 //! passed: a publisher that outruns a room's fan-out is slowed to its pace rather than piling
 //! events up in the server, which is what keeps delivery latency flat under load.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use actix::Addr;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use crate::actors::broker::Broker;
+use crate::actors::broker::{Broker, Replayed};
 use crate::actors::room::{Handed, RoomEvent};
+use crate::config::PublishQueue;
 use crate::ids::{AccountId, UserId};
 use crate::inbox;
 use crate::store::connection::DbConnection;
@@ -47,21 +54,80 @@ pub struct Published {
     pub replayed: bool,
 }
 
+/// Why a publish was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("too many publishes are waiting to be stored")]
+    Overloaded,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a job costs in the queue besides its data.
+const JOB_OVERHEAD: usize = 256;
+
 /// One publish, waiting for its sequence number.
 struct Job {
     request: Request,
     reply: oneshot::Sender<Result<Published, StoreError>>,
     handed: Handed,
+    /// Its place in the queue, given back when the job is done with.
+    _slot: Slot,
+}
+
+/// The queue's depth, shared by the API and the writer thread.
+struct Depth {
+    bound: PublishQueue,
+    jobs: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+/// A job's share of the queue's bound, held until the job is answered (stored or not).
+struct Slot {
+    depth: Arc<Depth>,
+    bytes: usize,
+}
+
+impl Depth {
+    fn take(self: &Arc<Self>, bytes: usize) -> Option<Slot> {
+        let jobs = self.jobs.fetch_add(1, Ordering::Relaxed) + 1;
+        let total = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let slot = Slot {
+            depth: self.clone(),
+            bytes,
+        };
+        if jobs > self.bound.max_publishes || total > self.bound.max_bytes {
+            // Dropping the slot gives its share back.
+            return None;
+        }
+        crate::metrics::publish_queue(jobs);
+        Some(slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let jobs = self.depth.jobs.fetch_sub(1, Ordering::Relaxed) - 1;
+        self.depth.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        crate::metrics::publish_queue(jobs);
+    }
 }
 
 /// The queue to the writer thread; the thread ends when this is dropped.
 pub struct Publisher {
     jobs: mpsc::Sender<Job>,
+    depth: Arc<Depth>,
 }
 
 impl Publisher {
-    /// `idempotency_window`: how long an idempotency key is remembered.
-    pub fn start(store: Store, broker: Addr<Broker>, idempotency_window: Duration) -> Self {
+    /// `idempotency_window`: how long an idempotency key is remembered; `bound`: how much may
+    /// wait to be stored.
+    pub fn start(
+        store: Store,
+        broker: Addr<Broker>,
+        idempotency_window: Duration,
+        bound: PublishQueue,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel();
         let writer = Writer {
             store,
@@ -72,18 +138,29 @@ impl Publisher {
             .name("switchboard-publisher".into())
             .spawn(move || writer.write_batches(&queue))
             .expect("the OS starts a thread");
-        Self { jobs }
+        let depth = Arc::new(Depth {
+            bound,
+            jobs: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+        });
+        Self { jobs, depth }
     }
 
     /// Stores the event and answers with its sequence number once the account's sessions have
-    /// caught up (see the module's documentation).
-    pub async fn publish(&self, request: Request) -> Result<Published, StoreError> {
+    /// caught up (see the module's documentation); refuses it at once when the queue is full.
+    pub async fn publish(&self, request: Request) -> Result<Published, PublishError> {
+        let cost = JOB_OVERHEAD + request.data.get().len() + request.event.len();
+        let slot = self.depth.take(cost).ok_or_else(|| {
+            crate::metrics::publish_overloaded();
+            PublishError::Overloaded
+        })?;
         let (reply, answer) = oneshot::channel();
         let (handed, taken) = Handed::new();
         let job = Job {
             request,
             reply,
             handed,
+            _slot: slot,
         };
         self.jobs.send(job).map_err(|_| StoreError::Cancelled)?;
         let published = answer.await.map_err(|_| StoreError::Cancelled)??;
@@ -154,10 +231,17 @@ impl Writer {
                                 replayed: false,
                             }
                         }
-                        Outcome::Replayed(seq) => Published {
-                            seq,
-                            replayed: true,
-                        },
+                        Outcome::Replayed(seq) => {
+                            // Its relay may have been lost with the node that stored it.
+                            self.broker.do_send(Replayed {
+                                account: job.request.account.clone(),
+                                seq,
+                            });
+                            Published {
+                                seq,
+                                replayed: true,
+                            }
+                        }
                     };
                     let _ = job.reply.send(Ok(published));
                 }

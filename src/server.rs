@@ -99,14 +99,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             upkeep.run_upkeep();
         }
     });
-    let redis = config
-        .redis_url
-        .as_ref()
-        .map(|url| redis::Client::open(url.expose()).expect("checked by Config::load"));
     let mut cluster = None;
     let broker = Broker::create(|ctx| {
-        cluster =
-            redis.map(|client| Cluster::start(client, &node, config.presence.grace, ctx.address()));
+        cluster = config
+            .cluster
+            .as_ref()
+            .map(|cluster| Cluster::start(cluster, &node, config.presence.grace, ctx.address()));
         Broker::new(
             store.clone(),
             config.presence,
@@ -122,6 +120,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         store.clone(),
         broker.clone(),
         config.retention.idempotency_window,
+        config.publish_queue,
     );
     let verifier = Arc::new(Verifier::new(&config.jwt));
     let draining = Arc::new(AtomicBool::new(false));
@@ -262,7 +261,7 @@ pub fn raise_open_files_limit() -> u64 {
 fn log_startup(config: &Config, addr: SocketAddr) {
     log::info!("listening on http://{addr} (WebSocket endpoint ws://{addr}/ws)");
     log::info!("database: {}", config.database.describe());
-    if config.redis_url.is_some() && matches!(config.database, crate::config::Database::Sqlite(_)) {
+    if config.cluster.is_some() && matches!(config.database, crate::config::Database::Sqlite(_)) {
         log::warn!(
             "cluster mode on SQLite: only nodes on this machine, sharing the file, see each \
              other's events; use PostgreSQL (DATABASE_URL=postgres://…) for several machines"

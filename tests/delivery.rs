@@ -240,3 +240,140 @@ async fn a_session_that_fails_closes_alone() {
     assert_eq!(again.next_event().await.0, next);
     assert_eq!(bob.next_event().await.0, next);
 }
+
+#[tokio::test]
+async fn a_room_that_panics_is_restarted_and_its_sessions_miss_nothing() {
+    let db = crate::common::Db::sqlite();
+    let server = std::sync::Arc::new(TestServer::on(&db));
+    let account = unique("panicky");
+    let (mut alice, _) = server.connect(&token(&account, "alice")).await;
+    let (mut bob, _) = crate::common::engine_io::Poller::connect(
+        &server,
+        json!({ "token": token(&account, "bob") }),
+    )
+    .await;
+
+    // Publishing goes on while the room panics, twice (as a bug in it would).
+    let publisher = {
+        let (server, account) = (server.clone(), account.clone());
+        tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..40 {
+                seqs.push(server.publish(&account, None, "during", json!(i)).await);
+            }
+            seqs
+        })
+    };
+    use switchboard::actors::broker::PanicRoom;
+    for _ in 0..2 {
+        assert!(server
+            .broker
+            .send(PanicRoom(
+                switchboard::ids::AccountId::new(&account).unwrap()
+            ))
+            .await
+            .unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let published = publisher.await.unwrap();
+
+    // Its sessions, native and Socket.IO, stayed registered and get every event once, in order.
+    for (i, seq) in published.iter().enumerate() {
+        assert_eq!(
+            alice.next_event().await,
+            (*seq, "during".to_owned(), json!(i))
+        );
+        assert_eq!(bob.next().await, format!(r#"42["during",{i},"{seq}"]"#));
+    }
+    alice.expect_silence(QUIET).await;
+    let after = server.publish(&account, None, "after", json!(null)).await;
+    assert_eq!(alice.next_event().await.0, after);
+    assert_eq!(bob.next().await, format!(r#"42["after",null,"{after}"]"#));
+}
+
+/// Holds the account's writes in the database (a transaction with its sequence row locked) until
+/// dropped: what a database too slow for the publishes looks like to the publisher.
+struct HeldWrites {
+    conn: r2d2::PooledConnection<switchboard::store::connection::Manager>,
+    _store: switchboard::store::Store,
+}
+
+impl HeldWrites {
+    fn hold(db: &crate::common::Db, account: &str) -> Self {
+        use diesel::connection::SimpleConnection;
+        use switchboard::config::Database;
+        let database = Database::parse(db.url()).unwrap();
+        let store = switchboard::store::Store::open(&database, 1).unwrap();
+        let mut conn = store.connection().unwrap();
+        let lock = match database {
+            Database::Sqlite(_) => "BEGIN IMMEDIATE".to_owned(),
+            Database::Postgres(_) => format!(
+                "BEGIN; SELECT last_seq FROM account_sequences WHERE account_id = '{account}' \
+                 FOR UPDATE"
+            ),
+        };
+        conn.batch_execute(&lock).unwrap();
+        Self {
+            conn,
+            _store: store,
+        }
+    }
+}
+
+impl Drop for HeldWrites {
+    fn drop(&mut self) {
+        use diesel::connection::SimpleConnection;
+        self.conn.batch_execute("COMMIT").unwrap();
+    }
+}
+
+on_each_backend! {
+    async fn publishes_past_the_queue_bound_are_refused_with_503_and_nothing_is_stored(db) {
+        let mut config = crate::common::config(&db);
+        config.publish_queue.max_publishes = 2;
+        let server = std::sync::Arc::new(TestServer::start(config));
+        let account = unique("overload");
+        assert_eq!(server.publish(&account, None, "first", json!(0)).await, 1);
+
+        let held = HeldWrites::hold(&db, &account);
+        let mut publishes = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let (server, account) = (server.clone(), account.clone());
+            publishes.spawn(async move {
+                let response = reqwest::Client::new()
+                    .post(server.http_url("/api/v1/publish"))
+                    .header("authorization", format!("Bearer {}", crate::common::API_KEY))
+                    .json(&json!({"account_id": account, "event": "burst", "data": i}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (status, retry_after, response.json::<serde_json::Value>().await.unwrap())
+            });
+        }
+        // Two wait for the database; the others are refused at once.
+        for _ in 0..6 {
+            let refused = tokio::time::timeout(crate::common::WAIT, publishes.join_next()).await;
+            let (status, retry_after, answer) = refused.expect("refused at once").unwrap().unwrap();
+            assert_eq!(status, 503, "{answer}");
+            assert_eq!(answer["error"]["code"], "overloaded");
+            assert_eq!(retry_after.as_deref(), Some("1"));
+        }
+        drop(held);
+        let mut stored = Vec::new();
+        while let Some(answer) = publishes.join_next().await {
+            let (status, _, answer) = answer.unwrap();
+            assert_eq!(status, 200, "{answer}");
+            stored.push(answer["seq"].as_u64().unwrap());
+        }
+        stored.sort_unstable();
+        assert_eq!(stored, [2, 3]);
+        // The refused ones were not stored: the account's last event is the third.
+        let (_, welcome) = server.connect(&token(&account, "alice")).await;
+        assert_eq!(welcome["seq"], 3);
+    }
+}

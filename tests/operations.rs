@@ -135,6 +135,53 @@ async fn with_postgresql_down_publishes_answer_503_and_the_node_recovers_by_itse
     assert_eq!((seq, event.as_str()), (after, "after"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgresql_down_a_new_rooms_session_is_closed_with_1011_not_left_waiting() {
+    let Some(db) = Db::postgres() else {
+        eprintln!(
+            "skipped: set {} to run on PostgreSQL",
+            crate::common::POSTGRES_ENV
+        );
+        return;
+    };
+    let url = reqwest::Url::parse(db.url()).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let mut relay = Relay::start(upstream.parse().unwrap()).await;
+    let mut through_relay = url.clone();
+    through_relay.set_port(Some(relay.port)).unwrap();
+    let mut config = crate::common::config(&Db::with_url(through_relay.as_str()));
+    config.db_pool_size = 2;
+    let server = TestServer::start(config);
+
+    // The account's first session: its new room must read the account's sequence number, and
+    // cannot. The session is closed (1011: reconnect with backoff) instead of waiting, without
+    // a welcome, for as long as the database is away.
+    relay.cut();
+    let token = token(&unique("pg-down-room"), "alice");
+    let mut client = server
+        .try_connect(format!("{}?token={token}", server.ws_url()))
+        .await
+        .unwrap();
+    assert_eq!(client.expect_close().await, 1011);
+
+    relay.restore().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut client = server
+            .try_connect(format!("{}?token={token}", server.ws_url()))
+            .await
+            .unwrap();
+        match client.receive(crate::common::WAIT).await {
+            crate::common::Received::Json(welcome) => {
+                assert_eq!(welcome["type"], "welcome", "{welcome}");
+                break;
+            }
+            other => assert!(Instant::now() < deadline, "still refused: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn metrics_are_served_for_prometheus_without_user_labels() {
     let db = Db::sqlite();

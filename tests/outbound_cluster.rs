@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::cluster::{postgres, Redis};
+use crate::cluster::{postgres, Redis, CLUSTER_SECRET};
 use crate::common::process::{Process, BIN};
 use crate::common::{unique, Api, Db, API_KEY, JWT_SECRET};
 
@@ -221,6 +221,7 @@ fn start_nodes(db: &Db, redis: &Redis, count: usize) -> Vec<Node> {
             command
                 .env("DATABASE_URL", db.url())
                 .env("REDIS_URL", redis.url())
+                .env("SWITCHBOARD_CLUSTER_SECRET", CLUSTER_SECRET)
                 .env("SWITCHBOARD_BIND", "127.0.0.1:0")
                 .env("SWITCHBOARD_JWT_SECRET", JWT_SECRET)
                 .env("SWITCHBOARD_API_KEY", API_KEY)

@@ -5,23 +5,25 @@
 //! Because every message for a room passes through the broker, the broker's count of a room's
 //! members is exact, and a room is never stopped with a join still on its way to it.
 //!
-//! In cluster mode the broker also relays what this node stores to the other nodes and hands
-//! what they relay ([`FromPeers`]) to its rooms (see [`crate::cluster`]).
+//! In cluster mode the broker also relays what this node stores to the other nodes, hands what
+//! they relay ([`FromPeers`]) to its rooms, and has rooms that have been quiet for the check
+//! interval compare themselves with their account's head in the database, so that an event whose
+//! relay was lost still arrives (see [`crate::cluster`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::room::{Fill, Members, PresenceChanged, Room, RoomEvent, Shutdown};
+use super::room::{Fail, Failure, Fill, Members, PresenceChanged, Room, RoomEvent, Shutdown};
 use super::session::{Backlog, Deliver, Framing, FromRoom};
 use crate::cluster::Cluster;
 use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
 use crate::metrics;
-use crate::store::Store;
+use crate::store::{events, Store};
 
 /// A session asks to receive its account's events.
 #[derive(Message)]
@@ -110,7 +112,13 @@ struct Waiter {
 struct RoomEntry {
     room: Addr<Room>,
     members: usize,
+    /// Since when the room has had no event through the broker and no head check.
+    quiet_since: Instant,
 }
+
+/// Most rooms whose head one check reads: one check stays one bounded piece of database work,
+/// and rooms checked go to the back of the line.
+const HEAD_CHECK_MAX: usize = 10_000;
 
 /// News from the other nodes of a cluster.
 #[derive(Message)]
@@ -128,6 +136,13 @@ pub enum FromPeers {
         user: UserId,
         online: bool,
     },
+    /// Events of the account (of every account, for `None`) may not have reached this node:
+    /// its rooms read them from the database — unless they have every event up to `head`.
+    CatchUp {
+        account: Option<AccountId>,
+        /// The account's sequence number as the sender knows it, if it does.
+        head: Option<u64>,
+    },
 }
 
 /// Events may have been stored that rooms did not hear of: the account's room (every room, for
@@ -135,6 +150,16 @@ pub enum FromPeers {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CatchUp(pub Option<AccountId>);
+
+/// A publish was answered as an idempotent replay of event `seq`. The node that stored it may
+/// have died before relaying it, and a replay stores and relays nothing: every node's room of
+/// the account makes sure it has the event (see [`crate::cluster`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Replayed {
+    pub account: AccountId,
+    pub seq: u64,
+}
 
 pub struct Broker {
     store: Store,
@@ -145,6 +170,8 @@ pub struct Broker {
     rooms: HashMap<AccountId, RoomEntry>,
     /// Long-polls waiting for an account's next event (they need no room).
     waiters: HashMap<AccountId, Vec<Waiter>>,
+    /// A head check is reading the database (the next waits for it).
+    checking_heads: bool,
 }
 
 impl Broker {
@@ -161,12 +188,20 @@ impl Broker {
             max_sessions_per_user,
             rooms: HashMap::new(),
             waiters: HashMap::new(),
+            checking_heads: false,
         }
     }
 }
 
 impl Actor for Broker {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(cluster) = &self.cluster {
+            let every = cluster.check_interval();
+            ctx.run_interval(every, move |broker, ctx| broker.check_heads(every, ctx));
+        }
+    }
 }
 
 impl Handler<Join> for Broker {
@@ -189,6 +224,7 @@ impl Handler<Join> for Broker {
                     Supervisor::start(move |_| room)
                 },
                 members: 0,
+                quiet_since: Instant::now(),
             }
         });
         entry.members += 1;
@@ -230,9 +266,69 @@ impl Broker {
             }
         }
         // No room means no live session: the event is stored, and that is all it needs.
-        if let Some(entry) = self.rooms.get(account) {
+        if let Some(entry) = self.rooms.get_mut(account) {
+            entry.quiet_since = Instant::now();
             entry.room.do_send(event);
         }
+    }
+
+    fn fill(&self, account: &AccountId, head: Option<u64>) {
+        if let Some(entry) = self.rooms.get(account) {
+            entry.room.do_send(Fill { head });
+        }
+    }
+
+    /// Has the account's room (every room, for `None`) catch up to `head` (see [`CatchUp`]).
+    fn catch_up(&self, account: Option<&AccountId>, head: Option<u64>) {
+        match account {
+            Some(account) => self.fill(account, head),
+            None => self
+                .rooms
+                .values()
+                .for_each(|entry| entry.room.do_send(Fill { head })),
+        }
+    }
+
+    /// Cluster mode: reads the heads of the accounts whose rooms have been quiet for `quiet`
+    /// (at most [`HEAD_CHECK_MAX`]), and has the rooms that are behind catch up. A room that
+    /// gets events sees a missing one as a gap and fills it; this bounds how long a committed
+    /// event whose relay was lost can stay undelivered on a quiet account: at most about twice
+    /// `quiet`, while the database is reachable.
+    fn check_heads(&mut self, quiet: Duration, ctx: &mut Context<Self>) {
+        if self.checking_heads {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<AccountId> = self
+            .rooms
+            .iter_mut()
+            .filter(|(_, entry)| now.duration_since(entry.quiet_since) >= quiet)
+            .take(HEAD_CHECK_MAX)
+            .map(|(account, entry)| {
+                entry.quiet_since = now;
+                account.clone()
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        self.checking_heads = true;
+        let store = self.store.clone();
+        let read = async move { store.run(move |conn| events::heads(conn, &due)).await };
+        ctx.spawn(read.into_actor(self).map(|heads, broker, _| {
+            broker.checking_heads = false;
+            match heads {
+                Ok(heads) => {
+                    for (account, head) in heads {
+                        broker.fill(&account, Some(head));
+                    }
+                }
+                Err(e) => {
+                    log::warn!("head check failed: {e}");
+                    metrics::database_error();
+                }
+            }
+        }));
     }
 
     fn ephemeral(&self, ephemeral: Ephemeral) {
@@ -281,6 +377,7 @@ impl Handler<FromPeers> for Broker {
                     entry.room.do_send(PresenceChanged { user, online });
                 }
             }
+            FromPeers::CatchUp { account, head } => self.catch_up(account.as_ref(), head),
         }
     }
 }
@@ -289,17 +386,18 @@ impl Handler<CatchUp> for Broker {
     type Result = ();
 
     fn handle(&mut self, CatchUp(account): CatchUp, _: &mut Context<Self>) {
-        match account {
-            Some(account) => {
-                if let Some(entry) = self.rooms.get(&account) {
-                    entry.room.do_send(Fill);
-                }
-            }
-            None => self
-                .rooms
-                .values()
-                .for_each(|entry| entry.room.do_send(Fill)),
+        self.catch_up(account.as_ref(), None);
+    }
+}
+
+impl Handler<Replayed> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, Replayed { account, seq }: Replayed, _: &mut Context<Self>) {
+        if let Some(cluster) = &self.cluster {
+            cluster.catch_up(&account, seq);
         }
+        self.fill(&account, Some(seq));
     }
 }
 
@@ -353,7 +451,8 @@ impl Handler<Drain> for Broker {
     }
 }
 
-/// Makes an account's room fail (see [`Fail`](super::room::Fail)); `false` without a room.
+/// Makes an account's room fail (see [`Fail`](super::room::Fail)) by stopping; `false` without
+/// a room.
 #[doc(hidden)]
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -363,10 +462,30 @@ impl Handler<FailRoom> for Broker {
     type Result = bool;
 
     fn handle(&mut self, FailRoom(account): FailRoom, _: &mut Context<Self>) -> bool {
-        let Some(entry) = self.rooms.get(&account) else {
+        self.fail_room(&account, Failure::Stop)
+    }
+}
+
+/// Makes an account's room panic, as a bug would; `false` without a room.
+#[doc(hidden)]
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct PanicRoom(pub AccountId);
+
+impl Handler<PanicRoom> for Broker {
+    type Result = bool;
+
+    fn handle(&mut self, PanicRoom(account): PanicRoom, _: &mut Context<Self>) -> bool {
+        self.fail_room(&account, Failure::Panic)
+    }
+}
+
+impl Broker {
+    fn fail_room(&self, account: &AccountId, failure: Failure) -> bool {
+        let Some(entry) = self.rooms.get(account) else {
             return false;
         };
-        entry.room.do_send(super::room::Fail);
+        entry.room.do_send(Fail(failure));
         true
     }
 }

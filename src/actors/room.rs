@@ -6,8 +6,14 @@
 //! that stays open (an event stored by another server process, or handed over while the room was
 //! starting) is filled from the database: sequence numbers of an account are committed in order,
 //! so once the database shows seq N, every earlier event is there too.
+//!
+//! What a room holds is bounded: events waiting for an earlier one ([`MAX_PENDING`], the oldest
+//! dropped past it and read back from the database), and joins waiting for the account's
+//! sequence number ([`MAX_WAITING_JOINS`], refused past it). No message waits in its mailbox on
+//! the database. A panic in a room — a bug — stops it, and its supervisor restarts it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -34,6 +40,14 @@ const GAP_GRACE: Duration = Duration::from_millis(200);
 const FILL_RETRY: Duration = Duration::from_secs(1);
 /// Events read from the database per query.
 const FILL_BATCH: i64 = 1000;
+/// Most events held for an earlier one, and their most bytes: past either, the oldest is dropped
+/// and read back from the database with the gap it leaves.
+const MAX_PENDING: usize = 4096;
+const MAX_PENDING_BYTES: usize = 16 * 1024 * 1024;
+/// Most joins waiting for a new room to read the account's sequence number; past it, and when
+/// the read fails, a join is refused and its session closed with 1011 (the client reconnects
+/// with backoff) rather than held while the database is away.
+const MAX_WAITING_JOINS: usize = 1024;
 /// How long presence changes are gathered before they are announced: a room filling up (a
 /// deploy, everyone reconnecting) announces its arrivals in a few frames, not one frame per
 /// arrival to every member — which would cost the square of the room's size.
@@ -188,7 +202,7 @@ pub struct Shutdown;
 /// needs it — once per event, however many members speak Socket.IO.
 struct Framed<'a> {
     native: &'a ByteString,
-    socket_io: std::cell::OnceCell<ByteString>,
+    socket_io: std::cell::OnceCell<Option<ByteString>>,
 }
 
 impl<'a> Framed<'a> {
@@ -199,10 +213,21 @@ impl<'a> Framed<'a> {
         }
     }
 
-    fn get(&self, framing: Framing) -> &ByteString {
+    /// `None` for a frame that is not an event frame: every frame here was built by this node,
+    /// so that is a bug, said once per frame; the frame is dropped.
+    fn get(&self, framing: Framing) -> Option<&ByteString> {
         match framing {
-            Framing::Native => self.native,
-            Framing::SocketIo => self.socket_io.get_or_init(|| framing.encode(self.native)),
+            Framing::Native => Some(self.native),
+            Framing::SocketIo => self
+                .socket_io
+                .get_or_init(|| {
+                    let encoded = framing.encode(self.native);
+                    if encoded.is_none() {
+                        log::error!("a frame could not be framed for Socket.IO; dropped");
+                    }
+                    encoded
+                })
+                .as_ref(),
         }
     }
 }
@@ -221,7 +246,9 @@ impl Member {
     /// resumes from its last sequence number, so the frames not queued are not lost. Answers
     /// whether the frame was queued.
     fn offer(&self, framed: &Framed, seq: Option<u64>, handed: Option<&Handed>) -> bool {
-        let frame = framed.get(self.framing);
+        let Some(frame) = framed.get(self.framing) else {
+            return false;
+        };
         let handed = handed.filter(|_| self.backlog.queued() < PACED_BELOW);
         if !self.backlog.reserve(frame_size(frame.len())) {
             return false;
@@ -248,10 +275,17 @@ pub struct Room {
     /// Each user's sessions (tabs), for events addressed to one user.
     tabs: HashMap<UserId, Vec<SessionId>>,
     /// Events that arrived before an earlier one.
-    pending: BTreeMap<u64, RoomEvent>,
+    pending: Pending,
+    /// Joins that came before the account's sequence number was known, in order.
+    waiting: Vec<Join>,
     pacing: Pacing,
     /// A database read is scheduled or under way.
     filling: bool,
+    /// A catch-up was asked for while a read was under way (which may have begun too early to
+    /// see what it is about): read again after it.
+    fill_again: bool,
+    /// How many fills have begun: what [`Held::arrived`] is counted in.
+    fills_begun: u64,
     presence: Presence,
     /// Users whose last session closed, still online until their timer fires.
     leaving: HashMap<UserId, SpawnHandle>,
@@ -282,9 +316,12 @@ impl Room {
             last_seq_known: last_seq.is_some(),
             members: HashMap::new(),
             tabs: HashMap::new(),
-            pending: BTreeMap::new(),
+            pending: Pending::default(),
+            waiting: Vec::new(),
             pacing: Pacing::default(),
             filling: false,
+            fill_again: false,
+            fills_begun: 0,
             presence,
             leaving: HashMap::new(),
             presence_changes: Vec::new(),
@@ -339,13 +376,15 @@ impl Room {
     fn batch_presence(&mut self, ctx: &mut Context<Self>) {
         self.presence_batching = true;
         ctx.run_later(PRESENCE_BATCH, |room, ctx| {
-            let changes = std::mem::take(&mut room.presence_changes);
-            if changes.is_empty() {
-                room.presence_batching = false;
-            } else {
-                room.announce(changes);
-                room.batch_presence(ctx);
-            }
+            room.guarded(ctx, |room, ctx| {
+                let changes = std::mem::take(&mut room.presence_changes);
+                if changes.is_empty() {
+                    room.presence_batching = false;
+                } else {
+                    room.announce(changes);
+                    room.batch_presence(ctx);
+                }
+            })
         });
     }
 
@@ -411,23 +450,40 @@ impl Room {
 
     /// Delivers every pending event that is next in sequence; schedules a fill if a gap remains.
     fn deliver_ready(&mut self, ctx: &mut Context<Self>) {
-        while let Some(entry) = self.pending.first_entry() {
-            if *entry.key() != self.last_seq + 1 {
-                break;
-            }
-            let event = entry.remove();
-            self.fan_out(&event);
-            self.last_seq = event.seq;
+        while let Some(event) = self.pending.take_through(self.last_seq.saturating_add(1)) {
+            self.deliver(event);
         }
         if !self.pending.is_empty() && !self.filling {
             self.filling = true;
             ctx.run_later(GAP_GRACE, |room, ctx| {
-                if room.pending.is_empty() {
-                    room.filling = false;
-                } else {
-                    room.fill(ctx);
-                }
+                room.guarded(ctx, |room, ctx| {
+                    if room.pending.is_empty() {
+                        room.filling = false;
+                    } else {
+                        room.fill(ctx);
+                    }
+                })
             });
+        }
+    }
+
+    fn deliver(&mut self, event: RoomEvent) {
+        if event.seq > self.last_seq {
+            self.fan_out(&event);
+            self.last_seq = event.seq;
+        }
+    }
+
+    /// Holds an event until the events before it have been delivered.
+    fn hold(&mut self, event: RoomEvent) {
+        let dropped = self.pending.hold(event, self.fills_begun);
+        if dropped > 0 {
+            log::warn!(
+                "room holds too many events waiting for an earlier one account={}; dropped the \
+                 {dropped} oldest, which will be read from the database",
+                self.account
+            );
+            metrics::room_events_dropped("overflow", dropped);
         }
     }
 
@@ -448,16 +504,19 @@ impl Room {
         let timer = ctx.run_later(self.presence.grace, {
             let user = user.clone();
             move |room, ctx| {
-                room.leaving.remove(&user);
-                room.presence_changed(&user, false, ctx);
+                room.guarded(ctx, |room, ctx| {
+                    room.leaving.remove(&user);
+                    room.presence_changed(&user, false, ctx);
+                })
             }
         });
         self.leaving.insert(user, timer);
     }
 
-    /// Reads the account's sequence number, holding every message (joins, events) until it is
-    /// known: a join is then answered with it, and an event is delivered only if it is newer.
-    /// An event stored after the read reaches this room, which the broker already lists.
+    /// Reads the account's sequence number. Until it is known, joins wait (a join is answered
+    /// with it) and events are held (one is delivered only if it is newer); other messages are
+    /// handled as they come. An event stored after the read reaches this room, which the broker
+    /// already lists.
     fn read_last_seq(&mut self, ctx: &mut Context<Self>) {
         let store = self.store.clone();
         let account = self.account.clone();
@@ -466,23 +525,41 @@ impl Room {
                 .run(move |conn| events::current_seq(conn, &account))
                 .await
         };
-        ctx.wait(read.into_actor(self).map(|result, room, ctx| match result {
-            Ok(seq) => {
-                room.last_seq = seq;
-                room.last_seq_known = true;
-            }
-            Err(e) => {
-                log::error!("room start failed account={}: {e}", room.account);
-                metrics::database_error();
-                ctx.wait(actix::clock::sleep(FILL_RETRY).into_actor(room));
-                room.read_last_seq(ctx);
-            }
+        ctx.spawn(read.into_actor(self).map(|result, room, ctx| {
+            room.guarded(ctx, |room, ctx| match result {
+                Ok(seq) => room.last_seq_read(seq, ctx),
+                Err(e) => {
+                    log::error!("room start failed account={}: {e}", room.account);
+                    metrics::database_error();
+                    // Sessions do not wait on a database that is down: they close (1011) and
+                    // their clients come back with backoff.
+                    for join in room.waiting.drain(..) {
+                        refuse(join);
+                    }
+                    ctx.run_later(FILL_RETRY, |room, ctx| {
+                        room.guarded(ctx, |room, ctx| room.read_last_seq(ctx))
+                    });
+                }
+            })
         }));
+    }
+
+    fn last_seq_read(&mut self, seq: u64, ctx: &mut Context<Self>) {
+        self.last_seq = seq;
+        self.last_seq_known = true;
+        for join in std::mem::take(&mut self.waiting) {
+            self.join(join, ctx);
+        }
+        self.pending.forget_through(seq);
+        self.deliver_ready(ctx);
     }
 
     /// Reads the events after `last_seq` from the database and delivers them in order.
     fn fill(&mut self, ctx: &mut Context<Self>) {
         self.filling = true;
+        self.fill_again = false;
+        self.fills_begun += 1;
+        let begun = self.fills_begun;
         let store = self.store.clone();
         let account = self.account.clone();
         let after = self.last_seq;
@@ -491,68 +568,88 @@ impl Room {
                 .run(move |conn| events::after(conn, &account, after, FILL_BATCH))
                 .await
         };
-        ctx.spawn(read.into_actor(self).map(|result, room, ctx| {
-            room.filling = false;
-            match result {
-                Ok(rows) => room.apply_fill(rows, ctx),
-                Err(e) => {
-                    log::error!("room fill failed account={}: {e}", room.account);
-                    metrics::database_error();
-                    room.filling = true;
-                    ctx.run_later(FILL_RETRY, |room, ctx| room.fill(ctx));
+        ctx.spawn(read.into_actor(self).map(move |result, room, ctx| {
+            room.guarded(ctx, |room, ctx| {
+                room.filling = false;
+                match result {
+                    Ok(rows) => room.apply_fill(rows, begun, ctx),
+                    Err(e) => {
+                        log::error!("room fill failed account={}: {e}", room.account);
+                        metrics::database_error();
+                        room.filling = true;
+                        ctx.run_later(FILL_RETRY, |room, ctx| {
+                            room.guarded(ctx, |room, ctx| room.fill(ctx))
+                        });
+                    }
                 }
-            }
+            })
         }));
     }
 
-    fn apply_fill(&mut self, rows: Vec<events::StoredEvent>, ctx: &mut Context<Self>) {
+    /// Delivers a fill's rows, with the held events among them, in order. `begun`: the fill's
+    /// number (see [`Held::arrived`]).
+    fn apply_fill(&mut self, rows: Vec<events::StoredEvent>, begun: u64, ctx: &mut Context<Self>) {
         let more = rows.len() as i64 == FILL_BATCH;
-        let newest = rows.last().map(|row| row.seq as u64);
         for row in rows {
             let seq = row.seq as u64;
-            if seq > self.last_seq && !self.pending.contains_key(&seq) {
-                if let Some(event) = RoomEvent::from_stored(row) {
-                    self.pending.insert(seq, event);
-                }
+            if seq <= self.last_seq {
+                continue;
             }
-        }
-        if let Some(newest) = newest {
-            // Everything up to `newest` that exists was in this read: deliver it, skipping
-            // numbers that are not there.
-            while let Some(entry) = self.pending.first_entry() {
-                if *entry.key() > newest {
-                    break;
-                }
-                let event = entry.remove();
-                self.fan_out(&event);
-                self.last_seq = event.seq;
+            // Held events below this row are not in the database (deleted since): delivered as
+            // they are, as they were announced.
+            while let Some(held) = self.pending.take_below(seq) {
+                self.deliver(held);
+            }
+            // The held copy, if any, carries the publisher's ticket.
+            match self
+                .pending
+                .take(seq)
+                .or_else(|| RoomEvent::from_stored(row))
+            {
+                Some(event) => self.deliver(event),
+                // Skipped for good (see `RoomEvent::from_stored`).
+                None => self.last_seq = seq,
             }
         }
         if more {
-            self.fill(ctx);
-        } else {
-            self.deliver_ready(ctx);
+            return self.fill(ctx);
+        }
+        // The read saw every event committed before it began, and a node relays an event only
+        // once it is committed: a held event that arrived before the read and is not in it
+        // does not exist (a peer's bug), and must not keep the room reading.
+        let absent = self.pending.drop_absent(self.last_seq, begun);
+        if absent > 0 {
+            log::warn!(
+                "room dropped {absent} announced event(s) that are not in the database account={}",
+                self.account
+            );
+            metrics::room_events_dropped("absent", absent);
+        }
+        if std::mem::take(&mut self.fill_again) {
+            return self.fill(ctx);
+        }
+        self.deliver_ready(ctx);
+    }
+
+    /// Runs room code so that a panic in it — a bug — stops the room instead of unwinding
+    /// through the thread the rooms share; its supervisor then restarts it with its state (see
+    /// [`Supervised`]), so its sessions stay served.
+    fn guarded(
+        &mut self,
+        ctx: &mut Context<Self>,
+        work: impl FnOnce(&mut Self, &mut Context<Self>),
+    ) {
+        if catch_unwind(AssertUnwindSafe(|| work(self, ctx))).is_err() {
+            log::error!(
+                "room failed (a panic) account={}; restarting it",
+                self.account
+            );
+            ctx.stop();
         }
     }
-}
 
-impl Actor for Room {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        if self.last_seq_known {
-            // Catch up on anything stored between the first session's authorisation and now.
-            self.fill(ctx);
-        } else {
-            self.read_last_seq(ctx);
-        }
-    }
-}
-
-impl Handler<Join> for Room {
-    type Result = ();
-
-    fn handle(&mut self, join: Join, ctx: &mut Context<Self>) {
+    /// Takes a session in: it is told the last event it will not get, then gets every later one.
+    fn join(&mut self, join: Join, ctx: &mut Context<Self>) {
         // A tab in a reload loop, or a script, must not pile up sessions without end.
         if self
             .tabs
@@ -591,21 +688,140 @@ impl Handler<Join> for Room {
     }
 }
 
+/// Refuses a join the room cannot take now: its session closes with 1011 and its client comes
+/// back with backoff.
+fn refuse(join: Join) {
+    metrics::join_refused();
+    join.notices.do_send(FromRoom::Unavailable);
+}
+
+/// Events held until the events before them are delivered, by sequence number; bounded by
+/// [`MAX_PENDING`] and [`MAX_PENDING_BYTES`].
+#[derive(Default)]
+struct Pending {
+    events: BTreeMap<u64, Held>,
+    bytes: usize,
+}
+
+struct Held {
+    event: RoomEvent,
+    /// How many fills had begun when it arrived: a fill that began later saw it in the
+    /// database, if it is there.
+    arrived: u64,
+}
+
+impl Pending {
+    /// Holds `event` (replacing a copy of it); past the bounds drops the oldest, and answers
+    /// how many.
+    fn hold(&mut self, event: RoomEvent, arrived: u64) -> usize {
+        self.bytes += event.frame.len();
+        if let Some(old) = self.events.insert(event.seq, Held { event, arrived }) {
+            self.bytes -= old.event.frame.len();
+        }
+        let mut dropped = 0;
+        while self.events.len() > MAX_PENDING || self.bytes > MAX_PENDING_BYTES {
+            self.pop_first();
+            dropped += 1;
+        }
+        dropped
+    }
+
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    fn pop_first(&mut self) -> Option<RoomEvent> {
+        let (_, held) = self.events.pop_first()?;
+        self.bytes -= held.event.frame.len();
+        Some(held.event)
+    }
+
+    /// The first held event, if its sequence number is at most `seq`.
+    fn take_through(&mut self, seq: u64) -> Option<RoomEvent> {
+        let first = *self.events.first_key_value()?.0;
+        (first <= seq).then(|| self.pop_first()).flatten()
+    }
+
+    /// The first held event, if it comes before `seq`.
+    fn take_below(&mut self, seq: u64) -> Option<RoomEvent> {
+        self.take_through(seq.checked_sub(1)?)
+    }
+
+    fn take(&mut self, seq: u64) -> Option<RoomEvent> {
+        let held = self.events.remove(&seq)?;
+        self.bytes -= held.event.frame.len();
+        Some(held.event)
+    }
+
+    /// Drops the events up to `seq` (delivered, or known not to exist).
+    fn forget_through(&mut self, seq: u64) {
+        while self.take_through(seq).is_some() {}
+    }
+
+    /// Drops the events after `head` that arrived before fill `begun` began; answers how many.
+    fn drop_absent(&mut self, head: u64, begun: u64) -> usize {
+        let absent: Vec<u64> = self
+            .events
+            .range(head.saturating_add(1)..)
+            .filter(|(_, held)| held.arrived < begun)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in &absent {
+            self.take(*seq);
+        }
+        absent.len()
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |room, ctx| {
+            if room.last_seq_known {
+                // Catch up on anything stored between the first session's authorisation and now.
+                room.fill(ctx);
+            } else {
+                room.read_last_seq(ctx);
+            }
+        });
+    }
+}
+
+impl Handler<Join> for Room {
+    type Result = ();
+
+    fn handle(&mut self, join: Join, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |room, ctx| {
+            if room.last_seq_known {
+                room.join(join, ctx);
+            } else if room.waiting.len() < MAX_WAITING_JOINS {
+                room.waiting.push(join);
+            } else {
+                refuse(join);
+            }
+        });
+    }
+}
+
 impl Handler<Leave> for Room {
     type Result = ();
 
     fn handle(&mut self, Leave { session, .. }: Leave, ctx: &mut Context<Self>) {
-        let Some(member) = self.members.remove(&session) else {
-            return;
-        };
-        let Some(tabs) = self.tabs.get_mut(&member.user) else {
-            return;
-        };
-        tabs.retain(|id| *id != session);
-        if tabs.is_empty() {
-            self.tabs.remove(&member.user);
-            self.presence_here(member.user, false, ctx);
-        }
+        self.guarded(ctx, |room, ctx| {
+            room.waiting.retain(|join| join.session != session);
+            let Some(member) = room.members.remove(&session) else {
+                return;
+            };
+            let Some(tabs) = room.tabs.get_mut(&member.user) else {
+                return;
+            };
+            tabs.retain(|id| *id != session);
+            if tabs.is_empty() {
+                room.tabs.remove(&member.user);
+                room.presence_here(member.user, false, ctx);
+            }
+        });
     }
 }
 
@@ -613,14 +829,19 @@ impl Handler<RoomEvent> for Room {
     type Result = ();
 
     fn handle(&mut self, event: RoomEvent, ctx: &mut Context<Self>) {
-        if event.seq > self.last_seq {
-            self.pending.insert(event.seq, event);
-            self.deliver_ready(ctx);
-        }
+        self.guarded(ctx, |room, ctx| {
+            if !room.last_seq_known {
+                room.hold(event);
+            } else if event.seq > room.last_seq {
+                room.hold(event);
+                room.deliver_ready(ctx);
+            }
+        });
     }
 }
 
-/// Who to tell when the server goes away: every member's notice address.
+/// Who to tell when the server goes away: every member's notice address (and those of the
+/// sessions still waiting to join).
 #[derive(Message)]
 #[rtype(result = "Vec<Recipient<FromRoom>>")]
 pub struct Members;
@@ -629,7 +850,14 @@ impl Handler<Members> for Room {
     type Result = MessageResult<Members>;
 
     fn handle(&mut self, _: Members, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.members.values().map(|m| m.notices.clone()).collect())
+        let waiting = self.waiting.iter().map(|join| join.notices.clone());
+        MessageResult(
+            self.members
+                .values()
+                .map(|m| m.notices.clone())
+                .chain(waiting)
+                .collect(),
+        )
     }
 }
 
@@ -645,23 +873,36 @@ impl Handler<PresenceChanged> for Room {
     type Result = ();
 
     fn handle(&mut self, change: PresenceChanged, ctx: &mut Context<Self>) {
-        self.presence_changed(&change.user, change.online, ctx);
+        self.guarded(ctx, |room, ctx| {
+            room.presence_changed(&change.user, change.online, ctx)
+        });
     }
 }
 
 /// Events may have been stored that this room did not hear of (another node's, while Redis was
-/// unreachable): read them from the database.
+/// unreachable; one whose relay was lost): read them from the database — unless the room has
+/// every event up to `head` already.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Fill;
+pub struct Fill {
+    pub head: Option<u64>,
+}
 
 impl Handler<Fill> for Room {
     type Result = ();
 
-    fn handle(&mut self, _: Fill, ctx: &mut Context<Self>) {
-        if !self.filling && self.last_seq_known {
-            self.fill(ctx);
-        }
+    fn handle(&mut self, Fill { head }: Fill, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |room, ctx| {
+            // A room still reading its sequence number will see the event in that read.
+            if !room.last_seq_known || head.is_some_and(|head| head <= room.last_seq) {
+                return;
+            }
+            if room.filling {
+                room.fill_again = true;
+            } else {
+                room.fill(ctx);
+            }
+        });
     }
 }
 
@@ -679,6 +920,7 @@ impl Supervised for Room {
         );
         // What belonged to the old context is gone with it.
         self.filling = false;
+        self.fill_again = false;
         self.presence_batching = false;
         self.presence_changes.clear();
         let leaving: Vec<UserId> = self.leaving.drain().map(|(user, _)| user).collect();
@@ -688,18 +930,36 @@ impl Supervised for Room {
     }
 }
 
-/// Makes the room fail, as an internal error would: for exercising its supervision.
+/// Makes the room fail: for exercising its supervision.
 #[doc(hidden)]
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Fail;
+pub struct Fail(pub Failure);
+
+/// How a room is made to fail.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub enum Failure {
+    /// Stops, as an internal error would.
+    Stop,
+    /// Panics, as a bug would.
+    Panic,
+}
 
 impl Handler<Fail> for Room {
     type Result = ();
 
-    fn handle(&mut self, _: Fail, ctx: &mut Context<Self>) {
-        log::error!("room failing on request account={}", self.account);
-        ctx.stop();
+    fn handle(&mut self, Fail(failure): Fail, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |room, ctx| {
+            log::error!(
+                "room failing on request account={} ({failure:?})",
+                room.account
+            );
+            match failure {
+                Failure::Stop => ctx.stop(),
+                Failure::Panic => panic!("room failing on request"),
+            }
+        });
     }
 }
 
@@ -732,12 +992,14 @@ impl Handler<Shutdown> for Room {
 impl Handler<Ephemeral> for Room {
     type Result = ();
 
-    fn handle(&mut self, ephemeral: Ephemeral, _: &mut Context<Self>) {
-        self.send_ephemeral(
-            &ephemeral.frame,
-            ephemeral.users.as_deref(),
-            ephemeral.except.as_ref(),
-        );
+    fn handle(&mut self, ephemeral: Ephemeral, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |room, _| {
+            room.send_ephemeral(
+                &ephemeral.frame,
+                ephemeral.users.as_deref(),
+                ephemeral.except.as_ref(),
+            )
+        });
     }
 }
 
@@ -764,6 +1026,49 @@ mod tests {
     fn released(publisher: &mut oneshot::Receiver<()>) -> bool {
         // The ticket never sends: a released publisher sees its sender dropped.
         matches!(publisher.try_recv(), Err(TryRecvError::Closed))
+    }
+
+    fn event(seq: u64, bytes: usize) -> RoomEvent {
+        RoomEvent {
+            seq,
+            user: None,
+            frame: "x".repeat(bytes).into(),
+            handed: None,
+        }
+    }
+
+    #[test]
+    fn held_events_are_bounded_by_count_and_bytes_dropping_the_oldest() {
+        let mut pending = Pending::default();
+        for seq in 2..MAX_PENDING as u64 + 2 {
+            assert_eq!(pending.hold(event(seq, 10), 0), 0);
+        }
+        assert_eq!(pending.hold(event(1_000_000, 10), 0), 1);
+        assert_eq!(pending.events.len(), MAX_PENDING);
+        assert_eq!(
+            pending.events.first_key_value().map(|(seq, _)| *seq),
+            Some(3)
+        );
+
+        let mut pending = Pending::default();
+        pending.hold(event(5, 10), 0);
+        assert_eq!(pending.hold(event(6, MAX_PENDING_BYTES), 0), 1);
+        assert_eq!(pending.bytes, MAX_PENDING_BYTES);
+        assert_eq!(pending.hold(event(7, 1), 0), 1);
+        assert_eq!((pending.events.len(), pending.bytes), (1, 1));
+    }
+
+    #[test]
+    fn only_events_that_arrived_before_a_complete_read_began_count_as_absent() {
+        let mut pending = Pending::default();
+        pending.hold(event(9, 1), 1);
+        pending.hold(event(10, 1), 2);
+        pending.hold(event(4, 1), 1);
+        // A read (the second) saw everything up to 5: 9 arrived before it and is not there;
+        // 10 arrived while it ran, so it may be; 4 is not after the head.
+        assert_eq!(pending.drop_absent(5, 2), 1);
+        assert_eq!(pending.events.keys().copied().collect::<Vec<_>>(), [4, 10]);
+        assert_eq!(pending.bytes, 2);
     }
 
     #[test]

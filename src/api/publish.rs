@@ -11,9 +11,8 @@ use super::extract::ServerKey;
 use super::AppState;
 use crate::error::{field, ApiError};
 use crate::ids::{AccountId, UserId};
+use crate::protocol::check_event_name;
 use crate::publisher::Request;
-
-const MAX_EVENT_NAME: usize = 64;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,15 +23,6 @@ pub struct PublishRequest {
     event: String,
     #[serde(default)]
     data: Option<Box<RawValue>>,
-}
-
-fn check_event_name(name: &str) -> Result<(), &'static str> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
-    if !name.is_empty() && name.len() <= MAX_EVENT_NAME && name.chars().all(allowed) {
-        Ok(())
-    } else {
-        Err("must be 1 to 64 characters of letters, digits, '.', '_', ':' or '-'")
-    }
 }
 
 /// The header that makes a publish idempotent.

@@ -1,10 +1,12 @@
-//! The node's outgoing side of the cluster: one task, one Redis connection, one ordered queue —
-//! events and ephemeral frames to relay, presence changes to record, presence questions.
+//! The node's outgoing side of the cluster: one task, one Redis connection, one ordered, bounded
+//! queue — events and ephemeral frames to relay, catch-up notices, presence questions — and the
+//! presence changes to record (the latest per user).
 //!
 //! While Redis is unreachable the node carries on alone: its own sessions get everything (the
 //! broker delivered locally before relaying), presence is announced locally, and the accounts
 //! whose events could not be relayed are remembered; once Redis is back, the other nodes are asked
-//! to catch those accounts up from the database.
+//! to catch those accounts up from the database (every account, when relays were dropped at the
+//! queue's bound or too many accounts were missed to list).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -20,8 +22,9 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::presence::{self, Scripts};
+use super::signing::Key;
 use super::wire::{Wire, CHANNEL};
-use super::{next_backoff, Health, Outgoing, REDIS_TIMEOUT};
+use super::{next_backoff, Outgoing, Shared, REDIS_TIMEOUT};
 use crate::actors::broker::{Broker, FromPeers};
 use crate::ids::{AccountId, UserId};
 use crate::metrics;
@@ -30,12 +33,57 @@ use crate::metrics;
 const TICK: Duration = Duration::from_secs(1);
 /// Most queued items handled in one round (relays in one pipeline).
 const MAX_ROUND: usize = 512;
+/// Most accounts remembered for a catch-up; past it, every account is caught up.
+const MAX_UNRELAYED: usize = 10_000;
+
+/// What the other nodes have not heard of and must catch up on once Redis is back.
+#[derive(Default)]
+struct Unrelayed {
+    accounts: HashSet<AccountId>,
+    /// Too much to list: every account.
+    all: bool,
+}
+
+impl Unrelayed {
+    fn add(&mut self, accounts: impl IntoIterator<Item = AccountId>) {
+        if !self.all {
+            self.accounts.extend(accounts);
+        }
+        if self.accounts.len() > MAX_UNRELAYED {
+            self.everything();
+        }
+    }
+
+    fn everything(&mut self) {
+        self.all = true;
+        self.accounts = HashSet::new();
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.all && self.accounts.is_empty()
+    }
+
+    /// The catch-up notices that cover it.
+    fn notices<'a>(&'a self, node: &'a str) -> Vec<Wire<'a>> {
+        let notice = |account: Option<&'a AccountId>| Wire::CatchUp {
+            node: node.into(),
+            account: account.map(|a| a.as_str().into()),
+            head: None,
+        };
+        if self.all {
+            return vec![notice(None)];
+        }
+        self.accounts.iter().map(Some).map(notice).collect()
+    }
+}
 
 pub struct Link {
     client: redis::Client,
     node: Arc<str>,
+    /// Signs every message this node publishes.
+    key: Key,
     broker: Addr<Broker>,
-    health: Arc<Health>,
+    shared: Arc<Shared>,
     conn: Option<MultiplexedConnection>,
     scripts: Scripts,
     /// Users with a session on this node (or within the grace after their last), whose
@@ -44,8 +92,8 @@ pub struct Link {
     /// Users whose last session here closed, and when their grace ends.
     leaving: HashMap<(AccountId, UserId), Instant>,
     grace: Duration,
-    /// Accounts with events the other nodes did not hear of.
-    unrelayed: HashSet<AccountId>,
+    /// Events the other nodes did not hear of.
+    unrelayed: Unrelayed,
     /// When to try Redis again, in ticks, and the wait after that.
     retry_in: u32,
     backoff: Duration,
@@ -57,21 +105,23 @@ impl Link {
     pub fn new(
         client: redis::Client,
         node: Arc<str>,
+        key: Key,
         grace: Duration,
         broker: Addr<Broker>,
-        health: Arc<Health>,
+        shared: Arc<Shared>,
     ) -> Self {
         Self {
             leaving: HashMap::new(),
             grace,
             client,
             node,
+            key,
             broker,
-            health,
+            shared,
             conn: None,
             scripts: Scripts::default(),
             online_here: HashSet::new(),
-            unrelayed: HashSet::new(),
+            unrelayed: Unrelayed::default(),
             retry_in: 0,
             backoff: TICK,
             since_renewal: 0,
@@ -82,13 +132,23 @@ impl Link {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut round = Vec::with_capacity(MAX_ROUND);
+        let shared = self.shared.clone();
         loop {
             tokio::select! {
                 received = queue.recv_many(&mut round, MAX_ROUND) => {
                     if received == 0 {
                         return;
                     }
+                    for item in &round {
+                        shared.release(item.cost());
+                    }
                     self.handle(round.drain(..)).await;
+                    self.catch_up().await;
+                }
+                _ = shared.presence_changed.notified() => {
+                    for ((account, user), online) in shared.take_presence() {
+                        self.presence(account, user, online).await;
+                    }
                 }
                 _ = tick.tick() => self.maintain().await,
                 _ = sleep_until(self.leaving.values().min().copied()) => self.left().await,
@@ -102,51 +162,6 @@ impl Link {
         let mut relayed: Vec<AccountId> = Vec::new();
         for item in round {
             match item {
-                Outgoing::Event {
-                    account,
-                    seq,
-                    user,
-                    stored_ms,
-                    frame,
-                } => {
-                    let Ok(frame) = serde_json::from_str::<&RawValue>(&frame) else {
-                        continue;
-                    };
-                    let wire = Wire::Event {
-                        node: self.node.as_ref().into(),
-                        account: account.as_str().into(),
-                        seq,
-                        user: user.as_ref().map(|u| u.as_str().into()),
-                        stored_ms,
-                        frame,
-                    };
-                    relays.publish(CHANNEL, to_json(&wire));
-                    relayed.push(account);
-                }
-                Outgoing::Ephemeral(ephemeral) => {
-                    let Ok(frame) = serde_json::from_str::<&RawValue>(&ephemeral.frame) else {
-                        continue;
-                    };
-                    let wire = Wire::Ephemeral {
-                        node: self.node.as_ref().into(),
-                        account: ephemeral.account.as_str().into(),
-                        users: ephemeral
-                            .users
-                            .as_ref()
-                            .map(|users| users.iter().map(|u| u.as_str().into()).collect()),
-                        except: ephemeral.except.as_ref().map(|u| u.as_str().into()),
-                        frame,
-                    };
-                    relays.publish(CHANNEL, to_json(&wire));
-                }
-                Outgoing::Presence {
-                    account,
-                    user,
-                    online,
-                } => {
-                    self.flush(&mut relays, &mut relayed).await;
-                    self.presence(account, user, online).await;
-                }
                 Outgoing::OnlineUsers { account, reply } => {
                     self.flush(&mut relays, &mut relayed).await;
                     let users = match self.conn.as_mut() {
@@ -156,9 +171,66 @@ impl Link {
                     let users = self.check(users);
                     let _ = reply.send(users);
                 }
+                relay => {
+                    if let Some((account, message)) = self.message(relay) {
+                        relays.publish(CHANNEL, message);
+                        relayed.extend(account);
+                    }
+                }
             }
         }
         self.flush(&mut relays, &mut relayed).await;
+    }
+
+    /// A relay as signed on the channel, with the account whose events it is about.
+    fn message(&self, relay: Outgoing) -> Option<(Option<AccountId>, Vec<u8>)> {
+        let node = self.node.as_ref();
+        let (account, wire) = match &relay {
+            Outgoing::Event {
+                account,
+                seq,
+                user,
+                stored_ms,
+                frame,
+            } => (
+                Some(account),
+                Wire::Event {
+                    node: node.into(),
+                    account: account.as_str().into(),
+                    seq: *seq,
+                    user: user.as_ref().map(|u| u.as_str().into()),
+                    stored_ms: *stored_ms,
+                    frame: serde_json::from_str::<&RawValue>(frame).ok()?,
+                },
+            ),
+            Outgoing::Ephemeral(ephemeral) => (
+                None,
+                Wire::Ephemeral {
+                    node: node.into(),
+                    account: ephemeral.account.as_str().into(),
+                    users: ephemeral
+                        .users
+                        .as_ref()
+                        .map(|users| users.iter().map(|u| u.as_str().into()).collect()),
+                    except: ephemeral.except.as_ref().map(|u| u.as_str().into()),
+                    frame: serde_json::from_str::<&RawValue>(&ephemeral.frame).ok()?,
+                },
+            ),
+            Outgoing::CatchUp { account, head } => (
+                Some(account),
+                Wire::CatchUp {
+                    node: node.into(),
+                    account: Some(account.as_str().into()),
+                    head: Some(*head),
+                },
+            ),
+            Outgoing::OnlineUsers { .. } => return None,
+        };
+        Some((account.cloned(), self.sign(&wire)))
+    }
+
+    fn sign(&self, wire: &Wire) -> Vec<u8> {
+        self.key.sign(&to_json(wire))
     }
 
     /// Sends the pending relays; on failure remembers their accounts for a catch-up.
@@ -171,7 +243,7 @@ impl Link {
             None => Err(not_connected()),
         };
         if self.check(sent).is_none() {
-            self.unrelayed.extend(relayed.drain(..));
+            self.unrelayed.add(relayed.drain(..));
         }
         relays.clear();
         relayed.clear();
@@ -179,10 +251,14 @@ impl Link {
 
     /// A user's first session here opened, or their last one closed (which counts once the
     /// grace has passed without a new one).
+    /// (Changes come coalesced, the latest per user: a user who came and went before the link
+    /// looked was never recorded here, and has nothing to take back.)
     async fn presence(&mut self, account: AccountId, user: UserId, online: bool) {
         let key = (account, user);
         if !online {
-            self.leaving.insert(key, Instant::now() + self.grace);
+            if self.online_here.contains(&key) {
+                self.leaving.insert(key, Instant::now() + self.grace);
+            }
         } else if self.leaving.remove(&key).is_none() && self.online_here.insert(key.clone()) {
             self.record(key.0, key.1, true).await;
         }
@@ -278,7 +354,7 @@ impl Link {
             Ok(conn) => {
                 self.conn = Some(conn);
                 self.backoff = TICK;
-                self.health.publishing.store(true, Ordering::Relaxed);
+                self.shared.publishing.store(true, Ordering::Relaxed);
                 log::info!("cluster: publishing to Redis");
             }
             Err(e) => {
@@ -286,25 +362,32 @@ impl Link {
                 return false;
             }
         }
-        if !self.unrelayed.is_empty() {
-            let mut catch_up = redis::pipe();
-            for account in &self.unrelayed {
-                let wire = Wire::CatchUp {
-                    node: self.node.as_ref().into(),
-                    account: account.as_str().into(),
-                };
-                catch_up.publish(CHANNEL, to_json(&wire));
-            }
-            let conn = self.conn.as_mut().expect("just connected");
-            let sent = catch_up.query_async::<()>(conn).await;
-            if self.check(sent).is_none() {
-                return false;
-            }
-            self.unrelayed.clear();
-        }
+        self.catch_up().await;
         self.since_renewal = 0;
         self.renew().await;
         self.conn.is_some()
+    }
+
+    /// While connected, asks the other nodes to catch up on whatever they did not hear of:
+    /// relays that failed, or were dropped at the queue's bound.
+    async fn catch_up(&mut self) {
+        if self.shared.overflowed.swap(false, Ordering::Relaxed) {
+            self.unrelayed.everything();
+        }
+        if self.unrelayed.is_empty() || self.conn.is_none() {
+            return;
+        }
+        let mut notices = redis::pipe();
+        for wire in self.unrelayed.notices(&self.node) {
+            notices.publish(CHANNEL, self.sign(&wire));
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let sent = notices.query_async::<()>(conn).await;
+        if self.check(sent).is_some() {
+            self.unrelayed = Unrelayed::default();
+        }
     }
 
     /// Passes a result through; on an error drops the connection (so the next tick reconnects)
@@ -318,7 +401,7 @@ impl Link {
                         "cluster: Redis failed ({e}); serving this node's sessions alone, \
                          will catch up when it is back"
                     );
-                    self.health.publishing.store(false, Ordering::Relaxed);
+                    self.shared.publishing.store(false, Ordering::Relaxed);
                 }
                 metrics::redis_error();
                 None

@@ -1,26 +1,27 @@
-//! The node's subscription to the cluster channel: every message from another node becomes a
-//! typed message to this node's broker. After every (re)subscription every room catches up from
+//! The node's subscription to the cluster channel: every message from another node is admitted
+//! (checked, see [`super::admission`]) and becomes a typed message to this node's broker; what
+//! does not pass is counted and dropped. After every (re)subscription every room catches up from
 //! the database, since whatever was published while the subscription was down was missed.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use bytestring::ByteString;
 use futures_util::StreamExt;
 
-use super::wire::{Wire, CHANNEL};
-use super::{next_backoff, Health, REDIS_TIMEOUT};
-use crate::actors::broker::{Broker, CatchUp, Ephemeral, FromPeers};
-use crate::actors::room::{Handed, RoomEvent};
-use crate::ids::{AccountId, UserId};
+use super::admission::{admit, Admitted, Refusal};
+use super::signing::Key;
+use super::wire::CHANNEL;
+use super::{next_backoff, Shared, REDIS_TIMEOUT};
+use crate::actors::broker::{Broker, CatchUp};
 use crate::metrics;
 
 /// How often the subscription is checked with a ping (a Redis that hangs closes nothing).
 const PING_EVERY: Duration = Duration::from_secs(2);
 
-pub async fn run(client: redis::Client, node: Arc<str>, broker: Addr<Broker>, health: Arc<Health>) {
+pub async fn run(client: redis::Client, mut node: Node, broker: Addr<Broker>, shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(500);
     // Redis being unreachable is said once at warning level (at start, or when the
     // subscription is lost); every retry after that at debug.
@@ -29,11 +30,14 @@ pub async fn run(client: redis::Client, node: Arc<str>, broker: Addr<Broker>, he
         match subscribe(&client).await {
             Ok(pubsub) => {
                 backoff = Duration::from_millis(500);
-                health.subscribed.store(true, Ordering::Relaxed);
+                shared.subscribed.store(true, Ordering::Relaxed);
                 log::info!("cluster: subscribed to {CHANNEL}");
                 broker.do_send(CatchUp(None));
-                let lost = listen(pubsub, &node, &broker).await;
-                health.subscribed.store(false, Ordering::Relaxed);
+                let lost = listen(pubsub, &mut node, &broker).await;
+                shared.subscribed.store(false, Ordering::Relaxed);
+                if !broker.connected() {
+                    return;
+                }
                 metrics::redis_error();
                 warned = true;
                 log::warn!(
@@ -71,7 +75,7 @@ async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio::Pub
 }
 
 /// Hands messages to the broker until the subscription is lost; says why.
-async fn listen(pubsub: redis::aio::PubSub, node: &str, broker: &Addr<Broker>) -> String {
+async fn listen(pubsub: redis::aio::PubSub, node: &mut Node, broker: &Addr<Broker>) -> String {
     let (mut sink, mut messages) = pubsub.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
@@ -80,12 +84,8 @@ async fn listen(pubsub: redis::aio::PubSub, node: &str, broker: &Addr<Broker>) -
                 let Some(message) = message else {
                     return "connection closed".into();
                 };
-                match serde_json::from_slice::<Wire>(message.get_payload_bytes()) {
-                    Ok(wire) if wire.node() == Some(node) => {}
-                    Ok(wire) => {
-                        forward(wire, broker);
-                    }
-                    Err(e) => log::warn!("cluster: ignored a message that does not parse: {e}"),
+                if !node.hand_over(message.get_payload_bytes(), broker).await {
+                    return "this node is stopping".into();
                 }
             }
             _ = ping.tick() => {
@@ -99,61 +99,51 @@ async fn listen(pubsub: redis::aio::PubSub, node: &str, broker: &Addr<Broker>) -
     }
 }
 
-/// Hands a message from another node to the broker. Ids that do not parse — only a foreign
-/// publisher on the channel could send them — drop the message.
-fn forward(wire: Wire, broker: &Addr<Broker>) -> Option<()> {
-    let account = |a: &str| AccountId::new(a).ok();
-    let user = |u: &str| UserId::new(u).ok();
-    match wire {
-        Wire::Event {
-            account: a,
-            seq,
-            user: u,
-            stored_ms,
-            frame,
-            ..
-        } => broker.do_send(FromPeers::Event {
-            account: account(&a)?,
-            event: RoomEvent {
-                seq,
-                user: match u {
-                    Some(u) => Some(user(&u)?),
-                    None => None,
-                },
-                frame: ByteString::from(frame.get()),
-                handed: Some(Handed::stored_ago(Duration::from_millis(
-                    (crate::store::now_ms() - stored_ms).max(0) as u64,
-                ))),
-            },
-        }),
-        Wire::Ephemeral {
-            account: a,
-            users,
-            except,
-            frame,
-            ..
-        } => broker.do_send(FromPeers::Ephemeral(Ephemeral {
-            account: account(&a)?,
-            users: match users {
-                Some(users) => Some(users.iter().map(|u| user(u)).collect::<Option<_>>()?),
-                None => None,
-            },
-            except: match except {
-                Some(u) => Some(user(&u)?),
-                None => None,
-            },
-            frame: ByteString::from(frame.get()),
-        })),
-        Wire::Presence {
-            account: a,
-            user: u,
-            online,
-        } => broker.do_send(FromPeers::Presence {
-            account: account(&a)?,
-            user: user(&u)?,
-            online,
-        }),
-        Wire::CatchUp { account: a, .. } => broker.do_send(CatchUp(Some(account(&a)?))),
+/// What the listener knows of this node: its name, the cluster's key, and which kinds of
+/// dropped message it has said something about.
+pub struct Node {
+    name: Arc<str>,
+    key: Key,
+    /// Each kind of dropped message is logged once (then only counted): a peer of another
+    /// version, or a flood of forgeries, must not flood the log.
+    logged: HashSet<Refusal>,
+}
+
+impl Node {
+    pub fn new(name: Arc<str>, key: Key) -> Self {
+        Self {
+            name,
+            key,
+            logged: HashSet::new(),
+        }
     }
-    Some(())
+
+    /// Checks a message and hands what it says to the broker, waiting for the broker to take
+    /// it: the broker's mailbox holds at most one message from the channel at a time. `false`
+    /// once the broker is gone.
+    async fn hand_over(&mut self, payload: &[u8], broker: &Addr<Broker>) -> bool {
+        let sent = match admit(payload, &self.key, &self.name) {
+            Ok(Admitted::News(news)) => broker.send(news).await,
+            Ok(Admitted::Own) => Ok(()),
+            Err(refused) => {
+                self.dropped(refused.why);
+                match refused.catch_up {
+                    Some(catch_up) => broker.send(catch_up).await,
+                    None => Ok(()),
+                }
+            }
+        };
+        sent.is_ok()
+    }
+
+    fn dropped(&mut self, why: Refusal) {
+        metrics::cluster_message_dropped(why.kind());
+        if self.logged.insert(why) {
+            log::warn!(
+                "cluster: dropped a message from the channel ({}); further ones of this kind \
+                 are only counted (switchboard_cluster_messages_dropped_total)",
+                why.kind()
+            );
+        }
+    }
 }

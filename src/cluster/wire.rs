@@ -1,6 +1,7 @@
 //! What travels between nodes on the Redis channel: one JSON message per event, ephemeral
-//! frame, presence change or catch-up request. Frames are already serialized for clients, so
-//! they are embedded as they are and every node sends the very bytes the publishing node made.
+//! frame, presence change or catch-up request, signed (see [`super::signing`]). Frames are
+//! already serialized for clients, so they are embedded as they are; the receiving node checks
+//! them and builds its own from their parts (see [`super::admission`]).
 
 use std::borrow::Cow;
 
@@ -50,13 +51,16 @@ pub enum Wire<'a> {
         user: Cow<'a, str>,
         online: bool,
     },
-    /// The node could not relay some of the account's events: rooms should read them from the
-    /// database.
+    /// Events of the account (of every account, for `None`) may not have reached the other
+    /// nodes — the node could not relay them, or a publish was answered as an idempotent replay
+    /// of one whose relay may have been lost: rooms behind `head` (or any, without it) read them
+    /// from the database.
     CatchUp {
         #[serde(borrow)]
         node: Cow<'a, str>,
         #[serde(borrow)]
-        account: Cow<'a, str>,
+        account: Option<Cow<'a, str>>,
+        head: Option<u64>,
     },
 }
 

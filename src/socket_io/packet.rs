@@ -196,8 +196,9 @@ pub fn ack(id: u64, frame: &str) -> ByteString {
 /// An event's native frame (`{"type":"event","seq":…,"event":…,"data":…}`) as an EVENT packet,
 /// `42["<event>",<data>,"<seq>"]`: the handler gets the data and then the sequence number — as a
 /// string, which is how socket.io-client recognises the offset it sends back to recover.
-/// Ephemeral events have no sequence number and so no last argument.
-pub fn event(native: &ByteString) -> ByteString {
+/// Ephemeral events have no sequence number and so no last argument. `None` for a frame that is
+/// not an event frame (the room drops it).
+pub fn event(native: &ByteString) -> Option<ByteString> {
     #[derive(Deserialize)]
     struct Event<'a> {
         #[serde(borrow)]
@@ -206,8 +207,8 @@ pub fn event(native: &ByteString) -> ByteString {
         #[serde(borrow)]
         data: &'a RawValue,
     }
-    let event: Event = serde_json::from_str(native).expect("event frames are made by the server");
-    let name = serde_json::to_string(&event.event).expect("strings serialize");
+    let event: Event = serde_json::from_str(native).ok()?;
+    let name = serde_json::to_string(&event.event).ok()?;
     // Sized once: the data may be large, and this copy is the only one.
     let mut packet = String::with_capacity(native.len() + 8);
     packet.push_str("42[");
@@ -218,7 +219,7 @@ pub fn event(native: &ByteString) -> ByteString {
         packet.push_str(&format!(",\"{seq}\""));
     }
     packet.push(']');
-    packet.into()
+    Some(packet.into())
 }
 
 #[cfg(test)]
@@ -285,8 +286,15 @@ mod tests {
             "new-message",
             &RawValue::from_string(r#"{"a":"\"q\""}"#.into()).unwrap(),
         );
-        assert_eq!(&*event(&native), r#"42["new-message",{"a":"\"q\""},"7"]"#);
+        assert_eq!(
+            event(&native).as_deref(),
+            Some(r#"42["new-message",{"a":"\"q\""},"7"]"#)
+        );
         let typing = crate::protocol::ephemeral_frame("typing", &json!({"user_id": "u"}));
-        assert_eq!(&*event(&typing), r#"42["typing",{"user_id":"u"}]"#);
+        assert_eq!(
+            event(&typing).as_deref(),
+            Some(r#"42["typing",{"user_id":"u"}]"#)
+        );
+        assert_eq!(event(&r#"{"foo":1}"#.into()), None);
     }
 }

@@ -100,6 +100,29 @@ pub fn current_seq(conn: &mut DbConnection, account: &AccountId) -> Result<u64, 
     Ok(seq.unwrap_or(0) as u64)
 }
 
+/// Accounts whose heads one query reads.
+const HEADS_PER_QUERY: usize = 500;
+
+/// The last sequence number of each of `accounts` that has stored any event.
+pub fn heads(
+    conn: &mut DbConnection,
+    accounts: &[AccountId],
+) -> Result<Vec<(AccountId, u64)>, StoreError> {
+    let mut heads = Vec::with_capacity(accounts.len());
+    for chunk in accounts.chunks(HEADS_PER_QUERY) {
+        let ids: Vec<&str> = chunk.iter().map(AccountId::as_str).collect();
+        let rows: Vec<(String, i64)> = account_sequences::table
+            .filter(account_sequences::account_id.eq_any(ids))
+            .select((account_sequences::account_id, account_sequences::last_seq))
+            .load(conn)?;
+        heads.extend(
+            rows.into_iter()
+                .filter_map(|(id, seq)| Some((AccountId::new(&id).ok()?, seq as u64))),
+        );
+    }
+    Ok(heads)
+}
+
 /// Up to `limit` of the account's events after `after`, in sequence order.
 pub fn after(
     conn: &mut DbConnection,

@@ -139,7 +139,11 @@ pub fn config(db: &Db) -> Config {
             max_body_bytes: 64 * 1024,
             tolerance: Duration::from_secs(300),
         },
-        redis_url: None,
+        cluster: None,
+        publish_queue: switchboard::config::PublishQueue {
+            max_publishes: 4096,
+            max_bytes: 64 * 1024 * 1024,
+        },
         drain_period: Duration::from_millis(500),
         outbound: OutboundConfig {
             max_attempts: 3,

@@ -67,6 +67,12 @@ impl Process {
         );
     }
 
+    /// Every log line so far.
+    pub fn read_log(&mut self) -> &[String] {
+        self.log.extend(self.lines.try_iter());
+        &self.log
+    }
+
     /// Sends a signal (`TERM`, `KILL`, …).
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

@@ -67,6 +67,9 @@ pub enum FromRoom {
     GoingAway,
     /// The user has as many sessions open as allowed: this one is refused (4004).
     TooManySessions,
+    /// The room cannot take the session now (it cannot read the database): close with 1011, so
+    /// the client comes back with backoff.
+    Unavailable,
     /// Panics, as a bug would: for exercising the isolation of sessions.
     #[doc(hidden)]
     Fail,
@@ -334,6 +337,7 @@ impl<W: Wire> Handler<FromRoom> for Session<W> {
             FromRoom::Joined { seq } => session.joined(seq, ctx),
             FromRoom::GoingAway => session.close(ctx, Close::ServerShutdown),
             FromRoom::TooManySessions => session.close(ctx, Close::TooManySessions),
+            FromRoom::Unavailable => session.close(ctx, Close::ServerError),
             FromRoom::Fail => panic!("session failing on request"),
         });
     }

@@ -224,7 +224,9 @@ impl<W: Wire> Session<W> {
                 last = row.seq as u64;
                 if let Some(event) = RoomEvent::from_stored(row) {
                     // Read back for this session alone: framed here, for its wire.
-                    let frame = session.wire.event(event.frame);
+                    let Some(frame) = session.wire.event(event.frame) else {
+                        continue;
+                    };
                     if session.reserve(ctx, frame.len()) {
                         session.write_counted(ctx, Some(event.seq), frame);
                     }

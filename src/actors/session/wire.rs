@@ -23,10 +23,10 @@ pub enum Framing {
 }
 
 impl Framing {
-    /// An event's native frame in this framing.
-    pub fn encode(self, native: &ByteString) -> ByteString {
+    /// An event's native frame in this framing; `None` if it is not an event frame.
+    pub fn encode(self, native: &ByteString) -> Option<ByteString> {
         match self {
-            Self::Native => native.clone(),
+            Self::Native => Some(native.clone()),
             Self::SocketIo => crate::socket_io::packet::event(native),
         }
     }
@@ -47,8 +47,8 @@ pub trait Wire: Sized + Unpin + 'static {
     fn frame(&mut self, frame: &ServerFrame) -> ByteString;
 
     /// An event's native frame, framed for this wire (events read back for one session; live
-    /// ones come framed by the room).
-    fn event(&self, native: ByteString) -> ByteString {
+    /// ones come framed by the room); `None` if it is not an event frame.
+    fn event(&self, native: ByteString) -> Option<ByteString> {
         Self::FRAMING.encode(&native)
     }
 
