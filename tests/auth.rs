@@ -378,13 +378,19 @@ async fn api_keys_being_rotated_out_are_still_accepted() {
             .await;
         assert_eq!(status, 200, "{answer}");
     }
-    let (status, answer) = server
-        .publish_raw(Some("Bearer test-api-key-0123456780"), body)
-        .await;
-    assert_eq!(
-        (status, answer["error"]["code"].as_str()),
-        (401, Some("invalid-api-key"))
-    );
+    // Same length, a prefix, an extension: each compared as a digest, each refused.
+    let prefix = &common::API_KEY[..common::API_KEY.len() - 1];
+    let extended = format!("{}0", common::API_KEY);
+    for key in ["test-api-key-0123456780", prefix, &extended] {
+        let (status, answer) = server
+            .publish_raw(Some(&format!("Bearer {key}")), body.clone())
+            .await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (401, Some("invalid-api-key")),
+            "{key}"
+        );
+    }
 }
 
 #[tokio::test]

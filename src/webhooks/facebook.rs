@@ -43,7 +43,7 @@ pub async fn handshake(
             "no Facebook verify token is configured",
         ));
     };
-    if !constant_time_eq::constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) {
+    if !expected.matches(token) {
         return Err(ApiError::VerifyToken("the verify token does not match"));
     }
     Ok(HttpResponse::Ok()
