@@ -97,13 +97,18 @@ pub enum SignatureError {
     Mismatch,
     #[error("the webhook timestamp is outside the replay window")]
     Stale,
+    /// Refused before any MAC is computed: no sender needs more.
+    #[error(
+        "the webhook-signature header lists more than {signatures} signatures or is longer than {bytes} bytes"
+    )]
+    TooMany { signatures: usize, bytes: usize },
 }
 
 impl SignatureError {
     pub fn code(self) -> &'static str {
         match self {
             Self::Missing => "missing-signature",
-            Self::Mismatch => "invalid-signature",
+            Self::Mismatch | Self::TooMany { .. } => "invalid-signature",
             Self::Stale => "timestamp-out-of-window",
         }
     }
