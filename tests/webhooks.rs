@@ -678,3 +678,82 @@ async fn generic_webhooks_of_a_megabyte_with_15000_signatures_leave_the_worker_a
         .await;
     assert_eq!(stats["generic"]["signature_failures"], 4);
 }
+
+#[tokio::test]
+async fn a_facebook_webhook_is_verified_with_the_secret_of_the_pages_it_names_only() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    for (page, account, secret) in [
+        ("page-a", "acme", "secret-of-app-a"),
+        ("page-b", "globex", "secret-of-app-b"),
+        ("page-c", "initech", "secret-of-app-c"),
+        ("page-d", "umbrella", "secret-of-app-c"),
+    ] {
+        server
+            .integration(json!({"provider": "facebook", "external_id": page,
+                                "account_id": account, "secret": secret}))
+            .await;
+    }
+    let (mut acme, _) = server.connect(&token("acme", "agent")).await;
+    let (mut globex, _) = server.connect(&token("globex", "agent")).await;
+    let code = |answer: &(u16, Value)| {
+        (
+            answer.0,
+            answer.1["error"]["code"].as_str().map(str::to_owned),
+        )
+    };
+    let refused = |code: &str| (401, Some(code.to_owned()));
+
+    // Page A's webhook signed with page B's app secret (another registered app): refused.
+    let for_a = facebook_text("page-a", "psid-1", "mid.a1", "hello A");
+    let answer = post_facebook(&server, "secret-of-app-b", &for_a).await;
+    assert_eq!(code(&answer), refused("invalid-signature"));
+
+    // Pages of two apps in one webhook: one app signs it, so it cannot be for both.
+    let mixed = json!({"object": "page", "entry": [
+        {"id": "page-a", "messaging": [{"sender": {"id": "psid-1"}, "recipient": {"id": "page-a"},
+            "timestamp": now() * 1000, "message": {"mid": "mid.a2", "text": "to A"}}]},
+        {"id": "page-b", "messaging": [{"sender": {"id": "psid-2"}, "recipient": {"id": "page-b"},
+            "timestamp": now() * 1000, "message": {"mid": "mid.b2", "text": "to B"}}]}
+    ]})
+    .to_string();
+    let answer = post_facebook(&server, "secret-of-app-a", &mixed).await;
+    assert_eq!(code(&answer), refused("invalid-signature"));
+    assert!(answer.1["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("different app secrets")));
+    acme.expect_silence(QUIET).await;
+    globex.expect_silence(QUIET).await;
+
+    // A page nobody registered: 404, whatever the signature.
+    let stranger = facebook_text("page-z", "psid-1", "mid.z", "hi");
+    let answer = post_facebook(&server, "not-a-secret", &stranger).await;
+    assert_eq!(code(&answer), (404, Some("unknown-integration".to_owned())));
+    // More pages than one webhook may name.
+    let many: Vec<Value> = (0..101).map(|i| json!({"id": format!("p{i}")})).collect();
+    let many = json!({"object": "page", "entry": many}).to_string();
+    let answer = post_facebook(&server, "secret-of-app-a", &many).await;
+    assert_eq!(code(&answer), (400, Some("invalid-field".to_owned())));
+
+    let (_, stats) = server
+        .admin(Method::GET, "/api/v1/webhooks/stats", None)
+        .await;
+    assert_eq!(stats["facebook"]["signature_failures"], 2);
+
+    // Correctly signed, it goes through; pages of one app share its secret and are both served.
+    let answer = post_facebook(&server, "secret-of-app-a", &for_a).await;
+    assert_eq!(answer, (200, json!({"stored": 1, "duplicates": 0})));
+    expect_message(&mut acme, "hello A").await;
+    let both = json!({"object": "page", "entry": [
+        {"id": "page-c", "messaging": [{"sender": {"id": "psid-3"}, "recipient": {"id": "page-c"},
+            "timestamp": now() * 1000, "message": {"mid": "mid.c", "text": "to C"}}]},
+        {"id": "page-d", "messaging": [{"sender": {"id": "psid-4"}, "recipient": {"id": "page-d"},
+            "timestamp": now() * 1000, "message": {"mid": "mid.d", "text": "to D"}}]},
+        {"id": "page-z", "messaging": []}
+    ]})
+    .to_string();
+    let answer = post_facebook(&server, "secret-of-app-c", &both).await;
+    assert_eq!(answer, (200, json!({"stored": 2, "duplicates": 0})));
+    acme.expect_silence(QUIET).await;
+    globex.expect_silence(QUIET).await;
+}
