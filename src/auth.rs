@@ -31,6 +31,12 @@ pub enum TokenError {
     Malformed,
     #[error("the token's algorithm is not accepted; this server accepts {expected:?}")]
     UnsupportedAlgorithm { expected: Algorithm },
+    /// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` header names extensions it
+    /// does not implement, and this server implements none.
+    #[error(
+        "the token's header has `crit` (critical extensions), which this server does not implement"
+    )]
+    CriticalHeader,
     #[error("the token's signature does not verify")]
     BadSignature,
     #[error("the token has expired; get a new one from your application")]
@@ -55,6 +61,7 @@ impl TokenError {
             Self::BadAuthorizationHeader => "bad-authorization-header",
             Self::Malformed => "malformed-token",
             Self::UnsupportedAlgorithm { .. } => "unsupported-algorithm",
+            Self::CriticalHeader => "unsupported-header",
             Self::BadSignature => "invalid-signature",
             Self::Expired => "token-expired",
             Self::NotYetValid => "token-not-yet-valid",
@@ -117,7 +124,7 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
-        self.check_algorithm(token)?;
+        self.check_header(token)?;
         let data =
             jsonwebtoken::decode::<HashMap<String, Value>>(token, &self.key, &self.validation)
                 .map_err(|e| token_error(e.kind(), self.validation.algorithms[0]))?;
@@ -136,22 +143,27 @@ impl Verifier {
     }
 
     /// Refuses any algorithm but the configured one — `none` included — with its own error,
-    /// before the library would report it as a generic parse failure.
-    fn check_algorithm(&self, token: &str) -> Result<(), TokenError> {
-        #[derive(Deserialize)]
-        struct AlgOnly {
-            alg: String,
-        }
+    /// before the library would report it as a generic parse failure; and any `crit` header,
+    /// which the library parses but does not enforce.
+    fn check_header(&self, token: &str) -> Result<(), TokenError> {
         let expected = self.validation.algorithms[0];
         let header = token.split('.').next().ok_or(TokenError::Malformed)?;
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(header)
             .map_err(|_| TokenError::Malformed)?;
-        let header: AlgOnly = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
-        if header.alg == format!("{expected:?}") {
-            Ok(())
-        } else {
+        let header: serde_json::Map<String, Value> =
+            serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(TokenError::Malformed)?;
+        if alg != format!("{expected:?}") {
             Err(TokenError::UnsupportedAlgorithm { expected })
+        } else if header.contains_key("crit") {
+            // Present at all, even `null` or empty: refused.
+            Err(TokenError::CriticalHeader)
+        } else {
+            Ok(())
         }
     }
 }
@@ -328,6 +340,24 @@ mod tests {
         assert_eq!(bearer("bearer abc"), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("Bearer "), None);
+    }
+
+    #[test]
+    fn a_crit_header_is_refused_whatever_it_lists() {
+        let config = config();
+        let key = EncodingKey::from_secret("s".repeat(32).as_bytes());
+        let claims =
+            serde_json::json!({"sub": "alice", "account_id": "acme", "exp": unix_now() + 60});
+        let verifier = Verifier::new(&config);
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(vec!["exp".into()]);
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        assert_eq!(verifier.verify(&token), Err(TokenError::CriticalHeader));
+        header.crit = Some(vec![]);
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        assert_eq!(verifier.verify(&token), Err(TokenError::CriticalHeader));
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        assert!(verifier.verify(&token).is_ok());
     }
 
     #[test]

@@ -337,6 +337,16 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `given` is this secret, in time that depends on neither: the SHA-256 digests of
+    /// both are compared, so not even a difference in length returns early.
+    pub fn matches(&self, given: &str) -> bool {
+        use sha2::{Digest, Sha256};
+        constant_time_eq::constant_time_eq_32(
+            &Sha256::digest(given).into(),
+            &Sha256::digest(&self.0).into(),
+        )
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -1181,6 +1191,21 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn secrets_match_only_themselves() {
+        let s = Secret::new("test-api-key-0123456789".into());
+        assert!(s.matches("test-api-key-0123456789"));
+        for other in [
+            "",
+            "test",
+            "test-api-key-012345678",
+            "test-api-key-01234567890",
+            "x",
+        ] {
+            assert!(!s.matches(other), "{other}");
+        }
     }
 
     #[test]

@@ -121,13 +121,22 @@ pub enum SignatureError {
     Mismatch,
     #[error("the webhook timestamp is outside the replay window")]
     Stale,
+    /// Refused before any MAC is computed: no sender needs more.
+    #[error(
+        "the webhook-signature header lists more than {signatures} signatures or is longer than {bytes} bytes"
+    )]
+    TooMany { signatures: usize, bytes: usize },
+    /// A Facebook webhook naming pages whose integrations hold different app secrets: one app
+    /// signs a webhook, so it cannot verify for all of them.
+    #[error("the pages of this webhook are registered with different app secrets")]
+    SecretsDiffer,
 }
 
 impl SignatureError {
     pub fn code(self) -> &'static str {
         match self {
             Self::Missing => "missing-signature",
-            Self::Mismatch => "invalid-signature",
+            Self::Mismatch | Self::TooMany { .. } | Self::SecretsDiffer => "invalid-signature",
             Self::Stale => "timestamp-out-of-window",
         }
     }

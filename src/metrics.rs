@@ -22,7 +22,6 @@ const REDIS_ERRORS: &str = "switchboard_redis_errors_total";
 const DATABASE_ERRORS: &str = "switchboard_database_errors_total";
 const CONNECTIONS_REFUSED: &str = "switchboard_connections_refused_total";
 const BODY_TIMEOUTS: &str = "switchboard_request_body_timeouts_total";
-    );
 const PUBLISH_QUEUE: &str = "switchboard_publish_queue";
 const PUBLISHES_OVERLOADED: &str = "switchboard_publishes_overloaded_total";
 const RELAY_QUEUE: &str = "switchboard_cluster_relay_queue";

@@ -378,13 +378,53 @@ async fn api_keys_being_rotated_out_are_still_accepted() {
             .await;
         assert_eq!(status, 200, "{answer}");
     }
-    let (status, answer) = server
-        .publish_raw(Some("Bearer test-api-key-0123456780"), body)
+    // Same length, a prefix, an extension: each compared as a digest, each refused.
+    let prefix = &common::API_KEY[..common::API_KEY.len() - 1];
+    let extended = format!("{}0", common::API_KEY);
+    for key in ["test-api-key-0123456780", prefix, &extended] {
+        let (status, answer) = server
+            .publish_raw(Some(&format!("Bearer {key}")), body.clone())
+            .await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (401, Some("invalid-api-key")),
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_with_critical_header_extensions_is_refused() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let claims = json!({"sub": "alice", "account_id": "acme", "exp": common::now() + 3600});
+    let key = EncodingKey::from_secret(common::JWT_SECRET.as_bytes());
+    let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+    // RFC 7515: an extension the recipient must understand; this server implements none.
+    header.crit = Some(vec!["exp".into()]);
+    let critical = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+
+    let url = format!("{}?token={critical}", server.ws_url());
+    assert_eq!(
+        refused(&server, url.as_str()).await,
+        (401, "unsupported-header".into())
+    );
+    let (status, body) = server
+        .as_user(
+            &critical,
+            reqwest::Method::GET,
+            "/api/v1/conversations",
+            None,
+        )
         .await;
     assert_eq!(
-        (status, answer["error"]["code"].as_str()),
-        (401, Some("invalid-api-key"))
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unsupported-header"))
     );
+    // The same claims without `crit` are accepted.
+    let plain =
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).unwrap();
+    server.connect(&plain).await;
 }
 
 #[tokio::test]

@@ -3,7 +3,9 @@
 
 use serde_json::json;
 
-use crate::common::{token, unique, TestServer};
+use std::os::unix::fs::PermissionsExt;
+
+use crate::common::{token, unique, Db, TestServer};
 use crate::on_each_backend;
 
 on_each_backend! {
@@ -33,5 +35,21 @@ on_each_backend! {
         assert_eq!(a.publish(&account, None, "via-a", json!("a")).await, 2);
         assert_eq!(client.next_event().await, (1, "via-b".to_owned(), json!("b")));
         assert_eq!(client.next_event().await, (2, "via-a".to_owned(), json!("a")));
+    }
+}
+
+#[tokio::test]
+async fn a_new_sqlite_file_is_readable_by_its_owner_only() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    // A write, so that the write-ahead log has been written to as well.
+    server.publish("acme", None, "stored", json!(1)).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", db.url());
+        let mode = std::fs::metadata(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{path} is readable by others");
     }
 }

@@ -761,3 +761,229 @@ async fn a_disabled_integration_sends_nothing_more() {
         "nothing sent after the disabling"
     );
 }
+
+/// What a generic webhook's `webhook-signature` may list: 8 signatures, 1024 bytes.
+const MAX_SIGNATURES: usize = 8;
+
+#[tokio::test]
+async fn a_generic_webhook_listing_too_many_signatures_is_refused_before_its_body_is_read() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    config.webhooks.max_body_bytes = 2048;
+    let server = TestServer::start(config);
+    let created = server
+        .integration(json!({"provider": "generic", "external_id": "shop", "account_id": "acme"}))
+        .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let path = created["webhook_path"].as_str().unwrap().to_owned();
+    let (mut agent, _) = server.connect(&token("acme", "agent")).await;
+    let ts = now() as i64;
+    let post = |id: &'static str, signatures: String, body: String| {
+        let (server, path) = (&server, &path);
+        async move {
+            let headers = [
+                ("webhook-id", id.to_owned()),
+                ("webhook-timestamp", ts.to_string()),
+                ("webhook-signature", signatures),
+            ];
+            let (status, answer) = server.webhook(path, &headers, &body).await;
+            let code = answer["error"]["code"].as_str().map(str::to_owned);
+            let message = answer["error"]["message"].as_str().unwrap_or("").to_owned();
+            (status, code, message)
+        }
+    };
+    let body = |text: &str| {
+        json!({"type": "message", "data": {"contact_id": "cust-1", "text": text}}).to_string()
+    };
+
+    // Eight signatures, the good one last: accepted.
+    let good = sign::standard(&secret, "wh_8", ts, &body("eight"));
+    let mut eight = vec!["v1,AAAA"; MAX_SIGNATURES - 1];
+    eight.push(&good);
+    assert_eq!(post("wh_8", eight.join(" "), body("eight")).await.0, 200);
+    expect_message(&mut agent, "eight").await;
+
+    // Nine, the good one among them: refused, with the limit in the message.
+    let good = sign::standard(&secret, "wh_9", ts, &body("nine"));
+    let mut nine = vec!["v1,AAAA"; MAX_SIGNATURES];
+    nine.push(&good);
+    let (status, code, message) = post("wh_9", nine.join(" "), body("nine")).await;
+    assert_eq!((status, code.as_deref()), (401, Some("invalid-signature")));
+    assert!(message.contains("more than 8 signatures"), "{message}");
+
+    // The reproduction's header (15,000 entries) with a body over the limit: refused for the
+    // header, so before the body was read (which would answer 413) or any HMAC computed.
+    let flood = vec!["v1,AAAA"; 15_000].join(" ");
+    let (status, code, message) = post("wh_x", flood, "x".repeat(4096)).await;
+    assert_eq!((status, code.as_deref()), (401, Some("invalid-signature")));
+    assert!(message.contains("more than 8 signatures"), "{message}");
+    // A header over 1024 bytes, however few entries.
+    let long = format!("{} v1,{}", good, "A".repeat(1024));
+    let (status, code, _) = post("wh_y", long, body("long")).await;
+    assert_eq!((status, code.as_deref()), (401, Some("invalid-signature")));
+
+    let (_, stats) = server
+        .admin(Method::GET, "/api/v1/webhooks/stats", None)
+        .await;
+    assert_eq!(stats["generic"]["signature_failures"], 3);
+    agent.expect_silence(QUIET).await;
+}
+
+/// The server binary on a fresh SQLite file, with one HTTP worker and 1 MiB webhook bodies.
+fn one_worker_server(
+    dir: &std::path::Path,
+) -> (crate::common::process::Process, crate::common::Api) {
+    use crate::common::process::{Process, BIN};
+    let mut command = std::process::Command::new(BIN);
+    command
+        .env("DATABASE_URL", dir.join("switchboard.db"))
+        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+        .env("SWITCHBOARD_JWT_SECRET", crate::common::JWT_SECRET)
+        .env("SWITCHBOARD_API_KEY", crate::common::API_KEY)
+        .env("SWITCHBOARD_WORKERS", "1")
+        .env("SWITCHBOARD_MAX_WEBHOOK_BYTES", (1024 * 1024).to_string())
+        .env("RUST_LOG", "info");
+    let mut process = Process::spawn(command);
+    let addr = process.listening_on().parse().unwrap();
+    (process, crate::common::Api { addr })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_webhooks_of_a_megabyte_with_15000_signatures_leave_the_worker_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_process, server) = one_worker_server(dir.path());
+    let created = server
+        .integration(json!({"provider": "generic", "external_id": "shop", "account_id": "acme"}))
+        .await;
+    let path = created["webhook_path"].as_str().unwrap().to_owned();
+    // The reported reproduction: a 1 MiB body, 15,000 signatures (each once an HMAC of it).
+    let text = "x".repeat(1024 * 1024 - 100);
+    let body = json!({"type": "message", "data": {"contact_id": "c", "text": text}}).to_string();
+    let flood = vec!["v1,AAAA"; 15_000].join(" ");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let in_flight: Vec<_> = (0..4)
+        .map(|i| {
+            let request = http
+                .post(server.http_url(&path))
+                .header("webhook-id", format!("wh_{i}"))
+                .header("webhook-timestamp", now().to_string())
+                .header("webhook-signature", flood.clone())
+                .body(body.clone());
+            tokio::spawn(async move {
+                let response = request.send().await.expect("webhook answered");
+                let status = response.status().as_u16();
+                let answer: Value = response.json().await.unwrap_or(Value::Null);
+                (status, answer["error"]["code"].as_str().map(str::to_owned))
+            })
+        })
+        .collect();
+    // While they are in flight, the one worker answers `/healthz` (each within a generous 2 s;
+    // before the fix it was busy for seconds per request).
+    let health = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    for _ in 0..50 {
+        if in_flight.iter().all(|task| task.is_finished()) {
+            break;
+        }
+        let answer = health.get(server.http_url("/healthz")).send().await;
+        assert_eq!(
+            answer.map(|r| r.status().as_u16()).ok(),
+            Some(200),
+            "/healthz not answered while the webhooks were in flight"
+        );
+    }
+    for task in in_flight {
+        assert_eq!(
+            task.await.unwrap(),
+            (401, Some("invalid-signature".to_owned()))
+        );
+    }
+    let (_, stats) = server
+        .admin(Method::GET, "/api/v1/webhooks/stats", None)
+        .await;
+    assert_eq!(stats["generic"]["signature_failures"], 4);
+}
+
+#[tokio::test]
+async fn a_facebook_webhook_is_verified_with_the_secret_of_the_pages_it_names_only() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    for (page, account, secret) in [
+        ("page-a", "acme", "secret-of-app-a"),
+        ("page-b", "globex", "secret-of-app-b"),
+        ("page-c", "initech", "secret-of-app-c"),
+        ("page-d", "umbrella", "secret-of-app-c"),
+    ] {
+        server
+            .integration(json!({"provider": "facebook", "external_id": page,
+                                "account_id": account, "secret": secret}))
+            .await;
+    }
+    let (mut acme, _) = server.connect(&token("acme", "agent")).await;
+    let (mut globex, _) = server.connect(&token("globex", "agent")).await;
+    let code = |answer: &(u16, Value)| {
+        (
+            answer.0,
+            answer.1["error"]["code"].as_str().map(str::to_owned),
+        )
+    };
+    let refused = |code: &str| (401, Some(code.to_owned()));
+
+    // Page A's webhook signed with page B's app secret (another registered app): refused.
+    let for_a = facebook_text("page-a", "psid-1", "mid.a1", "hello A");
+    let answer = post_facebook(&server, "secret-of-app-b", &for_a).await;
+    assert_eq!(code(&answer), refused("invalid-signature"));
+
+    // Pages of two apps in one webhook: one app signs it, so it cannot be for both.
+    let mixed = json!({"object": "page", "entry": [
+        {"id": "page-a", "messaging": [{"sender": {"id": "psid-1"}, "recipient": {"id": "page-a"},
+            "timestamp": now() * 1000, "message": {"mid": "mid.a2", "text": "to A"}}]},
+        {"id": "page-b", "messaging": [{"sender": {"id": "psid-2"}, "recipient": {"id": "page-b"},
+            "timestamp": now() * 1000, "message": {"mid": "mid.b2", "text": "to B"}}]}
+    ]})
+    .to_string();
+    let answer = post_facebook(&server, "secret-of-app-a", &mixed).await;
+    assert_eq!(code(&answer), refused("invalid-signature"));
+    assert!(answer.1["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("different app secrets")));
+    acme.expect_silence(QUIET).await;
+    globex.expect_silence(QUIET).await;
+
+    // A page nobody registered: 404, whatever the signature.
+    let stranger = facebook_text("page-z", "psid-1", "mid.z", "hi");
+    let answer = post_facebook(&server, "not-a-secret", &stranger).await;
+    assert_eq!(code(&answer), (404, Some("unknown-integration".to_owned())));
+    // More pages than one webhook may name.
+    let many: Vec<Value> = (0..101).map(|i| json!({"id": format!("p{i}")})).collect();
+    let many = json!({"object": "page", "entry": many}).to_string();
+    let answer = post_facebook(&server, "secret-of-app-a", &many).await;
+    assert_eq!(code(&answer), (400, Some("invalid-field".to_owned())));
+
+    let (_, stats) = server
+        .admin(Method::GET, "/api/v1/webhooks/stats", None)
+        .await;
+    assert_eq!(stats["facebook"]["signature_failures"], 2);
+
+    // Correctly signed, it goes through; pages of one app share its secret and are both served.
+    let answer = post_facebook(&server, "secret-of-app-a", &for_a).await;
+    assert_eq!(answer, (200, json!({"stored": 1, "duplicates": 0})));
+    expect_message(&mut acme, "hello A").await;
+    let both = json!({"object": "page", "entry": [
+        {"id": "page-c", "messaging": [{"sender": {"id": "psid-3"}, "recipient": {"id": "page-c"},
+            "timestamp": now() * 1000, "message": {"mid": "mid.c", "text": "to C"}}]},
+        {"id": "page-d", "messaging": [{"sender": {"id": "psid-4"}, "recipient": {"id": "page-d"},
+            "timestamp": now() * 1000, "message": {"mid": "mid.d", "text": "to D"}}]},
+        {"id": "page-z", "messaging": []}
+    ]})
+    .to_string();
+    let answer = post_facebook(&server, "secret-of-app-c", &both).await;
+    assert_eq!(answer, (200, json!({"stored": 2, "duplicates": 0})));
+    acme.expect_silence(QUIET).await;
+    globex.expect_silence(QUIET).await;
+}

@@ -57,9 +57,10 @@ fn check_server_key(req: &HttpRequest) -> Result<ServerKey, ApiError> {
         .and_then(auth::bearer)
         .ok_or(ApiError::MissingApiKey)?;
     // Every key is compared, in constant time, whichever matches: timing tells nothing.
-    let matches = state.api_keys.iter().fold(false, |found, valid| {
-        found | constant_time_eq::constant_time_eq(key.as_bytes(), valid.expose().as_bytes())
-    });
+    let matches = state
+        .api_keys
+        .iter()
+        .fold(false, |found, valid| found | valid.matches(key));
     if matches {
         Ok(ServerKey)
     } else if state.verifier.verify(key).is_ok() {

@@ -3,6 +3,11 @@
 //! The backend is picked by the configured URL's scheme rather than by diesel's
 //! `MultiConnection::establish`, which tries each backend in turn and throws the errors away: a
 //! PostgreSQL that is down must say so, not report an "invalid connection url".
+//!
+//! A SQLite file holds the integrations' secrets: it is created readable by its owner only, as
+//! the development keys are (SQLite gives its `-wal` and `-shm` files the database file's mode).
+
+use std::path::Path;
 
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::R2D2Connection;
@@ -34,6 +39,26 @@ impl Manager {
 const SQLITE_PRAGMAS: &str =
     "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;";
 
+/// Creates the SQLite file with mode 0600 if it does not exist yet, before SQLite would create it
+/// with the default mode (world-readable under the usual umask). An existing file is left as it
+/// is: its owner may have chosen its mode.
+fn create_private(path: &Path) -> Result<(), ConnectionError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(ConnectionError::BadConnection(format!(
+            "cannot create the SQLite file {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 impl r2d2::ManageConnection for Manager {
     type Connection = DbConnection;
     type Error = ConnectionError;
@@ -42,6 +67,7 @@ impl r2d2::ManageConnection for Manager {
         match &self.database {
             Database::Postgres(url) => PgConnection::establish(url).map(DbConnection::Postgres),
             Database::Sqlite(path) => {
+                create_private(path)?;
                 let path = path.to_str().ok_or_else(|| {
                     ConnectionError::InvalidConnectionUrl("the SQLite path is not UTF-8".into())
                 })?;

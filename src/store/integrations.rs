@@ -77,11 +77,16 @@ pub fn find_enabled(
         .optional()?)
 }
 
-/// Every enabled integration of a provider (Facebook signs with the app secret, before the
-/// body says which page it is for).
-pub fn enabled_of(conn: &mut DbConnection, provider: &str) -> Result<Vec<Integration>, StoreError> {
+/// The enabled integrations of these pages (a Facebook webhook may batch several; the caller
+/// bounds how many ids it asks for).
+pub fn find_enabled_among(
+    conn: &mut DbConnection,
+    provider: &str,
+    external_ids: &[String],
+) -> Result<Vec<Integration>, StoreError> {
     Ok(integrations::table
         .filter(integrations::provider.eq(provider))
+        .filter(integrations::external_id.eq_any(external_ids))
         .filter(integrations::disabled_at.is_null())
         .load(conn)?)
 }

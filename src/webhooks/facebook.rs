@@ -1,15 +1,17 @@
 //! Facebook Messenger: the subscription handshake, and page webhooks signed with the app secret
-//! (`X-Hub-Signature-256`). The signature is checked against the app secrets of the Facebook
-//! integrations before the body is parsed; a page is then served only by an integration whose
-//! secret signed the request, so one app cannot post into another app's pages.
+//! (`X-Hub-Signature-256`). The secret comes from the integrations of the pages the body names,
+//! so those ids — and nothing else — are read from the raw body first; the signature is then
+//! checked with that one secret (one HMAC per request, however many integrations there are), and
+//! only then is the payload interpreted. One app signs a webhook: pages registered with different
+//! secrets cannot share one, so one app cannot post into another app's pages.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{header, ingest, millis, read_body, signature, Direction, Inbound};
+use super::{cpu_bound, header, ingest, millis, read_body, signature, Direction, Inbound};
 use crate::api::AppState;
 use crate::error::{ApiError, SignatureError};
 use crate::store::integrations::{self, Integration};
@@ -43,12 +45,50 @@ pub async fn handshake(
             "no Facebook verify token is configured",
         ));
     };
-    if !constant_time_eq::constant_time_eq(token.as_bytes(), expected.expose().as_bytes()) {
+    if !expected.matches(token) {
         return Err(ApiError::VerifyToken("the verify token does not match"));
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain")
         .body(challenge.clone()))
+}
+
+/// Most distinct pages one webhook may name: Facebook batches the events of an app's pages, and
+/// each page named is looked up before the signature can be checked.
+pub const MAX_PAGES_PER_WEBHOOK: usize = 100;
+
+/// The page ids of a payload, the only part read before the signature is checked.
+#[derive(Deserialize)]
+struct PageIds {
+    entry: Vec<PageId>,
+}
+
+#[derive(Deserialize)]
+struct PageId {
+    id: String,
+}
+
+/// The distinct pages `body` names, at most [`MAX_PAGES_PER_WEBHOOK`].
+fn page_ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
+    let named: PageIds =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let pages: BTreeSet<String> = named.entry.into_iter().map(|e| e.id).collect();
+    if pages.len() > MAX_PAGES_PER_WEBHOOK {
+        return Err(ApiError::InvalidField {
+            field: "entry",
+            reason: format!("names more than {MAX_PAGES_PER_WEBHOOK} pages"),
+        });
+    }
+    Ok(pages.into_iter().collect())
+}
+
+/// The one app secret the pages' integrations hold; `None` when they hold several.
+fn shared_secret(integrations: &[Integration]) -> Option<String> {
+    let first = &integrations.first()?.secret;
+    integrations
+        .iter()
+        .all(|i| constant_time_eq::constant_time_eq(i.secret.as_bytes(), first.as_bytes()))
+        .then(|| first.clone())
 }
 
 #[derive(Deserialize)]
@@ -148,6 +188,31 @@ fn items(page: &str, messaging: Vec<Messaging>) -> Result<Vec<Inbound>, ApiError
     Ok(items)
 }
 
+/// The body's inbound items by page, once the signature over it is verified.
+fn verify_and_parse(
+    secret: &str,
+    header: &str,
+    body: &[u8],
+) -> Result<HashMap<String, Vec<Inbound>>, ApiError> {
+    if !signature::verify_facebook(secret, body, header) {
+        return Err(ApiError::Signature(SignatureError::Mismatch));
+    }
+    let payload: Payload =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    if payload.object != "page" {
+        return Err(ApiError::InvalidField {
+            field: "object",
+            reason: "must be `page`".into(),
+        });
+    }
+    let mut by_page: HashMap<String, Vec<Inbound>> = HashMap::new();
+    for entry in payload.entry {
+        let items = items(&entry.id, entry.messaging)?;
+        by_page.entry(entry.id).or_default().extend(items);
+    }
+    Ok(by_page)
+}
+
 /// `POST /webhooks/facebook`
 pub async fn receive(
     req: HttpRequest,
@@ -160,57 +225,36 @@ pub async fn receive(
     };
     let body = read_body(payload, state.webhooks.max_body_bytes).await?;
 
-    let candidates = state
+    let pages = cpu_bound(stats, PROVIDER, &body, |body| page_ids(&body)).await?;
+    let registered = state
         .store
-        .run(|conn| integrations::enabled_of(conn, PROVIDER))
+        .run(move |conn| integrations::find_enabled_among(conn, PROVIDER, &pages))
         .await?;
-    // Usually every page shares the one app secret: check each distinct secret once.
-    let mut verdicts: HashMap<&str, bool> = HashMap::new();
-    let signed_by: Vec<&Integration> = candidates
-        .iter()
-        .filter(|i| {
-            *verdicts
-                .entry(i.secret.as_str())
-                .or_insert_with(|| signature::verify_facebook(&i.secret, &body, &header))
-        })
-        .collect();
-    if signed_by.is_empty() {
-        return Err(stats.refused(PROVIDER, SignatureError::Mismatch));
+    if registered.is_empty() {
+        return Err(ApiError::UnknownIntegration);
     }
+    let secret = shared_secret(&registered)
+        .ok_or_else(|| stats.refused(PROVIDER, SignatureError::SecretsDiffer))?;
+    let by_page = cpu_bound(stats, PROVIDER, &body, move |body| {
+        verify_and_parse(&secret, &header, &body)
+    })
+    .await?;
 
-    let payload: Payload =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    if payload.object != "page" {
-        return Err(ApiError::InvalidField {
-            field: "object",
-            reason: "must be `page`".into(),
-        });
-    }
-    let mut by_page: HashMap<String, Vec<Inbound>> = HashMap::new();
-    for entry in payload.entry {
-        let items = items(&entry.id, entry.messaging)?;
-        by_page.entry(entry.id).or_default().extend(items);
-    }
     let mut total = super::Ingested::default();
-    let (pages, mut known) = (by_page.len(), 0);
     for (page, items) in by_page {
-        let Some(integration) = signed_by.iter().find(|i| i.external_id == page) else {
+        let Some(integration) = registered.iter().find(|i| i.external_id == page) else {
             log::warn!("facebook webhook for an unknown page page={page}");
             continue;
         };
-        known += 1;
         let ingested = ingest(
             &state.store,
             state.broker.clone(),
-            (*integration).clone(),
+            integration.clone(),
             items,
         )
         .await?;
         total.stored += ingested.stored;
         total.duplicates += ingested.duplicates;
-    }
-    if pages > 0 && known == 0 {
-        return Err(ApiError::UnknownIntegration);
     }
     Ok(HttpResponse::Ok().json(total))
 }

@@ -1,10 +1,14 @@
 //! Webhook signatures: HMAC-SHA256 (Facebook, Standard Webhooks), Zalo's SHA-256 MAC, and the
-//! `whsec_` secrets of the Standard Webhooks scheme. Every comparison is constant-time.
+//! `whsec_` secrets of the Standard Webhooks scheme. Every comparison is constant-time, and each
+//! request costs at most one MAC over its body: a signature that cannot be one (wrong length,
+//! not hex or base64, too many of them) is refused before any.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Mac, SimpleHmac};
 use sha2::{Digest, Sha256};
+
+use crate::error::SignatureError;
 
 type HmacSha256 = SimpleHmac<Sha256>;
 
@@ -19,24 +23,30 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     mac
 }
 
+/// Bytes of a SHA-256 digest or HMAC-SHA256 tag.
+const TAG_BYTES: usize = 32;
+
+/// The 32 bytes of a hex-encoded tag; `None` for anything else.
+fn hex_tag(text: &str) -> Option<[u8; TAG_BYTES]> {
+    let mut tag = [0u8; TAG_BYTES];
+    hex::decode_to_slice(text, &mut tag).ok()?;
+    Some(tag)
+}
+
 /// Facebook: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256(app secret, body)>`.
 pub fn verify_facebook(app_secret: &str, body: &[u8], header: &str) -> bool {
-    let Some(expected) = header
-        .strip_prefix("sha256=")
-        .and_then(|h| hex::decode(h).ok())
-    else {
+    let Some(given) = header.strip_prefix("sha256=").and_then(hex_tag) else {
         return false;
     };
     hmac(app_secret.as_bytes(), &[body])
-        .verify_slice(&expected)
+        .verify_slice(&given)
         .is_ok()
 }
 
 /// Zalo: `X-ZEvent-Signature: mac=<hex SHA-256(app id + body + timestamp + OA secret key)>`
 /// (the `mac=` prefix is optional).
 pub fn verify_zalo(app_id: &str, body: &[u8], timestamp: &str, secret: &str, header: &str) -> bool {
-    let given = header.strip_prefix("mac=").unwrap_or(header).trim();
-    let Ok(given) = hex::decode(given) else {
+    let Some(given) = hex_tag(header.strip_prefix("mac=").unwrap_or(header).trim()) else {
         return false;
     };
     let digest = Sha256::new()
@@ -45,7 +55,7 @@ pub fn verify_zalo(app_id: &str, body: &[u8], timestamp: &str, secret: &str, hea
         .chain_update(timestamp)
         .chain_update(secret)
         .finalize();
-    constant_time_eq::constant_time_eq(&digest, &given)
+    constant_time_eq::constant_time_eq_32(&digest.into(), &given)
 }
 
 /// A new Standard Webhooks secret: `whsec_` and 32 random bytes in base64.
@@ -73,27 +83,76 @@ pub fn sign_standard(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Str
     format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
 }
 
-/// Whether any of the space-separated `v1,<base64>` signatures in `header` is valid (senders
-/// list several while they rotate keys).
-pub fn verify_standard(secret: &str, id: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
-    let key = standard_key(secret);
-    header
-        .split_whitespace()
-        .filter_map(|sig| sig.strip_prefix("v1,"))
-        .filter_map(|b64| BASE64.decode(b64).ok())
-        .any(|given| {
-            hmac(
-                &key,
-                &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
-            )
-            .verify_slice(&given)
-            .is_ok()
-        })
+/// Most signatures a `webhook-signature` header may list. A sender lists one per secret it signs
+/// with — two while it rotates keys; a longer list is refused before any HMAC is computed.
+pub const MAX_STANDARD_SIGNATURES: usize = 8;
+/// Longest `webhook-signature` header accepted: room for [`MAX_STANDARD_SIGNATURES`] of the
+/// longest kind the scheme defines (`v1a,` and an 88-character Ed25519 signature).
+pub const MAX_STANDARD_HEADER_BYTES: usize = 1024;
+
+/// The `v1` signatures of a `webhook-signature` header, decoded: read once, before the body, and
+/// checked against one HMAC of the body. Entries of other versions, or that are not base64 of
+/// 32 bytes, are kept out (they can never match) but count against the limit.
+#[derive(Debug)]
+pub struct StandardSignatures(Vec<[u8; TAG_BYTES]>);
+
+impl StandardSignatures {
+    pub fn parse(header: &str) -> Result<Self, SignatureError> {
+        if header.len() > MAX_STANDARD_HEADER_BYTES
+            || header
+                .split_whitespace()
+                .nth(MAX_STANDARD_SIGNATURES)
+                .is_some()
+        {
+            return Err(SignatureError::TooMany {
+                signatures: MAX_STANDARD_SIGNATURES,
+                bytes: MAX_STANDARD_HEADER_BYTES,
+            });
+        }
+        let tags = header
+            .split_whitespace()
+            .filter_map(|sig| sig.strip_prefix("v1,"))
+            .filter_map(|b64| {
+                let mut tag = [0u8; TAG_BYTES];
+                // Over-long input fails here rather than being cut to the first 32 bytes.
+                match BASE64.decode_slice(b64, &mut tag) {
+                    Ok(TAG_BYTES) => Some(tag),
+                    _ => None,
+                }
+            })
+            .collect();
+        Ok(Self(tags))
+    }
+
+    /// Whether one of them is the HMAC of `id.timestamp.body` under `secret` (senders list
+    /// several while they rotate keys). The HMAC is computed once, and not at all when no entry
+    /// could match.
+    pub fn verify(&self, secret: &str, id: &str, timestamp: &str, body: &[u8]) -> bool {
+        if self.0.is_empty() {
+            return false;
+        }
+        let expected: [u8; TAG_BYTES] = hmac(
+            &standard_key(secret),
+            &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
+        )
+        .finalize()
+        .into_bytes()
+        .into();
+        self.0
+            .iter()
+            .any(|given| constant_time_eq::constant_time_eq_32(given, &expected))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verify(secret: &str, id: &str, body: &[u8], header: &str) -> bool {
+        StandardSignatures::parse(header)
+            .unwrap()
+            .verify(secret, id, "1700000000", body)
+    }
 
     #[test]
     fn standard_signatures_round_trip_and_rotate() {
@@ -103,27 +162,31 @@ mod tests {
         let sig_old = sign_standard(&old, "msg_1", 1700000000, body);
         let sig_new = sign_standard(&new, "msg_1", 1700000000, body);
         let both = format!("{sig_old} {sig_new}");
-        assert!(verify_standard(&new, "msg_1", "1700000000", body, &both));
-        assert!(!verify_standard(
-            &new,
-            "msg_1",
-            "1700000000",
-            body,
-            &sig_old
+        assert!(verify(&new, "msg_1", body, &both));
+        assert!(!verify(&new, "msg_1", body, &sig_old));
+        assert!(!verify(&new, "msg_2", body, &sig_new));
+        assert!(!verify(&new, "msg_1", b"{}", &sig_new));
+        // Not a 32-byte tag: never a match, whatever the prefix of the real one it holds.
+        let long = format!("{sig_new}AAAA");
+        assert!(!verify(&new, "msg_1", body, &long));
+        assert!(!verify(&new, "msg_1", body, "v1,AAAA v1a,AAAA v2,x"));
+    }
+
+    #[test]
+    fn a_long_list_of_signatures_is_refused_before_any_hmac() {
+        let secret = generate_secret();
+        let good = sign_standard(&secret, "msg_1", 1700000000, b"{}");
+        let eight = [good.as_str(); MAX_STANDARD_SIGNATURES].join(" ");
+        assert!(verify(&secret, "msg_1", b"{}", &eight));
+        let nine = format!("{eight} v1,AAAA");
+        assert!(matches!(
+            StandardSignatures::parse(&nine),
+            Err(SignatureError::TooMany { .. })
         ));
-        assert!(!verify_standard(
-            &new,
-            "msg_2",
-            "1700000000",
-            body,
-            &sig_new
-        ));
-        assert!(!verify_standard(
-            &new,
-            "msg_1",
-            "1700000000",
-            b"{}",
-            &sig_new
+        let padded = format!("{good}{}", " ".repeat(MAX_STANDARD_HEADER_BYTES));
+        assert!(matches!(
+            StandardSignatures::parse(&padded),
+            Err(SignatureError::TooMany { .. })
         ));
     }
 

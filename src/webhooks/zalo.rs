@@ -1,13 +1,13 @@
 //! Zalo Official Account webhooks. Zalo signs `app id + body + timestamp + OA secret key` with
 //! SHA-256, and the timestamp and the OA id are inside the body: so this module reads just those
-//! two fields to find the integration and its key, verifies the signature over the raw bytes,
-//! and only then interprets the event.
+//! two fields to find the integration and its key, verifies the signature over the raw bytes with
+//! that key alone (one MAC per request), and only then interprets the event.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{header, ingest, millis, read_body, signature, Direction, Inbound};
+use super::{cpu_bound, header, ingest, millis, read_body, signature, Direction, Inbound};
 use crate::api::AppState;
 use crate::error::{ApiError, SignatureError};
 use crate::store::integrations;
@@ -121,6 +121,20 @@ fn parse(event: Event, at: i64) -> Result<Option<Inbound>, ApiError> {
     }))
 }
 
+/// The timestamp and the OA id, read before the signature can be checked.
+fn envelope(body: &[u8]) -> Result<(String, String), ApiError> {
+    let envelope: Envelope =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let timestamp = envelope
+        .timestamp()
+        .ok_or_else(|| invalid("`timestamp` must be a string or a number"))?;
+    let oa_id = envelope
+        .oa_id()
+        .ok_or_else(|| invalid("no OA id (`oa_id` or `recipient.id`)"))?
+        .to_owned();
+    Ok((timestamp, oa_id))
+}
+
 /// `POST /webhooks/zalo`
 pub async fn receive(
     req: HttpRequest,
@@ -132,30 +146,25 @@ pub async fn receive(
         return Err(stats.refused(PROVIDER, SignatureError::Missing));
     };
     let body = read_body(payload, state.webhooks.max_body_bytes).await?;
-    let envelope: Envelope =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    let timestamp = envelope
-        .timestamp()
-        .ok_or_else(|| invalid("`timestamp` must be a string or a number"))?;
-    let oa_id = envelope
-        .oa_id()
-        .ok_or_else(|| invalid("no OA id (`oa_id` or `recipient.id`)"))?
-        .to_owned();
+    let (timestamp, oa_id) = cpu_bound(stats, PROVIDER, &body, |body| envelope(&body)).await?;
 
     let integration = state
         .store
         .run(move |conn| integrations::find_enabled(conn, PROVIDER, &oa_id))
         .await?
         .ok_or(ApiError::UnknownIntegration)?;
-    let app_id = integration.app_id.as_deref().unwrap_or_default();
-    if !signature::verify_zalo(app_id, &body, &timestamp, &integration.secret, &header) {
-        return Err(stats.refused(PROVIDER, SignatureError::Mismatch));
-    }
-
-    let event: Event =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    let at = millis(timestamp.parse().ok())?;
-    let items: Vec<Inbound> = parse(event, at)?.into_iter().collect();
+    let app_id = integration.app_id.clone().unwrap_or_default();
+    let secret = integration.secret.clone();
+    let items = cpu_bound(stats, PROVIDER, &body, move |body| {
+        if !signature::verify_zalo(&app_id, &body, &timestamp, &secret, &header) {
+            return Err(ApiError::Signature(SignatureError::Mismatch));
+        }
+        let event: Event =
+            serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        let at = millis(timestamp.parse().ok())?;
+        Ok(parse(event, at)?.into_iter().collect::<Vec<Inbound>>())
+    })
+    .await?;
     let ingested = ingest(&state.store, state.broker.clone(), integration, items).await?;
     Ok(HttpResponse::Ok().json(ingested))
 }
