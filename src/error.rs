@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::auth::TokenError;
+use crate::json::JsonError;
 use crate::metrics;
 use crate::protocol::SinceError;
 use crate::store::StoreError;
@@ -207,6 +208,12 @@ impl ResponseError for ApiError {
             error["oldest_seq"] = json!(oldest_seq);
         }
         response.json(json!({ "error": error }))
+    }
+}
+
+impl From<JsonError> for ApiError {
+    fn from(error: JsonError) -> Self {
+        Self::InvalidBody(error.to_string())
     }
 }
 

@@ -7,18 +7,18 @@
 //! 403 and never its data.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::extract::User;
+use super::extract::{Json, User};
 use super::{json_text, list_json, optional_json, AppState};
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::inbox::{self, InboxError, Send};
 use crate::outbound::Dispatch;
 use crate::store;
-use crate::store::conversations::{self, Cursor, Message};
+use crate::store::conversations::{self, Cursor, Message, MessageView};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
@@ -96,7 +96,7 @@ pub struct OpenRequest {
 pub async fn open(
     User(user): User,
     state: web::Data<AppState>,
-    body: web::Json<OpenRequest>,
+    body: Json<OpenRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     let mut others = Vec::new();
@@ -137,7 +137,7 @@ pub async fn open(
     } else {
         HttpResponse::Ok()
     };
-    Ok(json_text(response, view))
+    Ok(json_text(response, view.get().to_owned()))
 }
 
 /// `GET /api/v1/conversations` — newest activity first.
@@ -154,8 +154,12 @@ pub async fn list(
                 conversations::list(conn, &user.account, &user.user, limit, cursor.as_ref())?;
             let views = page
                 .iter()
-                .map(|c| inbox::view_json(conn, c, Some(&user.user)))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|c| {
+                    Ok(inbox::view_json(conn, c, Some(&user.user))?
+                        .get()
+                        .to_owned())
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?;
             let next = next_cursor(&page, limit, |c| Cursor {
                 time: c.last_message_at,
                 id: c.id.clone(),
@@ -182,7 +186,7 @@ pub async fn show(
             Ok::<_, ApiError>(inbox::view_json(conn, &conversation, Some(&user.user))?)
         })
         .await?;
-    Ok(json_text(HttpResponse::Ok(), view))
+    Ok(json_text(HttpResponse::Ok(), view.get().to_owned()))
 }
 
 /// `GET /api/v1/conversations/{id}/messages` — newest first.
@@ -224,13 +228,21 @@ pub struct SendRequest {
     client_msg_id: Option<String>,
 }
 
+/// The answer to a send: the message, and the `seq` of its `new-message` for the sender.
+#[derive(Serialize)]
+struct SendAnswer<'a> {
+    #[serde(flatten)]
+    message: MessageView<'a>,
+    seq: u64,
+}
+
 /// `POST /api/v1/conversations/{id}/messages` — the message, with the `seq` of its `new-message`
 /// (201; 200 with the first result when `client_msg_id` was sent before).
 pub async fn send(
     User(user): User,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Json<SendRequest>,
+    body: Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     let id = path.into_inner();
@@ -255,15 +267,16 @@ pub async fn send(
     if let Some(delivery_id) = sent.delivery {
         state.dispatcher.do_send(Dispatch { delivery_id });
     }
-    let mut body: serde_json::Value =
-        serde_json::from_str(&sent.message.to_json()).expect("messages are JSON");
-    body["seq"] = json!(sent.seq);
+    let answer = SendAnswer {
+        message: sent.message.view(),
+        seq: sent.seq,
+    };
     let mut response = if sent.duplicate {
         HttpResponse::Ok()
     } else {
         HttpResponse::Created()
     };
-    Ok(response.json(body))
+    Ok(response.json(answer))
 }
 
 #[derive(Deserialize, Default)]
@@ -293,5 +306,5 @@ pub async fn mark_read(
             Ok::<_, InboxError>(view)
         })
         .await?;
-    Ok(json_text(HttpResponse::Ok(), view))
+    Ok(json_text(HttpResponse::Ok(), view.get().to_owned()))
 }

@@ -13,6 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::extract::Json;
 use super::AppState;
 use crate::auth;
 use crate::config::Demo;
@@ -42,7 +43,7 @@ pub struct TokenRequest {
 pub async fn token(
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<TokenRequest>,
+    body: Json<TokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(jwt) = state.demo_minter.as_ref() else {
         return Err(ApiError::DemoTokensOff);

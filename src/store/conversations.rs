@@ -115,12 +115,13 @@ pub struct MessageView<'a> {
 }
 
 impl Message {
-    pub fn to_json(&self) -> String {
+    pub fn view(&self) -> MessageView<'_> {
+        // Stored from JSON we took in; should a row hold anything else, it shows as no attachments.
         let attachments = self
             .attachments
             .as_deref()
             .and_then(|a| serde_json::from_str::<&RawValue>(a).ok());
-        let view = MessageView {
+        MessageView {
             id: &self.id,
             conversation_id: &self.conversation_id,
             direction: &self.direction,
@@ -131,8 +132,11 @@ impl Message {
             status: &self.status,
             client_msg_id: self.client_msg_id.as_deref(),
             created_at: self.created_at,
-        };
-        serde_json::to_string(&view).expect("messages serialize")
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.view()).expect("messages serialize")
     }
 }
 

@@ -178,8 +178,7 @@ pub async fn receive(
         return Err(stats.refused(PROVIDER, SignatureError::Mismatch));
     }
 
-    let payload: Payload =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let payload: Payload = crate::json::from_slice(&body)?;
     if payload.object != "page" {
         return Err(ApiError::InvalidField {
             field: "object",

@@ -132,8 +132,7 @@ pub async fn receive(
         return Err(stats.refused(PROVIDER, SignatureError::Missing));
     };
     let body = read_body(payload, state.webhooks.max_body_bytes).await?;
-    let envelope: Envelope =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let envelope: Envelope = crate::json::from_slice(&body)?;
     let timestamp = envelope
         .timestamp()
         .ok_or_else(|| invalid("`timestamp` must be a string or a number"))?;
@@ -152,8 +151,7 @@ pub async fn receive(
         return Err(stats.refused(PROVIDER, SignatureError::Mismatch));
     }
 
-    let event: Event =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let event: Event = crate::json::from_slice(&body)?;
     let at = millis(timestamp.parse().ok())?;
     let items: Vec<Inbound> = parse(event, at)?.into_iter().collect();
     let ingested = ingest(&state.store, state.broker.clone(), integration, items).await?;
