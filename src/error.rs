@@ -40,6 +40,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("too many failed authentications from this address; retry after {} s", retry_after.as_secs().max(1))]
     TooManyAuthFailures { retry_after: std::time::Duration },
+    /// Over the user's allowance of sends (see [`crate::inbox::SendRate`]).
+    #[error("too many messages; slow down and retry after {} ms", retry_after.as_millis().max(1))]
+    RateLimited { retry_after: std::time::Duration },
     #[error(
         "this page's origin may not open a WebSocket here; add it to SWITCHBOARD_ALLOWED_ORIGINS"
     )]
@@ -127,6 +130,7 @@ impl ApiError {
             Self::DemoOff => "demo-off",
             Self::OriginNotAllowed => "origin-not-allowed",
             Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
+            Self::RateLimited { .. } => "rate-limited",
             Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
@@ -163,7 +167,9 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::DemoOff => StatusCode::NOT_FOUND,
             Self::DemoTokensOff | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
-            Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyAuthFailures { .. } | Self::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -199,7 +205,8 @@ impl ResponseError for ApiError {
         if let Self::Token(_) = self {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
-        if let Self::TooManyAuthFailures { retry_after } = self {
+        if let Self::TooManyAuthFailures { retry_after } | Self::RateLimited { retry_after } = self
+        {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             response.insert_header((header::RETRY_AFTER, seconds.max(1)));
         }

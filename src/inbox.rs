@@ -8,10 +8,18 @@
 //! unread count. Everything here runs inside [`store::write`] for the account, so the events get
 //! the account's next sequence numbers in the same transaction as the change they describe;
 //! [`hand_off`] passes them to the broker once that transaction has committed.
+//!
+//! A user's sends, whichever way they arrive (WebSocket, Socket.IO, REST), draw on one allowance
+//! per user, [`SendRate`].
 
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use actix::Addr;
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
 use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -53,6 +61,41 @@ impl InboxError {
             Self::UnknownMessage => "unknown-message",
             Self::Store(_) => "internal-error",
         }
+    }
+}
+
+/// Checks between sweeps of the users whose allowance has refilled.
+const SWEEP_EVERY: u32 = 1024;
+
+/// Each user's allowance of sends on this node (`SWITCHBOARD_SENDS_PER_SECOND`, twice as many in
+/// a burst), shared by every way a send arrives, so that no way around the limit is open (another
+/// tab, another transport). Users whose allowance has refilled are swept out every
+/// [`SWEEP_EVERY`] checks: the map holds the users who sent in the last two seconds (the refill of
+/// a full burst), plus at most [`SWEEP_EVERY`] more.
+pub struct SendRate {
+    allowance:
+        RateLimiter<(AccountId, UserId), HashMapStateStore<(AccountId, UserId)>, DefaultClock>,
+    since_sweep: AtomicU32,
+}
+
+impl SendRate {
+    pub fn new(per_second: NonZeroU32) -> Self {
+        let burst = per_second.saturating_mul(NonZeroU32::new(2).expect("two is not zero"));
+        Self {
+            allowance: RateLimiter::hashmap(Quota::per_second(per_second).allow_burst(burst)),
+            since_sweep: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes one send from the user's allowance; when it is spent, how long until the next.
+    pub fn check(&self, account: &AccountId, user: &UserId) -> Result<(), Duration> {
+        if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= SWEEP_EVERY {
+            self.since_sweep.store(0, Ordering::Relaxed);
+            self.allowance.retain_recent();
+        }
+        self.allowance
+            .check_key(&(account.clone(), user.clone()))
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }
 

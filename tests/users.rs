@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::common::{token, Client, Db, TestServer};
+use crate::common::{token, Api, Client, Db, TestServer};
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -735,4 +735,100 @@ async fn many_arrivals_at_once_are_announced_together() {
     );
     bob.expect_silence(QUIET).await;
     drop(clients);
+}
+
+/// Sends `n` messages over REST at once; returns each answer's status, `Retry-After` and body.
+async fn rest_burst(
+    api: &Api,
+    jwt: &str,
+    conversation: &str,
+    n: usize,
+) -> Vec<(u16, Option<String>, Value)> {
+    let url = api.http_url(&format!("/api/v1/conversations/{conversation}/messages"));
+    let sends = (0..n).map(|i| {
+        reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(jwt)
+            .json(&json!({"text": format!("burst {i}")}))
+            .send()
+    });
+    let mut answers = Vec::new();
+    for response in futures_util::future::join_all(sends).await {
+        let response = response.expect("send request");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = response.status().as_u16();
+        answers.push((status, retry_after, response.json().await.unwrap()));
+    }
+    answers
+}
+
+/// Sends `n` frames at once; returns how many were refused as `rate-limited`.
+async fn socket_burst(client: &mut Client, conversation: &str, n: u64) -> usize {
+    for i in 0..n {
+        client
+            .send_text(&send_frame(conversation, "burst", &format!("b-{i}"), i))
+            .await;
+    }
+    let mut limited = 0;
+    for _ in 0..n {
+        let (reply, _) = next_reply(client).await;
+        limited += usize::from(reply["code"] == "rate-limited");
+    }
+    limited
+}
+
+#[tokio::test]
+async fn a_users_sends_draw_on_one_allowance_over_rest_and_sockets() {
+    // The allowance is a burst of 20, refilled at 10 a second; each burst below is sent at once
+    // and is over it by far more than what refills while it is answered.
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let (_, dm) = open(&server, "acme", "alice", &["bob"]).await;
+    let alice = token("acme", "alice");
+    let (mut alice_tab, _) = server.connect(&alice).await;
+
+    let answers = rest_burst(&server, &alice, &dm, 40).await;
+    let limited: Vec<_> = answers
+        .iter()
+        .filter(|(status, ..)| *status == 429)
+        .collect();
+    assert!(!limited.is_empty(), "REST sends are limited");
+    for (_, retry_after, body) in &limited {
+        assert_eq!(body["error"]["code"], "rate-limited", "{body}");
+        let seconds: u64 = retry_after.as_deref().unwrap().parse().unwrap();
+        assert!(seconds >= 1);
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|(status, ..)| [201, 429].contains(status)),
+        "{answers:?}"
+    );
+    // The socket draws on what REST has spent.
+    assert!(socket_burst(&mut alice_tab, &dm, 10).await > 0);
+
+    // Others' allowances are their own: another user, and the same user id in another account.
+    let (status, _) = server
+        .as_user(
+            &token("acme", "bob"),
+            Method::POST,
+            &format!("/api/v1/conversations/{dm}/messages"),
+            Some(json!({"text": "still here"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, elsewhere) = open(&server, "globex", "alice", &["bob"]).await;
+    let answers = rest_burst(&server, &token("globex", "alice"), &elsewhere, 1).await;
+    assert_eq!(answers[0].0, 201);
+
+    // And the other way round: a socket's burst leaves REST nothing to send with.
+    let (_, dm_carol) = open(&server, "acme", "carol", &["dave"]).await;
+    let carol = token("acme", "carol");
+    let (mut carol_tab, _) = server.connect(&carol).await;
+    assert!(socket_burst(&mut carol_tab, &dm_carol, 40).await > 0);
+    let answers = rest_burst(&server, &carol, &dm_carol, 20).await;
+    assert!(answers.iter().any(|(status, ..)| *status == 429));
 }

@@ -244,6 +244,11 @@ pub async fn send(
     path: web::Path<String>,
     body: Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    state
+        .sessions
+        .sends
+        .check(&user.account, &user.user)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let request = body.into_inner();
     let id = path.into_inner();
     let broker = state.broker.clone();

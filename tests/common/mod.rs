@@ -160,6 +160,8 @@ pub fn config(db: &Db) -> Config {
         long_poll_max: Duration::from_secs(30),
         token_refresh_lead: Duration::from_secs(60),
         frames_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+        // The default: the tests of the limit count on it.
+        sends_per_second: std::num::NonZeroU32::new(10).unwrap(),
         max_sessions_per_user: 50,
         auth_failures_per_minute: std::num::NonZeroU32::new(10_000).unwrap(),
         allowed_origins: switchboard::config::Origins::Listed(vec![
