@@ -6,7 +6,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::common::{token, Api, Client, Db, TestServer};
+use crate::common::{token, unique, Api, Client, Db, TestServer};
+use crate::on_each_backend;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -735,6 +736,138 @@ async fn many_arrivals_at_once_are_announced_together() {
     );
     bob.expect_silence(QUIET).await;
     drop(clients);
+}
+
+/// The ordering test: two users of a direct conversation, each sending over a socket on either
+/// node and over REST, all at once: 300 messages.
+const SENDS_EACH_WAY: usize = 50;
+
+/// A stored message as its sender was told: (the ack's seq, message id, sender).
+type Acked = (u64, String, String);
+
+/// Frames a socket in the ordering test keeps unanswered: enough to keep the server busy, few
+/// enough that no send waits long for a database connection.
+const IN_FLIGHT: usize = 4;
+
+/// Sends [`SENDS_EACH_WAY`] frames, [`IN_FLIGHT`] at a time, and collects their acks.
+async fn send_over_socket(api: Api, account: String, user: String, dm: String) -> Vec<Acked> {
+    let (mut client, _) = api.connect(&token(&account, &user)).await;
+    let mut acked = Vec::new();
+    for i in 0..SENDS_EACH_WAY + IN_FLIGHT {
+        if i < SENDS_EACH_WAY {
+            let key = format!("{}-{i}", api.addr.port());
+            let frame = send_frame(&dm, &format!("{user} ws {key}"), &key, i as u64);
+            client.send_text(&frame).await;
+        }
+        if i >= IN_FLIGHT {
+            let (reply, _) = next_reply(&mut client).await;
+            assert_eq!(reply["type"], "ack", "{reply}");
+            let id = reply["message_id"].as_str().unwrap().to_owned();
+            acked.push((reply["seq"].as_u64().unwrap(), id, user.clone()));
+        }
+    }
+    acked
+}
+
+async fn send_over_rest(api: Api, account: String, user: String, dm: String) -> Vec<Acked> {
+    let path = format!("/api/v1/conversations/{dm}/messages");
+    let mut acked = Vec::new();
+    for i in 0..SENDS_EACH_WAY {
+        let body = json!({"text": format!("{user} rest {i}")});
+        let (status, sent) = api
+            .as_user(&token(&account, &user), Method::POST, &path, Some(body))
+            .await;
+        assert_eq!(status, 201, "{sent}");
+        let id = sent["id"].as_str().unwrap().to_owned();
+        acked.push((sent["seq"].as_u64().unwrap(), id, user.clone()));
+    }
+    acked
+}
+
+/// Every message of the conversation, oldest first, read page by page.
+async fn listed(api: &Api, token: &str, conversation: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/conversations/{conversation}/messages?limit=50");
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={cursor}"));
+        }
+        let (status, page) = api.as_user(token, Method::GET, &path, None).await;
+        assert_eq!(status, 200, "{page}");
+        for message in page["messages"].as_array().unwrap() {
+            ids.push(message["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    ids.reverse();
+    ids
+}
+
+on_each_backend! {
+    async fn messages_sent_at_once_are_listed_and_read_in_the_order_they_were_stored(db) {
+        // Two nodes on one database: the order must not depend on which node stored a message.
+        // Sends as fast as the clients go: the allowance is not what this tests.
+        let mut config = crate::common::config(&db);
+        config.sends_per_second = std::num::NonZeroU32::new(1000).unwrap();
+        let nodes = [TestServer::start(config.clone()), TestServer::start(config)];
+        let account = unique("order");
+        let users = ["alice".to_owned(), "bob".to_owned()];
+        let (status, dm) = open(&nodes[0], &account, &users[0], &["bob"]).await;
+        assert_eq!(status, 201);
+
+        // Both users at once, over a socket on each node and over REST.
+        let mut senders = Vec::new();
+        for (i, user) in users.iter().enumerate() {
+            for node in &nodes {
+                let (a, u, d) = (account.clone(), user.clone(), dm.clone());
+                senders.push(tokio::spawn(send_over_socket(Api { addr: node.addr }, a, u, d)));
+            }
+            let (a, u, d) = (account.clone(), user.clone(), dm.clone());
+            let rest = Api { addr: nodes[i].addr };
+            senders.push(tokio::spawn(send_over_rest(rest, a, u, d)));
+        }
+        let mut stored: Vec<Acked> = Vec::new();
+        for sender in senders {
+            stored.extend(sender.await.unwrap());
+        }
+        assert_eq!(stored.len(), 300);
+        stored.sort();
+        let in_seq_order: Vec<String> = stored.iter().map(|(_, id, _)| id.clone()).collect();
+
+        let reader = &users[0];
+        let reader_token = token(&account, reader);
+        for node in &nodes {
+            assert_eq!(
+                listed(node, &reader_token, &dm).await,
+                in_seq_order,
+                "the listing is the order of the acks' sequence numbers"
+            );
+        }
+        // The conversation's latest message is the last one stored.
+        let newest_path = format!("/api/v1/conversations/{dm}/messages?limit=1");
+        let (_, newest) = nodes[1].as_user(&reader_token, Method::GET, &newest_path, None).await;
+        let newest = &newest["messages"][0];
+        assert_eq!(newest["id"], in_seq_order.last().unwrap().as_str());
+        let path = format!("/api/v1/conversations/{dm}");
+        let (_, view) = nodes[1].as_user(&reader_token, Method::GET, &path, None).await;
+        assert_eq!(view["last_message_preview"], newest["text"]);
+
+        // Reading up to each message leaves unread exactly the others' messages after it.
+        let read_path = format!("/api/v1/conversations/{dm}/read");
+        for (i, (_, id, _)) in stored.iter().enumerate() {
+            let after = stored[i + 1..].iter().filter(|(_, _, sender)| sender != reader);
+            let body = Some(json!({"up_to": id}));
+            let (status, view) = nodes[i % 2]
+                .as_user(&reader_token, Method::POST, &read_path, body)
+                .await;
+            assert_eq!(status, 200, "{view}");
+            assert_eq!(view["unread_count"], after.count(), "read up to message {i}");
+        }
+    }
 }
 
 /// Sends `n` messages over REST at once; returns each answer's status, `Retry-After` and body.

@@ -18,7 +18,7 @@ use crate::ids::UserId;
 use crate::inbox::{self, InboxError, Send};
 use crate::outbound::Dispatch;
 use crate::store;
-use crate::store::conversations::{self, Cursor, Message, MessageView};
+use crate::store::conversations::{self, Cursor, Message, MessageCursor, MessageView};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
@@ -54,7 +54,7 @@ impl PageQuery {
         Self { limit, cursor }
     }
 
-    pub fn parse(self) -> Result<(i64, Option<Cursor>), ApiError> {
+    pub fn parse<C: PageCursor>(self) -> Result<(i64, Option<C>), ApiError> {
         let limit = self.limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(ApiError::InvalidField {
@@ -65,9 +65,9 @@ impl PageQuery {
         let cursor = self
             .cursor
             .map(|c| {
-                Cursor::decode(&c).ok_or(ApiError::InvalidField {
+                C::decode(&c).map_err(|reason| ApiError::InvalidField {
                     field: "cursor",
-                    reason: "not a cursor this API gave out".into(),
+                    reason: reason.into(),
                 })
             })
             .transpose()?;
@@ -75,8 +75,55 @@ impl PageQuery {
     }
 }
 
+/// A page position as the opaque `cursor` a listing gives out and takes back.
+pub trait PageCursor: Sized {
+    fn encode(&self) -> String;
+    /// The position, or why the text is not a cursor of this listing.
+    fn decode(text: &str) -> Result<Self, &'static str>;
+}
+
+const NOT_A_CURSOR: &str = "not a cursor this API gave out";
+
+/// Lists ordered by time: `<time>.<id>`.
+impl PageCursor for Cursor {
+    fn encode(&self) -> String {
+        format!("{}.{}", self.time, self.id)
+    }
+
+    fn decode(text: &str) -> Result<Self, &'static str> {
+        let (time, id) = text.split_once('.').ok_or(NOT_A_CURSOR)?;
+        Ok(Self {
+            time: time.parse().map_err(|_| NOT_A_CURSOR)?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// A conversation's messages: the position below which the next page starts.
+impl PageCursor for MessageCursor {
+    fn encode(&self) -> String {
+        self.before.to_string()
+    }
+
+    fn decode(text: &str) -> Result<Self, &'static str> {
+        // Before 2026-12 messages were listed by time, with time cursors; such a cursor would
+        // now mean another place, so it is refused rather than followed.
+        if text.contains('.') {
+            return Err("a cursor from before messages were numbered (2026-12); list again from the first page");
+        }
+        match text.parse() {
+            Ok(before) if before > 0 => Ok(Self { before }),
+            _ => Err(NOT_A_CURSOR),
+        }
+    }
+}
+
 /// The next page's cursor, when this page was full.
-pub fn next_cursor<T>(page: &[T], limit: i64, key: impl Fn(&T) -> Cursor) -> Option<String> {
+pub fn next_cursor<T, C: PageCursor>(
+    page: &[T],
+    limit: i64,
+    key: impl Fn(&T) -> C,
+) -> Option<String> {
     (page.len() as i64 == limit)
         .then(|| page.last().map(|last| key(last).encode()))
         .flatten()
@@ -189,7 +236,7 @@ pub async fn show(
     Ok(json_text(HttpResponse::Ok(), view.get().to_owned()))
 }
 
-/// `GET /api/v1/conversations/{id}/messages` — newest first.
+/// `GET /api/v1/conversations/{id}/messages` — newest first, in the order they were stored.
 pub async fn messages(
     User(user): User,
     state: web::Data<AppState>,
@@ -207,14 +254,11 @@ pub async fn messages(
                 conn,
                 &conversation.id,
                 limit,
-                cursor.as_ref(),
+                cursor,
             )?)
         })
         .await?;
-    let next = next_cursor(&page, limit, |m| Cursor {
-        time: m.created_at,
-        id: m.id.clone(),
-    });
+    let next = next_cursor(&page, limit, |m| MessageCursor { before: m.position });
     let items: Vec<String> = page.iter().map(Message::to_json).collect();
     let body = list_json("messages", &items, &[("next_cursor", json!(next))]);
     Ok(json_text(HttpResponse::Ok(), body))
