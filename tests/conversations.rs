@@ -410,29 +410,6 @@ async fn integrations_are_admin_only_and_keep_their_secrets() {
     assert_eq!(status, 404);
 }
 
-/// The ids of a conversation's messages as listed (newest first), page by page, `limit` a page.
-async fn message_ids(
-    server: &TestServer,
-    jwt: &str,
-    conversation: &str,
-    limit: u32,
-) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut cursor = String::new();
-    loop {
-        let path = format!("/api/v1/conversations/{conversation}/messages?limit={limit}{cursor}");
-        let (status, page) = server.as_user(jwt, Method::GET, &path, None).await;
-        assert_eq!(status, 200, "{page}");
-        for message in page["messages"].as_array().unwrap() {
-            ids.push(message["id"].as_str().unwrap().to_owned());
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = format!("&cursor={next}"),
-            None => return ids,
-        }
-    }
-}
-
 #[tokio::test]
 async fn message_cursors_page_in_order_and_a_cursor_of_the_old_kind_is_refused() {
     let db = Db::sqlite();
@@ -455,7 +432,7 @@ async fn message_cursors_page_in_order_and_a_cursor_of_the_old_kind_is_refused()
             .await;
         sent.insert(0, message["id"].as_str().unwrap().to_owned());
     }
-    assert_eq!(message_ids(&server, &alice, dm, 2).await, sent);
+    assert_eq!(server.message_ids(&alice, dm, 2).await, sent);
 
     // Messages were once paged by time (`<ms>.<id>`): such a cursor now says so, not a wrong page.
     let old = format!("{}.{}", now() * 1000, sent[1]);
@@ -652,9 +629,9 @@ on_each_backend! {
         assert_eq!(status, 201, "{new}");
         let expected = [new["id"].as_str().unwrap(), "msg_0", "msg_c", "msg_b", "msg_a", "msg_z", "msg_y"];
         for limit in [1, 3, 50] {
-            assert_eq!(message_ids(&server, &alice, "conv_old", limit).await, expected);
+            assert_eq!(server.message_ids(&alice, "conv_old", limit).await, expected);
         }
-        assert_eq!(message_ids(&server, &alice, "conv_other", 1).await, ["msg_q"]);
+        assert_eq!(server.message_ids(&alice, "conv_other", 1).await, ["msg_q"]);
 
         if old.schema.is_some() {
             // A node of the previous version, during a rolling deploy, stores a message without a
@@ -663,7 +640,7 @@ on_each_backend! {
                 "INSERT INTO messages (id, conversation_id, account_id, direction, sender_id, text, status, created_at)
                      VALUES ('msg_from_old_node', 'conv_other', 'acme', 'internal', 'alice', 'o', 'sent', 1);",
             );
-            let listed = message_ids(&server, &alice, "conv_other", 1).await;
+            let listed = server.message_ids(&alice, "conv_other", 1).await;
             assert_eq!(listed, ["msg_from_old_node", "msg_q"]);
         }
 

@@ -573,6 +573,26 @@ impl Api {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The ids of a conversation's messages as the user sees them listed (newest first), read
+    /// page by page, `limit` a page.
+    pub async fn message_ids(&self, token: &str, conversation: &str, limit: u32) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let path =
+                format!("/api/v1/conversations/{conversation}/messages?limit={limit}{cursor}");
+            let (status, page) = self.as_user(token, reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, 200, "{page}");
+            for message in page["messages"].as_array().unwrap() {
+                ids.push(message["id"].as_str().unwrap().to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return ids,
+            }
+        }
+    }
+
     /// Posts a raw webhook body with the given headers.
     pub async fn webhook(
         &self,
