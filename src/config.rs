@@ -99,6 +99,11 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_FRAMES_PER_SECOND", default_value = "20")]
     pub frames_per_second: std::num::NonZeroU32,
 
+    /// Messages a user may send per second, twice as many in a burst: over all their sessions
+    /// and the REST API together, on each node. Past it, sends are refused (`rate-limited`).
+    #[arg(long, env = "SWITCHBOARD_SENDS_PER_SECOND", default_value = "10")]
+    pub sends_per_second: std::num::NonZeroU32,
+
     /// Failed authentications (bad tokens or API keys) per client address per minute; past it,
     /// 429 until the allowance refills.
     #[arg(
@@ -559,6 +564,7 @@ pub struct Config {
     pub long_poll_max: Duration,
     pub token_refresh_lead: Duration,
     pub frames_per_second: std::num::NonZeroU32,
+    pub sends_per_second: std::num::NonZeroU32,
     pub max_sessions_per_user: usize,
     pub auth_failures_per_minute: std::num::NonZeroU32,
     pub allowed_origins: Origins,
@@ -846,6 +852,7 @@ impl Config {
             long_poll_max: settings.long_poll_max,
             token_refresh_lead: settings.token_refresh_lead,
             frames_per_second: settings.frames_per_second,
+            sends_per_second: settings.sends_per_second,
             max_sessions_per_user: settings.max_sessions_per_user,
             auth_failures_per_minute: settings.auth_failures_per_minute,
             allowed_origins: match settings.allowed_origins.as_deref() {

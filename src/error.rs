@@ -9,6 +9,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::auth::TokenError;
+use crate::json::JsonError;
 use crate::metrics;
 use crate::protocol::SinceError;
 use crate::publisher::PublishError;
@@ -48,6 +49,9 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("too many failed authentications from this address; retry after {} s", retry_after.as_secs().max(1))]
     TooManyAuthFailures { retry_after: std::time::Duration },
+    /// Over the user's allowance of sends (see [`crate::inbox::SendRate`]).
+    #[error("too many messages; slow down and retry after {} ms", retry_after.as_millis().max(1))]
+    RateLimited { retry_after: std::time::Duration },
     #[error(
         "this page's origin may not open a WebSocket here; add it to SWITCHBOARD_ALLOWED_ORIGINS"
     )]
@@ -162,6 +166,7 @@ impl ApiError {
             Self::DemoOff => "demo-off",
             Self::OriginNotAllowed => "origin-not-allowed",
             Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
+            Self::RateLimited { .. } => "rate-limited",
             Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
@@ -203,7 +208,9 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::DemoOff => StatusCode::NOT_FOUND,
             Self::DemoTokensOff | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
-            Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyAuthFailures { .. } | Self::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Draining | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -241,7 +248,9 @@ impl ResponseError for ApiError {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
         let retry_after = match self {
-            Self::TooManyAuthFailures { retry_after } => Some(*retry_after),
+            Self::TooManyAuthFailures { retry_after } | Self::RateLimited { retry_after } => {
+                Some(*retry_after)
+            }
             Self::Overloaded => Some(OVERLOADED_RETRY_AFTER),
             _ => None,
         };
@@ -254,6 +263,12 @@ impl ResponseError for ApiError {
             error["oldest_seq"] = json!(oldest_seq);
         }
         response.json(json!({ "error": error }))
+    }
+}
+
+impl From<JsonError> for ApiError {
+    fn from(error: JsonError) -> Self {
+        Self::InvalidBody(error.to_string())
     }
 }
 

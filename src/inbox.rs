@@ -8,10 +8,19 @@
 //! unread count. Everything here runs inside [`store::write`] for the account, so the events get
 //! the account's next sequence numbers in the same transaction as the change they describe;
 //! [`hand_off`] passes them to the broker once that transaction has committed.
+//!
+//! A user's sends, whichever way they arrive (WebSocket, Socket.IO, REST), draw on one allowance
+//! per user, [`SendRate`].
 
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use actix::Addr;
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::HashMapStateStore;
+use governor::{Quota, RateLimiter};
+use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
@@ -55,6 +64,41 @@ impl InboxError {
     }
 }
 
+/// Checks between sweeps of the users whose allowance has refilled.
+const SWEEP_EVERY: u32 = 1024;
+
+/// Each user's allowance of sends on this node (`SWITCHBOARD_SENDS_PER_SECOND`, twice as many in
+/// a burst), shared by every way a send arrives, so that no way around the limit is open (another
+/// tab, another transport). Users whose allowance has refilled are swept out every
+/// [`SWEEP_EVERY`] checks: the map holds the users who sent in the last two seconds (the refill of
+/// a full burst), plus at most [`SWEEP_EVERY`] more.
+pub struct SendRate {
+    allowance:
+        RateLimiter<(AccountId, UserId), HashMapStateStore<(AccountId, UserId)>, DefaultClock>,
+    since_sweep: AtomicU32,
+}
+
+impl SendRate {
+    pub fn new(per_second: NonZeroU32) -> Self {
+        let burst = per_second.saturating_mul(NonZeroU32::new(2).expect("two is not zero"));
+        Self {
+            allowance: RateLimiter::hashmap(Quota::per_second(per_second).allow_burst(burst)),
+            since_sweep: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes one send from the user's allowance; when it is spent, how long until the next.
+    pub fn check(&self, account: &AccountId, user: &UserId) -> Result<(), Duration> {
+        if self.since_sweep.fetch_add(1, Ordering::Relaxed) >= SWEEP_EVERY {
+            self.since_sweep.store(0, Ordering::Relaxed);
+            self.allowance.retain_recent();
+        }
+        self.allowance
+            .check_key(&(account.clone(), user.clone()))
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+}
+
 /// Appends an event (JSON `data`) for the account, or for one user of it; returns it ready to
 /// deliver, serialized once.
 pub fn emit(
@@ -81,15 +125,9 @@ pub fn emit(
     })
 }
 
-fn emit_json(
-    conn: &mut DbConnection,
-    account: &AccountId,
-    user: Option<&UserId>,
-    event: &str,
-    data: String,
-) -> Result<RoomEvent, StoreError> {
-    let data = RawValue::from_string(data).expect("our own serialization is JSON");
-    emit(conn, account, user, event, &data)
+/// One of our own views, serialized once as event data (never parsed back).
+fn raw(view: &impl Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(view).expect("our views serialize")
 }
 
 /// Who hears about a conversation: `None` for the whole account, else its participants.
@@ -111,17 +149,16 @@ pub fn view_json(
     conn: &mut DbConnection,
     conversation: &Conversation,
     viewer: Option<&UserId>,
-) -> Result<String, StoreError> {
-    let json = match (conversation.is_external(), viewer) {
+) -> Result<Box<RawValue>, StoreError> {
+    Ok(match (conversation.is_external(), viewer) {
         (false, Some(viewer)) => {
             let participants = conversations::participants_of(conn, &conversation.id)?;
             let unread = conversations::participant(conn, &conversation.id, viewer)?
                 .map_or(0, |p| p.unread_count);
-            serde_json::to_string(&conversation.view(Some(&participants), unread))
+            raw(&conversation.view(Some(&participants), unread))
         }
-        _ => serde_json::to_string(&conversation.view(None, conversation.unread_count)),
-    };
-    Ok(json.expect("conversations serialize"))
+        _ => raw(&conversation.view(None, conversation.unread_count)),
+    })
 }
 
 /// `update-conversation` to everyone who sees the conversation, each with their own view.
@@ -132,12 +169,12 @@ fn conversation_updated(
 ) -> Result<Vec<RoomEvent>, StoreError> {
     if conversation.is_external() {
         let data = view_json(conn, conversation, None)?;
-        return Ok(vec![emit_json(
+        return Ok(vec![emit(
             conn,
             account,
             None,
             "update-conversation",
-            data,
+            &data,
         )?]);
     }
     // Participants and their unread counts read once, not once per participant.
@@ -147,14 +184,13 @@ fn conversation_updated(
     for id in &participants {
         let Ok(user) = UserId::new(id) else { continue };
         let count = unread.iter().find(|(u, _)| u == id).map_or(0, |(_, n)| *n);
-        let view = conversation.view(Some(&participants), count);
-        let data = serde_json::to_string(&view).expect("conversations serialize");
-        events.push(emit_json(
+        let data = raw(&conversation.view(Some(&participants), count));
+        events.push(emit(
             conn,
             account,
             Some(&user),
             "update-conversation",
-            data,
+            &data,
         )?);
     }
     Ok(events)
@@ -176,14 +212,14 @@ pub fn add_message(
     new: &NewMessage<'_>,
 ) -> Result<Added, StoreError> {
     let (message, conversation) = conversations::add_message(conn, new)?;
-    let json = message.to_json();
+    let data = raw(&message.view());
     let mut events = Vec::new();
     let mut seq = None;
     match audience(conn, &conversation)? {
-        None => events.push(emit_json(conn, account, None, "new-message", json)?),
+        None => events.push(emit(conn, account, None, "new-message", &data)?),
         Some(users) => {
             for user in &users {
-                let event = emit_json(conn, account, Some(user), "new-message", json.clone())?;
+                let event = emit(conn, account, Some(user), "new-message", &data)?;
                 if user.as_str() == message.sender_id {
                     seq = Some(event.seq);
                 }
@@ -339,7 +375,7 @@ pub fn mark_read(
     user: &UserId,
     conversation_id: &str,
     up_to: Option<&str>,
-) -> Result<(String, Vec<RoomEvent>), InboxError> {
+) -> Result<(Box<RawValue>, Vec<RoomEvent>), InboxError> {
     let conversation = conversations::visible(conn, account, user, conversation_id)?
         .ok_or(InboxError::NotParticipant)?;
     if conversation.is_external() {
@@ -357,30 +393,23 @@ pub fn mark_read(
     };
     conversations::mark_read_by(conn, &conversation.id, user, up_to.as_ref())?;
     let mut events = Vec::new();
-    let receipt = json!({
+    let receipt = raw(&json!({
         "conversation_id": conversation.id,
         "user_id": user.as_str(),
         "up_to": up_to.as_ref().map(|m| m.id.as_str()),
-    })
-    .to_string();
+    }));
     for other in audience(conn, &conversation)?.unwrap_or_default() {
         if &other != user {
-            events.push(emit_json(
-                conn,
-                account,
-                Some(&other),
-                "message-read",
-                receipt.clone(),
-            )?);
+            events.push(emit(conn, account, Some(&other), "message-read", &receipt)?);
         }
     }
     let view = view_json(conn, &conversation, Some(user))?;
-    events.push(emit_json(
+    events.push(emit(
         conn,
         account,
         Some(user),
         "update-conversation",
-        view.clone(),
+        &view,
     )?);
     Ok((view, events))
 }
@@ -406,7 +435,7 @@ pub fn open(
     creator: &UserId,
     others: &[UserId],
     title: Option<&str>,
-) -> Result<(String, bool, Vec<RoomEvent>), StoreError> {
+) -> Result<(Box<RawValue>, bool, Vec<RoomEvent>), StoreError> {
     let (conversation, created) = match (others, title) {
         ([other], None) => conversations::direct(conn, account, creator, other)?,
         _ => {
@@ -433,7 +462,7 @@ pub fn message_status(
     account: &AccountId,
     data: serde_json::Value,
 ) -> Result<RoomEvent, StoreError> {
-    emit_json(conn, account, None, "message-status", data.to_string())
+    emit(conn, account, None, "message-status", &raw(&data))
 }
 
 /// `message-status` for one message.

@@ -10,6 +10,7 @@
 //! - [`auth`] — verifying application-issued JWTs (the only source of identity); minting
 //!   development tokens.
 //! - [`protocol`] — WebSocket frames and close codes.
+//! - [`json`] — the one nesting limit on JSON taken in from outside.
 //! - [`store`] — the database (SQLite or PostgreSQL, chosen at run time), migrations, queries.
 //! - [`actors`] — the broker, one room per account, one session per connection.
 //! - [`webhooks`] — Facebook, Zalo and generic (Standard Webhooks) ingestion, signatures.
@@ -42,6 +43,7 @@ pub mod error;
 pub mod http;
 pub mod ids;
 pub mod inbox;
+pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::config::Secret;
+use crate::json;
 
 /// A frame from the client, after parsing.
 #[derive(Debug, Deserialize)]
@@ -96,12 +97,18 @@ impl FrameError {
 
 impl ClientFrame {
     pub fn parse(text: &str) -> Result<Self, FrameError> {
+        json::check_depth(text.as_bytes()).map_err(too_deep)?;
         let value: Value = serde_json::from_str(text).map_err(|_| FrameError::MalformedJson)?;
-        Self::from_value(value)
+        Self::from_checked_value(value)
     }
 
     /// A frame already parsed as JSON (a Socket.IO emit, say).
     pub fn from_value(value: Value) -> Result<Self, FrameError> {
+        json::check_value_depth(&value).map_err(too_deep)?;
+        Self::from_checked_value(value)
+    }
+
+    fn from_checked_value(value: Value) -> Result<Self, FrameError> {
         let kind = value
             .get("type")
             .and_then(Value::as_str)
@@ -111,6 +118,10 @@ impl ClientFrame {
         }
         serde_json::from_value(value).map_err(|e| FrameError::Invalid(e.to_string()))
     }
+}
+
+fn too_deep(error: json::JsonError) -> FrameError {
+    FrameError::Invalid(error.to_string())
 }
 
 /// A frame from the server, other than events (see [`event_frame`]).
@@ -492,6 +503,23 @@ mod tests {
             ClientFrame::parse(r#"{"type":"ping","extra":1}"#),
             Err(FrameError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn frames_nested_past_the_limit_are_invalid_as_text_or_as_parsed_json() {
+        let nested = |levels| format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        let frame = |levels| format!(r#"{{"type":"ping","ref":{}}}"#, nested(levels));
+        assert!(ClientFrame::parse(&frame(json::MAX_DEPTH - 1)).is_ok());
+        for levels in [json::MAX_DEPTH, 127, 10_000] {
+            let refused = ClientFrame::parse(&frame(levels)).unwrap_err();
+            assert_eq!(refused.code(), "invalid-frame", "{levels}");
+        }
+        // A Socket.IO emit arrives parsed (by serde_json, up to its own limit of 128).
+        let parsed: Value = serde_json::from_str(&frame(100)).unwrap();
+        assert_eq!(
+            ClientFrame::from_value(parsed).unwrap_err().code(),
+            "invalid-frame"
+        );
     }
 
     #[test]

@@ -145,6 +145,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             max_frame_bytes: config.max_frame_bytes,
             max_queued_bytes: config.max_queued_bytes,
             frames_per_second: config.frames_per_second,
+            sends: crate::inbox::SendRate::new(config.sends_per_second),
             tokens: session::Tokens {
                 verifier,
                 leeway: config.jwt.leeway,

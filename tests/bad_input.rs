@@ -1,14 +1,15 @@
-//! Bad input gets a clear error, and nothing else is disturbed: bad frames on a connection, and
-//! bad requests to the publish API.
+//! Bad input gets a clear error, and nothing else is disturbed: bad frames on a connection, bad
+//! requests to the publish API, and JSON nested too deep wherever it is taken in.
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
+use switchboard::json::MAX_DEPTH;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::common::{self, token, Db, TestServer, API_KEY};
+use crate::common::{self, now, sign, token, Api, Db, TestServer, API_KEY};
 
 fn fragment(opcode: OpCode, payload: &str, last: bool) -> Message {
     Message::Frame(Frame::message(payload.as_bytes().to_vec(), opcode, last))
@@ -451,4 +452,123 @@ async fn broken_bodies_and_queries_get_messages_written_for_people() {
             );
         }
     }
+}
+
+/// Arrays `levels` deep.
+fn nested(levels: usize) -> String {
+    format!("{}{}", "[".repeat(levels), "]".repeat(levels))
+}
+
+/// Posts `body` as it is, with a bearer token; returns the status and the JSON answer (`Null` if
+/// there was none to parse).
+async fn post_raw(api: &Api, bearer: &str, path: &str, body: String) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(api.http_url(path))
+        .bearer_auth(bearer)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("an HTTP answer");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn assert_too_deep(status: u16, answer: &Value) {
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid-body")),
+        "{answer}"
+    );
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("deeper than {MAX_DEPTH}")),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn json_nested_past_the_limit_is_refused_wherever_it_is_taken_in() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let alice = token("acme", "alice");
+    let body = json!({"participants": ["bob"]}).to_string();
+    let (_, dm) = post_raw(&server, &alice, "/api/v1/conversations", body).await;
+    let dm = dm["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/conversations/{dm}/messages");
+
+    // A REST body may nest MAX_DEPTH levels (the attachments start one level in), and no more.
+    let send = |levels| format!(r#"{{"text":"deep","attachments":{}}}"#, nested(levels));
+    let (status, sent) = post_raw(&server, &alice, &path, send(MAX_DEPTH - 1)).await;
+    assert_eq!(status, 201, "{sent}");
+    let attachments: Value = serde_json::from_str(&nested(MAX_DEPTH - 1)).unwrap();
+    assert_eq!(sent["attachments"], attachments);
+    for levels in [MAX_DEPTH, 200, 5000] {
+        let (status, refused) = post_raw(&server, &alice, &path, send(levels)).await;
+        assert_too_deep(status, &refused);
+    }
+    let (_, listed) = server
+        .as_user(&alice, reqwest::Method::GET, &path, None)
+        .await;
+    assert_eq!(
+        listed["messages"].as_array().unwrap().len(),
+        1,
+        "only the first was stored"
+    );
+
+    // A WebSocket frame: the same limit, as `invalid-frame`; the connection carries on.
+    let (mut client, _) = server.connect(&alice).await;
+    for levels in [MAX_DEPTH, 200] {
+        let frame = format!(
+            r#"{{"type":"send","conversation_id":"{dm}","text":"deep","attachments":{},"ref":{levels}}}"#,
+            nested(levels)
+        );
+        client.send_text(&frame).await;
+        let reply = loop {
+            let frame = client.next_json().await;
+            if frame["type"] != "event" {
+                break frame;
+            }
+        };
+        assert_eq!(
+            (reply["code"].as_str(), &reply["ref"]),
+            (Some("invalid-frame"), &Value::Null),
+            "{reply}"
+        );
+    }
+    client.send_text(r#"{"type":"ping","ref":"after"}"#).await;
+    assert_eq!(
+        client.next_json().await,
+        json!({"type": "pong", "ref": "after"})
+    );
+
+    // Publish `data`.
+    let publish = format!(
+        r#"{{"account_id":"acme","event":"e","data":{}}}"#,
+        nested(100)
+    );
+    let (status, refused) = post_raw(&server, API_KEY, "/api/v1/publish", publish).await;
+    assert_too_deep(status, &refused);
+
+    // A webhook's payload (every provider parses through the same function).
+    let created = server
+        .integration(json!({"provider": "generic", "external_id": "deep", "account_id": "acme"}))
+        .await;
+    let secret = created["secret"].as_str().unwrap();
+    let body = format!(
+        r#"{{"type":"message","data":{{"contact_id":"c1","attachments":{}}}}}"#,
+        nested(100)
+    );
+    let ts = now() as i64;
+    let headers = [
+        ("webhook-id", "wh-deep".to_owned()),
+        ("webhook-timestamp", ts.to_string()),
+        (
+            "webhook-signature",
+            sign::standard(secret, "wh-deep", ts, &body),
+        ),
+    ];
+    let webhook_path = created["webhook_path"].as_str().unwrap();
+    let (status, refused) = server.webhook(webhook_path, &headers, &body).await;
+    assert_too_deep(status, &refused);
 }

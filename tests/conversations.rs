@@ -1,5 +1,6 @@
 //! The conversations API and outbound replies: users read and answer their own account's
-//! conversations only; replies reach the application by signed, retried webhooks whose fate is
+//! conversations only; messages are paged in the order they were stored, also those stored before
+//! they were numbered; replies reach the application by signed, retried webhooks whose fate is
 //! visible; integrations are managed with the server API key and never show their secrets.
 
 use std::time::Duration;
@@ -7,7 +8,12 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use diesel::connection::SimpleConnection;
+use diesel::Connection;
+use diesel_migrations::{FileBasedMigrations, MigrationHarness};
+
 use crate::common::{now, sign, token, Db, Receiver, TestServer};
+use crate::on_each_backend;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -402,4 +408,247 @@ async fn integrations_are_admin_only_and_keep_their_secrets() {
         .admin(Method::GET, "/api/v1/integrations/int_missing", None)
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn message_cursors_page_in_order_and_a_cursor_of_the_old_kind_is_refused() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let alice = token("acme", "alice");
+    let (_, dm) = server
+        .as_user(
+            &alice,
+            Method::POST,
+            "/api/v1/conversations",
+            Some(json!({"participants": ["bob"]})),
+        )
+        .await;
+    let dm = dm["id"].as_str().unwrap();
+    let path = format!("/api/v1/conversations/{dm}/messages");
+    let mut sent = Vec::new();
+    for text in ["one", "two", "three"] {
+        let (_, message) = server
+            .as_user(&alice, Method::POST, &path, Some(json!({"text": text})))
+            .await;
+        sent.insert(0, message["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(server.message_ids(&alice, dm, 2).await, sent);
+
+    // Messages were once paged by time (`<ms>.<id>`): such a cursor now says so, not a wrong page.
+    let old = format!("{}.{}", now() * 1000, sent[1]);
+    for (cursor, says) in [
+        (old.as_str(), "list again from the first page"),
+        ("0", "not a cursor"),
+        ("x", "not a cursor"),
+    ] {
+        let (status, refused) = server
+            .as_user(
+                &alice,
+                Method::GET,
+                &format!("{path}?cursor={cursor}"),
+                None,
+            )
+            .await;
+        assert_eq!(
+            (status, refused["error"]["code"].as_str()),
+            (400, Some("invalid-field")),
+            "{cursor}: {refused}"
+        );
+        let message = refused["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{cursor}: {message}");
+    }
+}
+
+/// One inbound message by generic webhook, sent (says the source) at `sent_at` seconds.
+async fn deliver(
+    server: &TestServer,
+    integration: &Value,
+    webhook_id: &str,
+    text: &str,
+    sent_at: u64,
+) {
+    let body =
+        json!({"type": "message", "data": {"contact_id": "c1", "text": text, "sent_at": sent_at}})
+            .to_string();
+    let secret = integration["secret"].as_str().unwrap();
+    let ts = now() as i64;
+    let headers = [
+        ("webhook-id", webhook_id.to_owned()),
+        ("webhook-timestamp", ts.to_string()),
+        (
+            "webhook-signature",
+            sign::standard(secret, webhook_id, ts, &body),
+        ),
+    ];
+    let path = integration["webhook_path"].as_str().unwrap();
+    assert_eq!(server.webhook(path, &headers, &body).await.0, 200);
+}
+
+#[tokio::test]
+async fn messages_are_listed_in_the_order_they_were_stored_whatever_their_time() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let (integration, ids) = inbox(&server, "acme", &["c1"], None).await;
+    let conversation = &ids[0];
+    let agent = token("acme", "agent");
+    let path = format!("/api/v1/conversations/{conversation}/messages");
+    let mut stored = vec!["hi from c1".to_owned()];
+
+    // Providers give times in seconds, so a burst shares one; and one may deliver late.
+    let second = now() - 60;
+    for i in 0..8 {
+        let text = format!("same second {i}");
+        deliver(
+            &server,
+            &integration,
+            &format!("wh-same-{i}"),
+            &text,
+            second,
+        )
+        .await;
+        stored.push(text);
+        if i % 4 == 3 {
+            let reply = format!("reply {i}");
+            let (status, _) = server
+                .as_user(&agent, Method::POST, &path, Some(json!({"text": reply})))
+                .await;
+            assert_eq!(status, 201);
+            stored.push(reply);
+        }
+    }
+    deliver(&server, &integration, "wh-late", "late", second - 3600).await;
+    stored.push("late".to_owned());
+
+    let (_, listed) = server.as_user(&agent, Method::GET, &path, None).await;
+    let texts: Vec<&str> = listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, stored);
+    let (_, late) = server
+        .as_user(&agent, Method::GET, &format!("{path}?limit=1"), None)
+        .await;
+    assert_eq!(
+        late["messages"][0]["created_at"],
+        (second - 3600) * 1000,
+        "the provider's time is kept"
+    );
+}
+
+/// A database as it was at migration 4, before messages were numbered: a fresh SQLite file, or a
+/// fresh schema of the test's PostgreSQL database (dropped afterwards).
+struct Unnumbered {
+    db: Db,
+    /// The PostgreSQL database and the schema made in it.
+    schema: Option<(String, String)>,
+}
+
+impl Unnumbered {
+    fn new(db: Db) -> Self {
+        if db.url().starts_with("postgres") {
+            let schema = format!(
+                "unnumbered_{}",
+                crate::common::unique("m").replace('-', "_")
+            );
+            let mut conn = diesel::PgConnection::establish(db.url()).unwrap();
+            conn.batch_execute(&format!("CREATE SCHEMA {schema}"))
+                .unwrap();
+            let separator = if db.url().contains('?') { '&' } else { '?' };
+            let url = format!("{}{separator}options=-csearch_path%3D{schema}", db.url());
+            let mut conn = diesel::PgConnection::establish(&url).unwrap();
+            Self::migrate_to_4(&mut conn, "postgres");
+            Self {
+                db: Db::with_url(&url),
+                schema: Some((db.url().to_owned(), schema)),
+            }
+        } else {
+            let mut conn = diesel::SqliteConnection::establish(db.url()).unwrap();
+            Self::migrate_to_4(&mut conn, "sqlite");
+            Self { db, schema: None }
+        }
+    }
+
+    fn migrate_to_4<C: MigrationHarness<C::Backend> + Connection>(conn: &mut C, backend: &str) {
+        let dir = format!("{}/migrations/{backend}", env!("CARGO_MANIFEST_DIR"));
+        let migrations = FileBasedMigrations::from_path(dir).unwrap();
+        for _ in 0..4 {
+            conn.run_next_migration(migrations.clone()).unwrap();
+        }
+    }
+
+    fn execute(&self, sql: &str) {
+        if self.schema.is_some() {
+            diesel::PgConnection::establish(self.db.url())
+                .unwrap()
+                .batch_execute(sql)
+                .unwrap();
+        } else {
+            diesel::SqliteConnection::establish(self.db.url())
+                .unwrap()
+                .batch_execute(sql)
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Unnumbered {
+    fn drop(&mut self) {
+        if let Some((url, schema)) = &self.schema {
+            if let Ok(mut conn) = diesel::PgConnection::establish(url) {
+                let _ = conn.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+            }
+        }
+    }
+}
+
+on_each_backend! {
+    async fn messages_stored_before_they_were_numbered_keep_their_order(db) {
+        let old = Unnumbered::new(db);
+        // Inserted out of order; listed until now by (created_at, id): y z a b c 0.
+        old.execute(
+            "INSERT INTO conversations (id, account_id, kind, title, last_message_at, unread_count, created_at)
+                 VALUES ('conv_old', 'acme', 'group', 'old', 3000, 0, 1000), ('conv_other', 'acme', 'group', 'other', 2000, 0, 1000);
+             INSERT INTO participants (conversation_id, user_id, unread_count, joined_at)
+                 VALUES ('conv_old', 'alice', 0, 1000), ('conv_old', 'bob', 3, 1000), ('conv_other', 'alice', 0, 1000);
+             INSERT INTO messages (id, conversation_id, account_id, direction, sender_id, text, status, created_at) VALUES
+                 ('msg_c', 'conv_old', 'acme', 'internal', 'alice', 'c', 'sent', 2000),
+                 ('msg_a', 'conv_old', 'acme', 'internal', 'bob', 'a', 'sent', 2000),
+                 ('msg_q', 'conv_other', 'acme', 'internal', 'alice', 'q', 'sent', 2000),
+                 ('msg_z', 'conv_old', 'acme', 'internal', 'alice', 'z', 'sent', 1000),
+                 ('msg_0', 'conv_old', 'acme', 'internal', 'bob', '0', 'sent', 3000),
+                 ('msg_b', 'conv_old', 'acme', 'internal', 'alice', 'b', 'sent', 2000),
+                 ('msg_y', 'conv_old', 'acme', 'internal', 'bob', 'y', 'sent', 1000);",
+        );
+        let server = TestServer::on(&old.db);
+        let alice = token("acme", "alice");
+        let path = "/api/v1/conversations/conv_old/messages";
+        let (status, new) = server.as_user(&alice, Method::POST, path, Some(json!({"text": "new"}))).await;
+        assert_eq!(status, 201, "{new}");
+        let expected = [new["id"].as_str().unwrap(), "msg_0", "msg_c", "msg_b", "msg_a", "msg_z", "msg_y"];
+        for limit in [1, 3, 50] {
+            assert_eq!(server.message_ids(&alice, "conv_old", limit).await, expected);
+        }
+        assert_eq!(server.message_ids(&alice, "conv_other", 1).await, ["msg_q"]);
+
+        if old.schema.is_some() {
+            // A node of the previous version, during a rolling deploy, stores a message without a
+            // number: it gets the next.
+            old.execute(
+                "INSERT INTO messages (id, conversation_id, account_id, direction, sender_id, text, status, created_at)
+                     VALUES ('msg_from_old_node', 'conv_other', 'acme', 'internal', 'alice', 'o', 'sent', 1);",
+            );
+            let listed = server.message_ids(&alice, "conv_other", 1).await;
+            assert_eq!(listed, ["msg_from_old_node", "msg_q"]);
+        }
+
+        // Bob has read up to b: c and the new one are alice's and after it.
+        let (status, view) = server
+            .as_user(&token("acme", "bob"), Method::POST, "/api/v1/conversations/conv_old/read",
+                     Some(json!({"up_to": "msg_b"})))
+            .await;
+        assert_eq!((status, &view["unread_count"]), (200, &json!(2)), "{view}");
+    }
 }

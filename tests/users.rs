@@ -6,7 +6,8 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::common::{token, Client, Db, TestServer};
+use crate::common::{token, unique, Api, Client, Db, TestServer};
+use crate::on_each_backend;
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -735,4 +736,209 @@ async fn many_arrivals_at_once_are_announced_together() {
     );
     bob.expect_silence(QUIET).await;
     drop(clients);
+}
+
+/// The ordering test: two users of a direct conversation, each sending over a socket on either
+/// node and over REST, all at once: 300 messages.
+const SENDS_EACH_WAY: usize = 50;
+
+/// A stored message as its sender was told: (the ack's seq, message id, sender).
+type Acked = (u64, String, String);
+
+/// Frames a socket in the ordering test keeps unanswered: enough to keep the server busy, few
+/// enough that no send waits long for a database connection.
+const IN_FLIGHT: usize = 4;
+
+/// Sends [`SENDS_EACH_WAY`] frames, [`IN_FLIGHT`] at a time, and collects their acks.
+async fn send_over_socket(api: Api, account: String, user: String, dm: String) -> Vec<Acked> {
+    let (mut client, _) = api.connect(&token(&account, &user)).await;
+    let mut acked = Vec::new();
+    for i in 0..SENDS_EACH_WAY + IN_FLIGHT {
+        if i < SENDS_EACH_WAY {
+            let key = format!("{}-{i}", api.addr.port());
+            let frame = send_frame(&dm, &format!("{user} ws {key}"), &key, i as u64);
+            client.send_text(&frame).await;
+        }
+        if i >= IN_FLIGHT {
+            let (reply, _) = next_reply(&mut client).await;
+            assert_eq!(reply["type"], "ack", "{reply}");
+            let id = reply["message_id"].as_str().unwrap().to_owned();
+            acked.push((reply["seq"].as_u64().unwrap(), id, user.clone()));
+        }
+    }
+    acked
+}
+
+async fn send_over_rest(api: Api, account: String, user: String, dm: String) -> Vec<Acked> {
+    let path = format!("/api/v1/conversations/{dm}/messages");
+    let mut acked = Vec::new();
+    for i in 0..SENDS_EACH_WAY {
+        let body = json!({"text": format!("{user} rest {i}")});
+        let (status, sent) = api
+            .as_user(&token(&account, &user), Method::POST, &path, Some(body))
+            .await;
+        assert_eq!(status, 201, "{sent}");
+        let id = sent["id"].as_str().unwrap().to_owned();
+        acked.push((sent["seq"].as_u64().unwrap(), id, user.clone()));
+    }
+    acked
+}
+
+on_each_backend! {
+    async fn messages_sent_at_once_are_listed_and_read_in_the_order_they_were_stored(db) {
+        // Two nodes on one database: the order must not depend on which node stored a message.
+        // Sends as fast as the clients go: the allowance is not what this tests.
+        let mut config = crate::common::config(&db);
+        config.sends_per_second = std::num::NonZeroU32::new(1000).unwrap();
+        let nodes = [TestServer::start(config.clone()), TestServer::start(config)];
+        let account = unique("order");
+        let users = ["alice".to_owned(), "bob".to_owned()];
+        let (status, dm) = open(&nodes[0], &account, &users[0], &["bob"]).await;
+        assert_eq!(status, 201);
+
+        // Both users at once, over a socket on each node and over REST.
+        let mut senders = Vec::new();
+        for (i, user) in users.iter().enumerate() {
+            for node in &nodes {
+                let (a, u, d) = (account.clone(), user.clone(), dm.clone());
+                senders.push(tokio::spawn(send_over_socket(Api { addr: node.addr }, a, u, d)));
+            }
+            let (a, u, d) = (account.clone(), user.clone(), dm.clone());
+            let rest = Api { addr: nodes[i].addr };
+            senders.push(tokio::spawn(send_over_rest(rest, a, u, d)));
+        }
+        let mut stored: Vec<Acked> = Vec::new();
+        for sender in senders {
+            stored.extend(sender.await.unwrap());
+        }
+        assert_eq!(stored.len(), 300);
+        stored.sort();
+        let newest_first: Vec<String> = stored.iter().rev().map(|(_, id, _)| id.clone()).collect();
+
+        let reader = &users[0];
+        let reader_token = token(&account, reader);
+        for node in &nodes {
+            assert_eq!(
+                node.message_ids(&reader_token, &dm, 50).await,
+                newest_first,
+                "the listing is the order of the acks' sequence numbers"
+            );
+        }
+        // The conversation's latest message is the last one stored.
+        let newest_path = format!("/api/v1/conversations/{dm}/messages?limit=1");
+        let (_, newest) = nodes[1].as_user(&reader_token, Method::GET, &newest_path, None).await;
+        let newest = &newest["messages"][0];
+        assert_eq!(newest["id"], newest_first[0].as_str());
+        let path = format!("/api/v1/conversations/{dm}");
+        let (_, view) = nodes[1].as_user(&reader_token, Method::GET, &path, None).await;
+        assert_eq!(view["last_message_preview"], newest["text"]);
+
+        // Reading up to each message leaves unread exactly the others' messages after it.
+        let read_path = format!("/api/v1/conversations/{dm}/read");
+        for (i, (_, id, _)) in stored.iter().enumerate() {
+            let after = stored[i + 1..].iter().filter(|(_, _, sender)| sender != reader);
+            let body = Some(json!({"up_to": id}));
+            let (status, view) = nodes[i % 2]
+                .as_user(&reader_token, Method::POST, &read_path, body)
+                .await;
+            assert_eq!(status, 200, "{view}");
+            assert_eq!(view["unread_count"], after.count(), "read up to message {i}");
+        }
+    }
+}
+
+/// Sends `n` messages over REST at once; returns each answer's status, `Retry-After` and body.
+async fn rest_burst(
+    api: &Api,
+    jwt: &str,
+    conversation: &str,
+    n: usize,
+) -> Vec<(u16, Option<String>, Value)> {
+    let url = api.http_url(&format!("/api/v1/conversations/{conversation}/messages"));
+    let sends = (0..n).map(|i| {
+        reqwest::Client::new()
+            .post(&url)
+            .bearer_auth(jwt)
+            .json(&json!({"text": format!("burst {i}")}))
+            .send()
+    });
+    let mut answers = Vec::new();
+    for response in futures_util::future::join_all(sends).await {
+        let response = response.expect("send request");
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = response.status().as_u16();
+        answers.push((status, retry_after, response.json().await.unwrap()));
+    }
+    answers
+}
+
+/// Sends `n` frames at once; returns how many were refused as `rate-limited`.
+async fn socket_burst(client: &mut Client, conversation: &str, n: u64) -> usize {
+    for i in 0..n {
+        client
+            .send_text(&send_frame(conversation, "burst", &format!("b-{i}"), i))
+            .await;
+    }
+    let mut limited = 0;
+    for _ in 0..n {
+        let (reply, _) = next_reply(client).await;
+        limited += usize::from(reply["code"] == "rate-limited");
+    }
+    limited
+}
+
+#[tokio::test]
+async fn a_users_sends_draw_on_one_allowance_over_rest_and_sockets() {
+    // The allowance is a burst of 20, refilled at 10 a second; each burst below is sent at once
+    // and is over it by far more than what refills while it is answered.
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let (_, dm) = open(&server, "acme", "alice", &["bob"]).await;
+    let alice = token("acme", "alice");
+    let (mut alice_tab, _) = server.connect(&alice).await;
+
+    let answers = rest_burst(&server, &alice, &dm, 40).await;
+    let limited: Vec<_> = answers
+        .iter()
+        .filter(|(status, ..)| *status == 429)
+        .collect();
+    assert!(!limited.is_empty(), "REST sends are limited");
+    for (_, retry_after, body) in &limited {
+        assert_eq!(body["error"]["code"], "rate-limited", "{body}");
+        let seconds: u64 = retry_after.as_deref().unwrap().parse().unwrap();
+        assert!(seconds >= 1);
+    }
+    assert!(
+        answers
+            .iter()
+            .all(|(status, ..)| [201, 429].contains(status)),
+        "{answers:?}"
+    );
+    // The socket draws on what REST has spent.
+    assert!(socket_burst(&mut alice_tab, &dm, 10).await > 0);
+
+    // Others' allowances are their own: another user, and the same user id in another account.
+    let (status, _) = server
+        .as_user(
+            &token("acme", "bob"),
+            Method::POST,
+            &format!("/api/v1/conversations/{dm}/messages"),
+            Some(json!({"text": "still here"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, elsewhere) = open(&server, "globex", "alice", &["bob"]).await;
+    let answers = rest_burst(&server, &token("globex", "alice"), &elsewhere, 1).await;
+    assert_eq!(answers[0].0, 201);
+
+    // And the other way round: a socket's burst leaves REST nothing to send with.
+    let (_, dm_carol) = open(&server, "acme", "carol", &["dave"]).await;
+    let carol = token("acme", "carol");
+    let (mut carol_tab, _) = server.connect(&carol).await;
+    assert!(socket_burst(&mut carol_tab, &dm_carol, 40).await > 0);
+    let answers = rest_burst(&server, &carol, &dm_carol, 20).await;
+    assert!(answers.iter().any(|(status, ..)| *status == 429));
 }

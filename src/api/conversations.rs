@@ -7,18 +7,18 @@
 //! 403 and never its data.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::extract::User;
+use super::extract::{Json, User};
 use super::{json_text, list_json, optional_json, AppState};
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::inbox::{self, InboxError, Send};
 use crate::outbound::Dispatch;
 use crate::store;
-use crate::store::conversations::{self, Cursor, Message};
+use crate::store::conversations::{self, Cursor, Message, MessageCursor, MessageView};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
@@ -54,7 +54,7 @@ impl PageQuery {
         Self { limit, cursor }
     }
 
-    pub fn parse(self) -> Result<(i64, Option<Cursor>), ApiError> {
+    pub fn parse<C: PageCursor>(self) -> Result<(i64, Option<C>), ApiError> {
         let limit = self.limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
             return Err(ApiError::InvalidField {
@@ -65,9 +65,9 @@ impl PageQuery {
         let cursor = self
             .cursor
             .map(|c| {
-                Cursor::decode(&c).ok_or(ApiError::InvalidField {
+                C::decode(&c).map_err(|reason| ApiError::InvalidField {
                     field: "cursor",
-                    reason: "not a cursor this API gave out".into(),
+                    reason: reason.into(),
                 })
             })
             .transpose()?;
@@ -75,8 +75,55 @@ impl PageQuery {
     }
 }
 
+/// A page position as the opaque `cursor` a listing gives out and takes back.
+pub trait PageCursor: Sized {
+    fn encode(&self) -> String;
+    /// The position, or why the text is not a cursor of this listing.
+    fn decode(text: &str) -> Result<Self, &'static str>;
+}
+
+const NOT_A_CURSOR: &str = "not a cursor this API gave out";
+
+/// Lists ordered by time: `<time>.<id>`.
+impl PageCursor for Cursor {
+    fn encode(&self) -> String {
+        format!("{}.{}", self.time, self.id)
+    }
+
+    fn decode(text: &str) -> Result<Self, &'static str> {
+        let (time, id) = text.split_once('.').ok_or(NOT_A_CURSOR)?;
+        Ok(Self {
+            time: time.parse().map_err(|_| NOT_A_CURSOR)?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// A conversation's messages: the position below which the next page starts.
+impl PageCursor for MessageCursor {
+    fn encode(&self) -> String {
+        self.before.to_string()
+    }
+
+    fn decode(text: &str) -> Result<Self, &'static str> {
+        // Before 2026-12 messages were listed by time, with time cursors; such a cursor would
+        // now mean another place, so it is refused rather than followed.
+        if text.contains('.') {
+            return Err("a cursor from before messages were numbered (2026-12); list again from the first page");
+        }
+        match text.parse() {
+            Ok(before) if before > 0 => Ok(Self { before }),
+            _ => Err(NOT_A_CURSOR),
+        }
+    }
+}
+
 /// The next page's cursor, when this page was full.
-pub fn next_cursor<T>(page: &[T], limit: i64, key: impl Fn(&T) -> Cursor) -> Option<String> {
+pub fn next_cursor<T, C: PageCursor>(
+    page: &[T],
+    limit: i64,
+    key: impl Fn(&T) -> C,
+) -> Option<String> {
     (page.len() as i64 == limit)
         .then(|| page.last().map(|last| key(last).encode()))
         .flatten()
@@ -96,7 +143,7 @@ pub struct OpenRequest {
 pub async fn open(
     User(user): User,
     state: web::Data<AppState>,
-    body: web::Json<OpenRequest>,
+    body: Json<OpenRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     let mut others = Vec::new();
@@ -137,7 +184,7 @@ pub async fn open(
     } else {
         HttpResponse::Ok()
     };
-    Ok(json_text(response, view))
+    Ok(json_text(response, view.get().to_owned()))
 }
 
 /// `GET /api/v1/conversations` — newest activity first.
@@ -154,8 +201,12 @@ pub async fn list(
                 conversations::list(conn, &user.account, &user.user, limit, cursor.as_ref())?;
             let views = page
                 .iter()
-                .map(|c| inbox::view_json(conn, c, Some(&user.user)))
-                .collect::<Result<Vec<_>, _>>()?;
+                .map(|c| {
+                    Ok(inbox::view_json(conn, c, Some(&user.user))?
+                        .get()
+                        .to_owned())
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?;
             let next = next_cursor(&page, limit, |c| Cursor {
                 time: c.last_message_at,
                 id: c.id.clone(),
@@ -182,10 +233,10 @@ pub async fn show(
             Ok::<_, ApiError>(inbox::view_json(conn, &conversation, Some(&user.user))?)
         })
         .await?;
-    Ok(json_text(HttpResponse::Ok(), view))
+    Ok(json_text(HttpResponse::Ok(), view.get().to_owned()))
 }
 
-/// `GET /api/v1/conversations/{id}/messages` — newest first.
+/// `GET /api/v1/conversations/{id}/messages` — newest first, in the order they were stored.
 pub async fn messages(
     User(user): User,
     state: web::Data<AppState>,
@@ -203,14 +254,11 @@ pub async fn messages(
                 conn,
                 &conversation.id,
                 limit,
-                cursor.as_ref(),
+                cursor,
             )?)
         })
         .await?;
-    let next = next_cursor(&page, limit, |m| Cursor {
-        time: m.created_at,
-        id: m.id.clone(),
-    });
+    let next = next_cursor(&page, limit, |m| MessageCursor { before: m.position });
     let items: Vec<String> = page.iter().map(Message::to_json).collect();
     let body = list_json("messages", &items, &[("next_cursor", json!(next))]);
     Ok(json_text(HttpResponse::Ok(), body))
@@ -224,14 +272,27 @@ pub struct SendRequest {
     client_msg_id: Option<String>,
 }
 
+/// The answer to a send: the message, and the `seq` of its `new-message` for the sender.
+#[derive(Serialize)]
+struct SendAnswer<'a> {
+    #[serde(flatten)]
+    message: MessageView<'a>,
+    seq: u64,
+}
+
 /// `POST /api/v1/conversations/{id}/messages` — the message, with the `seq` of its `new-message`
 /// (201; 200 with the first result when `client_msg_id` was sent before).
 pub async fn send(
     User(user): User,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: web::Json<SendRequest>,
+    body: Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    state
+        .sessions
+        .sends
+        .check(&user.account, &user.user)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let request = body.into_inner();
     let id = path.into_inner();
     let broker = state.broker.clone();
@@ -255,15 +316,16 @@ pub async fn send(
     if let Some(delivery_id) = sent.delivery {
         state.dispatcher.do_send(Dispatch { delivery_id });
     }
-    let mut body: serde_json::Value =
-        serde_json::from_str(&sent.message.to_json()).expect("messages are JSON");
-    body["seq"] = json!(sent.seq);
+    let answer = SendAnswer {
+        message: sent.message.view(),
+        seq: sent.seq,
+    };
     let mut response = if sent.duplicate {
         HttpResponse::Ok()
     } else {
         HttpResponse::Created()
     };
-    Ok(response.json(body))
+    Ok(response.json(answer))
 }
 
 #[derive(Deserialize, Default)]
@@ -293,5 +355,5 @@ pub async fn mark_read(
             Ok::<_, InboxError>(view)
         })
         .await?;
-    Ok(json_text(HttpResponse::Ok(), view))
+    Ok(json_text(HttpResponse::Ok(), view.get().to_owned()))
 }

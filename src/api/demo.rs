@@ -67,8 +67,7 @@ pub async fn token(
             limit: MAX_TOKEN_REQUEST_BYTES,
         })?
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    let body: TokenRequest =
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let body: TokenRequest = crate::json::from_slice(&body)?;
     let account = field("account_id", AccountId::new(&body.account_id))?;
     let user = field("user_id", UserId::new(&body.user_id))?;
     let token = auth::mint(jwt, &account, &user, TOKEN_TTL)

@@ -1,13 +1,17 @@
-//! Request extractors for the two kinds of caller: the application's backend (server API key)
-//! and a user (JWT). Extracted before the body, so an unauthenticated request is refused without
-//! reading it.
+//! Request extractors for the two kinds of caller — the application's backend (server API key)
+//! and a user (JWT), extracted before the body, so an unauthenticated request is refused without
+//! reading it — and for JSON bodies ([`Json`]), held to the nesting limit of [`crate::json`].
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use super::AppState;
 use crate::auth::{self, Identity};
 use crate::error::ApiError;
+use crate::json;
 
 fn state(req: &HttpRequest) -> &web::Data<AppState> {
     req.app_data::<web::Data<AppState>>()
@@ -80,5 +84,40 @@ impl FromRequest for User {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         std::future::ready(user(req))
+    }
+}
+
+/// A JSON request body, parsed into `T` within [`json::MAX_DEPTH`] levels of nesting; otherwise as
+/// `web::Json` (its size limit and error answers, from the app's `JsonConfig`). Every JSON body
+/// the API takes comes through here.
+pub struct Json<T>(pub T);
+
+impl<T> Json<T> {
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Json<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for Json<T> {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<Self, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        // Taken as raw JSON first: that checks the syntax and the size, at any depth, without
+        // building anything.
+        let raw = web::Json::<Box<RawValue>>::from_request(req, payload);
+        Box::pin(async move {
+            let raw = raw.await?.into_inner();
+            let value = json::from_slice(raw.get().as_bytes()).map_err(ApiError::from)?;
+            Ok(Self(value))
+        })
     }
 }

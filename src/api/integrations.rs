@@ -6,7 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::extract::ServerKey;
+use super::extract::{Json, ServerKey};
 use super::{optional_json, AppState};
 use crate::error::{field, ApiError};
 use crate::ids::{check_id, random_id, AccountId};
@@ -85,7 +85,7 @@ fn inbound_secret(provider: &str, given: Option<String>) -> Result<(String, bool
 pub async fn create(
     _: ServerKey,
     state: web::Data<AppState>,
-    body: web::Json<CreateRequest>,
+    body: Json<CreateRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     if !matches!(request.provider.as_str(), "facebook" | "zalo" | "generic") {

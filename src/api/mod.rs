@@ -158,7 +158,7 @@ pub fn optional_json<T: serde::de::DeserializeOwned + Default>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))
+    Ok(crate::json::from_slice(body)?)
 }
 
 /// A JSON answer from text that is already JSON (our own serialization), sent as it is rather

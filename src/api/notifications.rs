@@ -8,7 +8,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::conversations::{next_cursor, PageQuery};
-use super::extract::{ServerKey, User};
+use super::extract::{Json, ServerKey, User};
 use super::{json_text, list_json, AppState};
 use crate::actors::room::RoomEvent;
 use crate::error::{field, ApiError};
@@ -49,7 +49,7 @@ pub struct CreateRequest {
 pub async fn create(
     _: ServerKey,
     state: web::Data<AppState>,
-    body: web::Json<CreateRequest>,
+    body: Json<CreateRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
     let account = field("account_id", AccountId::new(&request.account_id))?;

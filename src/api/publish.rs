@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::extract::ServerKey;
+use super::extract::{Json, ServerKey};
 use super::AppState;
 use crate::error::{field, ApiError};
 use crate::ids::{AccountId, UserId};
@@ -51,7 +51,7 @@ pub async fn publish(
     _: ServerKey,
     req: HttpRequest,
     state: web::Data<AppState>,
-    body: web::Json<PublishRequest>,
+    body: Json<PublishRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(&req)?;
     let request = body.into_inner();

@@ -27,6 +27,8 @@ pub struct Conversation {
     /// For an external conversation: unread by the account.
     pub unread_count: i64,
     pub created_at: i64,
+    /// The number of its latest message (see [`Message::position`]); 0 before the first.
+    pub last_position: i64,
 }
 
 impl Conversation {
@@ -96,6 +98,11 @@ pub struct Message {
     pub client_msg_id: Option<String>,
     pub ack_seq: Option<i64>,
     pub created_at: i64,
+    /// Its place in the conversation: 1, 2, 3… in the order messages were stored (the commit
+    /// order of the account's writes). What listings, cursors, the latest message and unread
+    /// counts go by — not `created_at`, which ties within a millisecond and, for a provider's
+    /// message, is the provider's time.
+    pub position: i64,
 }
 
 /// How a message is shown to clients: attachments as JSON, not as the text they are stored as.
@@ -115,12 +122,13 @@ pub struct MessageView<'a> {
 }
 
 impl Message {
-    pub fn to_json(&self) -> String {
+    pub fn view(&self) -> MessageView<'_> {
+        // Stored from JSON we took in; should a row hold anything else, it shows as no attachments.
         let attachments = self
             .attachments
             .as_deref()
             .and_then(|a| serde_json::from_str::<&RawValue>(a).ok());
-        let view = MessageView {
+        MessageView {
             id: &self.id,
             conversation_id: &self.conversation_id,
             direction: &self.direction,
@@ -131,8 +139,11 @@ impl Message {
             status: &self.status,
             client_msg_id: self.client_msg_id.as_deref(),
             created_at: self.created_at,
-        };
-        serde_json::to_string(&view).expect("messages serialize")
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.view()).expect("messages serialize")
     }
 }
 
@@ -206,13 +217,29 @@ pub struct NewMessage<'a> {
     pub created_at: i64,
 }
 
-/// Stores the message and moves the conversation's activity forward: an inbound message counts
-/// as unread for the account, a user's message as unread for the other participants. Returns both
-/// as they now are.
+/// Stores the message as the conversation's next and moves its activity forward: an inbound
+/// message counts as unread for the account, a user's message as unread for the other
+/// participants. Returns both as they now are. Call inside [`super::write`] for the account.
 pub fn add_message(
     conn: &mut DbConnection,
     new: &NewMessage<'_>,
 ) -> Result<(Message, Conversation), StoreError> {
+    let preview = new
+        .text
+        .map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>())
+        .or_else(|| new.attachments.map(|_| "[attachment]".to_owned()));
+    let unread = i64::from(new.direction == "inbound");
+    let target = conversations::table.find(&new.conversation.id);
+    // The row lock this takes (and the account's write lock around it) orders concurrent
+    // writers: each message gets the next number, in commit order.
+    let position: i64 = diesel::update(target)
+        .set((
+            conversations::last_position.eq(conversations::last_position + 1),
+            conversations::last_message_preview.eq(preview),
+            conversations::unread_count.eq(conversations::unread_count + unread),
+        ))
+        .returning(conversations::last_position)
+        .get_result(conn)?;
     let id = random_id("msg");
     diesel::insert_into(messages::table)
         .values((
@@ -227,13 +254,9 @@ pub fn add_message(
             messages::status.eq(new.status),
             messages::client_msg_id.eq(new.client_msg_id),
             messages::created_at.eq(new.created_at),
+            messages::position.eq(position),
         ))
         .execute(conn)?;
-    let preview = new
-        .text
-        .map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>())
-        .or_else(|| new.attachments.map(|_| "[attachment]".to_owned()));
-    let unread = i64::from(new.direction == "inbound");
     if !new.conversation.is_external() {
         diesel::update(
             participants::table
@@ -243,13 +266,6 @@ pub fn add_message(
         .set(participants::unread_count.eq(participants::unread_count + 1))
         .execute(conn)?;
     }
-    let target = conversations::table.find(&new.conversation.id);
-    diesel::update(target)
-        .set((
-            conversations::last_message_preview.eq(preview),
-            conversations::unread_count.eq(conversations::unread_count + unread),
-        ))
-        .execute(conn)?;
     // Providers may deliver out of order: activity time only moves forward.
     diesel::update(target)
         .filter(conversations::last_message_at.lt(new.created_at))
@@ -269,18 +285,10 @@ pub struct Cursor {
     pub id: String,
 }
 
-impl Cursor {
-    pub fn encode(&self) -> String {
-        format!("{}.{}", self.time, self.id)
-    }
-
-    pub fn decode(s: &str) -> Option<Self> {
-        let (time, id) = s.split_once('.')?;
-        Some(Self {
-            time: time.parse().ok()?,
-            id: id.to_owned(),
-        })
-    }
+/// A page position in a conversation's messages: those numbered below `before`, newest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageCursor {
+    pub before: i64,
 }
 
 /// The conversations `user` sees — the account's external ones and those they take part in —
@@ -356,6 +364,7 @@ pub struct Participant {
     pub conversation_id: String,
     pub user_id: String,
     pub unread_count: i64,
+    /// The last message this user has read (its position orders it).
     pub last_read_message_id: Option<String>,
     pub joined_at: i64,
 }
@@ -465,24 +474,20 @@ fn create_between(
     Ok(conversations::table.find(&id).first(conn)?)
 }
 
-/// A conversation's messages, newest first.
+/// A conversation's messages, newest (highest position) first.
 pub fn messages(
     conn: &mut DbConnection,
     conversation_id: &str,
     limit: i64,
-    before: Option<&Cursor>,
+    cursor: Option<MessageCursor>,
 ) -> Result<Vec<Message>, StoreError> {
     let mut query = messages::table
         .filter(messages::conversation_id.eq(conversation_id))
-        .order((messages::created_at.desc(), messages::id.desc()))
+        .order(messages::position.desc())
         .limit(limit)
         .into_boxed();
-    if let Some(c) = before {
-        query = query.filter(
-            messages::created_at.lt(c.time).or(messages::created_at
-                .eq(c.time)
-                .and(messages::id.lt(c.id.clone()))),
-        );
+    if let Some(cursor) = cursor {
+        query = query.filter(messages::position.lt(cursor.before));
     }
     Ok(query.load(conn)?)
 }
@@ -511,13 +516,7 @@ pub fn mark_read_by(
         Some(m) => messages::table
             .filter(messages::conversation_id.eq(conversation_id))
             .filter(messages::sender_id.ne(user.as_str()))
-            .filter(
-                messages::created_at
-                    .gt(m.created_at)
-                    .or(messages::created_at
-                        .eq(m.created_at)
-                        .and(messages::id.gt(&m.id))),
-            )
+            .filter(messages::position.gt(m.position))
             .count()
             .get_result(conn)?,
     };
@@ -540,7 +539,7 @@ fn latest_message(
 ) -> Result<Option<Message>, StoreError> {
     Ok(messages::table
         .filter(messages::conversation_id.eq(conversation_id))
-        .order((messages::created_at.desc(), messages::id.desc()))
+        .order(messages::position.desc())
         .first(conn)
         .optional()?)
 }

@@ -55,6 +55,7 @@ diesel::table! {
         last_message_preview -> Nullable<Text>,
         unread_count -> BigInt,
         created_at -> BigInt,
+        last_position -> BigInt,
     }
 }
 
@@ -72,6 +73,7 @@ diesel::table! {
         client_msg_id -> Nullable<Text>,
         ack_seq -> Nullable<BigInt>,
         created_at -> BigInt,
+        position -> BigInt,
     }
 }
 

@@ -70,8 +70,7 @@ struct PageId {
 
 /// The distinct pages `body` names, at most [`MAX_PAGES_PER_WEBHOOK`].
 fn page_ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
-    let named: PageIds =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let named: PageIds = crate::json::from_slice(body)?;
     let pages: BTreeSet<String> = named.entry.into_iter().map(|e| e.id).collect();
     if pages.len() > MAX_PAGES_PER_WEBHOOK {
         return Err(ApiError::InvalidField {
@@ -197,8 +196,7 @@ fn verify_and_parse(
     if !signature::verify_facebook(secret, body, header) {
         return Err(ApiError::Signature(SignatureError::Mismatch));
     }
-    let payload: Payload =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let payload: Payload = crate::json::from_slice(body)?;
     if payload.object != "page" {
         return Err(ApiError::InvalidField {
             field: "object",

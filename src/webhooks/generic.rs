@@ -46,8 +46,7 @@ fn verify_and_parse(
     if !signatures.verify(secret, id, timestamp, body) {
         return Err(ApiError::Signature(SignatureError::Mismatch));
     }
-    let Body::Message(data) =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let Body::Message(data) = crate::json::from_slice(body)?;
     if data.contact_id.is_empty() || (data.text.is_none() && data.attachments.is_none()) {
         return Err(ApiError::InvalidBody(
             "a message needs a `contact_id` and a `text` or `attachments`".into(),

@@ -123,8 +123,7 @@ fn parse(event: Event, at: i64) -> Result<Option<Inbound>, ApiError> {
 
 /// The timestamp and the OA id, read before the signature can be checked.
 fn envelope(body: &[u8]) -> Result<(String, String), ApiError> {
-    let envelope: Envelope =
-        serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    let envelope: Envelope = crate::json::from_slice(body)?;
     let timestamp = envelope
         .timestamp()
         .ok_or_else(|| invalid("`timestamp` must be a string or a number"))?;
@@ -159,8 +158,7 @@ pub async fn receive(
         if !signature::verify_zalo(&app_id, &body, &timestamp, &secret, &header) {
             return Err(ApiError::Signature(SignatureError::Mismatch));
         }
-        let event: Event =
-            serde_json::from_slice(&body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+        let event: Event = crate::json::from_slice(&body)?;
         let at = millis(timestamp.parse().ok())?;
         Ok(parse(event, at)?.into_iter().collect::<Vec<Inbound>>())
     })

@@ -171,6 +171,8 @@ pub fn config(db: &Db) -> Config {
         long_poll_max: Duration::from_secs(30),
         token_refresh_lead: Duration::from_secs(60),
         frames_per_second: std::num::NonZeroU32::new(1000).unwrap(),
+        // The default: the tests of the limit count on it.
+        sends_per_second: std::num::NonZeroU32::new(10).unwrap(),
         max_sessions_per_user: 50,
         auth_failures_per_minute: std::num::NonZeroU32::new(10_000).unwrap(),
         allowed_origins: switchboard::config::Origins::Listed(vec![
@@ -587,6 +589,26 @@ impl Api {
         let response = request.send().await.expect("request");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The ids of a conversation's messages as the user sees them listed (newest first), read
+    /// page by page, `limit` a page.
+    pub async fn message_ids(&self, token: &str, conversation: &str, limit: u32) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let path =
+                format!("/api/v1/conversations/{conversation}/messages?limit={limit}{cursor}");
+            let (status, page) = self.as_user(token, reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, 200, "{page}");
+            for message in page["messages"].as_array().unwrap() {
+                ids.push(message["id"].as_str().unwrap().to_owned());
+            }
+            match page["next_cursor"].as_str() {
+                Some(next) => cursor = format!("&cursor={next}"),
+                None => return ids,
+            }
+        }
     }
 
     /// Posts a raw webhook body with the given headers.

@@ -88,6 +88,8 @@ pub struct Shared {
     pub tokens: Tokens,
     /// Frames a client may send per second (twice as many in a burst).
     pub frames_per_second: std::num::NonZeroU32,
+    /// Each user's allowance of sends, drawn on by all their sessions and by the REST API.
+    pub sends: crate::inbox::SendRate,
 }
 
 /// What a live session needs to know about tokens.

@@ -1,13 +1,13 @@
 //! The user's requests over the socket: `send` and `read` go through [`inbox`] on the blocking
-//! pool (exactly as the REST API does), `typing` and `presence` through the broker. None is
-//! awaited in the session's mailbox: each runs as a spawned future that answers when done.
+//! pool (exactly as the REST API does, sends drawing on the same per-user allowance), `typing`
+//! and `presence` through the broker. None is awaited in the session's mailbox: each runs as a
+//! spawned future that answers when done.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use actix::prelude::*;
 use governor::clock::{Clock, DefaultClock};
-use governor::NotUntil;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde_json::{json, Value};
 
@@ -18,10 +18,6 @@ use crate::outbound::Dispatch;
 use crate::protocol::{ephemeral_frame, Close, ServerFrame};
 use crate::store;
 
-/// Sends a session may make: a burst of this many …
-const SEND_BURST: u32 = 20;
-/// … refilled at this many per second.
-const SENDS_PER_SECOND: u32 = 10;
 /// `typing` frames forwarded per session: one per this interval; the rest are dropped.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -35,7 +31,6 @@ pub(super) struct Limits {
     frames: DefaultDirectRateLimiter,
     /// Frames refused since the last heartbeat.
     pub(super) frames_refused: u32,
-    sends: DefaultDirectRateLimiter,
     typing: DefaultDirectRateLimiter,
 }
 
@@ -49,9 +44,6 @@ impl Limits {
                     .allow_burst(frames_per_second.saturating_mul(per_second(2))),
             ),
             frames_refused: 0,
-            sends: RateLimiter::direct(
-                Quota::per_second(per_second(SENDS_PER_SECOND)).allow_burst(per_second(SEND_BURST)),
-            ),
             typing: RateLimiter::direct(
                 Quota::with_period(TYPING_INTERVAL).expect("a positive interval"),
             ),
@@ -78,7 +70,8 @@ impl<W: Wire> Session<W> {
             self.close(ctx, Close::TooManyFrames);
         } else if self.limits.frames_refused == 1 {
             let message = "too many frames; this one and any more until retry_after_ms are dropped";
-            self.rate_limited(ctx, &not_until, message, None);
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            self.rate_limited(ctx, wait, message, None);
         }
         false
     }
@@ -87,11 +80,10 @@ impl<W: Wire> Session<W> {
     fn rate_limited(
         &mut self,
         ctx: &mut W::Context,
-        not_until: &NotUntil<<DefaultClock as Clock>::Instant>,
+        wait: Duration,
         message: &str,
         reference: Option<Value>,
     ) {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
         let frame = ServerFrame::Error {
             code: "rate-limited",
             message: message.to_owned(),
@@ -124,9 +116,10 @@ impl<W: Wire> Session<W> {
         reference: Option<Value>,
         ctx: &mut W::Context,
     ) {
-        if let Err(not_until) = self.limits.sends.check() {
+        let (account, user) = (&self.identity.account, &self.identity.user);
+        if let Err(wait) = self.shared.sends.check(account, user) {
             let message = "too many messages; slow down";
-            return self.rate_limited(ctx, &not_until, message, reference);
+            return self.rate_limited(ctx, wait, message, reference);
         }
         if let Err(error) = send.borrow().validate() {
             return self.refuse(ctx, &error, reference);
