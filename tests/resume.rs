@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::{self, token, Db, SilentClient, TestServer};
 
@@ -558,4 +558,69 @@ async fn chaos_every_client_ends_with_exactly_the_events_it_is_entitled_to() {
         tally.connects > clients.len(),
         "connections were cut and resumed"
     );
+}
+
+#[tokio::test]
+async fn a_resume_point_ahead_of_the_account_gets_one_documented_answer_on_every_wire() {
+    use crate::common::engine_io::Poller;
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let alice = token("acme", "alice");
+    let seq = server.publish("acme", None, "e", json!(1)).await;
+    let ahead = seq + 5;
+
+    // `/ws?since=`: refused before the upgrade.
+    let url = format!("{}?token={alice}&since={ahead}", server.ws_url());
+    let (status, body) = server.try_connect(url).await.err().expect("refused");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("since-in-future"))
+    );
+    // The long-poll: likewise.
+    let path = format!("/api/v1/events?since={ahead}&timeout=0");
+    let (status, body) = server.as_user(&alice, Method::GET, &path, None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("since-in-future"))
+    );
+    // The `resume` frame: an error frame, and the session carries on live.
+    let (mut client, _) = server.connect(&alice).await;
+    client
+        .send_text(&json!({"type": "resume", "since": ahead}).to_string())
+        .await;
+    assert_eq!(client.next_json().await["code"], "since-in-future");
+
+    // Socket.IO's recovery offset: connected afresh (another pid: `socket.recovered` is false),
+    // and told why with `resume-failed`.
+    let auth = json!({ "token": alice });
+    let (_, first) = Poller::connect(&server, auth.clone()).await;
+    let mut now = seq;
+    for (offset, code, since) in [
+        (json!(ahead.to_string()), "since-in-future", Some(ahead)),
+        (json!("not-a-number"), "invalid-since", None),
+    ] {
+        let mut recovering = auth.clone();
+        recovering["pid"] = first["pid"].clone();
+        recovering["offset"] = offset;
+        let (mut socket, connected) = Poller::connect(&server, recovering).await;
+        assert_ne!(connected["pid"], first["pid"], "not recovered");
+        let packet = socket.next().await;
+        let failed: Value = serde_json::from_str(packet.strip_prefix("42").unwrap()).unwrap();
+        assert_eq!(failed[0], "resume-failed", "{packet}");
+        assert_eq!(
+            (
+                &failed[1]["code"],
+                failed[1].get("since"),
+                &failed[1]["seq"]
+            ),
+            (&json!(code), since.map(Value::from).as_ref(), &json!(now)),
+            "{packet}"
+        );
+        assert!(failed[1]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let live = server.publish("acme", None, "e", json!(2)).await;
+        assert_eq!(socket.next().await, format!(r#"42["e",2,"{live}"]"#));
+        let next = client.next_event().await.0;
+        assert_eq!(next, live, "the /ws session carried on live");
+        now = live;
+    }
 }

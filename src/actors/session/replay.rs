@@ -18,7 +18,7 @@ use super::{Deliver, Session, Wire};
 use crate::actors::broker::CatchUp;
 use crate::actors::room::RoomEvent;
 use crate::metrics;
-use crate::protocol::{Close, ServerFrame, SinceError};
+use crate::protocol::{Close, ResumePoint, ServerFrame, SinceError};
 use crate::store::{events, StoreError};
 
 /// Events read from the database per replay step.
@@ -35,6 +35,9 @@ pub(super) struct Resume {
     /// Live frames held back while replaying (`None` when not replaying); the room counted them
     /// in the backlog, so they are bounded with it.
     held: Option<Vec<(Option<u64>, ByteString)>>,
+    /// A resume point refused before the session started (a Socket.IO recovery offset), and
+    /// the offset when it was a number: said after the welcome.
+    refused: Option<(SinceError, Option<u64>)>,
     /// Live events up to here are already with the client (it resumed from beyond the room's
     /// position, which events still in flight had not reached).
     skip_through: u64,
@@ -48,6 +51,7 @@ impl Resume {
             since,
             joined_seq: None,
             held: None,
+            refused: None,
             skip_through: 0,
             events_written: false,
         }
@@ -62,6 +66,13 @@ enum Asked {
 }
 
 impl<W: Wire> Session<W> {
+    /// A resume point the check refused before the session started (Socket.IO's recovery
+    /// offset): the session starts afresh and, after its welcome, says why with `resume-failed`.
+    pub fn with_refused_resume(mut self, error: SinceError, since: Option<u64>) -> Self {
+        self.resume.refused = Some((error, since));
+        self
+    }
+
     fn welcome(&mut self, ctx: &mut W::Context, seq: u64, resumed: bool) {
         let welcome = ServerFrame::Welcome {
             session_id: self.id.to_string(),
@@ -83,6 +94,17 @@ impl<W: Wire> Session<W> {
     /// The room took the session in at `seq`.
     pub(super) fn joined(&mut self, seq: u64, ctx: &mut W::Context) {
         self.resume.joined_seq = Some(seq);
+        if let Some((error, since)) = self.resume.refused.take() {
+            metrics::resume(error.code());
+            self.welcome(ctx, seq, false);
+            let refused = ServerFrame::ResumeRefused {
+                code: error.code(),
+                message: error.to_string(),
+                since,
+                seq,
+            };
+            return self.write(ctx, &refused);
+        }
         match self.resume.since {
             None => self.welcome(ctx, seq, false),
             Some(since) => self.begin_replay(since, Asked::Query, ctx),
@@ -161,12 +183,15 @@ impl<W: Wire> Session<W> {
                 Ok(history) => history,
                 Err(e) => return session.replay_failed(ctx, &e),
             };
-            if since > last {
-                // Only a `resume` frame gets here; `?since=` was checked before the upgrade.
-                session.refuse_since(ctx, SinceError::InFuture);
-                session.resume.since = None;
-                return session.finish_replay(ctx);
-            }
+            let point = match ResumePoint::check(since, (oldest, last)) {
+                Ok(point) => point,
+                Err(error) => {
+                    // Only a `resume` frame gets here; `?since=` was checked before the upgrade.
+                    session.refuse_since(ctx, error);
+                    session.resume.since = None;
+                    return session.finish_replay(ctx);
+                }
+            };
             if last > joined {
                 // The room is behind the database (it missed another node's news): it reads
                 // what it missed, and delivers it to this session with the rest.
@@ -175,7 +200,7 @@ impl<W: Wire> Session<W> {
                     .broker
                     .do_send(CatchUp(Some(session.identity.account.clone())));
             }
-            let kept = since + 1 >= oldest;
+            let kept = point == ResumePoint::Kept;
             metrics::resume(if kept { "resumed" } else { "resume-failed" });
             match asked {
                 Asked::Query => session.welcome(ctx, joined, kept),
