@@ -128,7 +128,9 @@ impl Backlog {
 
     /// `alone`: a frame larger than the limit is counted only if nothing else is queued.
     fn count(&self, bytes: usize, budget: usize, alone: bool) -> bool {
-        let owed = self.queued();
+        // The stall clock runs only during a replay: live delivery pays nothing for it.
+        let replaying = self.replaying.load(Ordering::Relaxed);
+        let owed = if replaying { self.queued() } else { 1 };
         let counted = if bytes > self.limit {
             !(alone && self.queued.load(Ordering::SeqCst) != 0)
                 && self
@@ -169,6 +171,8 @@ impl Backlog {
     }
 
     pub fn set_replaying(&self, replaying: bool) {
+        // What is queued from before, the client has had no time to take yet.
+        self.owed_since.store(self.now(), Ordering::Relaxed);
         self.replaying.store(replaying, Ordering::SeqCst);
     }
 
@@ -196,10 +200,12 @@ impl Backlog {
 
     /// The socket (or a poll) took `bytes`.
     pub fn taken(&self, bytes: usize) {
-        let now = self.now();
-        let owed_since = self.owed_since.swap(now, Ordering::Relaxed);
-        if self.stalled_at(owed_since, now) {
-            self.overflowed.store(true, Ordering::Relaxed);
+        if self.replaying.load(Ordering::Relaxed) {
+            let now = self.now();
+            let owed_since = self.owed_since.swap(now, Ordering::Relaxed);
+            if self.stalled_at(owed_since, now) {
+                self.overflowed.store(true, Ordering::Relaxed);
+            }
         }
         self.release(bytes);
     }
@@ -627,11 +633,16 @@ mod tests {
     #[test]
     fn a_replaying_client_that_takes_nothing_for_the_stall_limit_has_stalled() {
         let backlog = Backlog::new(LIMIT);
-        backlog.set_stall_limit(Duration::from_millis(20));
+        backlog.set_stall_limit(Duration::from_millis(200));
         assert!(backlog.reserve(100));
-        std::thread::sleep(Duration::from_millis(40));
+        std::thread::sleep(Duration::from_millis(300));
         assert!(!backlog.stalled(), "not replaying: the bound decides");
         backlog.set_replaying(true);
+        assert!(
+            !backlog.stalled(),
+            "the client's time starts with the replay"
+        );
+        std::thread::sleep(Duration::from_millis(300));
         assert!(backlog.stalled());
         // Taking bytes after the stall is too late: the session is closed for it.
         backlog.taken(50);
