@@ -633,7 +633,7 @@ crate::on_each_backend! {
              the server's RSS grew {} KiB at most",
             history >> 20,
             sizes.len(),
-            MIXED_SIZES[4] >> 10,
+            MIXED_SIZES.iter().max().unwrap() >> 10,
             started.elapsed(),
             growth >> 10
         );
@@ -641,7 +641,6 @@ crate::on_each_backend! {
             growth < (history / 4) as u64,
             "the server's memory grew {growth} bytes for a {history}-byte replay"
         );
-        process.log.clear();
     }
 }
 
@@ -682,7 +681,8 @@ async fn next_frame(
 crate::on_each_backend! {
     async fn a_client_that_stops_reading_mid_replay_is_closed_as_a_slow_consumer_and_resumes_to_the_end(db) {
         let mut config = common::config(&db);
-        // The stall is noticed within two heartbeat intervals; the heartbeat timeout, long after.
+        // A replaying client that takes nothing for a heartbeat interval has stopped reading; the
+        // heartbeat timeout would come long after.
         config.heartbeat = switchboard::config::Heartbeat {
             interval: Duration::from_millis(200),
             timeout: Duration::from_secs(20),
@@ -721,6 +721,7 @@ crate::on_each_backend! {
         };
         assert_eq!(code, 4001, "closed as a slow consumer after {last} events");
         assert!(last < EVENTS, "closed mid-replay");
+        eprintln!("stopped reading after 20 events; closed after {last} of {EVENTS}");
 
         // It resumes from where it got to, and gets the rest.
         let (mut client, welcome) = server.resume(&reader, last).await;

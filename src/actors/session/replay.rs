@@ -359,6 +359,12 @@ impl<W: Wire> Session<W> {
                 if replay.read_to >= replay.through {
                     return self.finish_replay(ctx);
                 }
+                // The next page is read once the client has taken most of the last: what is
+                // read and what is queued are not held at their largest at once.
+                let level = read_budget(self.backlog.limit());
+                if self.backlog.queued() > level {
+                    return self.wait_for_drain(level, ctx);
+                }
                 return self.read_page(ctx);
             };
             let size = frame_size(frame.len());
