@@ -11,7 +11,8 @@
 //! A replay is paced by the client's reading, event by event, and holds a bounded share of
 //! `SWITCHBOARD_MAX_QUEUED_BYTES` whatever the history's size:
 //!
-//! - it reads a page of at most [`read_budget`] bytes (or one event) ahead;
+//! - it reads a page of at most [`read_budget`] bytes (or one event) ahead, once the client has
+//!   taken most of the last;
 //! - it writes the next event only while what is queued for the client stays within
 //!   [`replay_budget`] — an event larger than that goes when nothing else is queued — and
 //!   otherwise waits until the transport has taken enough (woken by the transport, not a timer);
