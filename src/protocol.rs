@@ -153,6 +153,17 @@ pub enum ServerFrame<'a> {
         oldest_seq: u64,
         seq: u64,
     },
+    /// A Socket.IO client's recovery offset failed the resume-point check (`code`: it is not a
+    /// sequence number, or it is ahead of the account): the session started afresh. Reload the
+    /// state, then carry on from `seq`, which live events continue after.
+    #[serde(rename = "resume-failed")]
+    ResumeRefused {
+        code: &'static str,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+        seq: u64,
+    },
     Pong {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Value>,
@@ -202,7 +213,7 @@ impl ServerFrame<'_> {
         match self {
             Self::Welcome { .. } => "welcome",
             Self::Resumed { .. } => "resumed",
-            Self::ResumeFailed { .. } => "resume-failed",
+            Self::ResumeFailed { .. } | Self::ResumeRefused { .. } => "resume-failed",
             Self::Pong { .. } => "pong",
             Self::TokenExpiring { .. } => "token-expiring",
             Self::Authenticated { .. } => "authenticated",
@@ -321,6 +332,32 @@ impl SinceError {
             Value::Number(n) => n.as_u64().ok_or(Self::Malformed),
             Value::String(s) => s.parse().map_err(|_| Self::Malformed),
             _ => Err(Self::Malformed),
+        }
+    }
+}
+
+/// A resume point, checked against its account's history. This is the one check behind every
+/// way of resuming — `?since=` on `/ws` and on the long-poll, the `resume` frame, and Socket.IO's
+/// recovery offset — each parsed first with [`SinceError::parse`]; each wire answers the outcome
+/// in its own terms (the README's "Resume after a reconnect" lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumePoint {
+    /// Every event after it is kept: they are replayed.
+    Kept,
+    /// The events after it are no longer all kept; `oldest` is the oldest that is.
+    Pruned { oldest: u64 },
+}
+
+impl ResumePoint {
+    /// `since` against the account's history as the store reads it (`events::history`): the
+    /// oldest event kept, and the last sequence number.
+    pub fn check(since: u64, (oldest, last): (u64, u64)) -> Result<Self, SinceError> {
+        if since > last {
+            Err(SinceError::InFuture)
+        } else if since + 1 < oldest {
+            Ok(Self::Pruned { oldest })
+        } else {
+            Ok(Self::Kept)
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::common::{self, token, Db, SilentClient, TestServer};
 
@@ -558,4 +558,282 @@ async fn chaos_every_client_ends_with_exactly_the_events_it_is_entitled_to() {
         tally.connects > clients.len(),
         "connections were cut and resumed"
     );
+}
+
+/// The resident memory of process `pid`, from /proc.
+fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Event sizes for a large history: small ones, and some larger than a 1 MiB bound by themselves.
+const MIXED_SIZES: [usize; 5] = [300, 8 << 10, 96 << 10, 400 << 10, 1536 << 10];
+
+crate::on_each_backend! {
+    // The server runs as a process of its own, so that its memory is measured apart from the
+    // client's and from the other tests running beside this one.
+    async fn a_replay_far_larger_than_the_bound_is_paced_by_a_reading_client(db) {
+        use crate::common::process::{Process, BIN};
+        let mut command = std::process::Command::new(BIN);
+        command
+            .env("DATABASE_URL", db.url())
+            .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+            .env("SWITCHBOARD_JWT_SECRET", common::JWT_SECRET)
+            .env("SWITCHBOARD_API_KEY", common::API_KEY)
+            .env("SWITCHBOARD_MAX_QUEUED_BYTES", (1 << 20).to_string())
+            // What the server holds, not what its allocator keeps for reuse; and SQLite's page
+            // cache (2 MiB per connection, in the server's process) for two connections only.
+            .env("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+            .env("SWITCHBOARD_DB_POOL_SIZE", "2")
+            .env("SWITCHBOARD_MAX_PUBLISH_BYTES", (2 << 20).to_string())
+            .env("RUST_LOG", "warn,switchboard=info");
+        let mut process = Process::spawn(command);
+        let api = common::Api { addr: process.listening_on().parse().unwrap() };
+        let account = common::unique("replay");
+        let reader = token(&account, "reader");
+
+        // 50 MiB of history, in events of mixed sizes.
+        let mut sizes = Vec::new();
+        let mut history = 0;
+        while history < 50 << 20 {
+            let size = MIXED_SIZES[sizes.len() % MIXED_SIZES.len()];
+            let data = json!({"i": sizes.len(), "pad": "x".repeat(size)});
+            let seq = api.publish(&account, None, "bulk", data).await;
+            assert_eq!(seq, sizes.len() as u64 + 1);
+            sizes.push(size);
+            history += size;
+        }
+        let pid = process.child.id();
+        let before = rss_of(pid);
+        let mut peak = before;
+
+        let started = Instant::now();
+        let (mut client, welcome) = api.resume(&reader, 0).await;
+        assert_eq!(welcome["resumed"], true);
+        for (i, size) in sizes.iter().enumerate() {
+            match client.receive(common::WAIT).await {
+                common::Received::Json(frame) => {
+                    assert_eq!(frame["seq"], i + 1, "every event once, in order");
+                    assert_eq!(frame["data"]["i"], i);
+                    assert_eq!(frame["data"]["pad"].as_str().map(str::len), Some(*size));
+                }
+                other => panic!("after {i} of {} events: {other:?}", sizes.len()),
+            }
+            peak = peak.max(rss_of(pid));
+        }
+        client.expect_silence(QUIET).await;
+        let growth = peak.saturating_sub(before);
+        eprintln!(
+            "replay: {} MiB in {} events (largest {} KiB) replayed in {:?} with a 1 MiB bound; \
+             the server's RSS grew {} KiB at most",
+            history >> 20,
+            sizes.len(),
+            MIXED_SIZES.iter().max().unwrap() >> 10,
+            started.elapsed(),
+            growth >> 10
+        );
+        assert!(
+            growth < (history / 4) as u64,
+            "the server's memory grew {growth} bytes for a {history}-byte replay"
+        );
+    }
+}
+
+/// A WebSocket client whose socket buffers little (64 KiB), so that when it stops reading the
+/// server soon has nowhere to put more.
+async fn connect_with_a_small_window(
+    server: &TestServer,
+    url: String,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    tokio_tungstenite::client_async(url, stream)
+        .await
+        .unwrap()
+        .0
+}
+
+/// The next text frame, as JSON; or the close code.
+async fn next_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+) -> Result<serde_json::Value, u16> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let message = tokio::time::timeout(common::WAIT, ws.next())
+            .await
+            .expect("a frame within the wait");
+        match message {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(frame))) => return Err(frame.map_or(1005, |f| f.code.into())),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended without a close frame: {other:?}"),
+        }
+    }
+}
+
+crate::on_each_backend! {
+    async fn a_client_that_stops_reading_mid_replay_is_closed_as_a_slow_consumer_and_resumes_to_the_end(db) {
+        let mut config = common::config(&db);
+        // A replaying client that takes nothing for a heartbeat interval has stopped reading; the
+        // heartbeat timeout would come long after.
+        config.heartbeat = switchboard::config::Heartbeat {
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_secs(20),
+        };
+        let server = TestServer::start(config);
+        let account = common::unique("stall");
+        let reader = token(&account, "reader");
+        const EVENTS: u64 = 160;
+        let pad = "x".repeat(96 << 10);
+        for i in 0..EVENTS {
+            server.publish(&account, None, "bulk", json!({"i": i, "pad": pad})).await;
+        }
+
+        let url = format!("{}?token={reader}&since=0", server.ws_url());
+        let mut ws = connect_with_a_small_window(&server, url).await;
+        assert_eq!(next_frame(&mut ws).await.unwrap()["type"], "welcome");
+        let mut last = 0;
+        while last < 20 {
+            let frame = next_frame(&mut ws).await.expect("an event, not a close");
+            assert_eq!(frame["seq"], last + 1);
+            last += 1;
+        }
+        // The client stops reading for ten heartbeat intervals: once its socket is full, it
+        // takes nothing of what the replay queued for it. (Nothing to wait for instead: the
+        // server cannot tell a client that stopped reading from a slow one but by time.)
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // What was on its way still arrives, in order, then the slow-consumer close.
+        let code = loop {
+            match next_frame(&mut ws).await {
+                Ok(frame) => {
+                    assert_eq!(frame["seq"], last + 1, "in order, once");
+                    last += 1;
+                }
+                Err(code) => break code,
+            }
+        };
+        assert_eq!(code, 4001, "closed as a slow consumer after {last} events");
+        assert!(last < EVENTS, "closed mid-replay");
+        eprintln!("stopped reading after 20 events; closed after {last} of {EVENTS}");
+
+        // It resumes from where it got to, and gets the rest.
+        let (mut client, welcome) = server.resume(&reader, last).await;
+        assert_eq!(welcome["resumed"], true);
+        for seq in last + 1..=EVENTS {
+            assert_eq!(client.next_event().await.0, seq);
+        }
+        client.expect_silence(QUIET).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_events_during_a_long_replay_come_after_it_once_without_closing_a_reader() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.max_publish_bytes = 1 << 20;
+    let server = Arc::new(TestServer::start(config));
+    let reader = token("acme", "reader");
+    // 12 MiB of history; live events meanwhile, some larger than what a replay holds for them.
+    let sizes = |big: usize, small: usize, n: usize| (0..n).map(move |i| [small, big][i % 2]);
+    const HISTORY: u64 = 28;
+    const LIVE: u64 = 40;
+    for (i, size) in sizes(900 << 10, 16 << 10, HISTORY as usize).enumerate() {
+        let data = json!({"i": i, "pad": "h".repeat(size)});
+        server.publish("acme", None, "history", data).await;
+    }
+    let url = format!("{}?token={reader}&since=0", server.ws_url());
+    let mut ws = connect_with_a_small_window(&server, url).await;
+    assert_eq!(next_frame(&mut ws).await.unwrap()["type"], "welcome");
+    assert_eq!(next_frame(&mut ws).await.unwrap()["seq"], 1);
+    // The client pauses (far less than a heartbeat interval) while events are published: the
+    // replay fills its share of the bound and waits, and live events find no room.
+    let publisher = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            for (i, size) in sizes(600 << 10, 4 << 10, LIVE as usize).enumerate() {
+                let data = json!({"i": i, "pad": "l".repeat(size)});
+                server.publish("acme", None, "live", data).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for expected in 2..=HISTORY + LIVE {
+        let frame = next_frame(&mut ws).await.expect("an event, not a close");
+        assert_eq!(frame["seq"], expected, "in order, once");
+    }
+    publisher.await.unwrap();
+    let silent = tokio::time::timeout(QUIET, next_frame(&mut ws)).await;
+    assert!(silent.is_err(), "nothing more: {silent:?}");
+}
+
+#[tokio::test]
+async fn a_resume_point_ahead_of_the_account_gets_one_documented_answer_on_every_wire() {
+    use crate::common::engine_io::Poller;
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    let alice = token("acme", "alice");
+    let seq = server.publish("acme", None, "e", json!(1)).await;
+    let ahead = seq + 5;
+
+    // `/ws?since=`: refused before the upgrade.
+    let url = format!("{}?token={alice}&since={ahead}", server.ws_url());
+    let (status, body) = server.try_connect(url).await.err().expect("refused");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("since-in-future"))
+    );
+    // The long-poll: likewise.
+    let path = format!("/api/v1/events?since={ahead}&timeout=0");
+    let (status, body) = server.as_user(&alice, Method::GET, &path, None).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("since-in-future"))
+    );
+    // The `resume` frame: an error frame, and the session carries on live.
+    let (mut client, _) = server.connect(&alice).await;
+    client
+        .send_text(&json!({"type": "resume", "since": ahead}).to_string())
+        .await;
+    assert_eq!(client.next_json().await["code"], "since-in-future");
+
+    // Socket.IO's recovery offset: connected afresh (another pid: `socket.recovered` is false),
+    // and told why with `resume-failed`.
+    let auth = json!({ "token": alice });
+    let (_, first) = Poller::connect(&server, auth.clone()).await;
+    let mut now = seq;
+    for (offset, code, since) in [
+        (json!(ahead.to_string()), "since-in-future", Some(ahead)),
+        (json!("not-a-number"), "invalid-since", None),
+    ] {
+        let mut recovering = auth.clone();
+        recovering["pid"] = first["pid"].clone();
+        recovering["offset"] = offset;
+        let (mut socket, connected) = Poller::connect(&server, recovering).await;
+        assert_ne!(connected["pid"], first["pid"], "not recovered");
+        let packet = socket.next().await;
+        let failed: Value = serde_json::from_str(packet.strip_prefix("42").unwrap()).unwrap();
+        assert_eq!(failed[0], "resume-failed", "{packet}");
+        assert_eq!(
+            (
+                &failed[1]["code"],
+                failed[1].get("since"),
+                &failed[1]["seq"]
+            ),
+            (&json!(code), since.map(Value::from).as_ref(), &json!(now)),
+            "{packet}"
+        );
+        assert!(failed[1]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let live = server.publish("acme", None, "e", json!(2)).await;
+        assert_eq!(socket.next().await, format!(r#"42["e",2,"{live}"]"#));
+        let next = client.next_event().await.0;
+        assert_eq!(next, live, "the /ws session carried on live");
+        now = live;
+    }
 }

@@ -24,7 +24,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
-use super::session::{frame_size, Backlog, Deliver, Framing, FromRoom};
+use super::session::{frame_size, Backlog, Deliver, Framing, FromRoom, Reservation};
 use crate::cluster::Cluster;
 use crate::config::Presence;
 use crate::ids::{AccountId, SessionId, UserId};
@@ -243,14 +243,29 @@ struct Member {
 impl Member {
     /// Queues a frame for the member unless its client is too far behind. The session then
     /// closes itself as a slow consumer (at its next message or heartbeat), and the client
-    /// resumes from its last sequence number, so the frames not queued are not lost. Answers
-    /// whether the frame was queued.
+    /// resumes from its last sequence number, so the frames not queued are not lost. A session
+    /// replaying history is not closed for a stored event that does not fit: it is told it
+    /// missed it, and its replay reads it from the database. Answers whether the frame was
+    /// queued.
     fn offer(&self, framed: &Framed, seq: Option<u64>, handed: Option<&Handed>) -> bool {
         let Some(frame) = framed.get(self.framing) else {
             return false;
         };
         let handed = handed.filter(|_| self.backlog.queued() < PACED_BELOW);
-        if !self.backlog.reserve(frame_size(frame.len())) {
+        let size = frame_size(frame.len());
+        let queued = match seq {
+            Some(seq) => match self.backlog.reserve_stored(size) {
+                Reservation::Queued => true,
+                Reservation::Missed => {
+                    // The session is replaying: it reads this one from the database.
+                    self.notices.do_send(FromRoom::Missed { seq });
+                    false
+                }
+                Reservation::Refused => false,
+            },
+            None => self.backlog.reserve(size),
+        };
+        if !queued {
             return false;
         }
         self.deliver.do_send(Deliver {

@@ -15,7 +15,7 @@ use crate::actors::broker::Wait;
 use crate::actors::room::RoomEvent;
 use crate::auth::Identity;
 use crate::error::ApiError;
-use crate::protocol::SinceError;
+use crate::protocol::{ResumePoint, SinceError};
 use crate::store::events;
 
 /// Events in one answer at most; the client asks again from the last one.
@@ -41,14 +41,14 @@ async fn read(state: &AppState, user: &Identity, since: u64) -> Result<Vec<RoomE
             Ok::<_, ApiError>((oldest, last, rows))
         })
         .await?;
-    if since > last {
-        return Err(ApiError::Since(SinceError::InFuture));
-    }
-    if since + 1 < oldest {
-        return Err(ApiError::ResumeFailed {
-            since,
-            oldest_seq: oldest,
-        });
+    match ResumePoint::check(since, (oldest, last)).map_err(ApiError::Since)? {
+        ResumePoint::Kept => {}
+        ResumePoint::Pruned { oldest } => {
+            return Err(ApiError::ResumeFailed {
+                since,
+                oldest_seq: oldest,
+            })
+        }
     }
     Ok(rows
         .into_iter()

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::AppState;
 use crate::actors::session::{self, Native, Session};
 use crate::error::ApiError;
-use crate::protocol::SinceError;
+use crate::protocol::{ResumePoint, SinceError};
 use crate::store::events;
 
 #[derive(Deserialize)]
@@ -40,19 +40,18 @@ pub async fn connect(
         .map_err(ApiError::Since)?;
 
     // Only a resume point needs the database before the upgrade; otherwise the room knows the
-    // account's sequence number (or reads it once, when it starts).
+    // account's sequence number (or reads it once, when it starts). One beyond retention is
+    // taken: the session says `resume-failed` once connected.
     let seen_seq = match since {
         None => None,
         Some(since) => {
             let account = identity.account.clone();
-            let seq = state
+            let history = state
                 .store
-                .run(move |conn| events::current_seq(conn, &account))
+                .run(move |conn| events::history(conn, &account))
                 .await?;
-            if since > seq {
-                return Err(ApiError::Since(SinceError::InFuture));
-            }
-            Some(seq)
+            ResumePoint::check(since, history).map_err(ApiError::Since)?;
+            Some(history.1)
         }
     };
 

@@ -32,8 +32,10 @@ use crate::api::AppState;
 use crate::auth;
 use crate::config::Secret;
 use crate::error::ApiError;
+use crate::ids::AccountId;
 use crate::metrics;
-use crate::store::events;
+use crate::protocol::{ResumePoint, SinceError};
+use crate::store::{events, StoreError};
 use link::{Link, PollError};
 use packet::{FromClient, Packet};
 use socket::Socket;
@@ -314,39 +316,79 @@ async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
         }
     };
 
-    // Recovering: the `pid` this account's session gave, and the last sequence number seen.
-    let pid = auth.get("pid").and_then(Value::as_str).map(str::to_owned);
-    let offset = auth
-        .get("offset")
+    // Recovering: the `pid` a session of this account gave, sent back with the last sequence
+    // number seen as its offset. One given to another account's session is not honoured.
+    let pid = auth
+        .get("pid")
         .and_then(Value::as_str)
-        .and_then(|o| o.parse::<u64>().ok());
-    let asked = offset.filter(|_| {
-        pid.as_deref()
-            .is_some_and(|pid| pid_of(pid, identity.account.as_str()))
-    });
-    // With a resume point, the account's sequence number now (as `/ws` reads it for `?since=`).
-    let mut resume = None;
-    if let Some(since) = asked {
-        let account = identity.account.clone();
-        match state
-            .store
-            .run(move |conn| events::current_seq(conn, &account))
-            .await
-        {
-            Ok(seq) if since <= seq => resume = Some((since, seq)),
-            // An offset from the future is not ours: connect afresh (not recovered).
-            Ok(_) => {}
-            Err(e) => {
-                log::error!("socket.io connect failed: {e}");
-                return refuse("unavailable", "the server cannot serve this now; retry");
-            }
+        .filter(|pid| pid_of(pid, identity.account.as_str()))
+        .map(str::to_owned);
+    let offset = auth.get("offset").filter(|_| pid.is_some());
+    let recovery = match Recovery::check(state, &identity.account, offset).await {
+        Ok(recovery) => recovery,
+        Err(e) => {
+            log::error!("socket.io connect failed: {e}");
+            return refuse("unavailable", "the server cannot serve this now; retry");
         }
-    }
+    };
     if link.is_closed() {
         return;
     }
-    let (since, seen_seq) = (resume.map(|(since, _)| since), resume.map(|(_, seq)| seq));
-    let wire = Engine::new(link.clone(), pid.filter(|_| resume.is_some()));
-    let session = Session::new(identity, seen_seq, since, state.sessions.clone(), wire);
+    let (since, seen_seq, refused) = match recovery {
+        Recovery::Fresh => (None, None, None),
+        Recovery::From { since, seq } => (Some(since), Some(seq), None),
+        Recovery::Refused { error, since } => (None, None, Some((error, since))),
+    };
+    let wire = Engine::new(link.clone(), pid.filter(|_| since.is_some()));
+    let mut session = Session::new(identity, seen_seq, since, state.sessions.clone(), wire);
+    if let Some((error, since)) = refused {
+        // Connected afresh (`socket.recovered` is false), and told why with `resume-failed`.
+        session = session.with_refused_resume(error, since);
+    }
     link.set_session(session.start());
+}
+
+/// What a CONNECT's recovery offset comes to, by the resume-point check every wire makes.
+enum Recovery {
+    /// No recovery asked for.
+    Fresh,
+    /// Replay after `since`; `seq` is the account's sequence number now. (Beyond retention,
+    /// the session says `resume-failed` once connected, as on `/ws`.)
+    From { since: u64, seq: u64 },
+    /// The offset is not a sequence number (`since` is then `None`), or is ahead of the account.
+    Refused {
+        error: SinceError,
+        since: Option<u64>,
+    },
+}
+
+impl Recovery {
+    async fn check(
+        state: &AppState,
+        account: &AccountId,
+        offset: Option<&Value>,
+    ) -> Result<Self, StoreError> {
+        let Some(offset) = offset else {
+            return Ok(Self::Fresh);
+        };
+        let since = match SinceError::parse(offset) {
+            Ok(since) => since,
+            Err(error) => return Ok(Self::Refused { error, since: None }),
+        };
+        let account = account.clone();
+        let history = state
+            .store
+            .run(move |conn| events::history(conn, &account))
+            .await?;
+        Ok(match ResumePoint::check(since, history) {
+            Ok(_) => Self::From {
+                since,
+                seq: history.1,
+            },
+            Err(error) => Self::Refused {
+                error,
+                since: Some(since),
+            },
+        })
+    }
 }

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::link::Link;
 use super::packet::{self, Packet, PacketError};
-use crate::actors::session::{Framing, Session, Wire};
+use crate::actors::session::{Backlog, Framing, Session, Wire};
 use crate::ids::random_id;
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 
@@ -73,6 +73,10 @@ impl Wire for Engine {
             Some(id) => packet::ack(id, &text),
             None => packet::emit(frame.kind(), &text),
         }
+    }
+
+    fn backlog(&self) -> Option<Arc<Backlog>> {
+        Some(self.link.backlog.clone())
     }
 
     fn send(&mut self, _: &mut Self::Context, text: ByteString) {

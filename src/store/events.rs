@@ -138,6 +138,32 @@ pub fn after(
         .load(conn)?)
 }
 
+type DbBackend = <DbConnection as Connection>::Backend;
+
+/// The account's events after `after` (up to `up_to`) that `user` may see: the account's, and
+/// those addressed to them; in sequence order.
+fn visible_query<'a>(
+    account: &'a AccountId,
+    user: &'a UserId,
+    after: u64,
+    up_to: Option<u64>,
+) -> events::BoxedQuery<'a, DbBackend> {
+    let mut query = events::table
+        .filter(events::account_id.eq(account.as_str()))
+        .filter(events::seq.gt(after as i64))
+        .filter(
+            events::user_id
+                .is_null()
+                .or(events::user_id.eq(user.as_str())),
+        )
+        .order(events::seq.asc())
+        .into_boxed();
+    if let Some(up_to) = up_to {
+        query = query.filter(events::seq.le(up_to as i64));
+    }
+    query
+}
+
 /// The events after `after`, up to `up_to`, that `user` may see (the account's, and those
 /// addressed to them), in sequence order; at most `limit`.
 pub fn visible(
@@ -148,21 +174,66 @@ pub fn visible(
     up_to: Option<u64>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let mut query = events::table
-        .filter(events::account_id.eq(account.as_str()))
-        .filter(events::seq.gt(after as i64))
-        .filter(
-            events::user_id
-                .is_null()
-                .or(events::user_id.eq(user.as_str())),
-        )
-        .order(events::seq.asc())
+    Ok(visible_query(account, user, after, up_to)
         .limit(limit)
-        .into_boxed();
-    if let Some(up_to) = up_to {
-        query = query.filter(events::seq.le(up_to as i64));
+        .load(conn)?)
+}
+
+diesel::define_sql_function! {
+    /// The bytes of a text (PostgreSQL; SQLite since 3.43, and ours is bundled).
+    fn octet_length(text: Text) -> Integer;
+}
+
+/// A page of a user's events, read for a replay.
+pub struct Page {
+    pub rows: Vec<StoredEvent>,
+    /// Every event the user may see up to here is in `rows` (or before them).
+    pub covered: u64,
+    /// The account's oldest event still kept, when it has any.
+    pub oldest: Option<u64>,
+}
+
+/// The events after `after`, up to `up_to`, that `user` may see: at most `max_rows`, and only as
+/// many as fit in `max_bytes` of data (but at least one). Their sizes are read first, so that a
+/// replay never holds more than that in memory, however large the events.
+pub fn page(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    user: &UserId,
+    (after, up_to): (u64, u64),
+    max_rows: i64,
+    max_bytes: usize,
+) -> Result<Page, StoreError> {
+    let sizes: Vec<(i64, i32)> = visible_query(account, user, after, Some(up_to))
+        .select((events::seq, octet_length(events::data)))
+        .limit(max_rows)
+        .load(conn)?;
+    let (mut bytes, mut fitting) = (0, 0);
+    for (_, size) in &sizes {
+        bytes += (*size).max(0) as usize;
+        if fitting > 0 && bytes > max_bytes {
+            break;
+        }
+        fitting += 1;
     }
-    Ok(query.load(conn)?)
+    let complete = fitting == sizes.len() && (sizes.len() as i64) < max_rows;
+    let covered = match fitting.checked_sub(1).map(|last| sizes[last].0 as u64) {
+        Some(last) if !complete => last,
+        _ => up_to,
+    };
+    let rows = match fitting {
+        0 => Vec::new(),
+        n => visible(conn, account, user, after, Some(covered), n as i64)?,
+    };
+    let oldest: Option<i64> = events::table
+        .filter(events::account_id.eq(account.as_str()))
+        .select(diesel::dsl::min(events::seq))
+        .first(conn)?;
+    Ok(Page {
+        rows,
+        covered,
+        oldest: oldest.map(|seq| seq as u64),
+    })
 }
 
 /// Where the account's history stands: (oldest event still kept, last sequence number). With

@@ -43,7 +43,7 @@ use crate::outbound::Dispatcher;
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 use crate::store::Store;
 pub use native::Native;
-pub use transport::{frame_size, serve, start, Backlog, Handover, Writer};
+pub use transport::{frame_size, serve, start, Backlog, Handover, Reservation, Writer};
 pub use wire::{Framing, Wire};
 
 /// A frame for the client, already serialized (the same bytes go to every recipient). `seq` is
@@ -70,6 +70,9 @@ pub enum FromRoom {
     /// The room cannot take the session now (it cannot read the database): close with 1011, so
     /// the client comes back with backoff.
     Unavailable,
+    /// Event `seq` was not queued for this session, which is replaying history: the replay
+    /// reads it from the database (see [`Backlog::reserve_stored`]).
+    Missed { seq: u64 },
     /// Panics, as a bug would: for exercising the isolation of sessions.
     #[doc(hidden)]
     Fail,
@@ -132,7 +135,13 @@ impl<W: Wire> Session<W> {
         shared: Arc<Shared>,
         wire: W,
     ) -> Self {
-        let backlog = Arc::new(Backlog::new(shared.max_queued_bytes));
+        let backlog = wire
+            .backlog()
+            .unwrap_or_else(|| Arc::new(Backlog::new(shared.max_queued_bytes)));
+        // Set before joining: an event the room cannot queue before the replay starts is read
+        // with the rest, not a reason to close the session.
+        backlog.set_replaying(since.is_some());
+        backlog.set_stall_limit(shared.heartbeat.interval);
         Self {
             id: SessionId::random(),
             identity,
@@ -285,6 +294,9 @@ impl<W: Wire> Actor for Session<W> {
             } else if session.backlog.overflowed() {
                 // The room stopped queueing events for this client.
                 session.slow_consumer(ctx);
+            } else if session.backlog.stalled() {
+                // It stopped reading in the middle of a replay.
+                session.slow_consumer(ctx);
             } else if session.reserve(ctx, W::PING_BYTES) {
                 session.wire.ping(ctx);
             }
@@ -340,6 +352,7 @@ impl<W: Wire> Handler<FromRoom> for Session<W> {
             FromRoom::GoingAway => session.close(ctx, Close::ServerShutdown),
             FromRoom::TooManySessions => session.close(ctx, Close::TooManySessions),
             FromRoom::Unavailable => session.close(ctx, Close::ServerError),
+            FromRoom::Missed { seq } => session.missed(seq, ctx),
             FromRoom::Fail => panic!("session failing on request"),
         });
     }

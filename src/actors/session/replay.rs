@@ -4,52 +4,120 @@
 //!
 //! The session is registered with its room (live) before history is read: live events arriving
 //! meanwhile are held back, and written after the replay. Everything replayed is at or below the
-//! room's position when the session joined, and everything live is above it, so the merge is by
-//! sequence number with nothing to compare. When the events after N are no longer all kept
-//! (retention), the client is told with `resume-failed` and carries on live from there.
+//! replay's target — the room's position when the session joined — and everything held is above
+//! it, so the merge is by sequence number with nothing to compare. When the events after N are no
+//! longer all kept (retention), the client is told with `resume-failed` and carries on live.
+//!
+//! A replay is paced by the client's reading, event by event, and holds a bounded share of
+//! `SWITCHBOARD_MAX_QUEUED_BYTES` whatever the history's size:
+//!
+//! - it reads a page of at most [`read_budget`] bytes (or one event) ahead, once the client has
+//!   taken most of the last;
+//! - it writes the next event only while what is queued for the client stays within
+//!   [`replay_budget`] — an event larger than that goes when nothing else is queued — and
+//!   otherwise waits until the transport has taken enough (woken by the transport, not a timer);
+//! - it holds live events back up to [`held_budget`]; past it, they are dropped and the replay's
+//!   target raised past them, so it reads them from the database instead. The room does the same
+//!   with an event it cannot queue for a replaying session ([`super::FromRoom::Missed`]).
+//!
+//! A client that stops reading mid-replay is closed as a slow consumer once it has taken nothing
+//! of what is queued for it for a heartbeat interval ([`super::Backlog::stalled`]).
 
-use std::time::Duration;
+use std::collections::VecDeque;
 
 use actix::prelude::*;
 use bytestring::ByteString;
 use serde_json::Value;
 
-use super::{Deliver, Session, Wire};
+use super::{frame_size, Deliver, Framing, Session, Wire};
 use crate::actors::broker::CatchUp;
 use crate::actors::room::RoomEvent;
 use crate::metrics;
-use crate::protocol::{Close, ServerFrame, SinceError};
+use crate::protocol::{Close, ResumePoint, ServerFrame, SinceError};
 use crate::store::{events, StoreError};
 
-/// Events read from the database per replay step.
-const REPLAY_CHUNK: i64 = 500;
-/// How long a replay waits for the client to drain half its backlog before the next step.
-const REPLAY_PAUSE: Duration = Duration::from_millis(20);
+/// Events read from the database at once, at most.
+const READ_ROWS: i64 = 500;
+
+/// What the replay's events, with everything else queued for the client, may reach before it
+/// waits: half the bound, the other half left to live events and the session's own frames.
+fn replay_budget(limit: usize) -> usize {
+    limit / 2
+}
+
+/// Bytes of events read from the database ahead of the client, at most (or one event).
+fn read_budget(limit: usize) -> usize {
+    limit / 4
+}
+
+/// Bytes of live events held back while a replay runs; past it they are dropped and read from
+/// the database later.
+fn held_budget(limit: usize) -> usize {
+    limit / 4
+}
 
 /// Where the session stands in resuming.
 pub(super) struct Resume {
     /// The resume point asked for, by `?since=` or a `resume` frame.
     since: Option<u64>,
+    /// A resume point refused before the session started (a Socket.IO recovery offset), and
+    /// the offset when it was a number: said after the welcome.
+    refused: Option<(SinceError, Option<u64>)>,
     /// The room's position when the session joined: live events come after it.
     joined_seq: Option<u64>,
-    /// Live frames held back while replaying (`None` when not replaying); the room counted them
-    /// in the backlog, so they are bounded with it.
-    held: Option<Vec<(Option<u64>, ByteString)>>,
-    /// Live events up to here are already with the client (it resumed from beyond the room's
-    /// position, which events still in flight had not reached).
+    /// Set while replaying.
+    replay: Option<Replay>,
+    /// Live events up to here are already with the client (replayed, or it resumed from beyond
+    /// the room's position, which events still in flight had not reached).
     skip_through: u64,
-    /// An event has been written: a `resume` frame now would come too late.
-    events_written: bool,
+    /// The last stored event written; `None` before the first (a `resume` frame is then too
+    /// late).
+    written_through: Option<u64>,
 }
 
 impl Resume {
     pub(super) fn new(since: Option<u64>) -> Self {
         Self {
             since,
+            refused: None,
             joined_seq: None,
-            held: None,
+            replay: None,
             skip_through: 0,
-            events_written: false,
+            written_through: None,
+        }
+    }
+}
+
+/// A replay under way: history read page by page, up to `through`.
+struct Replay {
+    /// Every event the client may see up to here has been read (or was already with it).
+    read_to: u64,
+    /// Replays up to here: the room's position at joining, raised past live events dropped.
+    through: u64,
+    /// Events read and not yet written, framed for the wire, in order.
+    ahead: VecDeque<(u64, ByteString)>,
+    /// The history has been checked (and the client told): events may be written.
+    flowing: bool,
+    reading: bool,
+    /// Waiting for the transport to take what is queued.
+    waiting: bool,
+    /// Live frames held back until the replay is done. Uncounted from the backlog while held
+    /// (which counts what the transport has to take) and counted again when written.
+    held: Vec<(Option<u64>, ByteString)>,
+    held_bytes: usize,
+}
+
+impl Replay {
+    fn new(read_to: u64, through: u64) -> Self {
+        Self {
+            read_to,
+            through,
+            ahead: VecDeque::new(),
+            flowing: false,
+            reading: false,
+            waiting: false,
+            held: Vec::new(),
+            held_bytes: 0,
         }
     }
 }
@@ -62,6 +130,13 @@ enum Asked {
 }
 
 impl<W: Wire> Session<W> {
+    /// A resume point the check refused before the session started (Socket.IO's recovery
+    /// offset): the session starts afresh and, after its welcome, says why with `resume-failed`.
+    pub fn with_refused_resume(mut self, error: SinceError, since: Option<u64>) -> Self {
+        self.resume.refused = Some((error, since));
+        self
+    }
+
     fn welcome(&mut self, ctx: &mut W::Context, seq: u64, resumed: bool) {
         let welcome = ServerFrame::Welcome {
             session_id: self.id.to_string(),
@@ -83,6 +158,17 @@ impl<W: Wire> Session<W> {
     /// The room took the session in at `seq`.
     pub(super) fn joined(&mut self, seq: u64, ctx: &mut W::Context) {
         self.resume.joined_seq = Some(seq);
+        if let Some((error, since)) = self.resume.refused.take() {
+            metrics::resume(error.code());
+            self.welcome(ctx, seq, false);
+            let refused = ServerFrame::ResumeRefused {
+                code: error.code(),
+                message: error.to_string(),
+                since,
+                seq,
+            };
+            return self.write(ctx, &refused);
+        }
         match self.resume.since {
             None => self.welcome(ctx, seq, false),
             Some(since) => self.begin_replay(since, Asked::Query, ctx),
@@ -93,7 +179,8 @@ impl<W: Wire> Session<W> {
     /// replay runs.
     pub(super) fn deliver(
         &mut self,
-        // The ticket, if any, is let go once the frame is written (or held for the replay).
+        // The ticket, if any, is let go at once: a frame held for a replay must not hold the
+        // account's publishers back.
         Deliver { frame, seq, .. }: Deliver,
         ctx: &mut W::Context,
     ) {
@@ -102,18 +189,45 @@ impl<W: Wire> Session<W> {
             return self.slow_consumer(ctx);
         }
         if seq.is_some_and(|seq| seq <= self.resume.skip_through) {
-            return;
+            return self.backlog.release(frame_size(frame.len()));
         }
-        match &mut self.resume.held {
-            Some(held) => held.push((seq, frame)),
+        let welcomed = self.lifetime.welcomed;
+        match &mut self.resume.replay {
+            // Ephemeral events have no place in the sequence: nothing to merge them with.
+            Some(_) if seq.is_none() && welcomed => self.write_counted(ctx, seq, frame),
+            Some(replay) => {
+                self.backlog.release(frame_size(frame.len()));
+                replay.hold(seq, frame, held_budget(self.backlog.limit()));
+            }
             None => self.write_counted(ctx, seq, frame),
         }
+    }
+
+    /// The room could not queue event `seq` while the session was replaying: the replay reads it
+    /// from the database. (Should the replay have ended meanwhile, a new one reads just that.)
+    pub(super) fn missed(&mut self, seq: u64, ctx: &mut W::Context) {
+        if let Some(replay) = &mut self.resume.replay {
+            replay.through = replay.through.max(seq);
+            return;
+        }
+        let resume = &self.resume;
+        let from = [resume.written_through, resume.joined_seq]
+            .into_iter()
+            .flatten()
+            .fold(resume.skip_through, u64::max);
+        let mut replay = Replay::new(from, seq);
+        replay.flowing = true;
+        self.resume.replay = Some(replay);
+        self.backlog.set_replaying(true);
+        self.pump(ctx);
     }
 
     /// Writes a frame already counted in the backlog.
     fn write_counted(&mut self, ctx: &mut W::Context, seq: Option<u64>, frame: ByteString) {
         if !self.closing() {
-            self.resume.events_written |= seq.is_some();
+            if seq.is_some() {
+                self.resume.written_through = seq;
+            }
             self.wire.send(ctx, frame);
         }
     }
@@ -122,12 +236,17 @@ impl<W: Wire> Session<W> {
     pub(super) fn on_resume(&mut self, since: &Value, ctx: &mut W::Context) {
         let refusal = match SinceError::parse(since) {
             Err(e) => Some(e),
-            Ok(_) if self.resume.since.is_some() || self.resume.events_written => {
+            Ok(_)
+                if self.resume.since.is_some()
+                    || self.resume.written_through.is_some()
+                    || self.resume.replay.is_some() =>
+            {
                 metrics::resume("resume-too-late");
                 Some(SinceError::TooLate)
             }
             Ok(since) => {
                 self.resume.since = Some(since);
+                self.backlog.set_replaying(true);
                 // Not yet joined: the join will replay, as for `?since=`.
                 if self.resume.joined_seq.is_some() {
                     self.begin_replay(since, Asked::Frame, ctx);
@@ -152,113 +271,194 @@ impl<W: Wire> Session<W> {
 
     fn begin_replay(&mut self, since: u64, asked: Asked, ctx: &mut W::Context) {
         let joined = self.resume.joined_seq.expect("replay starts once joined");
-        self.resume.held = Some(Vec::new());
+        self.resume.replay = Some(Replay::new(since, joined));
+        self.backlog.set_replaying(true);
         let store = self.shared.store.clone();
         let account = self.identity.account.clone();
         let history = async move { store.run(move |conn| events::history(conn, &account)).await };
         ctx.spawn(history.into_actor(self).map(move |result, session, ctx| {
-            let (oldest, last) = match result {
-                Ok(history) => history,
-                Err(e) => return session.replay_failed(ctx, &e),
-            };
-            if since > last {
+            session.guarded(ctx, |session, ctx| match result {
+                Ok(history) => session.checked(since, history, asked, ctx),
+                Err(e) => session.replay_failed(ctx, &e),
+            });
+        }));
+    }
+
+    /// The resume point checked against the account's `history` (oldest kept, last): the client
+    /// is told, and the replay starts.
+    fn checked(&mut self, since: u64, history: (u64, u64), asked: Asked, ctx: &mut W::Context) {
+        let joined = self.resume.joined_seq.unwrap_or(0);
+        let point = match ResumePoint::check(since, history) {
+            Ok(point) => point,
+            Err(error) => {
                 // Only a `resume` frame gets here; `?since=` was checked before the upgrade.
-                session.refuse_since(ctx, SinceError::InFuture);
-                session.resume.since = None;
-                return session.finish_replay(ctx);
+                self.refuse_since(ctx, error);
+                self.resume.since = None;
+                // Live from the room's position: what was held (or dropped) meanwhile follows.
+                return self.start_flowing(joined, ctx);
             }
-            if last > joined {
-                // The room is behind the database (it missed another node's news): it reads
-                // what it missed, and delivers it to this session with the rest.
-                session
-                    .shared
-                    .broker
-                    .do_send(CatchUp(Some(session.identity.account.clone())));
+        };
+        if history.1 > joined {
+            // The room is behind the database (it missed another node's news): it reads what
+            // it missed, and delivers it to this session with the rest.
+            self.shared
+                .broker
+                .do_send(CatchUp(Some(self.identity.account.clone())));
+        }
+        let kept = point == ResumePoint::Kept;
+        metrics::resume(if kept { "resumed" } else { "resume-failed" });
+        match asked {
+            Asked::Query => self.welcome(ctx, joined, kept),
+            Asked::Frame if kept => {
+                self.write(ctx, &ServerFrame::Resumed { since, seq: joined });
             }
-            let kept = since + 1 >= oldest;
-            metrics::resume(if kept { "resumed" } else { "resume-failed" });
-            match asked {
-                Asked::Query => session.welcome(ctx, joined, kept),
-                Asked::Frame if kept => {
-                    session.write(ctx, &ServerFrame::Resumed { since, seq: joined });
-                }
-                Asked::Frame => {}
-            }
-            if !kept {
+            Asked::Frame => {}
+        }
+        match point {
+            ResumePoint::Kept => self.start_flowing(since, ctx),
+            ResumePoint::Pruned { oldest } => {
                 let failed = ServerFrame::ResumeFailed {
                     since,
                     oldest_seq: oldest,
                     seq: joined,
                 };
-                session.write(ctx, &failed);
-                return session.finish_replay(ctx);
+                self.write(ctx, &failed);
+                self.start_flowing(joined, ctx);
             }
-            if since >= joined {
-                session.resume.skip_through = since;
-                session.finish_replay(ctx);
-            } else {
-                session.replay_step(since, joined, ctx);
+        }
+    }
+
+    /// Starts writing the replay: everything the client may see after `from`, up to the
+    /// target (nothing, when the client is there already).
+    fn start_flowing(&mut self, from: u64, ctx: &mut W::Context) {
+        if let Some(replay) = &mut self.resume.replay {
+            replay.read_to = from;
+            replay.flowing = true;
+        }
+        self.pump(ctx);
+    }
+
+    /// Writes replayed events while the backlog has room for them; reads the next page when
+    /// they are written; finishes once the target is reached.
+    fn pump(&mut self, ctx: &mut W::Context) {
+        let budget = replay_budget(self.backlog.limit());
+        if self.backlog.overflowed() {
+            // It stopped reading for too long (see `Backlog::stalled`).
+            return self.slow_consumer(ctx);
+        }
+        loop {
+            if self.closing() {
+                return;
             }
+            let Some(replay) = &mut self.resume.replay else {
+                return;
+            };
+            if !replay.flowing || replay.reading || replay.waiting {
+                return;
+            }
+            let Some((_, frame)) = replay.ahead.front() else {
+                if replay.read_to >= replay.through {
+                    return self.finish_replay(ctx);
+                }
+                // The next page is read once the client has taken most of the last: what is
+                // read and what is queued are not held at their largest at once.
+                let level = read_budget(self.backlog.limit());
+                if self.backlog.queued() > level {
+                    return self.wait_for_drain(level, ctx);
+                }
+                return self.read_page(ctx);
+            };
+            let size = frame_size(frame.len());
+            if !self.backlog.admit(size, budget) {
+                // Larger than the budget: it goes alone.
+                let level = budget.saturating_sub(size);
+                return self.wait_for_drain(level, ctx);
+            }
+            if let Some((seq, frame)) = replay.ahead.pop_front() {
+                self.write_counted(ctx, Some(seq), frame);
+            }
+        }
+    }
+
+    /// Resumes the replay once no more than `level` bytes are queued for the client.
+    fn wait_for_drain(&mut self, level: usize, ctx: &mut W::Context) {
+        if let Some(replay) = &mut self.resume.replay {
+            replay.waiting = true;
+        }
+        let drained = self.backlog.drained_to(level);
+        ctx.spawn(drained.into_actor(self).map(|(), session, ctx| {
+            if let Some(replay) = &mut session.resume.replay {
+                replay.waiting = false;
+            }
+            session.guarded(ctx, Self::pump);
         }));
     }
 
-    /// Writes the next chunk of history after `after`, up to `up_to`.
-    fn replay_step(&mut self, after: u64, up_to: u64, ctx: &mut W::Context) {
+    /// Reads the next page of history, sized to [`read_budget`].
+    fn read_page(&mut self, ctx: &mut W::Context) {
+        let Some(replay) = &mut self.resume.replay else {
+            return;
+        };
+        replay.reading = true;
+        let span = (replay.read_to, replay.through);
+        let max_bytes = read_budget(self.backlog.limit());
         let store = self.shared.store.clone();
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
         let read = async move {
             store
                 .run(move |conn| {
-                    events::visible(conn, &account, &user, after, Some(up_to), REPLAY_CHUNK)
+                    let page = events::page(conn, &account, &user, span, READ_ROWS, max_bytes)?;
+                    Ok::<_, StoreError>(Read::framed(page, W::FRAMING))
                 })
                 .await
         };
-        ctx.spawn(read.into_actor(self).map(move |result, session, ctx| {
-            let rows = match result {
-                Ok(rows) => rows,
-                Err(e) => return session.replay_failed(ctx, &e),
-            };
-            let more = rows.len() as i64 == REPLAY_CHUNK;
-            let mut last = after;
-            for row in rows {
-                last = row.seq as u64;
-                if let Some(event) = RoomEvent::from_stored(row) {
-                    // Read back for this session alone: framed here, for its wire.
-                    let Some(frame) = session.wire.event(event.frame) else {
-                        continue;
-                    };
-                    if session.reserve(ctx, frame.len()) {
-                        session.write_counted(ctx, Some(event.seq), frame);
-                    }
-                }
-            }
-            if session.closing() {
-                return;
-            }
-            if more && last < up_to {
-                session.replay_when_drained(last, up_to, ctx);
-            } else {
-                session.finish_replay(ctx);
-            }
+        ctx.spawn(read.into_actor(self).map(|result, session, ctx| {
+            session.guarded(ctx, |session, ctx| match result {
+                Ok(read) => session.have_read(read, ctx),
+                Err(e) => session.replay_failed(ctx, &e),
+            });
         }));
     }
 
-    /// Paces a long replay by the client's reading: the next chunk once half the backlog drained.
-    fn replay_when_drained(&mut self, after: u64, up_to: u64, ctx: &mut W::Context) {
-        if self.backlog.queued() > self.shared.max_queued_bytes / 2 {
-            ctx.run_later(REPLAY_PAUSE, move |session, ctx| {
-                session.replay_when_drained(after, up_to, ctx)
-            });
-        } else {
-            self.replay_step(after, up_to, ctx);
+    fn have_read(&mut self, read: Read, ctx: &mut W::Context) {
+        let Some(replay) = &mut self.resume.replay else {
+            return;
+        };
+        replay.reading = false;
+        let from = replay.read_to;
+        match read.oldest {
+            // Retention pruned events the replay had not reached: the client reloads its state
+            // and carries on from the target, as when resuming from too far back.
+            Some(oldest) if from + 1 < oldest => {
+                replay.ahead.clear();
+                replay.read_to = replay.through;
+                let failed = ServerFrame::ResumeFailed {
+                    since: from,
+                    oldest_seq: oldest,
+                    seq: replay.through,
+                };
+                metrics::resume("resume-failed");
+                self.write(ctx, &failed);
+            }
+            _ => {
+                replay.ahead.extend(read.frames);
+                replay.read_to = read.covered;
+            }
         }
+        self.pump(ctx);
     }
 
     /// The replay is done: write what arrived live meanwhile, and go live.
     fn finish_replay(&mut self, ctx: &mut W::Context) {
-        let held = self.resume.held.take().unwrap_or_default();
-        for (seq, frame) in held {
-            if seq.is_none_or(|seq| seq > self.resume.skip_through) {
+        let Some(replay) = self.resume.replay.take() else {
+            return;
+        };
+        self.backlog.set_replaying(false);
+        self.resume.skip_through = self.resume.skip_through.max(replay.read_to);
+        for (seq, frame) in replay.held {
+            if seq.is_none_or(|seq| seq > self.resume.skip_through)
+                && self.reserve(ctx, frame.len())
+            {
                 self.write_counted(ctx, seq, frame);
             }
         }
@@ -267,5 +467,53 @@ impl<W: Wire> Session<W> {
     fn replay_failed(&mut self, ctx: &mut W::Context, error: &StoreError) {
         log::error!("replay failed session={}: {error}", self.id);
         self.close(ctx, Close::ServerError);
+    }
+}
+
+impl Replay {
+    /// Holds a live frame back; past `budget`, drops the stored events held (the replay reads
+    /// them from the database instead). Ephemeral ones — before the welcome only — are kept.
+    fn hold(&mut self, seq: Option<u64>, frame: ByteString, budget: usize) {
+        self.held_bytes += frame_size(frame.len());
+        self.held.push((seq, frame));
+        if self.held_bytes <= budget {
+            return;
+        }
+        let through = &mut self.through;
+        self.held.retain(|(seq, _)| match seq {
+            Some(seq) => {
+                *through = (*through).max(*seq);
+                false
+            }
+            None => true,
+        });
+        self.held_bytes = self
+            .held
+            .iter()
+            .map(|(_, frame)| frame_size(frame.len()))
+            .sum();
+    }
+}
+
+/// A page of history, framed for the session's wire on the blocking pool.
+struct Read {
+    frames: Vec<(u64, ByteString)>,
+    covered: u64,
+    oldest: Option<u64>,
+}
+
+impl Read {
+    fn framed(page: events::Page, framing: Framing) -> Self {
+        let frames = page
+            .rows
+            .into_iter()
+            .filter_map(RoomEvent::from_stored)
+            .filter_map(|event| Some((event.seq, framing.encode(&event.frame)?)))
+            .collect();
+        Self {
+            frames,
+            covered: page.covered,
+            oldest: page.oldest,
+        }
     }
 }

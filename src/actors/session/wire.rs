@@ -5,11 +5,13 @@
 //! own and the same on every wire. Events are framed once per publish by the room, for each
 //! [`Framing`] among its members, not once per recipient.
 
+use std::sync::Arc;
+
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::{Deliver, FromRoom, Session};
+use super::{Backlog, Deliver, FromRoom, Session};
 use crate::protocol::{Close, ServerFrame};
 
 /// How event frames are encoded for a session; the room keeps one encoding of each event per
@@ -46,10 +48,10 @@ pub trait Wire: Sized + Unpin + 'static {
     /// A frame of the session's own (welcome, ack, error, …), framed for this wire.
     fn frame(&mut self, frame: &ServerFrame) -> ByteString;
 
-    /// An event's native frame, framed for this wire (events read back for one session; live
-    /// ones come framed by the room); `None` if it is not an event frame.
-    fn event(&self, native: ByteString) -> Option<ByteString> {
-        Self::FRAMING.encode(&native)
+    /// The count of bytes queued for the client, when the transport keeps it (an Engine.IO
+    /// connection counts what it holds for the session); otherwise the session makes one.
+    fn backlog(&self) -> Option<Arc<Backlog>> {
+        None
     }
 
     /// Hands a framed text to the client's transport (already counted in the backlog).
