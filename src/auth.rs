@@ -2,7 +2,10 @@
 //!
 //! A session's account and user come only from a token verified here — never from a query
 //! parameter, a header or a frame the client writes. Each way a token can be wrong has its own
-//! [`TokenError`], so a client is told exactly why it was refused.
+//! [`TokenError`], so a client is told exactly why it was refused. Tokens are verified only
+//! through [`throttle::Authenticator`], which limits failures per client address.
+
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -75,14 +78,15 @@ pub struct Identity {
     pub expires_at: u64,
 }
 
-/// Verifies tokens with the configured key, algorithm, issuer and audience.
-pub struct Verifier {
+/// Verifies tokens with the configured key, algorithm, issuer and audience. Private to `auth`:
+/// outside it, tokens are verified through [`throttle::Authenticator`].
+struct Verifier {
     key: DecodingKey,
     validation: Validation,
 }
 
 impl Verifier {
-    pub fn new(config: &JwtConfig) -> Self {
+    fn new(config: &JwtConfig) -> Self {
         let (key, algorithm) = match &config.key {
             JwtKey::Secret(secret) => (
                 DecodingKey::from_secret(secret.expose().as_bytes()),
@@ -116,7 +120,7 @@ impl Verifier {
         Self { key, validation }
     }
 
-    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+    fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         self.check_algorithm(token)?;
         let data =
             jsonwebtoken::decode::<HashMap<String, Value>>(token, &self.key, &self.validation)

@@ -8,6 +8,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::auth::throttle::{whole_seconds, Refused};
 use crate::auth::TokenError;
 use crate::metrics;
 use crate::protocol::SinceError;
@@ -37,7 +38,7 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("too many failed authentications from this address; retry after {} s", retry_after.as_secs().max(1))]
+    #[error("{}", Refused::TooManyFailures { retry_after: *retry_after })]
     TooManyAuthFailures { retry_after: std::time::Duration },
     #[error(
         "this page's origin may not open a WebSocket here; add it to SWITCHBOARD_ALLOWED_ORIGINS"
@@ -199,14 +200,22 @@ impl ResponseError for ApiError {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
         if let Self::TooManyAuthFailures { retry_after } = self {
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            response.insert_header((header::RETRY_AFTER, seconds.max(1)));
+            response.insert_header((header::RETRY_AFTER, whole_seconds(*retry_after)));
         }
         let mut error = json!({ "code": self.code(), "message": message });
         if let Self::ResumeFailed { oldest_seq, .. } = self {
             error["oldest_seq"] = json!(oldest_seq);
         }
         response.json(json!({ "error": error }))
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::TooManyFailures { retry_after } => Self::TooManyAuthFailures { retry_after },
+            Refused::Token(e) => Self::Token(e),
+        }
     }
 }
 

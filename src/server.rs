@@ -11,7 +11,7 @@ use actix_web::{web, App};
 use crate::actors::broker::{Broker, Drain};
 use crate::actors::session;
 use crate::api::{self, AppState, WebhookState};
-use crate::auth::Verifier;
+use crate::auth::throttle::Authenticator;
 use crate::cluster::Cluster;
 use crate::config::{Config, Demo};
 use crate::ids::random_id;
@@ -123,14 +123,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         broker.clone(),
         config.retention.idempotency_window,
     );
-    let verifier = Arc::new(Verifier::new(&config.jwt));
+    let authenticator = Arc::new(Authenticator::new(
+        &config.jwt,
+        config.auth_failures_per_minute,
+    ));
     let draining = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
         cluster,
         metrics,
-        verifier: verifier.clone(),
+        authenticator: authenticator.clone(),
         draining: draining.clone(),
-        auth_failures: api::throttle::AuthFailures::new(config.auth_failures_per_minute),
         api_keys: std::iter::once(&config.api_key)
             .chain(&config.previous_api_keys)
             .cloned()
@@ -147,7 +149,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             max_queued_bytes: config.max_queued_bytes,
             frames_per_second: config.frames_per_second,
             tokens: session::Tokens {
-                verifier,
+                authenticator,
                 leeway: config.jwt.leeway,
                 refresh_lead: config.token_refresh_lead,
             },

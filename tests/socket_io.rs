@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::engine_io::{error_code, get, open, post, Poller};
+use crate::common::engine_io::{
+    connect_error, error_code, get, open, packets, post, EngineSocket, Poller,
+};
 use crate::common::{token, Db, TestServer, API_KEY, JWT_SECRET};
 
 fn root() -> &'static Path {
@@ -311,17 +313,56 @@ async fn recovering_from_beyond_retention_is_not_a_recovery_and_says_so() {
 }
 
 #[tokio::test]
-async fn bad_tokens_at_connect_count_against_the_address() {
+async fn connects_count_against_the_address_and_past_its_allowance_are_refused_unverified() {
     let db = Db::sqlite();
     let mut config = crate::common::config(&db);
     config.auth_failures_per_minute = std::num::NonZeroU32::new(3).unwrap();
     let server = TestServer::start(config);
-    let query = format!("EIO=4&transport=polling&sid={}", open(&server).await);
-    for _ in 0..4 {
-        assert_eq!(post(&server, &query, r#"40{"token":"nope"}"#).await.0, 200);
-        assert!(get(&server, &query).await.1.starts_with("44"));
+    // Connections opened while the address is still in good standing, on both transports.
+    let mut polling = Vec::new();
+    for _ in 0..6 {
+        polling.push(format!(
+            "EIO=4&transport=polling&sid={}",
+            open(&server).await
+        ));
     }
-    // Over the allowance: the next handshake is refused before any token work.
+    let (mut socket, _) = EngineSocket::open(&server).await;
+
+    // Bad tokens, each verified and refused for what it is, until the address is over its
+    // allowance (three a minute: the fourth failure passes it).
+    let mut codes = Vec::new();
+    for query in &polling[..5] {
+        assert_eq!(post(&server, query, r#"40{"token":"nope"}"#).await.0, 200);
+        let (_, body) = get(&server, query).await;
+        codes.push(connect_error(packets(&body)[0])["data"]["code"].clone());
+    }
+    assert_eq!(
+        codes,
+        [
+            "malformed-token",
+            "malformed-token",
+            "malformed-token",
+            "malformed-token",
+            "too-many-auth-failures"
+        ]
+    );
+    // From now on nothing from there is verified, a good token included, on either transport.
+    let good = format!("40{}", json!({ "token": token("acme", "u1") }));
+    assert_eq!(post(&server, &polling[5], good.clone()).await.0, 200);
+    let (_, body) = get(&server, &polling[5]).await;
+    let refused = connect_error(packets(&body)[0]);
+    assert_eq!(refused["data"]["code"], "too-many-auth-failures", "{body}");
+    assert!(refused["message"].as_str().unwrap().contains("retry after"));
+    socket.send(&good).await;
+    let packet = socket
+        .next(crate::common::WAIT)
+        .await
+        .expect("CONNECT_ERROR");
+    assert_eq!(
+        connect_error(&packet)["data"]["code"],
+        "too-many-auth-failures"
+    );
+    // And no new connection is opened.
     let (status, body) = get(&server, "EIO=4&transport=polling").await;
     assert_eq!(
         (status, error_code(&body)),

@@ -30,6 +30,7 @@ use serde_json::Value;
 use crate::actors::session::{self, Session};
 use crate::api::AppState;
 use crate::auth;
+use crate::auth::throttle::peer;
 use crate::config::Secret;
 use crate::error::ApiError;
 use crate::metrics;
@@ -149,7 +150,7 @@ fn open(
         return Err(ApiError::Draining);
     }
     crate::api::ws::check_origin(req, &state)?;
-    state.auth_failures.check(req)?;
+    state.authenticator.check(peer(req))?;
     // A token given with the handshake is checked at CONNECT, so that a bad one is answered
     // where the client's `connect_error` handler sees it.
     let handshake_token = auth::token_from_request(req).ok().map(Secret::new);
@@ -157,7 +158,7 @@ fn open(
     let link = Arc::new(Link::new(
         sid.clone(),
         handshake_token,
-        req.peer_addr().map(|a| a.ip()),
+        peer(req),
         state.sessions.max_queued_bytes,
         Arc::downgrade(&state.engines),
     ));
@@ -302,15 +303,12 @@ async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
             "connect with `auth: { token }`, an `Authorization: Bearer` header or `?token=`",
         );
     };
-    let identity = match state.verifier.verify(&token) {
+    let identity = match state.authenticator.verify(link.peer, &token) {
         Ok(identity) => identity,
-        Err(e) => {
-            metrics::auth_failure(e.code());
-            if let Some(peer) = link.peer {
-                state.auth_failures.failed_from(peer);
-            }
-            log::info!("socket.io connect refused code={}", e.code());
-            return refuse(e.code(), &e.to_string());
+        Err(refused) => {
+            metrics::auth_failure(refused.code());
+            log::info!("socket.io connect refused code={}", refused.code());
+            return refuse(refused.code(), &refused.to_string());
         }
     };
 
@@ -347,6 +345,13 @@ async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
     }
     let (since, seen_seq) = (resume.map(|(since, _)| since), resume.map(|(_, seq)| seq));
     let wire = Engine::new(link.clone(), pid.filter(|_| resume.is_some()));
-    let session = Session::new(identity, seen_seq, since, state.sessions.clone(), wire);
+    let session = Session::new(
+        identity,
+        link.peer,
+        seen_seq,
+        since,
+        state.sessions.clone(),
+        wire,
+    );
     link.set_session(session.start());
 }
