@@ -23,6 +23,11 @@ use crate::ids::{AccountId, UserId};
 /// The claim that names the tenant; `sub` names the user.
 pub const ACCOUNT_CLAIM: &str = "account_id";
 
+/// The longest token taken. Applications' JWTs are a few hundred bytes to a few KiB (and a
+/// header line over 8 KiB does not pass common proxies); a Socket.IO connection keeps its
+/// handshake's token until its CONNECT, so this bounds what one holds.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 /// Why a token was refused. Messages never include the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -32,6 +37,8 @@ pub enum TokenError {
     BadAuthorizationHeader,
     #[error("the token is not a well-formed JWT")]
     Malformed,
+    #[error("the token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
     #[error("the token's algorithm is not accepted; this server accepts {expected:?}")]
     UnsupportedAlgorithm { expected: Algorithm },
     #[error("the token's signature does not verify")]
@@ -57,6 +64,7 @@ impl TokenError {
             Self::Missing => "missing-token",
             Self::BadAuthorizationHeader => "bad-authorization-header",
             Self::Malformed => "malformed-token",
+            Self::TooLong => "token-too-long",
             Self::UnsupportedAlgorithm { .. } => "unsupported-algorithm",
             Self::BadSignature => "invalid-signature",
             Self::Expired => "token-expired",
@@ -121,6 +129,9 @@ impl Verifier {
     }
 
     fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLong);
+        }
         self.check_algorithm(token)?;
         let data =
             jsonwebtoken::decode::<HashMap<String, Value>>(token, &self.key, &self.validation)
@@ -339,5 +350,7 @@ mod tests {
         let v = Verifier::new(&config());
         assert_eq!(v.verify("abc").unwrap_err(), TokenError::Malformed);
         assert_eq!(v.verify("").unwrap_err(), TokenError::Malformed);
+        let long = format!("{}.e30.", "e".repeat(MAX_TOKEN_BYTES));
+        assert_eq!(v.verify(&long).unwrap_err(), TokenError::TooLong);
     }
 }

@@ -40,6 +40,17 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{}", Refused::TooManyFailures { retry_after: *retry_after })]
     TooManyAuthFailures { retry_after: std::time::Duration },
+    /// Socket.IO connections that have not connected a session yet: too many from this address
+    /// (429), or from all addresses (503).
+    #[error("{}", if *server_wide {
+        "too many connections are waiting to authenticate on this server; retry shortly"
+    } else {
+        "too many connections from this address have not connected yet (sent a CONNECT with a valid token); retry shortly"
+    })]
+    TooManyUnauthenticated {
+        server_wide: bool,
+        retry_after: std::time::Duration,
+    },
     #[error(
         "this page's origin may not open a WebSocket here; add it to SWITCHBOARD_ALLOWED_ORIGINS"
     )]
@@ -127,6 +138,7 @@ impl ApiError {
             Self::DemoOff => "demo-off",
             Self::OriginNotAllowed => "origin-not-allowed",
             Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
+            Self::TooManyUnauthenticated { .. } => "too-many-unauthenticated",
             Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
@@ -164,6 +176,10 @@ impl ResponseError for ApiError {
             Self::DemoOff => StatusCode::NOT_FOUND,
             Self::DemoTokensOff | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::TooManyAuthFailures { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyUnauthenticated { server_wide, .. } => match server_wide {
+                false => StatusCode::TOO_MANY_REQUESTS,
+                true => StatusCode::SERVICE_UNAVAILABLE,
+            },
             Self::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Draining => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -199,7 +215,9 @@ impl ResponseError for ApiError {
         if let Self::Token(_) = self {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
-        if let Self::TooManyAuthFailures { retry_after } = self {
+        if let Self::TooManyAuthFailures { retry_after }
+        | Self::TooManyUnauthenticated { retry_after, .. } = self
+        {
             response.insert_header((header::RETRY_AFTER, whole_seconds(*retry_after)));
         }
         let mut error = json!({ "code": self.code(), "message": message });

@@ -139,7 +139,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .collect(),
         store: store.clone(),
         broker: broker.clone(),
-        engines: Arc::default(),
+        engines: Arc::new(crate::socket_io::Engines::new(config.handshakes)),
         sessions: Arc::new(session::Shared {
             broker,
             store,

@@ -80,6 +80,37 @@ impl<'a> Poller<'a> {
     }
 }
 
+/// An HTTP client whose connections come from `source`, a loopback address of the test's own:
+/// the server counts per client address.
+pub fn client_from(source: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(source))
+        .build()
+        .unwrap()
+}
+
+/// `GET /socket.io/?{query}` by `client`: the status, the `Retry-After` header and the body.
+pub async fn get_by(
+    client: &reqwest::Client,
+    api: &Api,
+    query: &str,
+) -> (u16, Option<String>, String) {
+    let response = client
+        .get(api.http_url(&format!("/socket.io/?{query}")))
+        .send()
+        .await
+        .expect("GET /socket.io/");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|value| value.to_str().unwrap().to_owned());
+    (
+        response.status().as_u16(),
+        retry_after,
+        response.text().await.unwrap(),
+    )
+}
+
 /// The Engine.IO packets of a poll's answer.
 pub fn packets(body: &str) -> Vec<&str> {
     body.split('\x1e').collect()
