@@ -2,7 +2,10 @@
 //!
 //! A session's account and user come only from a token verified here — never from a query
 //! parameter, a header or a frame the client writes. Each way a token can be wrong has its own
-//! [`TokenError`], so a client is told exactly why it was refused.
+//! [`TokenError`], so a client is told exactly why it was refused. Tokens are verified only
+//! through [`throttle::Authenticator`], which limits failures per client address.
+
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,6 +23,11 @@ use crate::ids::{AccountId, UserId};
 /// The claim that names the tenant; `sub` names the user.
 pub const ACCOUNT_CLAIM: &str = "account_id";
 
+/// The longest token taken. Applications' JWTs are a few hundred bytes to a few KiB (and a
+/// header line over 8 KiB does not pass common proxies); a Socket.IO connection keeps its
+/// handshake's token until its CONNECT, so this bounds what one holds.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 /// Why a token was refused. Messages never include the token itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -29,6 +37,8 @@ pub enum TokenError {
     BadAuthorizationHeader,
     #[error("the token is not a well-formed JWT")]
     Malformed,
+    #[error("the token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
     #[error("the token's algorithm is not accepted; this server accepts {expected:?}")]
     UnsupportedAlgorithm { expected: Algorithm },
     /// RFC 7515 §4.1.11: a recipient must refuse a token whose `crit` header names extensions it
@@ -60,6 +70,7 @@ impl TokenError {
             Self::Missing => "missing-token",
             Self::BadAuthorizationHeader => "bad-authorization-header",
             Self::Malformed => "malformed-token",
+            Self::TooLong => "token-too-long",
             Self::UnsupportedAlgorithm { .. } => "unsupported-algorithm",
             Self::CriticalHeader => "unsupported-header",
             Self::BadSignature => "invalid-signature",
@@ -82,14 +93,15 @@ pub struct Identity {
     pub expires_at: u64,
 }
 
-/// Verifies tokens with the configured key, algorithm, issuer and audience.
-pub struct Verifier {
+/// Verifies tokens with the configured key, algorithm, issuer and audience. Private to `auth`:
+/// outside it, tokens are verified through [`throttle::Authenticator`].
+struct Verifier {
     key: DecodingKey,
     validation: Validation,
 }
 
 impl Verifier {
-    pub fn new(config: &JwtConfig) -> Self {
+    fn new(config: &JwtConfig) -> Self {
         let (key, algorithm) = match &config.key {
             JwtKey::Secret(secret) => (
                 DecodingKey::from_secret(secret.expose().as_bytes()),
@@ -123,7 +135,10 @@ impl Verifier {
         Self { key, validation }
     }
 
-    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+    fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLong);
+        }
         self.check_header(token)?;
         let data =
             jsonwebtoken::decode::<HashMap<String, Value>>(token, &self.key, &self.validation)
@@ -365,5 +380,7 @@ mod tests {
         let v = Verifier::new(&config());
         assert_eq!(v.verify("abc").unwrap_err(), TokenError::Malformed);
         assert_eq!(v.verify("").unwrap_err(), TokenError::Malformed);
+        let long = format!("{}.e30.", "e".repeat(MAX_TOKEN_BYTES));
+        assert_eq!(v.verify(&long).unwrap_err(), TokenError::TooLong);
     }
 }

@@ -113,6 +113,29 @@ pub struct Settings {
     )]
     pub auth_failures_per_minute: std::num::NonZeroU32,
 
+    /// A Socket.IO connection that has not connected a session (a CONNECT with a token that
+    /// verifies) within this time is closed.
+    #[arg(long, env = "SWITCHBOARD_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Socket.IO connections one client address may have open that have not connected a
+    /// session yet; past it, 429 `too-many-unauthenticated`.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        default_value_t = 64
+    )]
+    pub max_unauthenticated_per_address: usize,
+
+    /// Socket.IO connections the server holds, from all addresses, that have not connected a
+    /// session yet; past it, 503 `too-many-unauthenticated`.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_UNAUTHENTICATED",
+        default_value_t = 10_000
+    )]
+    pub max_unauthenticated: usize,
+
     /// Sessions (tabs) one user may have open at once; the next is refused (close 4004).
     #[arg(long, env = "SWITCHBOARD_MAX_SESSIONS_PER_USER", default_value = "50")]
     pub max_sessions_per_user: usize,
@@ -537,6 +560,18 @@ pub struct PublishQueue {
     pub max_bytes: usize,
 }
 
+/// Socket.IO connections that have not connected a session yet: nobody knows who holds them,
+/// so how many there are and how long they last is bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Handshakes {
+    /// Closed when no session was connected by then.
+    pub timeout: Duration,
+    /// Open at once from one client address.
+    pub max_per_address: usize,
+    /// Open at once from all addresses.
+    pub max: usize,
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -567,6 +602,7 @@ pub struct Config {
     pub sends_per_second: std::num::NonZeroU32,
     pub max_sessions_per_user: usize,
     pub auth_failures_per_minute: std::num::NonZeroU32,
+    pub handshakes: Handshakes,
     pub allowed_origins: Origins,
     pub edge: EdgeLimits,
     /// When set, `/metrics` needs it as a bearer token.
@@ -725,6 +761,21 @@ impl Config {
                 "must be at least SWITCHBOARD_MAX_PUBLISH_BYTES (one publish must fit)",
             ));
         }
+        if settings.handshake_timeout.is_zero() {
+            return Err(invalid("SWITCHBOARD_HANDSHAKE_TIMEOUT", "must be positive"));
+        }
+        if settings.max_unauthenticated_per_address == 0 {
+            return Err(invalid(
+                "SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+                "must be at least 1",
+            ));
+        }
+        if settings.max_unauthenticated < settings.max_unauthenticated_per_address {
+            return Err(invalid(
+                "SWITCHBOARD_MAX_UNAUTHENTICATED",
+                "must be at least SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+            ));
+        }
         if settings.outbound_max_attempts == 0 {
             return Err(invalid(
                 "SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS",
@@ -855,6 +906,11 @@ impl Config {
             sends_per_second: settings.sends_per_second,
             max_sessions_per_user: settings.max_sessions_per_user,
             auth_failures_per_minute: settings.auth_failures_per_minute,
+            handshakes: Handshakes {
+                timeout: settings.handshake_timeout,
+                max_per_address: settings.max_unauthenticated_per_address,
+                max: settings.max_unauthenticated,
+            },
             allowed_origins: match settings.allowed_origins.as_deref() {
                 Some(value) => Origins::parse(value)?,
                 None if dev_mode.is_some() => Origins::Any,

@@ -8,6 +8,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::auth::throttle::{whole_seconds, Refused};
 use crate::auth::TokenError;
 use crate::json::JsonError;
 use crate::metrics;
@@ -47,11 +48,22 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("too many failed authentications from this address; retry after {} s", retry_after.as_secs().max(1))]
+    #[error("{}", Refused::TooManyFailures { retry_after: *retry_after })]
     TooManyAuthFailures { retry_after: std::time::Duration },
     /// Over the user's allowance of sends (see [`crate::inbox::SendRate`]).
     #[error("too many messages; slow down and retry after {} ms", retry_after.as_millis().max(1))]
     RateLimited { retry_after: std::time::Duration },
+    /// Socket.IO connections that have not connected a session yet: too many from this address
+    /// (429), or from all addresses (503).
+    #[error("{}", if *server_wide {
+        "too many connections are waiting to authenticate on this server; retry shortly"
+    } else {
+        "too many connections from this address have not connected yet (sent a CONNECT with a valid token); retry shortly"
+    })]
+    TooManyUnauthenticated {
+        server_wide: bool,
+        retry_after: std::time::Duration,
+    },
     #[error(
         "this page's origin may not open a WebSocket here; add it to SWITCHBOARD_ALLOWED_ORIGINS"
     )]
@@ -167,6 +179,7 @@ impl ApiError {
             Self::OriginNotAllowed => "origin-not-allowed",
             Self::TooManyAuthFailures { .. } => "too-many-auth-failures",
             Self::RateLimited { .. } => "rate-limited",
+            Self::TooManyUnauthenticated { .. } => "too-many-unauthenticated",
             Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
@@ -211,6 +224,10 @@ impl ResponseError for ApiError {
             Self::TooManyAuthFailures { .. } | Self::RateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
+            Self::TooManyUnauthenticated { server_wide, .. } => match server_wide {
+                false => StatusCode::TOO_MANY_REQUESTS,
+                true => StatusCode::SERVICE_UNAVAILABLE,
+            },
             Self::Store(e) if e.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             Self::Draining | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -248,15 +265,14 @@ impl ResponseError for ApiError {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\""));
         }
         let retry_after = match self {
-            Self::TooManyAuthFailures { retry_after } | Self::RateLimited { retry_after } => {
-                Some(*retry_after)
-            }
+            Self::TooManyAuthFailures { retry_after }
+            | Self::RateLimited { retry_after }
+            | Self::TooManyUnauthenticated { retry_after, .. } => Some(*retry_after),
             Self::Overloaded => Some(OVERLOADED_RETRY_AFTER),
             _ => None,
         };
         if let Some(retry_after) = retry_after {
-            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            response.insert_header((header::RETRY_AFTER, seconds.max(1)));
+            response.insert_header((header::RETRY_AFTER, whole_seconds(retry_after)));
         }
         let mut error = json!({ "code": self.code(), "message": message });
         if let Self::ResumeFailed { oldest_seq, .. } = self {
@@ -269,6 +285,15 @@ impl ResponseError for ApiError {
 impl From<JsonError> for ApiError {
     fn from(error: JsonError) -> Self {
         Self::InvalidBody(error.to_string())
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::TooManyFailures { retry_after } => Self::TooManyAuthFailures { retry_after },
+            Refused::Token(e) => Self::Token(e),
+        }
     }
 }
 

@@ -7,8 +7,8 @@
 //! - [`config`] — every setting, read and validated once into [`config::Config`];
 //!   development-mode keys.
 //! - [`ids`] — `AccountId`, `UserId`, `SessionId` newtypes.
-//! - [`auth`] — verifying application-issued JWTs (the only source of identity); minting
-//!   development tokens.
+//! - [`auth`] — verifying application-issued JWTs (the only source of identity), with failed
+//!   authentications limited per client address; minting development tokens.
 //! - [`protocol`] — WebSocket frames and close codes.
 //! - [`json`] — the one nesting limit on JSON taken in from outside.
 //! - [`store`] — the database (SQLite or PostgreSQL, chosen at run time), migrations, queries.

@@ -201,7 +201,7 @@ pub enum ServerFrame<'a> {
         message: String,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Value>,
-        /// For `rate-limited`: when to try again.
+        /// For `rate-limited` and `too-many-auth-failures`: when to try again.
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },

@@ -11,7 +11,7 @@ use actix_web::{web, App};
 use crate::actors::broker::{Broker, Drain};
 use crate::actors::session;
 use crate::api::{self, AppState, WebhookState};
-use crate::auth::Verifier;
+use crate::auth::throttle::Authenticator;
 use crate::cluster::Cluster;
 use crate::config::{Config, Demo};
 use crate::ids::random_id;
@@ -122,21 +122,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.retention.idempotency_window,
         config.publish_queue,
     );
-    let verifier = Arc::new(Verifier::new(&config.jwt));
+    let authenticator = Arc::new(Authenticator::new(
+        &config.jwt,
+        config.auth_failures_per_minute,
+    ));
     let draining = Arc::new(AtomicBool::new(false));
     let state = web::Data::new(AppState {
         cluster,
         metrics,
-        verifier: verifier.clone(),
+        authenticator: authenticator.clone(),
         draining: draining.clone(),
-        auth_failures: api::throttle::AuthFailures::new(config.auth_failures_per_minute),
         api_keys: std::iter::once(&config.api_key)
             .chain(&config.previous_api_keys)
             .cloned()
             .collect(),
         store: store.clone(),
         broker: broker.clone(),
-        engines: Arc::default(),
+        engines: Arc::new(crate::socket_io::Engines::new(config.handshakes)),
         sessions: Arc::new(session::Shared {
             broker,
             store,
@@ -147,7 +149,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             frames_per_second: config.frames_per_second,
             sends: crate::inbox::SendRate::new(config.sends_per_second),
             tokens: session::Tokens {
-                verifier,
+                authenticator,
                 leeway: config.jwt.leeway,
                 refresh_lead: config.token_refresh_lead,
             },

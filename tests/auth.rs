@@ -473,3 +473,52 @@ async fn an_address_guessing_tokens_is_answered_429_before_any_token_work() {
     let response = presence(&neighbour, &token("acme", "alice")).await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn fresh_tokens_on_live_sessions_count_against_the_address_and_past_it_are_refused() {
+    let db = Db::sqlite();
+    let mut config = common::config(&db);
+    config.auth_failures_per_minute = std::num::NonZeroU32::new(3).unwrap();
+    let server = TestServer::start(config);
+    let good = token("acme", "alice");
+    let mut sessions = Vec::new();
+    for _ in 0..5 {
+        sessions.push(server.connect(&good).await.0);
+    }
+    let (mut socket_io, _) =
+        common::engine_io::Poller::connect(&server, json!({ "token": good })).await;
+
+    // Bad `auth` frames: each refused for what it is (4003), and counted against the address.
+    let forged = hs256(
+        json!({"sub": "alice", "account_id": "acme", "exp": common::now() + 60}),
+        "another-secret-that-is-32-bytes-long!!",
+    );
+    for session in &mut sessions[..3] {
+        let auth = json!({"type": "auth", "token": forged, "ref": 1});
+        session.send_text(&auth.to_string()).await;
+        assert_eq!(session.next_json().await["code"], "invalid-signature");
+        assert_eq!(session.expect_close().await, 4003);
+    }
+    // The fourth, by Socket.IO's `auth` command, passes the allowance.
+    let auth = format!("421{}", json!(["auth", { "token": forged }]));
+    socket_io.post(&auth).await;
+    let answer = socket_io.next().await;
+    let answer: Value = serde_json::from_str(answer.strip_prefix("431").expect("an ack")).unwrap();
+    assert_eq!(answer[0]["code"], "invalid-signature", "{answer}");
+
+    // Over it: even a good token is refused unverified, with when to try again.
+    let auth = json!({"type": "auth", "token": good, "ref": 2});
+    sessions[3].send_text(&auth.to_string()).await;
+    let error = sessions[3].next_json().await;
+    assert_eq!(error["code"], "too-many-auth-failures", "{error}");
+    assert!(error["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+    assert_eq!(sessions[3].expect_close().await, 4003);
+    // As is any other request from there.
+    let response = reqwest::Client::new()
+        .get(server.http_url("/api/v1/presence"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+}

@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::engine_io::{error_code, get, open, post, Poller};
-use crate::common::{token, Db, TestServer, API_KEY, JWT_SECRET};
+use crate::common::engine_io::{
+    client_from, connect_error, error_code, get, get_by, open, packets, post, EngineSocket, Poller,
+};
+use crate::common::process::{Process, BIN};
+use crate::common::{token, Api, Db, TestServer, API_KEY, JWT_SECRET};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -95,7 +98,7 @@ fn socket_io_client_from_npm() {
         .current_dir(dir);
     client_env(&mut node, &server);
     let output = run(&mut node, "the socket.io-client suite");
-    assert!(output.contains("pass 9"), "{output}");
+    assert!(output.contains("pass 10"), "{output}");
 }
 
 #[test]
@@ -137,7 +140,8 @@ async fn engine_io_refusals_are_clear_and_disturb_nothing() {
     let (status, body) = get(&server, "EIO=4&transport=websocket").await;
     assert_eq!((status, error_code(&body)), (400, json!("not-websocket")));
 
-    // A CONNECT with a bad token: CONNECT_ERROR with a code, read by the next poll.
+    // A CONNECT with a bad token: CONNECT_ERROR with a code, read by the next poll, and the
+    // connection closed after it (socket.io-client tries again on a new one).
     let sid = open(&server).await;
     let query = format!("EIO=4&transport=polling&sid={sid}");
     assert_eq!(
@@ -146,11 +150,16 @@ async fn engine_io_refusals_are_clear_and_disturb_nothing() {
     );
     let (status, body) = get(&server, &query).await;
     assert_eq!(status, 200);
+    let (error, close) = body.split_once('\x1e').expect("two packets");
     let error: Value =
-        serde_json::from_str(body.strip_prefix("44").expect("CONNECT_ERROR")).unwrap();
+        serde_json::from_str(error.strip_prefix("44").expect("CONNECT_ERROR")).unwrap();
     assert_eq!(error["data"]["code"], "malformed-token");
+    assert_eq!(close, "1");
+    let (status, body) = post(&server, &query, r#"40{"token":"nope"}"#).await;
+    assert_eq!((status, error_code(&body)), (400, json!("unknown-sid")));
 
-    // The same connection may try again with a good token; then it is a session.
+    // A new connection with a good token: a session.
+    let query = format!("EIO=4&transport=polling&sid={}", open(&server).await);
     let connect = format!("40{}", json!({ "token": token("acme", "u1") }));
     assert_eq!(post(&server, &query, connect).await.0, 200);
     let (_, body) = get(&server, &query).await;
@@ -311,17 +320,61 @@ async fn recovering_from_beyond_retention_is_not_a_recovery_and_says_so() {
 }
 
 #[tokio::test]
-async fn bad_tokens_at_connect_count_against_the_address() {
+async fn connects_count_against_the_address_and_past_its_allowance_are_refused_unverified() {
     let db = Db::sqlite();
     let mut config = crate::common::config(&db);
     config.auth_failures_per_minute = std::num::NonZeroU32::new(3).unwrap();
     let server = TestServer::start(config);
-    let query = format!("EIO=4&transport=polling&sid={}", open(&server).await);
-    for _ in 0..4 {
-        assert_eq!(post(&server, &query, r#"40{"token":"nope"}"#).await.0, 200);
-        assert!(get(&server, &query).await.1.starts_with("44"));
+    // Connections opened while the address is still in good standing, on both transports.
+    let mut polling = Vec::new();
+    for _ in 0..6 {
+        polling.push(format!(
+            "EIO=4&transport=polling&sid={}",
+            open(&server).await
+        ));
     }
-    // Over the allowance: the next handshake is refused before any token work.
+    let (mut socket, _) = EngineSocket::open(&server).await;
+
+    // Bad tokens, each verified and refused for what it is, until the address is over its
+    // allowance (three a minute: the fourth failure passes it).
+    let mut codes = Vec::new();
+    for query in &polling[..5] {
+        assert_eq!(post(&server, query, r#"40{"token":"nope"}"#).await.0, 200);
+        let (_, body) = get(&server, query).await;
+        codes.push(connect_error(packets(&body)[0])["data"]["code"].clone());
+    }
+    assert_eq!(
+        codes,
+        [
+            "malformed-token",
+            "malformed-token",
+            "malformed-token",
+            "malformed-token",
+            "too-many-auth-failures"
+        ]
+    );
+    // From now on nothing from there is verified, a good token included, on either transport.
+    let good = format!("40{}", json!({ "token": token("acme", "u1") }));
+    assert_eq!(post(&server, &polling[5], good.clone()).await.0, 200);
+    let (_, body) = get(&server, &polling[5]).await;
+    let refused = connect_error(packets(&body)[0]);
+    assert_eq!(refused["data"]["code"], "too-many-auth-failures", "{body}");
+    assert!(refused["message"].as_str().unwrap().contains("retry after"));
+    socket.send(&good).await;
+    let packet = socket
+        .next(crate::common::WAIT)
+        .await
+        .expect("CONNECT_ERROR");
+    assert_eq!(
+        connect_error(&packet)["data"]["code"],
+        "too-many-auth-failures"
+    );
+    assert_eq!(
+        socket.next(crate::common::WAIT).await,
+        None,
+        "closed after it"
+    );
+    // And no new connection is opened.
     let (status, body) = get(&server, "EIO=4&transport=polling").await;
     assert_eq!(
         (status, error_code(&body)),
@@ -424,4 +477,207 @@ async fn a_reading_client_is_never_closed_by_a_large_recovery_nor_by_what_it_too
         check(polling.next().await, seq);
         check(websocket.next().await, seq);
     }
+}
+
+#[tokio::test]
+async fn connections_without_a_session_are_closed_after_the_handshake_timeout() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    config.handshakes.timeout = Duration::from_millis(300);
+    let server = TestServer::start(config);
+    let query = format!("EIO=4&transport=polling&sid={}", open(&server).await);
+    let (mut socket, _) = EngineSocket::open(&server).await;
+    let (mut connected, _) =
+        Poller::connect(&server, json!({ "token": token("acme", "u1") })).await;
+
+    // The waiting poll is answered with the close (well before the heartbeat's 30 s).
+    let started = Instant::now();
+    assert_eq!(get(&server, &query).await, (200, "1".into()));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(socket.next(Duration::from_secs(5)).await, None);
+    // A connection that connected its session in time carries on.
+    connected.post(r#"421["ping",{}]"#).await;
+    assert!(connected.next().await.starts_with("431[{\"type\":\"pong\""));
+}
+
+#[tokio::test]
+async fn connections_without_a_session_are_capped_per_address_and_in_all() {
+    let db = Db::sqlite();
+    let mut config = crate::common::config(&db);
+    config.handshakes.max_per_address = 3;
+    config.handshakes.max = 5;
+    let server = TestServer::start(config);
+    let opening = "EIO=4&transport=polling";
+    let sid = |body: &str| -> String {
+        let open: Value = serde_json::from_str(&body[1..]).unwrap();
+        open["sid"].as_str().unwrap().to_owned()
+    };
+    let first = client_from([127, 0, 0, 1]);
+    let mut sids = Vec::new();
+    for _ in 0..3 {
+        let (status, _, body) = get_by(&first, &server, opening).await;
+        assert_eq!(status, 200, "{body}");
+        sids.push(sid(&body));
+    }
+    let (status, retry_after, body) = get_by(&first, &server, opening).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (429, json!("too-many-unauthenticated"))
+    );
+    assert_eq!(retry_after.as_deref(), Some("10"), "the handshake timeout");
+
+    // One of them connects a session: its place is free again.
+    let query = format!("EIO=4&transport=polling&sid={}", sids[0]);
+    let connect = format!("40{}", json!({ "token": token("acme", "u1") }));
+    assert_eq!(post(&server, &query, connect).await.0, 200);
+    assert!(get(&server, &query).await.1.starts_with("40{"));
+    assert_eq!(get_by(&first, &server, opening).await.0, 200);
+
+    // Other addresses have their own places, up to the server's bound.
+    let second = client_from([127, 0, 0, 2]);
+    for _ in 0..2 {
+        assert_eq!(get_by(&second, &server, opening).await.0, 200);
+    }
+    let third = client_from([127, 0, 0, 3]);
+    let (status, _, body) = get_by(&third, &server, opening).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (503, json!("too-many-unauthenticated"))
+    );
+
+    // One connection holds one WebSocket probing to upgrade it at a time.
+    let query = format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket&sid={}",
+        server.addr, sids[1]
+    );
+    let (_probe, _) = tokio_tungstenite::connect_async(query.as_str())
+        .await
+        .unwrap();
+    match tokio_tungstenite::connect_async(query.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+            let body = String::from_utf8(response.body().clone().unwrap()).unwrap();
+            assert_eq!(error_code(&body), json!("overlapping-upgrade"));
+        }
+        other => panic!("a second probe: {other:?}"),
+    }
+}
+
+/// The server as a process of its own, so that its memory is its own to measure.
+fn server_process(dir: &Path) -> (Process, Api) {
+    let mut command = Command::new(BIN);
+    command
+        .env("DATABASE_URL", dir.join("switchboard.db"))
+        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+        .env("SWITCHBOARD_JWT_SECRET", JWT_SECRET)
+        .env("SWITCHBOARD_API_KEY", API_KEY)
+        .env("RUST_LOG", "info");
+    let mut process = Process::spawn(command);
+    let addr = process.listening_on().parse().unwrap();
+    (process, Api { addr })
+}
+
+/// A process's resident memory, in bytes.
+fn resident_bytes(process: &Process) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", process.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
+}
+
+#[tokio::test]
+async fn refused_connects_close_the_connection_and_pile_nothing_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api) = server_process(dir.path());
+
+    // As many CONNECTs without a token as a POST may carry before a session: one answer, a
+    // proper connect_error, and the close.
+    let query = format!("EIO=4&transport=polling&sid={}", open(&api).await);
+    assert_eq!(
+        post(&api, &query, ["40"; 8].join("\x1e")).await,
+        (200, "ok".into())
+    );
+    let (_, body) = get(&api, &query).await;
+    assert_eq!(packets(&body).len(), 2, "{body}");
+    let error = connect_error(packets(&body)[0]);
+    assert_eq!(error["data"]["code"], "missing-token");
+    assert!(
+        error["message"].as_str().unwrap().contains("token"),
+        "{error}"
+    );
+    assert_eq!(packets(&body)[1], "1");
+
+    // The report's reproduction, bounded: 20 POSTs of 21,845 CONNECTs (64 KiB each) on one
+    // connection. Refused, and the connection closed; the server holds nothing for them.
+    let before = resident_bytes(&server);
+    let query = format!("EIO=4&transport=polling&sid={}", open(&api).await);
+    let flood = ["40"; 21_845].join("\x1e");
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = post(&api, &query, flood.clone()).await;
+        answers.push((status, error_code(&body)));
+    }
+    let grown = resident_bytes(&server).saturating_sub(before);
+    assert_eq!(answers[0], (400, json!("too-many-packets")));
+    let closed = (400, json!("unknown-sid"));
+    assert!(answers[1..].iter().all(|a| *a == closed), "{answers:?}");
+    assert!(grown < 16 << 20, "the server grew by {} MiB", grown >> 20);
+}
+
+#[tokio::test]
+async fn a_token_longer_than_tokens_may_be_is_neither_kept_nor_taken() {
+    let db = Db::sqlite();
+    let server = TestServer::on(&db);
+    // Well signed, but over 8 KiB: what a connection would otherwise hold until its CONNECT.
+    let long = crate::common::sign(
+        jsonwebtoken::Algorithm::HS256,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        json!({"sub": "u1", "account_id": "acme", "exp": crate::common::now() + 60,
+               "pad": "x".repeat(8 * 1024)}),
+    );
+    let response = reqwest::Client::new()
+        .get(server.http_url("/socket.io/?EIO=4&transport=polling"))
+        .bearer_auth(&long)
+        .send()
+        .await
+        .unwrap();
+    let opened: Value = serde_json::from_str(&response.text().await.unwrap()[1..]).unwrap();
+    let query = format!(
+        "EIO=4&transport=polling&sid={}",
+        opened["sid"].as_str().unwrap()
+    );
+    assert_eq!(post(&server, &query, "40").await.0, 200);
+    let (_, body) = get(&server, &query).await;
+    assert_eq!(
+        connect_error(packets(&body)[0])["data"]["code"],
+        "token-too-long"
+    );
+    // Nor in the CONNECT, nor anywhere else.
+    let query = format!("EIO=4&transport=polling&sid={}", open(&server).await);
+    assert_eq!(
+        post(&server, &query, format!("40{}", json!({ "token": long })))
+            .await
+            .0,
+        200
+    );
+    let (_, body) = get(&server, &query).await;
+    assert_eq!(
+        connect_error(packets(&body)[0])["data"]["code"],
+        "token-too-long"
+    );
+    let (status, body) = server
+        .as_user(&long, reqwest::Method::GET, "/api/v1/presence", None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (401, json!("token-too-long"))
+    );
 }

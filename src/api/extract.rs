@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use super::AppState;
+use crate::auth::throttle::{peer, Refused};
 use crate::auth::{self, Identity};
 use crate::error::ApiError;
 use crate::json;
@@ -32,15 +33,12 @@ impl FromRequest for ServerKey {
 }
 
 /// The identity of a request's verified JWT; a token that does not verify counts against the
-/// client's address (see [`throttle`](super::throttle)).
+/// client's address (see [`throttle`](crate::auth::throttle)).
 pub fn identity(req: &HttpRequest) -> Result<Identity, ApiError> {
     let state = state(req);
-    state.auth_failures.check(req)?;
+    state.authenticator.check(peer(req))?;
     let token = auth::token_from_request(req)?;
-    state.verifier.verify(&token).map_err(|e| {
-        state.auth_failures.failed(req);
-        ApiError::from(e)
-    })
+    Ok(state.authenticator.verify(peer(req), &token)?)
 }
 
 /// The user of a verified JWT.
@@ -50,7 +48,7 @@ pub fn user(req: &HttpRequest) -> Result<User, ApiError> {
 
 fn check_server_key(req: &HttpRequest) -> Result<ServerKey, ApiError> {
     let state = state(req);
-    state.auth_failures.check(req)?;
+    state.authenticator.check(peer(req))?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -66,12 +64,14 @@ fn check_server_key(req: &HttpRequest) -> Result<ServerKey, ApiError> {
         .iter()
         .fold(false, |found, valid| found | valid.matches(key));
     if matches {
-        Ok(ServerKey)
-    } else if state.verifier.verify(key).is_ok() {
-        Err(ApiError::UserTokenForbidden)
-    } else {
-        state.auth_failures.failed(req);
-        Err(ApiError::InvalidApiKey)
+        return Ok(ServerKey);
+    }
+    // Not a key: a user's token sent here by mistake is told so; anything else counts as a
+    // failure (through the token's verification).
+    match state.authenticator.verify(peer(req), key) {
+        Ok(_) => Err(ApiError::UserTokenForbidden),
+        Err(refused @ Refused::TooManyFailures { .. }) => Err(refused.into()),
+        Err(Refused::Token(_)) => Err(ApiError::InvalidApiKey),
     }
 }
 

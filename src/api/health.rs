@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::AppState;
 use crate::auth;
+use crate::auth::throttle::peer;
 use crate::error::ApiError;
 use crate::store::StoreError;
 
@@ -57,7 +58,7 @@ pub async fn metrics(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     if let Some(expected) = &state.metrics_token {
-        state.auth_failures.check(&req)?;
+        state.authenticator.check(peer(&req))?;
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -65,7 +66,7 @@ pub async fn metrics(
             .and_then(auth::bearer)
             .unwrap_or_default();
         if !expected.matches(presented) {
-            state.auth_failures.failed(&req);
+            state.authenticator.failed(peer(&req));
             return Err(ApiError::InvalidMetricsToken);
         }
     }

@@ -19,7 +19,6 @@ pub mod notifications;
 pub mod presence;
 pub mod publish;
 pub mod sdk;
-pub mod throttle;
 pub mod ws;
 
 use std::sync::Arc;
@@ -30,7 +29,7 @@ use actix_web::{web, HttpResponse};
 
 use crate::actors::broker::Broker;
 use crate::actors::session;
-use crate::auth::Verifier;
+use crate::auth::throttle::Authenticator;
 use crate::config::{Demo, JwtConfig, Origins, Secret};
 use crate::error::ApiError;
 use crate::outbound::Dispatcher;
@@ -43,11 +42,10 @@ pub struct AppState {
     /// Set in cluster mode.
     pub cluster: Option<crate::cluster::Cluster>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    pub verifier: Arc<Verifier>,
+    /// Verifies clients' tokens, with failed authentications limited per client address.
+    pub authenticator: Arc<Authenticator>,
     /// Set when the server starts stopping: `/readyz` then says so.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
-    /// Failed authentications per client address.
-    pub auth_failures: throttle::AuthFailures,
     /// The server API keys accepted (the current one and any being rotated out).
     pub api_keys: Vec<Secret>,
     pub store: Store,

@@ -57,6 +57,7 @@ pub async fn connect(
 
     let session = Session::new(
         identity,
+        crate::auth::throttle::peer(&req),
         seen_seq,
         since,
         state.sessions.clone(),

@@ -2,6 +2,9 @@
 //! WebSocket), the session on it once the client connected, and the packets waiting for the
 //! next poll.
 //!
+//! Before it has a session, a connection holds little and briefly: its admission slot, and at
+//! most one packet of its own — the CONNECT refusal it closes with.
+//!
 //! The session writes through the link without knowing the transport; the HTTP handlers and
 //! the WebSocket actor read from it. Shared across threads (a poll may be served by any worker),
 //! so its state sits behind a mutex held only for queue operations.
@@ -15,10 +18,12 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use tokio::sync::Notify;
 
+use super::admission::Slot;
 use super::socket::{Shut, Socket, Write};
 use super::wire::{Engine, Inbound};
 use super::{packet, Engines};
 use crate::actors::session::{frame_size, Backlog, Session};
+use crate::auth::TokenError;
 use crate::config::Secret;
 
 /// How long a closed polling connection still answers polls.
@@ -27,8 +32,9 @@ const LINGER: Duration = Duration::from_secs(5);
 pub struct Link {
     pub sid: String,
     /// What the handshake request carried (`Authorization: Bearer` or `?token=`), for a CONNECT
-    /// whose `auth` has no `token`.
-    pub handshake_token: Option<Secret>,
+    /// whose `auth` has no `token`: the token, or why it is not kept (longer than a token may
+    /// be), for the CONNECT to answer.
+    pub handshake_token: Option<Result<Secret, TokenError>>,
     /// The client's address at the handshake: a CONNECT with a bad token counts against it.
     pub peer: Option<IpAddr>,
     /// Bytes written for the client and not yet taken by a poll or the socket.
@@ -53,7 +59,12 @@ struct State {
     /// A WebSocket is being probed: the waiting poll answers at once (with a noop if need be),
     /// so the client can switch.
     upgrading: bool,
+    /// A WebSocket is open to probe (one at a time).
+    probe: bool,
     session: Option<Addr<Session<Engine>>>,
+    /// The connection's place among those without a session; given back once it has one (or,
+    /// dropped with the link, once it is gone).
+    slot: Option<Slot>,
     closed: bool,
 }
 
@@ -69,9 +80,10 @@ pub enum PollError {
 impl Link {
     pub fn new(
         sid: String,
-        handshake_token: Option<Secret>,
+        handshake_token: Option<Result<Secret, TokenError>>,
         peer: Option<IpAddr>,
         max_queued_bytes: usize,
+        slot: Slot,
         engines: Weak<Engines>,
     ) -> Self {
         Self {
@@ -84,7 +96,9 @@ impl Link {
                 queue: VecDeque::new(),
                 polling: false,
                 upgrading: false,
+                probe: false,
                 session: None,
+                slot: Some(slot),
                 closed: false,
             }),
             wake: Notify::new(),
@@ -101,15 +115,6 @@ impl Link {
 
     /// A packet the session counted in the backlog.
     pub fn send(&self, packet: ByteString) {
-        self.push(packet, true);
-    }
-
-    /// A packet of the connection's own (CONNECT_ERROR, close), not counted.
-    pub fn send_uncounted(&self, packet: ByteString) {
-        self.push(packet, false);
-    }
-
-    fn push(&self, packet: ByteString, counted: bool) {
         let mut state = self.state();
         if state.closed {
             return;
@@ -117,10 +122,26 @@ impl Link {
         match &state.transport {
             Transport::WebSocket(socket) => socket.do_send(Write(packet)),
             Transport::Polling => {
-                state.queue.push_back((packet, counted));
+                state.queue.push_back((packet, true));
                 drop(state);
                 self.wake.notify_one();
             }
+        }
+    }
+
+    /// A CONNECT refused (CONNECT_ERROR): before a session, the connection closes after it, as
+    /// socket.io-client does on its side (it opens a new connection to try again); so a client
+    /// cannot pile refusals up. Beside a session (a CONNECT for another namespace), it is
+    /// counted in the backlog, and the connection closes past its bound.
+    pub fn refuse(&self, packet: ByteString) {
+        if self.session().is_none() {
+            return self.close_with([packet]);
+        }
+        if self.backlog.reserve(frame_size(packet.len())) {
+            self.send(packet);
+        } else {
+            log::debug!("refusals piled up past the backlog bound; closing the connection");
+            self.close();
         }
     }
 
@@ -129,7 +150,10 @@ impl Link {
     }
 
     pub fn set_session(&self, session: Addr<Session<Engine>>) {
-        self.state().session = Some(session);
+        let mut state = self.state();
+        state.session = Some(session);
+        // Authenticated: no longer one of the connections nobody vouches for.
+        state.slot = None;
     }
 
     pub fn is_closed(&self) -> bool {
@@ -206,14 +230,29 @@ impl Link {
         Some(Ok(body))
     }
 
-    /// A WebSocket is being probed for this connection: release the waiting poll.
+    /// A WebSocket opens to probe this connection: `false` when another probe is open, or the
+    /// connection is not on long-polling any more (a client probes once), so that one
+    /// connection cannot hold any number of sockets.
+    pub fn probe(&self) -> bool {
+        let mut state = self.state();
+        let free = !state.probe && matches!(state.transport, Transport::Polling);
+        if free {
+            state.probe = true;
+        }
+        free
+    }
+
+    /// The probing WebSocket asked to upgrade: release the waiting poll.
     pub fn upgrading(&self) {
         self.state().upgrading = true;
         self.wake.notify_one();
     }
 
+    /// The probe ended without an upgrade.
     pub fn upgrade_abandoned(&self) {
-        self.state().upgrading = false;
+        let mut state = self.state();
+        state.upgrading = false;
+        state.probe = false;
     }
 
     /// The client switched to `socket`: what was queued for polling goes there, and so does
@@ -229,6 +268,7 @@ impl Link {
             socket.do_send(Write(packet));
         }
         state.transport = Transport::WebSocket(socket);
+        state.probe = false;
         drop(state);
         self.wake.notify_one();
     }

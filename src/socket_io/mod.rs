@@ -13,14 +13,22 @@
 //!
 //! Only the default namespace is served, and binary attachments are refused, each with an error
 //! the client can show.
+//!
+//! Opening a connection takes no credential, so until a CONNECT with a token that verifies
+//! starts its session, a connection is bounded: so many per address and in all ([`admission`]),
+//! closed after the handshake timeout, after its first refused CONNECT, or when it posts more
+//! than a few packets at once; and every token tried counts against the client's address
+//! ([`crate::auth::throttle`]).
 
+pub mod admission;
 pub mod link;
 pub mod packet;
 pub mod socket;
 pub mod wire;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use actix::Actor;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -29,25 +37,44 @@ use serde_json::Value;
 
 use crate::actors::session::{self, Session};
 use crate::api::AppState;
-use crate::auth;
-use crate::config::Secret;
+use crate::auth::throttle::peer;
+use crate::auth::{self, TokenError};
+use crate::config::{Handshakes, Secret};
 use crate::error::ApiError;
 use crate::ids::AccountId;
 use crate::metrics;
 use crate::protocol::{ResumePoint, SinceError};
 use crate::store::{events, StoreError};
+use admission::{Admission, Crowded};
 use link::{Link, PollError};
 use packet::{FromClient, Packet};
 use socket::Socket;
 use wire::{pid_of, Engine, Inbound};
 
+/// Packets a POST may carry while its connection has no session: a CONNECT (one per namespace)
+/// and the odd noop. A client sends its events only once connected.
+const PACKETS_BEFORE_SESSION: usize = 8;
+
 /// The open Engine.IO connections of this node, by `sid`.
-#[derive(Default)]
 pub struct Engines {
     links: Mutex<HashMap<String, Arc<Link>>>,
+    /// Which connections without a session are let in.
+    admission: Arc<Admission>,
 }
 
 impl Engines {
+    pub fn new(handshakes: Handshakes) -> Self {
+        Self {
+            links: Mutex::default(),
+            admission: Admission::new(handshakes),
+        }
+    }
+
+    /// How long a connection (or a WebSocket probing to upgrade one) may take to get on with it.
+    fn handshake_timeout(&self) -> Duration {
+        self.admission.limits().timeout
+    }
+
     fn get(&self, sid: &str) -> Option<Arc<Link>> {
         self.lock().get(sid).cloned()
     }
@@ -119,8 +146,14 @@ pub async fn get(
     let link = query.link(&state)?;
     match transport {
         Transport::WebSocket => {
+            if !link.probe() {
+                return Err(ApiError::EngineIo {
+                    code: "overlapping-upgrade",
+                    message: "this connection is already upgrading, or upgraded",
+                });
+            }
             let socket = Socket::upgrading(link.clone(), state.clone());
-            serve(socket, &req, &state, link)
+            serve(socket, &req, &state, link.clone()).inspect_err(|_| link.upgrade_abandoned())
         }
         Transport::Polling => {
             let wait = state.sessions.heartbeat.interval;
@@ -151,16 +184,30 @@ fn open(
         return Err(ApiError::Draining);
     }
     crate::api::ws::check_origin(req, &state)?;
-    state.auth_failures.check(req)?;
+    let peer = peer(req);
+    state.authenticator.check(peer)?;
+    let handshakes = state.engines.admission.limits();
+    let slot = state.engines.admission.admit(peer).map_err(|crowded| {
+        log::debug!("socket.io connection refused: too many unauthenticated ({crowded:?})");
+        ApiError::TooManyUnauthenticated {
+            server_wide: crowded == Crowded::Server,
+            retry_after: handshakes.timeout,
+        }
+    })?;
     // A token given with the handshake is checked at CONNECT, so that a bad one is answered
     // where the client's `connect_error` handler sees it.
-    let handshake_token = auth::token_from_request(req).ok().map(Secret::new);
+    let handshake_token = match auth::token_from_request(req) {
+        Ok(token) if token.len() > auth::MAX_TOKEN_BYTES => Some(Err(TokenError::TooLong)),
+        Ok(token) => Some(Ok(Secret::new(token))),
+        Err(_) => None,
+    };
     let sid = crate::ids::random_id("eio");
     let link = Arc::new(Link::new(
         sid.clone(),
         handshake_token,
-        req.peer_addr().map(|a| a.ip()),
+        peer,
         state.sessions.max_queued_bytes,
+        slot,
         Arc::downgrade(&state.engines),
     ));
     let heartbeat = &state.sessions.heartbeat;
@@ -185,7 +232,7 @@ fn open(
         }
     };
     state.engines.lock().insert(sid, link.clone());
-    expire_unless_connected(link, heartbeat.timeout);
+    expire_unless_connected(Arc::downgrade(&link), state.engines.handshake_timeout());
     Ok(response)
 }
 
@@ -199,11 +246,13 @@ fn serve(
     session::serve(socket, req, &[], max, link.backlog.clone()).map_err(|_| ApiError::NotWebSocket)
 }
 
-/// A connection whose client never connects a session is closed after the heartbeat timeout.
-fn expire_unless_connected(link: Arc<Link>, after: std::time::Duration) {
+/// A connection whose client has not connected a session by the handshake timeout is closed.
+/// (Weak: a connection closed before then is not kept for this.)
+fn expire_unless_connected(link: Weak<Link>, after: Duration) {
     actix::spawn(async move {
         tokio::time::sleep(after).await;
-        if link.session().is_none() {
+        if let Some(link) = link.upgrade().filter(|link| link.session().is_none()) {
+            log::debug!("socket.io connection closed: no session within the handshake timeout");
             link.close();
         }
     });
@@ -239,7 +288,15 @@ pub async fn post(
     };
     let body = std::str::from_utf8(&body)
         .map_err(|_| ApiError::InvalidBody("the payload is not UTF-8 text".into()))?;
-    for packet in body.split(packet::SEPARATOR) {
+    let packets = body.split(packet::SEPARATOR);
+    if link.session().is_none() && packets.clone().nth(PACKETS_BEFORE_SESSION).is_some() {
+        link.close();
+        return Err(ApiError::EngineIo {
+            code: "too-many-packets",
+            message: "a connection without a session posts a CONNECT and little else; it is closed",
+        });
+    }
+    for packet in packets {
         receive(&state, &link, packet).await;
     }
     Ok(HttpResponse::Ok().content_type("text/html").body("ok"))
@@ -247,6 +304,11 @@ pub async fn post(
 
 /// One Engine.IO packet from the client, by whichever transport it came.
 async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
+    // What a closed connection's client sent after its last packet (the rest of a POST, or
+    // messages the socket had read) is not looked at.
+    if link.is_closed() {
+        return;
+    }
     let session = link.session();
     match FromClient::decode(text) {
         Some(FromClient::Pong) => {
@@ -259,7 +321,7 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
                 connect(state, link, auth).await;
             }
             (Ok((namespace, Packet::Connect { .. })), _) if namespace != "/" => {
-                link.send_uncounted(packet::connect_error(
+                link.refuse(packet::connect_error(
                     &namespace,
                     "unknown-namespace",
                     "only the default namespace (/) is served",
@@ -285,17 +347,24 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
 }
 
 /// A CONNECT: the token verified, the resume point (if any) checked, the session started — or
-/// CONNECT_ERROR with a code and a message.
+/// CONNECT_ERROR with a code and a message, and the connection closed.
 async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
     let refuse = |code: &str, message: &str| {
-        link.send_uncounted(packet::connect_error("/", code, message));
+        link.refuse(packet::connect_error("/", code, message));
     };
     let token = match auth.get("token") {
         Some(Value::String(token)) => Some(token.clone()),
         Some(_) => {
             return refuse("malformed-token", "`auth.token` must be a string");
         }
-        None => link.handshake_token.as_ref().map(|t| t.expose().to_owned()),
+        None => match &link.handshake_token {
+            Some(Ok(token)) => Some(token.expose().to_owned()),
+            Some(Err(e)) => {
+                metrics::auth_failure(e.code());
+                return refuse(e.code(), &e.to_string());
+            }
+            None => None,
+        },
     };
     let Some(token) = token else {
         metrics::auth_failure("missing-token");
@@ -304,15 +373,12 @@ async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
             "connect with `auth: { token }`, an `Authorization: Bearer` header or `?token=`",
         );
     };
-    let identity = match state.verifier.verify(&token) {
+    let identity = match state.authenticator.verify(link.peer, &token) {
         Ok(identity) => identity,
-        Err(e) => {
-            metrics::auth_failure(e.code());
-            if let Some(peer) = link.peer {
-                state.auth_failures.failed_from(peer);
-            }
-            log::info!("socket.io connect refused code={}", e.code());
-            return refuse(e.code(), &e.to_string());
+        Err(refused) => {
+            metrics::auth_failure(refused.code());
+            log::info!("socket.io connect refused code={}", refused.code());
+            return refuse(refused.code(), &refused.to_string());
         }
     };
 
@@ -340,7 +406,14 @@ async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
         Recovery::Refused { error, since } => (None, None, Some((error, since))),
     };
     let wire = Engine::new(link.clone(), pid.filter(|_| since.is_some()));
-    let mut session = Session::new(identity, seen_seq, since, state.sessions.clone(), wire);
+    let mut session = Session::new(
+        identity,
+        link.peer,
+        seen_seq,
+        since,
+        state.sessions.clone(),
+        wire,
+    );
     if let Some((error, since)) = refused {
         // Connected afresh (`socket.recovered` is false), and told why with `resume-failed`.
         session = session.with_refused_resume(error, since);

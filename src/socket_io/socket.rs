@@ -83,8 +83,9 @@ impl Actor for Socket {
             ctx.text(open);
             self.link.upgraded(ctx.address());
         } else {
-            // A probe that never completes the upgrade is not kept open.
-            ctx.run_later(self.state.sessions.heartbeat.timeout, |socket, ctx| {
+            // A probe that does not complete the upgrade (the client's does at once) is not
+            // kept open.
+            ctx.run_later(self.state.engines.handshake_timeout(), |socket, ctx| {
                 if !socket.attached {
                     ctx.stop();
                 }

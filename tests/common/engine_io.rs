@@ -60,6 +60,12 @@ impl<'a> Poller<'a> {
         (poller, serde_json::from_str(connected).unwrap())
     }
 
+    /// Posts `body` (packets joined by the separator); fails the test unless it is taken.
+    pub async fn post(&self, body: &str) {
+        let (status, answer) = post(self.api, &self.query, body.to_owned()).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
     /// The next packet other than pings and noops.
     pub async fn next(&mut self) -> String {
         loop {
@@ -70,6 +76,96 @@ impl<'a> Poller<'a> {
             assert_eq!(status, 200, "{body}");
             let packets = body.split('\x1e').filter(|p| *p != "2" && *p != "6");
             self.pending.extend(packets.map(str::to_owned));
+        }
+    }
+}
+
+/// An HTTP client whose connections come from `source`, a loopback address of the test's own:
+/// the server counts per client address.
+pub fn client_from(source: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(source))
+        .build()
+        .unwrap()
+}
+
+/// `GET /socket.io/?{query}` by `client`: the status, the `Retry-After` header and the body.
+pub async fn get_by(
+    client: &reqwest::Client,
+    api: &Api,
+    query: &str,
+) -> (u16, Option<String>, String) {
+    let response = client
+        .get(api.http_url(&format!("/socket.io/?{query}")))
+        .send()
+        .await
+        .expect("GET /socket.io/");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|value| value.to_str().unwrap().to_owned());
+    (
+        response.status().as_u16(),
+        retry_after,
+        response.text().await.unwrap(),
+    )
+}
+
+/// The Engine.IO packets of a poll's answer.
+pub fn packets(body: &str) -> Vec<&str> {
+    body.split('\x1e').collect()
+}
+
+/// The data of a CONNECT_ERROR packet (`44{…}`): `message`, and `data.code`.
+pub fn connect_error(packet: &str) -> Value {
+    let data = packet
+        .strip_prefix("44")
+        .unwrap_or_else(|| panic!("a CONNECT_ERROR: {packet}"));
+    serde_json::from_str(data).unwrap()
+}
+
+/// An Engine.IO connection on a WebSocket from the start (`transport=websocket`).
+pub struct EngineSocket {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl EngineSocket {
+    /// Opens one; answers it with its open packet's data.
+    pub async fn open(api: &Api) -> (Self, Value) {
+        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", api.addr);
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("a Socket.IO WebSocket");
+        let mut socket = Self { ws };
+        let open = socket.next(super::WAIT).await.expect("an open packet");
+        let open = serde_json::from_str(open.strip_prefix('0').expect("an open packet")).unwrap();
+        (socket, open)
+    }
+
+    pub async fn send(&mut self, packet: &str) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::text(packet))
+            .await
+            .expect("send a packet");
+    }
+
+    /// The next packet within `wait` (pings included); `None` once the socket is closed. Fails
+    /// the test when nothing comes.
+    pub async fn next(&mut self, wait: std::time::Duration) -> Option<String> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let message = tokio::time::timeout(wait, self.ws.next())
+                .await
+                .expect("a packet or the close in time");
+            match message {
+                Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                Some(Ok(_)) => continue,
+            }
         }
     }
 }

@@ -175,6 +175,11 @@ pub fn config(db: &Db) -> Config {
         sends_per_second: std::num::NonZeroU32::new(10).unwrap(),
         max_sessions_per_user: 50,
         auth_failures_per_minute: std::num::NonZeroU32::new(10_000).unwrap(),
+        handshakes: switchboard::config::Handshakes {
+            timeout: Duration::from_secs(10),
+            max_per_address: 10_000,
+            max: 10_000,
+        },
         allowed_origins: switchboard::config::Origins::Listed(vec![
             "https://app.example.com".into()
         ]),

@@ -132,6 +132,23 @@ test("a bad or missing token is a connect_error with a message and a code", asyn
   }
 });
 
+test("after a connect_error, the socket connects with a fresh token (on a new connection)", async () => {
+  const account = unique("acme");
+  const socket = connect({ auth: { token: "not-a-jwt" }, reconnection: false });
+  const errors = [];
+  // The usual handler: get a fresh token and connect again, right away.
+  socket.on("connect_error", (error) => {
+    errors.push(error.data?.code);
+    socket.auth = { token: token(account, "u1") };
+    socket.connect();
+  });
+  await once(socket, "connect");
+  assert.deepEqual(errors, ["malformed-token"]);
+  const seq = await publish(account, "tick", { i: 1 });
+  await until(() => socket.received.length === 1, "the event");
+  assert.deepEqual(socket.received, [["tick", { i: 1 }, String(seq)]]);
+});
+
 test("only the default namespace is served", async () => {
   const socket = connect({ auth: { token: token("acme", "u1") }, reconnection: false });
   const admin = socket.io.socket("/admin", { auth: { token: token("acme", "u1") } });

@@ -42,15 +42,18 @@ impl<W: Wire> Session<W> {
         }
     }
 
-    /// An `auth` frame: the session goes on under the new token, or closes.
+    /// An `auth` frame: the session goes on under the new token, or closes. The token counts
+    /// against the client's address like any other: from an address over its allowance of
+    /// failures it is refused unverified.
     pub(super) fn on_auth(
         &mut self,
         token: &Secret,
         reference: Option<Value>,
         ctx: &mut W::Context,
     ) {
-        let (code, message) = match self.shared.tokens.verifier.verify(token.expose()) {
-            Err(e) => (e.code(), e.to_string()),
+        let authenticator = &self.shared.tokens.authenticator;
+        let (code, message, retry_after) = match authenticator.verify(self.peer, token.expose()) {
+            Err(refused) => (refused.code(), refused.to_string(), refused.retry_after()),
             Ok(identity)
                 if identity.account != self.identity.account
                     || identity.user != self.identity.user =>
@@ -59,6 +62,7 @@ impl<W: Wire> Session<W> {
                     "token-mismatch",
                     "the new token names another account or user; a session keeps its identity"
                         .to_owned(),
+                    None,
                 )
             }
             Ok(identity) => {
@@ -81,7 +85,7 @@ impl<W: Wire> Session<W> {
             code,
             message,
             reference,
-            retry_after_ms: None,
+            retry_after_ms: retry_after.map(|wait| wait.as_millis() as u64),
         };
         self.write(ctx, &error);
         self.close(ctx, Close::TokenRefused);

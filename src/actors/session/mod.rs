@@ -26,6 +26,7 @@ mod requests;
 mod transport;
 mod wire;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,7 +36,8 @@ use tokio::sync::oneshot;
 
 use super::broker::{Broker, Join, Leave};
 use super::room::Handed;
-use crate::auth::{Identity, Verifier};
+use crate::auth::throttle::Authenticator;
+use crate::auth::Identity;
 use crate::config::Heartbeat;
 use crate::ids::SessionId;
 use crate::metrics;
@@ -97,7 +99,8 @@ pub struct Shared {
 
 /// What a live session needs to know about tokens.
 pub struct Tokens {
-    pub verifier: Arc<Verifier>,
+    /// Verifies a fresh token (`auth`), counting a failure against the client's address.
+    pub authenticator: Arc<Authenticator>,
     /// The JWT leeway: a token is honoured this long past its `exp`, as at the handshake.
     pub leeway: std::time::Duration,
     /// How long before expiry the client is asked for a fresh token.
@@ -107,6 +110,9 @@ pub struct Tokens {
 pub struct Session<W: Wire> {
     id: SessionId,
     identity: Identity,
+    /// The client's address: a fresh token that does not verify counts against it, as at the
+    /// handshake.
+    peer: Option<IpAddr>,
     /// The account's sequence number at authorisation, if it was read (for `?since=`), handed
     /// to the room on joining.
     seen_seq: Option<u64>,
@@ -127,9 +133,11 @@ pub struct Session<W: Wire> {
 }
 
 impl<W: Wire> Session<W> {
-    /// `since`: the last sequence number the client processed, when it reconnects (`?since=`).
+    /// `peer`: the client's address; `since`: the last sequence number the client processed,
+    /// when it reconnects (`?since=`).
     pub fn new(
         identity: Identity,
+        peer: Option<IpAddr>,
         seen_seq: Option<u64>,
         since: Option<u64>,
         shared: Arc<Shared>,
@@ -145,6 +153,7 @@ impl<W: Wire> Session<W> {
         Self {
             id: SessionId::random(),
             identity,
+            peer,
             seen_seq,
             limits: requests::Limits::new(shared.frames_per_second),
             resume: replay::Resume::new(since),
