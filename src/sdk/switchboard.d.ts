@@ -6,7 +6,8 @@ export type Status = "connecting" | "open" | "reconnecting" | "polling" | "close
 export interface Failure {
   /** e.g. `token-expired`, `invalid-token`, `server-unreachable`, `websocket-failed`,
    *  `heartbeat-timeout`, `slow-consumer`, `server-shutting-down`, `connection-lost`,
-   *  `token-refused`, `too-many-sessions`, `too-many-frames`, `get-token-failed`. */
+   *  `token-refused`, `too-many-sessions`, `too-many-frames`, `get-token-failed`,
+   *  `since-in-future`, `invalid-since` (the resume point was refused: see `ResumeFailure`). */
   code: string;
   message: string;
 }
@@ -49,6 +50,25 @@ export interface Ack {
   duplicate?: boolean;
 }
 
+/**
+ * Handed to `resume-failed` handlers: the client could not resume where it left off, so reload
+ * your state. `code` says why: `resume-failed` — the server no longer keeps what was missed
+ * (live events carry on after `seq`); `since-in-future` — the resume point is ahead of the
+ * server's history (a restored database, say); `invalid-since` — it is not a sequence number.
+ * For the last two the client has dropped its resume point and connected afresh.
+ */
+export interface ResumeFailure {
+  type: "resume-failed";
+  code: "resume-failed" | "since-in-future" | "invalid-since";
+  message?: string;
+  /** The resume point that could not be honoured. */
+  since: number | null;
+  /** The oldest event the server keeps (`resume-failed`). */
+  oldest_seq?: number;
+  /** Live events carry on after this one (`resume-failed` on the WebSocket). */
+  seq?: number;
+}
+
 export class SwitchboardError extends Error {
   code: string;
   status?: number;
@@ -74,7 +94,7 @@ export class Client {
   readonly lastSeq: number | null;
 
   on(event: "status", handler: (status: Status, reason: Failure | null) => void): this;
-  on(event: "resume-failed", handler: (frame: { since: number | null; oldest_seq: number; seq?: number }) => void): this;
+  on(event: "resume-failed", handler: (frame: ResumeFailure) => void): this;
   on<T = any>(event: string, handler: (data: T, frame: EventFrame<T>) => void): this;
   off(event: string, handler: (...args: any[]) => void): this;
 

@@ -62,6 +62,9 @@ export class SwitchboardError extends Error {
 /** Codes that a new token can cure. */
 const TOKEN_CODES = new Set(["token-expired", "token-refused", "invalid-token", "missing-token"]);
 
+/** Codes that refuse the resume point itself: asking again with it would be refused again. */
+const SINCE_CODES = new Set(["since-in-future", "invalid-since"]);
+
 /** Opens a client; see the README's "Browser SDK" section. */
 export function connect(url, options) {
   return new Client(url, options);
@@ -239,8 +242,12 @@ export class Client {
       return this.failed(reason, false);
     }
     // A refused upgrade is invisible to a browser (no status, no body): ask the same question
-    // over HTTP to learn whether the token is the problem.
+    // over HTTP to learn whether the token — or the resume point — is the problem.
     const reason = await this.probe();
+    if (SINCE_CODES.has(reason.code)) {
+      this.resumeRefused(reason);
+      return this.failed(reason, false);
+    }
     this.failed(reason, !TOKEN_CODES.has(reason.code) && reason.code !== "server-unreachable");
   }
 
@@ -355,6 +362,18 @@ export class Client {
   resumeFailed(seq, frame) {
     // What was missed is gone from the server: the app reloads its state, live events go on.
     this.lastSeq = seq;
+    this.emit("resume-failed", { code: "resume-failed", ...frame });
+  }
+
+  /**
+   * The server refuses the resume point itself: ahead of its history (which is not the one this
+   * client knew — a restored database, say), or not a sequence number. Resuming from it would be
+   * refused for ever, so it is dropped — the next connection starts afresh — and the app is told
+   * as when history is gone, with the code.
+   */
+  resumeRefused({ code, message }) {
+    const frame = { type: "resume-failed", code, message, since: this.lastSeq };
+    this.lastSeq = null;
     this.emit("resume-failed", frame);
   }
 
@@ -421,6 +440,11 @@ export class Client {
           const frame = { type: "resume-failed", since: this.lastSeq, oldest_seq: error.oldest_seq };
           // Carry on from the oldest event kept; the app reloads its state first.
           this.resumeFailed(error.oldest_seq - 1, frame);
+          continue;
+        }
+        if (response.status === 400 && SINCE_CODES.has(error.code)) {
+          // The next poll, without a starting point, answers with where "now" is.
+          this.resumeRefused(error);
           continue;
         }
         if (TOKEN_CODES.has(error.code)) this.token = null;

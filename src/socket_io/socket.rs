@@ -11,6 +11,7 @@ use bytestring::ByteString;
 
 use super::link::Link;
 use super::packet::{self, FromClient};
+use crate::actors::session::frame_size;
 use crate::api::AppState;
 
 /// A packet for the client.
@@ -57,7 +58,9 @@ impl Socket {
         if !self.attached {
             match FromClient::decode(&text) {
                 Some(FromClient::Ping("probe")) => {
-                    ctx.text(packet::PROBE_ANSWER);
+                    if self.counted(packet::PROBE_ANSWER.len()) {
+                        ctx.text(packet::PROBE_ANSWER);
+                    }
                     self.link.upgrading();
                 }
                 Some(FromClient::Upgrade) => {
@@ -72,6 +75,14 @@ impl Socket {
         // taken.
         let (state, link) = (self.state.clone(), self.link.clone());
         ctx.wait(async move { super::receive(&state, &link, &text).await }.into_actor(self));
+    }
+
+    /// Counts a frame of the socket's own (a pong, the probe's answer) with what is queued for
+    /// the client, as the session counts its frames: the socket runs while its client reads
+    /// nothing, so a client that sends pings cannot pile answers up. Past the bound the answer is
+    /// dropped, and the session closes as for any frame (4001).
+    fn counted(&self, payload: usize) -> bool {
+        self.link.backlog.reserve(frame_size(payload))
     }
 }
 
@@ -113,7 +124,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Socket {
                 // Socket.IO clients do not fragment; a client that does is not one.
                 ctx.stop();
             }
-            Ok(ws::Message::Ping(payload)) => ctx.pong(&payload),
+            Ok(ws::Message::Ping(payload)) => {
+                if self.counted(payload.len()) {
+                    ctx.pong(&payload);
+                }
+            }
             Ok(ws::Message::Close(reason)) => {
                 ctx.close(reason);
                 ctx.stop();

@@ -238,6 +238,45 @@ test("a WebSocket route that refuses the upgrade: the page falls back to long-po
   await page.context().close();
 });
 
+test("a resume point ahead of the server is dropped: resume-failed with its code, then a fresh connection", async () => {
+  const account = `ahead-${RUN}`;
+  const page = await openDemo({ account, user: "alice" });
+  await waitStatus(page, "open");
+  // A client that kept a resume point from another history (a restored database, say): on the
+  // WebSocket it gets a welcome; with the WebSocket blocked, it long-polls. Either way once.
+  for (const [wsPath, settled] of [["/ws", "open"], ["/ws-blocked", "polling"]]) {
+    const seen = await page.evaluate(
+      async ({ account, wsPath, settled, wait }) => {
+        const { connect } = await import("/sdk/switchboard.js");
+        const getToken = async () => {
+          const response = await fetch("/demo/token", {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ account_id: account, user_id: "alice" }),
+          });
+          return (await response.json()).token;
+        };
+        const client = connect(location.origin, { getToken, since: 1000000, wsPath, pollAfterFailures: 1, backoffBaseMs: 50 });
+        const failures = [];
+        client.on("resume-failed", (frame) => failures.push(`${frame.code} since ${frame.since}`));
+        try {
+          await new Promise((resolve, reject) => {
+            client.on("status", (status) => status === settled && resolve());
+            setTimeout(() => reject(new Error(`${client.status}: ${JSON.stringify(client.lastError)}`)), wait);
+          });
+          return { failures, lastSeq: client.lastSeq };
+        } finally {
+          client.close();
+        }
+      },
+      { account, wsPath, settled, wait: WAIT },
+    );
+    assert.deepEqual(seen.failures, ["since-in-future since 1000000"], wsPath);
+    assert.ok(seen.lastSeq < 1000000, `${wsPath}: resumed from ${seen.lastSeq}`);
+  }
+  await page.context().close();
+});
+
 test("a ws parameter that names another origin is ignored: the token goes to this server alone", async () => {
   const reached = [];
   const elsewhere = createServer((socket) => {

@@ -356,3 +356,84 @@ test("an unreachable server is reported as such, and never triggers the long-pol
   client.close();
   assert.equal(client.status, "closed");
 });
+
+for (const code of ["since-in-future", "invalid-since"]) {
+  test(`a resume point the server refuses (${code}) is dropped: resume-failed with the code, then a fresh connect`, async (t) => {
+    // The server's history is not the one the client knew (a restored database): every question
+    // with the old resume point is refused.
+    const net = network({
+      probe: (url) =>
+        url.searchParams.get("since") === "5000"
+          ? json(400, { error: { code, message: "refused" } })
+          : json(200, { events: [], since: 41 }),
+    });
+    const client = connect("http://sb.test", { getToken: () => "t", since: 5000, random: () => 0, ...net });
+    t.after(() => client.close());
+    const failures = [];
+    const statuses = [];
+    client.on("resume-failed", (frame) => failures.push(frame));
+    client.on("status", (s, reason) => statuses.push(`${s}:${reason?.code ?? ""}`));
+    await until(() => net.sockets.length === 1, "a socket");
+    assert.equal(net.sockets[0].url.searchParams.get("since"), "5000");
+    net.sockets[0].drop(1006); // the upgrade was refused: no welcome
+
+    await until(() => net.sockets.length === 2, "a fresh connect");
+    assert.equal(net.sockets[1].url.searchParams.get("since"), null, "connected afresh");
+    assert.deepEqual(failures, [{ type: "resume-failed", code, message: "refused", since: 5000 }]);
+    assert.equal(client.lastSeq, null);
+    net.sockets[1].frame(welcome(41));
+    assert.equal(client.status, "open");
+    assert.equal(client.lastSeq, 41);
+    assert.deepEqual(statuses, [`reconnecting:${code}`, "open:"]);
+    // Asked once: no loop on the refused point.
+    assert.equal(net.fetches.length, 1);
+    await tick(50);
+    assert.equal(net.sockets.length, 2);
+    client.close();
+  });
+}
+
+test("a resume point the long-poll refuses is dropped: resume-failed with the code, then polling from now", async (t) => {
+  const asked = [];
+  const net = network({
+    poll: async (url) => {
+      asked.push(url.search);
+      const since = url.searchParams.get("since");
+      if (since === null) return json(200, { events: [], since: 41 });
+      if (since === "5000") return json(400, { error: { code: "since-in-future", message: "ahead" } });
+      await tick(20);
+      return json(200, { events: [], since: Number(since) });
+    },
+  });
+  const client = connect("http://sb.test", {
+    getToken: () => "t",
+    since: 5000,
+    random: () => 0,
+    pollAfterFailures: 1,
+    ...net,
+  });
+  t.after(() => client.close());
+  const failures = [];
+  client.on("resume-failed", (frame) => failures.push(frame));
+  await until(() => net.sockets.length === 1, "a socket");
+  net.sockets[0].drop(); // the WebSocket is blocked; the probe does not say why
+  await until(() => client.status === "polling", "polling");
+  await until(() => asked.length >= 3, "three polls");
+  assert.deepEqual(asked.slice(0, 3), ["?since=5000&timeout=25", "", "?since=41&timeout=25"]);
+  assert.deepEqual(failures, [{ type: "resume-failed", code: "since-in-future", message: "ahead", since: 5000 }]);
+  assert.equal(client.lastSeq, 41);
+  client.close();
+});
+
+test("resume-failed for history that is gone carries its code too", async (t) => {
+  const net = network();
+  const client = connect("http://sb.test", { getToken: () => "t", since: 2, random: () => 0, ...net });
+  t.after(() => client.close());
+  const failures = [];
+  client.on("resume-failed", (frame) => failures.push(frame));
+  await until(() => net.sockets.length === 1, "a socket");
+  net.sockets[0].frame(welcome(1041, { resumed: false, since: 2 }));
+  net.sockets[0].frame({ type: "resume-failed", since: 2, oldest_seq: 900, seq: 1041 });
+  assert.equal(failures[0].code, "resume-failed");
+  client.close();
+});

@@ -11,6 +11,12 @@
 //! for a client that does not read. So the session counts each frame as it writes it
 //! ([`Backlog::reserve`]), and [`Writer`] subtracts what the socket takes. The difference is what
 //! the server holds for this client.
+//!
+//! The session runs when its output is polled. So [`Writer`] polls it even while the socket
+//! takes nothing, holding what it writes — no more than the bound, which the session enforces:
+//! a client that has stopped reading is still pinged, timed out, closed as a slow consumer or
+//! for its token, and leaves its room. What is left when the session ends is given a heartbeat
+//! interval to be taken; then the connection is reset.
 
 use std::cell::{Cell, OnceCell};
 use std::future::Future;
@@ -60,8 +66,9 @@ pub struct Backlog {
     /// since `epoch`): since then the client has had something to take.
     owed_since: AtomicU64,
     epoch: Instant,
-    /// How long a replaying client may take nothing of what is queued (milliseconds; 0: no
-    /// limit).
+    /// How long a client may take nothing of what is queued for it before it is held to have
+    /// stopped reading (milliseconds; 0: not set): a replaying session is then closed, and an
+    /// ended session's connection reset.
     stall_after: AtomicU64,
     /// One more than the count below which `drained` is woken; 0 when nobody waits.
     wake_below: AtomicUsize,
@@ -176,16 +183,22 @@ impl Backlog {
         self.replaying.store(replaying, Ordering::SeqCst);
     }
 
-    /// How long a replaying client may take nothing of what is queued for it.
+    /// How long a client may take nothing of what is queued for it.
     pub fn set_stall_limit(&self, limit: Duration) {
         let limit = limit.as_millis().clamp(1, u64::MAX.into()) as u64;
         self.stall_after.store(limit, Ordering::Relaxed);
     }
 
+    /// The stall limit, once a session has set it.
+    pub fn stall_limit(&self) -> Option<Duration> {
+        match self.stall_after.load(Ordering::Relaxed) {
+            0 => None,
+            limit => Some(Duration::from_millis(limit)),
+        }
+    }
+
     /// A replaying client has taken nothing of what is queued for it for longer than the stall
-    /// limit: it stopped reading. (Checked by the session on each heartbeat tick; and here as
-    /// the transport takes bytes, for a WebSocket session does not run while its socket is
-    /// full.)
+    /// limit: it stopped reading. (Checked by the session on each heartbeat tick.)
     pub fn stalled(&self) -> bool {
         self.stalled_at(self.owed_since.load(Ordering::Relaxed), self.now())
     }
@@ -201,11 +214,7 @@ impl Backlog {
     /// The socket (or a poll) took `bytes`.
     pub fn taken(&self, bytes: usize) {
         if self.replaying.load(Ordering::Relaxed) {
-            let now = self.now();
-            let owed_since = self.owed_since.swap(now, Ordering::Relaxed);
-            if self.stalled_at(owed_since, now) {
-                self.overflowed.store(true, Ordering::Relaxed);
-            }
+            self.owed_since.store(self.now(), Ordering::Relaxed);
         }
         self.release(bytes);
     }
@@ -420,8 +429,9 @@ impl Stream for Incoming {
     }
 }
 
-/// Most bytes taken from the session while the socket does not take them, as actix-http's
-/// write buffer would hold: past it, the session's output waits in its own buffer.
+/// Most bytes taken from the session before they are written, while the socket takes them: what
+/// is ready leaves in few writes. (While the socket takes nothing, the session's output is taken
+/// whatever its size: see [`Writer::blocked`].)
 const HELD: usize = 32 * 1024;
 
 /// Writes an answer's head and then its body to the socket, until the body ends (for a
@@ -429,8 +439,9 @@ const HELD: usize = 32 * 1024;
 pub struct Writer {
     socket: Rc<TcpStream>,
     body: BoxBody,
-    /// Taken from the body (or the head) and not yet written.
-    pending: Bytes,
+    /// Taken from the body (or the head) and not yet written; appended to while the socket is
+    /// full.
+    pending: BytesMut,
     /// Leading bytes of `pending` that no session counted (the head).
     uncounted: usize,
     /// The session's count of what is queued for its client, which this writer takes down as
@@ -445,41 +456,48 @@ impl Writer {
             socket,
             body,
             uncounted: head.len(),
-            pending: head,
+            pending: BytesMut::from(head),
             backlog: None,
             ended: false,
         }
     }
 
-    /// Runs the connection to its end: writes until the session ends, then closes gracefully.
+    /// Runs the connection to its end: writes until the session ends, then closes — gracefully,
+    /// unless the client leaves what is left untaken past the stall limit.
     pub async fn run(mut self) {
         std::future::poll_fn(|cx| self.poll_write(cx)).await;
-        let Self { socket, body, .. } = self;
+        // The session sets the limit; an answer without one (a refused handshake) gets the
+        // linger.
+        let patience = self.backlog.as_ref().and_then(|b| b.stall_limit());
+        let Self {
+            socket,
+            body,
+            pending,
+            ..
+        } = self;
         // The session (and its reading half) is gone with the body; the socket is ours alone.
         drop(body);
         if let Ok(socket) = Rc::try_unwrap(socket) {
             // Boxed: needed once, at the end, and this future lives in every connection's task.
-            Box::pin(close(socket)).await;
+            Box::pin(close(socket, pending, patience.unwrap_or(LINGER))).await;
         }
     }
 
     fn take(&mut self, bytes: Bytes) {
         if self.pending.is_empty() {
-            self.pending = bytes;
+            // Not copied: the session's encoder hands over a buffer of its own.
+            self.pending = BytesMut::from(bytes);
         } else {
             // The first output joins the `101`, so that both leave in one send; later, output
             // taken while the socket was full.
-            let mut both = BytesMut::with_capacity(self.pending.len() + bytes.len());
-            both.extend_from_slice(&self.pending);
-            both.extend_from_slice(&bytes);
-            self.pending = both.freeze();
+            self.pending.extend_from_slice(&bytes);
         }
     }
 
     fn written(&mut self, n: usize) {
         if n == self.pending.len() {
             // Dropped, not emptied: an idle connection keeps no buffer.
-            self.pending = Bytes::new();
+            self.pending = BytesMut::new();
         } else {
             self.pending.advance(n);
         }
@@ -490,20 +508,17 @@ impl Writer {
         }
     }
 
-    /// Ready when the session has ended and all it wrote is written, or the socket failed.
+    /// Ready when the session has ended (what it wrote last may not all be written: the socket
+    /// may be full), or the socket failed.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         // Set once the session has nothing more for now (and will wake us when it has): polling
         // it again runs the whole actor for nothing.
         let mut idle = false;
         loop {
-            // Polling the body runs the session: it must go on (reading, pinging) while a
-            // write is under way, up to what may be held here.
+            // Polling the body runs the session: it goes on (reading, pinging) while a write is
+            // under way.
             while !self.ended && !idle && self.pending.len() < HELD {
-                match Pin::new(&mut self.body).poll_next(cx) {
-                    Poll::Ready(Some(Ok(bytes))) => self.take(bytes),
-                    Poll::Ready(_) => self.ended = true,
-                    Poll::Pending => idle = true,
-                }
+                idle = self.poll_body(cx).is_pending();
             }
             if self.pending.is_empty() {
                 return if self.ended {
@@ -515,7 +530,7 @@ impl Writer {
             match self.socket.poll_write_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return Poll::Ready(()),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => return self.blocked(idle, cx),
             }
             match self.socket.try_write(&self.pending) {
                 Ok(n) => self.written(n),
@@ -524,16 +539,61 @@ impl Writer {
             }
         }
     }
+
+    /// The socket takes nothing: the session runs on regardless, its output taken whatever its
+    /// size — its heartbeat, its slow-consumer bound and its closes must not wait for a client
+    /// that may never read again. What it holds is bounded by the session's count of it
+    /// ([`Backlog`]), not here. Ready once it has ended.
+    fn blocked(&mut self, idle: bool, cx: &mut Context<'_>) -> Poll<()> {
+        if !idle {
+            while !self.ended && self.poll_body(cx).is_ready() {}
+        }
+        if self.ended {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Runs the session once, taking what it wrote; pending when it has nothing more for now
+    /// (it wakes the task when it has).
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match Pin::new(&mut self.body).poll_next(cx) {
+            Poll::Ready(Some(Ok(bytes))) => self.take(bytes),
+            Poll::Ready(_) => self.ended = true,
+            Poll::Pending => return Poll::Pending,
+        }
+        Poll::Ready(())
+    }
 }
 
-/// Longest a closing connection waits for the client to close its side.
+/// Longest a closing connection waits for the client to close its side (and, for an answer
+/// that is not a session's, to take the answer).
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Ends a connection the way a client expects: our side closed first, then what the client
-/// still sends (its answer to our close frame) read and dropped until it closes too — closing
-/// with unread bytes would reset the connection, and the client could lose our close frame.
-async fn close(mut socket: TcpStream) {
+/// Ends a connection the way a client expects: what is left of the output written, our side
+/// closed, then what the client still sends (its answer to our close frame) read and dropped
+/// until it closes too — closing with unread bytes would reset the connection, and the client
+/// could lose our close frame.
+///
+/// A client that does not take what is left within `patience` has stopped reading: the
+/// connection is reset, so that neither it nor the kernel's copy of what is left is held for as
+/// long as the client likes (possibly for ever, if it keeps its window shut).
+async fn close(mut socket: TcpStream, mut rest: BytesMut, patience: Duration) {
     use tokio::io::AsyncWriteExt;
+    if !rest.is_empty() {
+        match tokio::time::timeout(patience, socket.write_all_buf(&mut rest)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                // Dropped with a zero linger: reset at once.
+                let _ = socket.set_zero_linger();
+                return;
+            }
+        }
+    }
+    // Not kept while the client closes its side.
+    drop(rest);
     if socket.shutdown().await.is_err() {
         return;
     }
@@ -644,9 +704,9 @@ mod tests {
         );
         std::thread::sleep(Duration::from_millis(300));
         assert!(backlog.stalled());
-        // Taking bytes after the stall is too late: the session is closed for it.
+        // A client that takes bytes again before the session's next tick reads again.
         backlog.taken(50);
-        assert!(backlog.overflowed());
+        assert!(!backlog.stalled() && !backlog.overflowed());
         // A client that keeps taking has not stalled.
         let backlog = Backlog::new(LIMIT);
         backlog.set_stall_limit(Duration::from_millis(500));
