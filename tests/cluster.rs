@@ -17,19 +17,6 @@ use crate::common::engine_io::Poller;
 use crate::common::process::{Process, BIN};
 use crate::common::{token, unique, Api, Client, Db, Received, API_KEY, JWT_SECRET, WAIT};
 
-/// The cluster tests need PostgreSQL (shared by the nodes); they run where the other PostgreSQL
-/// tests run.
-pub(crate) fn postgres() -> Option<Db> {
-    let db = Db::postgres();
-    if db.is_none() {
-        eprintln!(
-            "skipped: cluster mode needs PostgreSQL; set {}",
-            crate::common::POSTGRES_ENV
-        );
-    }
-    db
-}
-
 /// A `redis-server` of the test's own, on a free port; killed on drop.
 pub(crate) struct Redis {
     port: u16,
@@ -240,8 +227,12 @@ fn assert_exact(who: &str, follower: &Follower, expected: &[u64]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn publishes_and_webhooks_on_any_node_reach_every_session_on_every_node() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let redis = Redis::start();
     let nodes = [
         Node::start(&db, &redis).await,
@@ -348,8 +339,12 @@ fn publish_in_background(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn clients_of_a_killed_node_and_of_a_drained_node_resume_elsewhere_losing_nothing() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let redis = Redis::start();
     let mut nodes = [
         Node::start(&db, &redis).await,
@@ -390,8 +385,12 @@ async fn clients_of_a_killed_node_and_of_a_drained_node_resume_elsewhere_losing_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let mut redis = Redis::start();
     let nodes = [
         Node::start(&db, &redis).await,
@@ -466,8 +465,12 @@ async fn presence_change(client: &mut Client, wait: Duration) -> (String, String
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn presence_and_typing_span_nodes_and_a_dead_nodes_users_go_offline() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let redis = Redis::start();
     let nodes = [
         Node::start(&db, &redis).await,
@@ -544,8 +547,12 @@ async fn presence_and_typing_span_nodes_and_a_dead_nodes_users_go_offline() {
 /// a drained node tells it to go (and closes its connection, so socket.io-client reconnects);
 /// on another node it recovers its state from its `pid` and last offset, losing nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn socket_io_clients_get_other_nodes_events_and_recover_on_another_node_after_a_drain() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let redis = Redis::start();
     let mut nodes = [
         Node::start(&db, &redis).await,
@@ -669,8 +676,12 @@ fn counted(metrics: &str, metric: &str, label: &str) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn what_no_node_of_the_cluster_sent_is_dropped_and_every_real_event_arrives_once_in_order() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let redis = Redis::start();
     let mut nodes = [
         Node::start(&db, &redis).await,
@@ -760,8 +771,12 @@ fn rss_kib(pid: u32) -> u64 {
 const STALL_RSS_GROWTH_KIB: u64 = 16 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn redis_frozen_under_steady_publishing_holds_memory_and_every_stored_event_arrives() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let redis = Redis::start();
     let nodes = [
         Node::start(&db, &redis).await,
@@ -879,8 +894,12 @@ async fn six_tabs(nodes: &[Node; 2], account: &str) -> Vec<Client> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn an_event_answered_as_an_idempotent_replay_reaches_every_tab_though_its_relay_was_lost() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let redis = Redis::start();
     // Rooms do not check heads on their own here: only the replay's catch-up can bring it.
     let quiet = [("SWITCHBOARD_CLUSTER_CHECK_INTERVAL", "1h")];
@@ -917,8 +936,12 @@ async fn an_event_answered_as_an_idempotent_replay_reaches_every_tab_though_its_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn a_committed_event_whose_relay_was_lost_reaches_quiet_rooms_within_the_check_interval() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let redis = Redis::start();
     let often = [("SWITCHBOARD_CLUSTER_CHECK_INTERVAL", "1s")];
     let nodes = [
@@ -1011,8 +1034,12 @@ fn certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn nodes_reach_a_redis_that_takes_tls_and_a_password() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let dir = tempfile::tempdir().unwrap();
     let [ca, cert, key] = certificates(dir.path());
     let file = |p: &std::path::PathBuf| p.to_str().unwrap().to_owned();

@@ -80,14 +80,12 @@ impl Relay {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn with_postgresql_down_publishes_answer_503_and_the_node_recovers_by_itself() {
-    let Some(db) = Db::postgres() else {
-        eprintln!(
-            "skipped: set {} to run on PostgreSQL",
-            crate::common::POSTGRES_ENV
-        );
-        return;
-    };
+    let db = Db::postgres();
     let url = reqwest::Url::parse(db.url()).unwrap();
     let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
     let mut relay = Relay::start(upstream.parse().unwrap()).await;
@@ -136,14 +134,12 @@ async fn with_postgresql_down_publishes_answer_503_and_the_node_recovers_by_itse
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn with_postgresql_down_a_new_rooms_session_is_closed_with_1011_not_left_waiting() {
-    let Some(db) = Db::postgres() else {
-        eprintln!(
-            "skipped: set {} to run on PostgreSQL",
-            crate::common::POSTGRES_ENV
-        );
-        return;
-    };
+    let db = Db::postgres();
     let url = reqwest::Url::parse(db.url()).unwrap();
     let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
     let mut relay = Relay::start(upstream.parse().unwrap()).await;

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::cluster::{postgres, Redis, CLUSTER_SECRET};
+use crate::cluster::{Redis, CLUSTER_SECRET};
 use crate::common::process::{Process, BIN};
 use crate::common::{unique, Api, Db, API_KEY, JWT_SECRET};
 
@@ -279,8 +279,12 @@ struct Scene {
 const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
 async fn each_delivery_is_sent_by_one_node_at_a_time_and_survives_its_node() {
-    let Some(db) = postgres() else { return };
+    let db = Db::postgres();
     let redis = Redis::start();
     let backend = Backend::start(Script {
         fail_first: 1,
