@@ -14,8 +14,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::common::engine_io::Poller;
-use crate::common::process::{Process, BIN};
-use crate::common::{token, unique, Api, Client, Db, Received, API_KEY, JWT_SECRET, WAIT};
+use crate::common::process::{Process, Switchboard, CLUSTER_SECRET};
+use crate::common::{token, unique, Api, Client, Db, Received, API_KEY, WAIT};
 
 /// A `redis-server` of the test's own, on a free port; killed on drop.
 pub(crate) struct Redis {
@@ -103,9 +103,6 @@ impl std::ops::Deref for Node {
     }
 }
 
-/// What every node of a test cluster signs its messages with.
-pub(crate) const CLUSTER_SECRET: &str = "test-cluster-secret-of-32-bytes-or-more";
-
 impl Node {
     async fn start(db: &Db, redis: &Redis) -> Self {
         Self::start_with(db, &redis.url(), &[]).await
@@ -113,24 +110,17 @@ impl Node {
 
     /// A node with settings of its own (`env`) on top of the tests' ones.
     async fn start_with(db: &Db, redis_url: &str, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(BIN);
-        command
-            .env("DATABASE_URL", db.url())
-            .env("REDIS_URL", redis_url)
-            .env("SWITCHBOARD_CLUSTER_SECRET", CLUSTER_SECRET)
-            .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-            .env("SWITCHBOARD_JWT_SECRET", JWT_SECRET)
-            .env("SWITCHBOARD_API_KEY", API_KEY)
+        let command = Switchboard::new()
+            .keys()
+            .database(db.url())
+            .cluster(redis_url)
             .env("SWITCHBOARD_PRESENCE_GRACE", "300ms")
-            .env("SWITCHBOARD_DRAIN_PERIOD", "1s")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied());
-        let mut process = Process::spawn(command);
-        let addr = process.listening_on().parse().unwrap();
-        let node = Self {
-            process,
-            api: Api { addr },
-        };
+            .env("SWITCHBOARD_DRAIN_PERIOD", "1s");
+        let (process, api) = env
+            .iter()
+            .fold(command, |command, (name, value)| command.env(name, value))
+            .serve();
+        let node = Self { process, api };
         node.until_ready(true).await;
         node
     }

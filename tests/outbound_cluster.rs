@@ -6,7 +6,6 @@
 //! each sent once when every node restarts.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,9 +13,9 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::cluster::{Redis, CLUSTER_SECRET};
-use crate::common::process::{Process, BIN};
-use crate::common::{unique, Api, Db, API_KEY, JWT_SECRET};
+use crate::cluster::Redis;
+use crate::common::process::{Process, Switchboard};
+use crate::common::{unique, Api, Db};
 
 /// The outbound settings of every node: a request's time limit, and the lease just over it.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -217,22 +216,17 @@ fn setting(duration: Duration) -> String {
 fn start_nodes(db: &Db, redis: &Redis, count: usize) -> Vec<Node> {
     let processes: Vec<Process> = (0..count)
         .map(|_| {
-            let mut command = Command::new(BIN);
-            command
-                .env("DATABASE_URL", db.url())
-                .env("REDIS_URL", redis.url())
-                .env("SWITCHBOARD_CLUSTER_SECRET", CLUSTER_SECRET)
-                .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-                .env("SWITCHBOARD_JWT_SECRET", JWT_SECRET)
-                .env("SWITCHBOARD_API_KEY", API_KEY)
+            Switchboard::new()
+                .keys()
+                .database(db.url())
+                .cluster(&redis.url())
                 .env("SWITCHBOARD_OUTBOUND_ALLOW_PRIVATE", "true")
                 .env("SWITCHBOARD_OUTBOUND_TIMEOUT", setting(TIMEOUT))
                 .env("SWITCHBOARD_OUTBOUND_LEASE", setting(LEASE))
                 .env("SWITCHBOARD_OUTBOUND_SCAN_INTERVAL", setting(SCAN_INTERVAL))
                 .env("SWITCHBOARD_OUTBOUND_RETRY_BASE", "500ms")
                 .env("SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS", "20")
-                .env("RUST_LOG", "info");
-            Process::spawn(command)
+                .spawn()
         })
         .collect();
     processes

@@ -577,22 +577,17 @@ crate::on_each_backend! {
     // The server runs as a process of its own, so that its memory is measured apart from the
     // client's and from the other tests running beside this one.
     async fn a_replay_far_larger_than_the_bound_is_paced_by_a_reading_client(db) {
-        use crate::common::process::{Process, BIN};
-        let mut command = std::process::Command::new(BIN);
-        command
-            .env("DATABASE_URL", db.url())
-            .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-            .env("SWITCHBOARD_JWT_SECRET", common::JWT_SECRET)
-            .env("SWITCHBOARD_API_KEY", common::API_KEY)
+        let (process, api) = common::process::Switchboard::new()
+            .keys()
+            .database(db.url())
             .env("SWITCHBOARD_MAX_QUEUED_BYTES", (1 << 20).to_string())
             // What the server holds, not what its allocator keeps for reuse; and SQLite's page
             // cache (2 MiB per connection, in the server's process) for two connections only.
             .env("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
             .env("SWITCHBOARD_DB_POOL_SIZE", "2")
             .env("SWITCHBOARD_MAX_PUBLISH_BYTES", (2 << 20).to_string())
-            .env("RUST_LOG", "warn,switchboard=info");
-        let mut process = Process::spawn(command);
-        let api = common::Api { addr: process.listening_on().parse().unwrap() };
+            .env("RUST_LOG", "warn,switchboard=info")
+            .serve();
         let account = common::unique("replay");
         let reader = token(&account, "reader");
 

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::common::engine_io::{
     client_from, connect_error, error_code, get, get_by, open, packets, post, EngineSocket, Poller,
 };
-use crate::common::process::{Process, BIN};
+use crate::common::process::{Process, Switchboard};
 use crate::common::{token, Api, Db, TestServer, API_KEY, JWT_SECRET};
 
 fn root() -> &'static Path {
@@ -569,16 +569,7 @@ async fn connections_without_a_session_are_capped_per_address_and_in_all() {
 
 /// The server as a process of its own, so that its memory is its own to measure.
 fn server_process(dir: &Path) -> (Process, Api) {
-    let mut command = Command::new(BIN);
-    command
-        .env("DATABASE_URL", dir.join("switchboard.db"))
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("SWITCHBOARD_JWT_SECRET", JWT_SECRET)
-        .env("SWITCHBOARD_API_KEY", API_KEY)
-        .env("RUST_LOG", "info");
-    let mut process = Process::spawn(command);
-    let addr = process.listening_on().parse().unwrap();
-    (process, Api { addr })
+    Switchboard::new().in_dir(dir).keys().serve()
 }
 
 /// A process's resident memory, in bytes.

@@ -833,19 +833,12 @@ async fn a_generic_webhook_listing_too_many_signatures_is_refused_before_its_bod
 fn one_worker_server(
     dir: &std::path::Path,
 ) -> (crate::common::process::Process, crate::common::Api) {
-    use crate::common::process::{Process, BIN};
-    let mut command = std::process::Command::new(BIN);
-    command
-        .env("DATABASE_URL", dir.join("switchboard.db"))
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("SWITCHBOARD_JWT_SECRET", crate::common::JWT_SECRET)
-        .env("SWITCHBOARD_API_KEY", crate::common::API_KEY)
+    crate::common::process::Switchboard::new()
+        .in_dir(dir)
+        .keys()
         .env("SWITCHBOARD_WORKERS", "1")
         .env("SWITCHBOARD_MAX_WEBHOOK_BYTES", (1024 * 1024).to_string())
-        .env("RUST_LOG", "info");
-    let mut process = Process::spawn(command);
-    let addr = process.listening_on().parse().unwrap();
-    (process, crate::common::Api { addr })
+        .serve()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
