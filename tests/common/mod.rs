@@ -657,16 +657,17 @@ impl Api {
 /// Outbound replies, as a test drives them: a contact writes in through a generic integration, a
 /// user answers, and the answer's delivery is watched through the admin API.
 impl Api {
-    /// The conversation `contact` starts by writing to the generic `integration` (its JSON as
-    /// created, with its secret); returns the conversation's id.
-    pub async fn conversation_from(&self, integration: &Value, contact: &str) -> String {
+    /// A message from `contact` to the generic `integration` (its JSON as created, with its
+    /// secret), signed as the source signs it; `fields` join `contact_id` in the message's
+    /// `data` (its `text`, a `sent_at`).
+    pub async fn message_from(&self, integration: &Value, contact: &str, fields: Value) {
         let (secret, path) = (
             integration["secret"].as_str().unwrap(),
             integration["webhook_path"].as_str().unwrap(),
         );
-        let account = integration["account_id"].as_str().unwrap();
-        let body = json!({"type": "message", "data": {"contact_id": contact, "text": "hello"}})
-            .to_string();
+        let mut data = fields;
+        data["contact_id"] = json!(contact);
+        let body = json!({"type": "message", "data": data}).to_string();
         let (id, ts) = (unique("wh"), now() as i64);
         let headers = [
             ("webhook-id", id.clone()),
@@ -675,6 +676,10 @@ impl Api {
         ];
         let (status, answer) = self.webhook(path, &headers, &body).await;
         assert_eq!(status, 200, "{answer}");
+    }
+
+    /// The id of `account`'s conversation with the latest activity.
+    pub async fn newest_conversation(&self, account: &str) -> String {
         let (_, list) = self
             .as_user(
                 &token(account, "agent"),
@@ -684,6 +689,15 @@ impl Api {
             )
             .await;
         list["conversations"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The conversation `contact` starts by writing to the generic `integration`; returns the
+    /// conversation's id.
+    pub async fn conversation_from(&self, integration: &Value, contact: &str) -> String {
+        self.message_from(integration, contact, json!({"text": "hello"}))
+            .await;
+        let account = integration["account_id"].as_str().unwrap();
+        self.newest_conversation(account).await
     }
 
     /// Replies as `user` of `account`; returns the message.
