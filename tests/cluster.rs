@@ -6,16 +6,15 @@
 //! up, resuming with `?since=` their last sequence number; what they must end with is exactly
 //! their events, in order, once each.
 
-use std::net::TcpStream;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::common::engine_io::Poller;
 use crate::common::process::{Process, Switchboard, CLUSTER_SECRET};
-use crate::common::{token, unique, Api, Client, Db, Received, API_KEY, WAIT};
+use crate::common::{eventually, token, unique, Api, Client, Db, Received, API_KEY, WAIT};
 
 /// A `redis-server` of the test's own, on a free port; killed on drop.
 pub(crate) struct Redis {
@@ -79,13 +78,12 @@ impl Redis {
         command
             .args(port_option)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            // Its log where `Process` reads it: it says when it takes connections.
+            .args(["--logfile", "/dev/stderr"])
             .args(&self.args);
-        self.process = Some(Process::spawn(command));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut process = Process::spawn(command);
+        process.wait_for("Ready to accept connections");
+        self.process = Some(process);
     }
 }
 
@@ -137,15 +135,13 @@ impl Node {
 
     /// Waits until `/readyz` says ready (or, with `false`, not ready); returns its body.
     async fn until_ready(&self, ready: bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (status, body) = self.readyz().await;
-            if (status == 200) == ready {
-                return body;
+        eventually("readyz", Duration::from_secs(20), || async {
+            match self.readyz().await {
+                (status, body) if (status == 200) == ready => Ok(body),
+                stayed => Err(stayed),
             }
-            assert!(Instant::now() < deadline, "readyz stayed {status} {body}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -194,20 +190,20 @@ impl Follower {
 
     async fn reconnect(&mut self, nodes: &[&Api]) {
         let since = self.seqs.last().copied().unwrap_or(0);
-        for _ in 0..100 {
+        let token = &self.token;
+        self.client = eventually("a node took the reconnect", WAIT, || async {
             for node in nodes {
-                let url = format!("{}?token={}&since={since}", node.ws_url(), self.token);
+                let url = format!("{}?token={token}&since={since}", node.ws_url());
                 if let Ok(mut client) = node.try_connect(url).await {
                     let welcome = client.next_json().await;
                     assert_eq!(welcome["type"], "welcome", "{welcome}");
-                    self.client = client;
-                    self.reconnects += 1;
-                    return;
+                    return Ok(client);
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("no node took the reconnect");
+            Err("every node refused")
+        })
+        .await;
+        self.reconnects += 1;
     }
 }
 
@@ -271,46 +267,60 @@ async fn publishes_and_webhooks_on_any_node_reach_every_session_on_every_node() 
     let globex_last = nodes[0].publish(&globex, None, "last", json!(null)).await;
 
     let api: Vec<&Api> = nodes.iter().map(|n| &n.api).collect();
-    for (account, user, follower) in &mut followers {
-        let want: Vec<u64> = if *account == &globex {
+    let want = |account: &String, user: &str| -> Vec<u64> {
+        if account == &globex {
             (1..=globex_last).collect()
-        } else if *user == "alice" {
+        } else if user == "alice" {
             (1..=acme_last).collect()
         } else {
             (1..=acme_last)
                 .filter(|seq| !for_alice_only.contains(seq))
                 .collect()
-        };
-        follower.collect(want.len(), &api).await;
-        follower
-            .client
-            .expect_silence(Duration::from_millis(300))
-            .await;
-        assert_exact(&format!("{account}/{user}"), follower, &want);
+        }
+    };
+    for (account, user, follower) in &mut followers {
+        follower.collect(want(account, user).len(), &api).await;
+    }
+    let sentinels = [
+        nodes[1].sentinel(&acme, None).await,
+        nodes[1].sentinel(&globex, None).await,
+    ];
+    for (account, user, follower) in &mut followers {
+        let sentinel = sentinels[usize::from(*account == &globex)];
+        follower.client.expect_sentinel(sentinel).await;
+        assert_exact(&format!("{account}/{user}"), follower, &want(account, user));
         assert_eq!(follower.reconnects, 0, "{account}/{user} was disconnected");
     }
 }
 
 /// Publishes `count` events for the whole account through `node`, one after another with a
-/// pause, from a task of its own; answers their sequence numbers.
+/// pause, from a task of its own; answers their sequence numbers, and meanwhile how many have
+/// been answered so far.
 fn publish_in_background(
     node: &Api,
     account: &str,
     count: usize,
     pause: Duration,
-) -> tokio::task::JoinHandle<Vec<u64>> {
+) -> (
+    tokio::task::JoinHandle<Vec<u64>>,
+    tokio::sync::watch::Receiver<usize>,
+) {
     let (node, account) = (Api { addr: node.addr }, account.to_owned());
-    tokio::spawn(async move {
+    let (answered, progress) = tokio::sync::watch::channel(0);
+    let publishing = tokio::spawn(async move {
         let mut seqs = Vec::new();
         for i in 0..count {
             seqs.push(
                 node.publish(&account, None, "tick", json!({ "i": i }))
                     .await,
             );
+            answered.send_replace(seqs.len());
+            // A steady stream: the scenario's pace, not a wait for something.
             tokio::time::sleep(pause).await;
         }
         seqs
-    })
+    });
+    (publishing, progress)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,21 +344,23 @@ async fn clients_of_a_killed_node_and_of_a_drained_node_resume_elsewhere_losing_
             followers.push((i, Follower::connect(node, &account, &user).await));
         }
     }
-    let publishing = publish_in_background(&nodes[2], &account, 120, Duration::from_millis(10));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (publishing, mut progress) =
+        publish_in_background(&nodes[2], &account, 120, Duration::from_millis(10));
+    // Mid-stream: one node is killed once 25 events are published, another drained at 40.
+    progress.wait_for(|&n| n >= 25).await.unwrap();
     nodes[0].process.signal("KILL");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    progress.wait_for(|&n| n >= 40).await.unwrap();
     nodes[1].process.signal("TERM");
     let published = publishing.await.unwrap();
     assert_eq!(published, (1..=120).collect::<Vec<u64>>());
 
     let survivor = [&nodes[2].api];
-    for (node, follower) in &mut followers {
+    for (_, follower) in &mut followers {
         follower.collect(published.len(), &survivor).await;
-        follower
-            .client
-            .expect_silence(Duration::from_millis(300))
-            .await;
+    }
+    let sentinel = nodes[2].sentinel(&account, None).await;
+    for (node, follower) in &mut followers {
+        follower.client.expect_sentinel(sentinel).await;
         assert_exact(&format!("a client of node {node}"), follower, &published);
         let moved = if *node == 2 { 0 } else { 1 };
         assert_eq!(follower.reconnects, moved, "client of node {node}");
@@ -410,10 +422,10 @@ async fn redis_stopped_and_restarted_mid_stream_loses_nothing() {
 
     for follower in &mut followers {
         follower.collect(published.len(), &[&nodes[1].api]).await;
-        follower
-            .client
-            .expect_silence(Duration::from_millis(300))
-            .await;
+    }
+    let sentinel = nodes[0].sentinel(&account, None).await;
+    for follower in &mut followers {
+        follower.client.expect_sentinel(sentinel).await;
         assert_exact(
             "a client of the node that missed messages",
             follower,
@@ -455,6 +467,9 @@ async fn presence_and_typing_span_nodes_and_a_dead_nodes_users_go_offline() {
     let (olga, uma) = (token(&account, "olga"), token(&account, "uma"));
     let (mut observer, _) = nodes[0].connect(&olga).await;
     observer.watch_presence();
+    // Presence across nodes is decided by timers (the grace, 300 ms here, and the nodes' records
+    // in Redis): a wrong announcement would come after them, behind any sentinel sent at once,
+    // so "nothing announced" is a silence that outlasts them.
     let quiet = Duration::from_millis(800);
 
     let (mut uma_on_1, _) = nodes[1].connect(&uma).await;
@@ -546,6 +561,9 @@ async fn socket_io_clients_get_other_nodes_events_and_recover_on_another_node_af
 
     // As socket.io-client does, the client has a poll waiting when the node starts draining.
     let (closing, ()) = tokio::join!(client.next(), async {
+        // Nothing outside the node tells that a poll is waiting (a second poll to find out would
+        // close the connection): the pause makes it likely; a poll that came later would find
+        // the same packets waiting for it.
         tokio::time::sleep(Duration::from_millis(200)).await;
         nodes[0].process.signal("TERM");
     });
@@ -688,9 +706,19 @@ async fn what_no_node_of_the_cluster_sent_is_dropped_and_every_real_event_arrive
         );
         assert_eq!(socket_io.next().await, format!(r#"42["tick",{i},"{seq}"]"#));
     }
-    native.expect_silence(Duration::from_millis(500)).await;
+    let sentinel = nodes[0].sentinel(&account, Some("alice")).await;
+    native.expect_sentinel(sentinel).await;
 
-    let counts = metrics(&nodes[1]).await;
+    // The event no node stored was held for a while, then let go once the database said so.
+    let absent = "reason=\"absent\"";
+    let counts = eventually("the absent event let go", WAIT, || async {
+        let counts = metrics(&nodes[1]).await;
+        match counted(&counts, "switchboard_room_events_dropped_total", absent) {
+            true => Ok(counts),
+            false => Err(counts),
+        }
+    })
+    .await;
     for reason in [
         "unsigned",
         "bad-signature",
@@ -708,15 +736,6 @@ async fn what_no_node_of_the_cluster_sent_is_dropped_and_every_real_event_arrive
             "no {reason} drop counted:\n{counts}"
         );
     }
-    // The event no node stored was held for a while, then let go once the database said so.
-    assert!(
-        counted(
-            &counts,
-            "switchboard_room_events_dropped_total",
-            "reason=\"absent\""
-        ),
-        "{counts}"
-    );
     let log = nodes[1].process.read_log();
     assert!(
         !log.iter()
@@ -768,9 +787,10 @@ async fn redis_frozen_under_steady_publishing_holds_memory_and_every_stored_even
     let pids: Vec<u32> = nodes.iter().map(|n| n.process.child.id()).collect();
     let before: Vec<u64> = pids.iter().map(|pid| rss_kib(*pid)).collect();
 
-    // 50 publishes a second, alternating between the nodes, from 2 s before the freeze to 2 s
-    // after it.
+    // 50 publishes a second, alternating between the nodes, from 2 s before the freeze (once 100
+    // are answered) to 2 s after it.
     let addrs: Vec<_> = nodes.iter().map(|n| n.addr).collect();
+    let (answered, mut progress) = tokio::sync::watch::channel(0);
     let load = {
         let account = account.clone();
         tokio::spawn(async move {
@@ -784,14 +804,17 @@ async fn redis_frozen_under_steady_publishing_holds_memory_and_every_stored_even
                 let body = json!({"account_id": account, "event": "tick", "data": i});
                 let auth = format!("Bearer {API_KEY}");
                 answers.push(node.publish_raw(Some(&auth), body.to_string()).await);
+                answered.send_replace(answers.len());
             }
             answers
         })
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    progress.wait_for(|&n| n >= 100).await.unwrap();
     redis.signal("STOP");
     let mut most = before.clone();
     for _ in 0..20 {
+        // Redis stays frozen for 20 s, the node's memory sampled every second: the scenario's
+        // length, not a wait for something.
         tokio::time::sleep(Duration::from_secs(1)).await;
         for (most, pid) in most.iter_mut().zip(&pids) {
             *most = (*most).max(rss_kib(*pid));
@@ -825,10 +848,10 @@ async fn redis_frozen_under_steady_publishing_holds_memory_and_every_stored_even
     let api: Vec<&Api> = nodes.iter().map(|n| &n.api).collect();
     for follower in &mut followers {
         follower.collect(stored.len(), &api).await;
-        follower
-            .client
-            .expect_silence(Duration::from_millis(300))
-            .await;
+    }
+    let sentinel = nodes[0].sentinel(&account, None).await;
+    for follower in &mut followers {
+        follower.client.expect_sentinel(sentinel).await;
         assert_exact("a client of either node", follower, &stored);
         assert_eq!(
             follower.reconnects, 0,
@@ -885,6 +908,8 @@ async fn an_event_answered_as_an_idempotent_replay_reaches_every_tab_though_its_
     let account = unique("cluster-replayed");
     let mut tabs = six_tabs(&nodes, &account).await;
     let seq = store_unrelayed(&db, &account, Some("order-7-paid"));
+    // Only a timer (the head check, an hour away here) would bring it now; a sentinel event
+    // would reveal the gap and bring it, which is the replay's part below.
     for tab in &mut tabs {
         tab.expect_silence(Duration::from_millis(200)).await;
     }

@@ -11,11 +11,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::cluster::Redis;
 use crate::common::process::{Process, Switchboard};
-use crate::common::{unique, Api, Db};
+use crate::common::{eventually, unique, Api, Db};
 
 /// The outbound settings of every node: a request's time limit, and the lease just over it.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -129,11 +128,13 @@ impl Backend {
 
     /// Waits (bounded) until `done` holds of what the backend has seen.
     async fn until(&self, what: &str, wait: Duration, done: impl Fn(&Seen) -> bool) {
-        let deadline = Instant::now() + wait;
-        while !done(&self.seen.lock().unwrap()) {
-            assert!(Instant::now() < deadline, "the backend never saw {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(&format!("the backend saw {what}"), wait, || async {
+            match done(&self.seen.lock().unwrap()) {
+                true => Ok(()),
+                false => Err("not yet"),
+            }
+        })
+        .await
     }
 }
 
@@ -181,6 +182,7 @@ async fn answer(
         let _ = tokio::time::timeout(Duration::from_secs(60), released).await;
         false
     } else {
+        // The backend's own pace (the scenario), not a wait for something.
         tokio::time::sleep(ANSWER_AFTER).await;
         nth > script.fail_first && script.accept
     };
@@ -400,7 +402,10 @@ async fn every_node_restarts_with_deliveries_pending(scene: &Scene, mut nodes: V
             ids.iter().all(|id| seen.accepted.contains_key(id))
         })
         .await;
-    // Any second sending would have come at once: every node looked when it started.
+    // Any second sending would have come at once: every node looked when it started. A second
+    // sending could only come from a node's scan, a timer nothing outside the node shows, so
+    // the window is two scans and a quarter of the lease (no sentinel: a delivery made for one
+    // would be taken by whichever node scans first, telling nothing of the others).
     tokio::time::sleep(LEASE / 4 + SCAN_INTERVAL * 2).await;
     for (id, before) in ids.iter().zip(before) {
         assert_eq!(

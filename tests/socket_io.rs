@@ -279,22 +279,7 @@ async fn recovering_from_beyond_retention_is_not_a_recovery_and_says_so() {
         server.publish("acme", None, "e", json!(i)).await;
     }
     // Wait (bounded) for the pruner: the long-poll reports what is kept.
-    let alice = token("acme", "alice");
-    let mut pruned = false;
-    for _ in 0..100 {
-        let path = "/api/v1/events?since=4&timeout=0";
-        if server
-            .as_user(&alice, reqwest::Method::GET, path, None)
-            .await
-            .0
-            == 410
-        {
-            pruned = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(pruned, "the pruner ran");
+    server.until_pruned(&token("acme", "alice"), 4).await;
 
     // Within what is kept: the same pid (socket.recovered), then what was missed.
     let mut recovering = auth.clone();
