@@ -3,8 +3,6 @@
 //! they were numbered; replies reach the application by signed, retried webhooks whose fate is
 //! visible; integrations are managed with the server API key and never show their secrets.
 
-use std::time::Duration;
-
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -14,8 +12,6 @@ use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 
 use crate::common::{now, sign, token, Db, Receiver, TestServer};
 use crate::on_each_backend;
-
-const QUIET: Duration = Duration::from_millis(300);
 
 /// A generic integration for `account` and one inbound message from each of `contacts`; returns
 /// the integration and the conversation ids, oldest activity first.
@@ -152,7 +148,8 @@ async fn another_accounts_conversation_is_not_found_for_reads_and_writes() {
         1,
         "only globex's own"
     );
-    acme_tab.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("alice")).await;
+    acme_tab.expect_sentinel(sentinel).await;
     let (_, messages) = server
         .as_user(
             &token("acme", "alice"),
