@@ -75,7 +75,7 @@ impl Db {
         }
     }
 
-    /// The PostgreSQL database named by [`POSTGRES_ENV`]. Tests that call this are built as
+    /// The PostgreSQL database named by [`POSTGRES_ENV`]. The tests that use it are built as
     /// ignored unless the variable was set at build time (`build.rs`); run anyway (with
     /// `--include-ignored`) without it, they fail rather than pass having done nothing.
     pub fn postgres() -> Self {
