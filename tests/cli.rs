@@ -339,11 +339,7 @@ async fn sigterm_closes_every_session_with_1001_then_exits() {
 
 /// The server as `start_server` starts it (at `info`), with `env` added.
 fn server_with(dir: &Path, env: &[(&str, &str)]) -> Process {
-    env.iter()
-        .fold(Switchboard::new().in_dir(dir), |command, (name, value)| {
-            command.env(name, value)
-        })
-        .spawn()
+    Switchboard::new().in_dir(dir).envs(env).spawn()
 }
 
 /// Only one of the two keys configured is a production set-up half done: development mode would

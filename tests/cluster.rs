@@ -108,15 +108,13 @@ impl Node {
 
     /// A node with settings of its own (`env`) on top of the tests' ones.
     async fn start_with(db: &Db, redis_url: &str, env: &[(&str, &str)]) -> Self {
-        let command = Switchboard::new()
+        let (process, api) = Switchboard::new()
             .keys()
             .database(db.url())
             .cluster(redis_url)
             .env("SWITCHBOARD_PRESENCE_GRACE", "300ms")
-            .env("SWITCHBOARD_DRAIN_PERIOD", "1s");
-        let (process, api) = env
-            .iter()
-            .fold(command, |command, (name, value)| command.env(name, value))
+            .env("SWITCHBOARD_DRAIN_PERIOD", "1s")
+            .envs(env)
             .serve();
         let node = Self { process, api };
         node.until_ready(true).await;

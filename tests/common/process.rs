@@ -71,6 +71,12 @@ impl Switchboard {
         self
     }
 
+    /// Sets each of `env`, in order.
+    pub fn envs(self, env: &[(&str, &str)]) -> Self {
+        env.iter()
+            .fold(self, |command, (name, value)| command.env(name, value))
+    }
+
     pub fn args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
         self.args
             .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
