@@ -67,12 +67,15 @@ fn fan_out_shares_one_serialized_event() {
         let broker = Broker::new(store, presence, usize::MAX, None).start();
         let account = AccountId::new("acme").unwrap();
         let (count, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        let mut joined = Vec::new();
         for i in 0..SESSIONS {
             let recipient = Recipient {
                 count: count.clone(),
                 done: done.clone(),
             }
             .start();
+            let (answered, answer) = tokio::sync::oneshot::channel();
+            joined.push(answer);
             broker.do_send(Join {
                 framing: if i % 2 == 0 {
                     Framing::Native
@@ -86,11 +89,13 @@ fn fan_out_shares_one_serialized_event() {
                 deliver: recipient.clone().recipient(),
                 notices: recipient.recipient(),
                 backlog: Arc::new(Backlog::new(usize::MAX)),
-                answered: None,
+                answered: Some(answered),
             });
         }
-        // Let the joins (and the room's start-up read) settle before counting.
-        actix::clock::sleep(Duration::from_millis(300)).await;
+        // Every join answered (the room's start-up read done) before counting.
+        for answer in joined {
+            let _ = answer.await;
+        }
 
         let data = RawValue::from_string(format!("\"{}\"", "x".repeat(PAYLOAD))).unwrap();
         let region = Region::new(GLOBAL);

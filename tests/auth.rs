@@ -362,9 +362,8 @@ async fn an_account_named_by_the_client_is_ignored() {
     let seq = server.publish("acme", None, "hello", json!({})).await;
     let (got, event, _) = client.next_event().await;
     assert_eq!((got, event.as_str()), (seq, "hello"));
-    client
-        .expect_silence(std::time::Duration::from_millis(300))
-        .await;
+    let sentinel = server.sentinel("acme", Some("alice")).await;
+    client.expect_sentinel(sentinel).await;
 }
 
 #[tokio::test]

@@ -1,9 +1,9 @@
 //! The binary as a user runs it: development mode from nothing, `keys`, `token`, a session and a
 //! publish — and no secret in any log line, at debug level.
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -12,15 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
-use crate::common::process::{Process, BIN};
+use crate::common::process::{Process, Switchboard};
 
 fn cli(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("run switchboard");
+    let output = Switchboard::new().in_dir(dir).args(args).output();
     assert!(
         output.status.success(),
         "{args:?}: {}",
@@ -38,13 +33,10 @@ fn alice_token(dir: &Path) -> String {
 
 /// The server as a user starts it: in `dir`, on embedded defaults, at debug level.
 fn start_server(dir: &Path) -> Process {
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("RUST_LOG", "debug");
-    Process::spawn(command)
+    Switchboard::new()
+        .in_dir(dir)
+        .env("RUST_LOG", "debug")
+        .spawn()
 }
 
 #[tokio::test]
@@ -131,12 +123,11 @@ async fn the_run_command_works_from_nothing_and_logs_no_secret() {
 #[test]
 fn bad_configuration_is_refused_with_the_setting_named() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(BIN)
-        .current_dir(dir.path())
+    let output = Switchboard::new()
+        .in_dir(dir.path())
         .env("SWITCHBOARD_JWT_SECRET", "short")
         .env("SWITCHBOARD_API_KEY", "an-api-key-long-enough")
-        .output()
-        .unwrap();
+        .output();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -157,44 +148,41 @@ async fn the_bench_tool_measures_a_running_server() {
     let report = dir.path().join("report.json");
     let chart = dir.path().join("sweep.svg");
     let addr = server.addr;
-    let (report_arg, chart_arg) = (report.clone(), chart.clone());
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(BIN)
-            .args([
-                "bench",
-                "--url",
-                &format!("http://{addr}"),
-                "--sweep",
-                "10,30",
-            ])
-            .args([
-                "--accounts",
-                "2",
-                "--tabs",
-                "2",
-                "--events",
-                "20",
-                "--in-flight",
-                "4",
-            ])
-            .args([
-                "--server-pid",
-                &std::process::id().to_string(),
-                "--timeout",
-                "60s",
-            ])
-            .arg("--json")
-            .arg(&report_arg)
-            .arg("--chart")
-            .arg(&chart_arg)
-            .env("SWITCHBOARD_JWT_SECRET", crate::common::JWT_SECRET)
-            .env("SWITCHBOARD_API_KEY", crate::common::API_KEY)
-            .env_remove("DATABASE_URL")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let bench = Switchboard::new()
+        .in_dir(dir.path())
+        .keys()
+        .args([
+            "bench",
+            "--url",
+            &format!("http://{addr}"),
+            "--sweep",
+            "10,30",
+        ])
+        .args([
+            "--accounts",
+            "2",
+            "--tabs",
+            "2",
+            "--events",
+            "20",
+            "--in-flight",
+            "4",
+        ])
+        .args([
+            "--server-pid",
+            &std::process::id().to_string(),
+            "--timeout",
+            "60s",
+        ])
+        .args([
+            OsStr::new("--json"),
+            report.as_os_str(),
+            OsStr::new("--chart"),
+            chart.as_os_str(),
+        ]);
+    let output = tokio::task::spawn_blocking(move || bench.output())
+        .await
+        .unwrap();
     assert!(
         output.status.success(),
         "{}",
@@ -235,12 +223,10 @@ fn a_port_in_use_is_a_clear_error_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = Command::new(BIN)
-        .current_dir(dir.path())
-        .env_remove("DATABASE_URL")
+    let output = Switchboard::new()
+        .in_dir(dir.path())
         .env("SWITCHBOARD_BIND", &addr)
-        .output()
-        .expect("run switchboard");
+        .output();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
@@ -278,42 +264,30 @@ fn the_server_threads_run_under_the_scheduling_policy_configured() {
         "run the tests under the default policy"
     );
     let dir = tempfile::tempdir().unwrap();
-    let started = |command: Command, expect: &str| {
-        let mut server = Process::spawn(command);
+    let started = |command: Switchboard, expect: &str| {
+        let mut server = command.spawn();
         server.wait_for(expect);
         server.wait_for("starting service");
         let policies = thread_policies(server.child.id());
         assert!(policies.len() > 3, "{policies:?}");
         policies
     };
-    // `program` is the binary, or a command that runs it.
-    let server = |program: &str, args: &[&str], scheduling: Option<&str>| {
-        let mut command = Command::new(program);
-        command
-            .args(args)
-            .current_dir(dir.path())
-            .env_remove("DATABASE_URL")
-            .env("SWITCHBOARD_BIND", "127.0.0.1:0");
-        if let Some(scheduling) = scheduling {
-            command.env("SWITCHBOARD_SCHEDULING", scheduling);
-        }
-        command
-    };
+    let server = || Switchboard::new().in_dir(dir.path());
 
-    let batch = started(server(BIN, &[], None), "scheduling: SCHED_BATCH");
+    let batch = started(server(), "scheduling: SCHED_BATCH");
     assert!(batch.iter().all(|&p| p == SCHED_BATCH), "{batch:?}");
     let normal = started(
-        server(BIN, &[], Some("normal")),
+        server().env("SWITCHBOARD_SCHEDULING", "normal"),
         "scheduling: left as started",
     );
     assert!(normal.iter().all(|&p| p == as_started), "{normal:?}");
     let niced = started(
-        server("nice", &["-n", "5", BIN], None),
+        server().under("nice", &["-n", "5"]),
         "as the server runs at nice 5",
     );
     assert!(niced.iter().all(|&p| p == as_started), "{niced:?}");
 
-    let refused = server(BIN, &[], Some("fastest")).output().unwrap();
+    let refused = server().env("SWITCHBOARD_SCHEDULING", "fastest").output();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(
@@ -363,18 +337,9 @@ async fn sigterm_closes_every_session_with_1001_then_exits() {
     drop(idle);
 }
 
-/// The server as `start_server` starts it, with `env` added.
+/// The server as `start_server` starts it (at `info`), with `env` added.
 fn server_with(dir: &Path, env: &[(&str, &str)]) -> Process {
-    let mut command = Command::new(BIN);
-    command
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("RUST_LOG", "info");
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    Process::spawn(command)
+    Switchboard::new().in_dir(dir).envs(env).spawn()
 }
 
 /// Only one of the two keys configured is a production set-up half done: development mode would

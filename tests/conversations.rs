@@ -3,8 +3,6 @@
 //! they were numbered; replies reach the application by signed, retried webhooks whose fate is
 //! visible; integrations are managed with the server API key and never show their secrets.
 
-use std::time::Duration;
-
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -14,8 +12,6 @@ use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 
 use crate::common::{now, sign, token, Db, Receiver, TestServer};
 use crate::on_each_backend;
-
-const QUIET: Duration = Duration::from_millis(300);
 
 /// A generic integration for `account` and one inbound message from each of `contacts`; returns
 /// the integration and the conversation ids, oldest activity first.
@@ -31,30 +27,14 @@ async fn inbox(
                             "account_id": account, "outbound_url": outbound_url}),
         )
         .await;
-    let secret = created["secret"].as_str().unwrap();
-    let path = created["webhook_path"].as_str().unwrap();
     let mut ids = Vec::new();
     for (i, contact) in contacts.iter().enumerate() {
-        let body = json!({"type": "message", "data": {"contact_id": contact, "text": format!("hi from {contact}"),
-                                                       "sent_at": now() * 1000 + i as u64}})
-        .to_string();
-        let id = format!("wh-{account}-{contact}");
-        let ts = now() as i64;
-        let headers = [
-            ("webhook-id", id.clone()),
-            ("webhook-timestamp", ts.to_string()),
-            ("webhook-signature", sign::standard(secret, &id, ts, &body)),
-        ];
-        assert_eq!(server.webhook(path, &headers, &body).await.0, 200);
-        let (_, list) = server
-            .as_user(
-                &token(account, "agent"),
-                Method::GET,
-                "/api/v1/conversations?limit=1",
-                None,
-            )
+        let text = format!("hi from {contact}");
+        let sent_at = now() * 1000 + i as u64;
+        server
+            .message_from(&created, contact, json!({"text": text, "sent_at": sent_at}))
             .await;
-        ids.push(list["conversations"][0]["id"].as_str().unwrap().to_owned());
+        ids.push(server.newest_conversation(account).await);
     }
     (created, ids)
 }
@@ -168,7 +148,8 @@ async fn another_accounts_conversation_is_not_found_for_reads_and_writes() {
         1,
         "only globex's own"
     );
-    acme_tab.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("alice")).await;
+    acme_tab.expect_sentinel(sentinel).await;
     let (_, messages) = server
         .as_user(
             &token("acme", "alice"),
@@ -459,31 +440,6 @@ async fn message_cursors_page_in_order_and_a_cursor_of_the_old_kind_is_refused()
     }
 }
 
-/// One inbound message by generic webhook, sent (says the source) at `sent_at` seconds.
-async fn deliver(
-    server: &TestServer,
-    integration: &Value,
-    webhook_id: &str,
-    text: &str,
-    sent_at: u64,
-) {
-    let body =
-        json!({"type": "message", "data": {"contact_id": "c1", "text": text, "sent_at": sent_at}})
-            .to_string();
-    let secret = integration["secret"].as_str().unwrap();
-    let ts = now() as i64;
-    let headers = [
-        ("webhook-id", webhook_id.to_owned()),
-        ("webhook-timestamp", ts.to_string()),
-        (
-            "webhook-signature",
-            sign::standard(secret, webhook_id, ts, &body),
-        ),
-    ];
-    let path = integration["webhook_path"].as_str().unwrap();
-    assert_eq!(server.webhook(path, &headers, &body).await.0, 200);
-}
-
 #[tokio::test]
 async fn messages_are_listed_in_the_order_they_were_stored_whatever_their_time() {
     let db = Db::sqlite();
@@ -494,18 +450,12 @@ async fn messages_are_listed_in_the_order_they_were_stored_whatever_their_time()
     let path = format!("/api/v1/conversations/{conversation}/messages");
     let mut stored = vec!["hi from c1".to_owned()];
 
-    // Providers give times in seconds, so a burst shares one; and one may deliver late.
+    // Providers give times (`sent_at`) in seconds, so a burst shares one; and one may deliver late.
     let second = now() - 60;
     for i in 0..8 {
         let text = format!("same second {i}");
-        deliver(
-            &server,
-            &integration,
-            &format!("wh-same-{i}"),
-            &text,
-            second,
-        )
-        .await;
+        let fields = json!({"text": text, "sent_at": second});
+        server.message_from(&integration, "c1", fields).await;
         stored.push(text);
         if i % 4 == 3 {
             let reply = format!("reply {i}");
@@ -516,7 +466,8 @@ async fn messages_are_listed_in_the_order_they_were_stored_whatever_their_time()
             stored.push(reply);
         }
     }
-    deliver(&server, &integration, "wh-late", "late", second - 3600).await;
+    let late = json!({"text": "late", "sent_at": second - 3600});
+    server.message_from(&integration, "c1", late).await;
     stored.push("late".to_owned());
 
     let (_, listed) = server.as_user(&agent, Method::GET, &path, None).await;

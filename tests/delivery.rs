@@ -1,14 +1,10 @@
 //! What is published arrives: at every session of the account, or at every tab of one user, in
 //! sequence order — and events for an account with no sessions are kept.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use crate::common::{token, unique, TestServer};
 use crate::on_each_backend;
-
-const QUIET: Duration = Duration::from_millis(300);
 
 on_each_backend! {
     async fn account_events_reach_every_session(db) {
@@ -41,8 +37,9 @@ on_each_backend! {
         for tab in [&mut tab1, &mut tab2] {
             assert_eq!(tab.next_event().await.0, seq);
         }
-        bob.expect_silence(QUIET).await;
-        namesake.expect_silence(QUIET).await;
+        // Nothing for the namesake; nor for bob, whose next frame is the account-wide event below.
+        let sentinel = server.sentinel(&other, Some("alice")).await;
+        namesake.expect_sentinel(sentinel).await;
 
         // Account-wide events still reach everyone in the account, after the targeted one.
         let next = server.publish(&account, None, "announcement", json!(null)).await;
@@ -50,7 +47,8 @@ on_each_backend! {
         for client in [&mut tab1, &mut tab2, &mut bob] {
             assert_eq!(client.next_event().await.0, next);
         }
-        namesake.expect_silence(QUIET).await;
+        let sentinel = server.sentinel(&other, Some("alice")).await;
+        namesake.expect_sentinel(sentinel).await;
     }
 
     async fn events_for_an_account_without_sessions_are_stored(db) {
@@ -61,7 +59,7 @@ on_each_backend! {
         }
         let (mut client, welcome) = server.connect(&token(&account, "alice")).await;
         assert_eq!(welcome["seq"], 3);
-        client.expect_silence(QUIET).await;
+        // Nothing replayed unasked: the next frame is the live event.
         assert_eq!(server.publish(&account, None, "live", json!({})).await, 4);
         assert_eq!(client.next_event().await.0, 4);
     }
@@ -88,11 +86,12 @@ on_each_backend! {
         for publisher in publishers {
             publisher.await.unwrap();
         }
+        let sentinel = server.sentinel(&account, None).await;
         for client in [&mut first, &mut second] {
             for expected in 1..=TASKS * EACH {
                 assert_eq!(client.next_event().await.0, expected);
             }
-            client.expect_silence(QUIET).await;
+            client.expect_sentinel(sentinel).await;
         }
     }
 }
@@ -150,7 +149,8 @@ on_each_backend! {
         // The session saw each stored event once.
         assert_eq!(client.next_event().await.0, first["seq"].as_u64().unwrap());
         assert_eq!(client.next_event().await.0, other["seq"].as_u64().unwrap());
-        client.expect_silence(QUIET).await;
+        let sentinel = server.sentinel(&account, Some("alice")).await;
+        client.expect_sentinel(sentinel).await;
     }
 }
 
@@ -179,16 +179,7 @@ async fn a_room_that_fails_is_restarted_and_its_sessions_miss_nothing() {
     }
 
     // Publishing goes on while the room fails, twice.
-    let publisher = {
-        let (server, account) = (server.clone(), account.clone());
-        tokio::spawn(async move {
-            let mut seqs = Vec::new();
-            for i in 0..40 {
-                seqs.push(server.publish(&account, None, "during", json!(i)).await);
-            }
-            seqs
-        })
-    };
+    let (publisher, mut answered) = publish_during(&server, &account);
     use switchboard::actors::broker::FailRoom;
     for _ in 0..2 {
         assert!(server
@@ -198,22 +189,52 @@ async fn a_room_that_fails_is_restarted_and_its_sessions_miss_nothing() {
             ))
             .await
             .unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        publish_answered(&mut answered).await;
     }
     let published = publisher.await.unwrap();
 
-    // Every session, still registered, gets every event once, in order.
+    // Every session, still registered, gets every event once, in order (and nothing else: the
+    // next is the one below).
     for client in [&mut alice, &mut bob] {
         let mut seen = Vec::new();
         while seen.len() < published.len() {
             seen.push(client.next_event().await.0);
         }
         assert_eq!(seen, published);
-        client.expect_silence(QUIET).await;
     }
     // And the room works as before.
     let after = server.publish(&account, None, "after", json!(null)).await;
     assert_eq!(alice.next_event().await.0, after);
+    assert_eq!(bob.next_event().await.0, after);
+}
+
+/// Publishes 40 `during` events for the account from a task of its own, answering their sequence
+/// numbers; the receiver sees how many have been answered so far.
+fn publish_during(
+    server: &std::sync::Arc<TestServer>,
+    account: &str,
+) -> (
+    tokio::task::JoinHandle<Vec<u64>>,
+    tokio::sync::watch::Receiver<usize>,
+) {
+    let (server, account) = (server.clone(), account.to_owned());
+    let (count, answered) = tokio::sync::watch::channel(0);
+    let publisher = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        for i in 0..40 {
+            seqs.push(server.publish(&account, None, "during", json!(i)).await);
+            count.send_replace(seqs.len());
+        }
+        seqs
+    });
+    (publisher, answered)
+}
+
+/// Waits until one more publish has been answered (or the publisher is done): the room that
+/// failed took it.
+async fn publish_answered(answered: &mut tokio::sync::watch::Receiver<usize>) {
+    answered.borrow_and_update();
+    let _ = answered.changed().await;
 }
 
 #[tokio::test]
@@ -254,16 +275,7 @@ async fn a_room_that_panics_is_restarted_and_its_sessions_miss_nothing() {
     .await;
 
     // Publishing goes on while the room panics, twice (as a bug in it would).
-    let publisher = {
-        let (server, account) = (server.clone(), account.clone());
-        tokio::spawn(async move {
-            let mut seqs = Vec::new();
-            for i in 0..40 {
-                seqs.push(server.publish(&account, None, "during", json!(i)).await);
-            }
-            seqs
-        })
-    };
+    let (publisher, mut answered) = publish_during(&server, &account);
     use switchboard::actors::broker::PanicRoom;
     for _ in 0..2 {
         assert!(server
@@ -273,7 +285,7 @@ async fn a_room_that_panics_is_restarted_and_its_sessions_miss_nothing() {
             ))
             .await
             .unwrap());
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        publish_answered(&mut answered).await;
     }
     let published = publisher.await.unwrap();
 
@@ -285,7 +297,7 @@ async fn a_room_that_panics_is_restarted_and_its_sessions_miss_nothing() {
         );
         assert_eq!(bob.next().await, format!(r#"42["during",{i},"{seq}"]"#));
     }
-    alice.expect_silence(QUIET).await;
+    // Nothing else: the next frame is this one.
     let after = server.publish(&account, None, "after", json!(null)).await;
     assert_eq!(alice.next_event().await.0, after);
     assert_eq!(bob.next().await, format!(r#"42["after",null,"{after}"]"#));

@@ -4,11 +4,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{token, unique, Client, Received, TestServer};
+use crate::common::{token, unique, Client, TestServer};
 use crate::on_each_backend;
 
 const ACCOUNTS: usize = 6;
@@ -74,6 +73,14 @@ on_each_backend! {
             }
         }
 
+        // Published after everything else: the frame that must come next.
+        let mut sentinels = HashMap::new();
+        for account in &accounts {
+            for &(user, _) in USERS {
+                sentinels.insert((account.clone(), user), server.sentinel(account, Some(user)).await);
+            }
+        }
+
         let mut deliveries = 0;
         for tab in &mut tabs {
             let want: Vec<u64> = expected
@@ -90,10 +97,8 @@ on_each_backend! {
                 got.push(frame["seq"].as_u64().unwrap());
             }
             assert_eq!(got, want, "account={} user={}", tab.account, tab.user);
-            match tab.client.receive(Duration::from_millis(100)).await {
-                Received::TimedOut => {}
-                other => panic!("unexpected extra frame: {other:?}"),
-            }
+            let sentinel = sentinels[&(tab.account.clone(), tab.user)];
+            tab.client.expect_sentinel(sentinel).await;
             deliveries += got.len();
         }
         assert!(deliveries > PUBLISHERS * PUBLISHES_EACH, "the test exercised fan-out");

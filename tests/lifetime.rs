@@ -54,7 +54,8 @@ async fn a_fresh_token_for_the_same_user_keeps_the_session_going() {
     assert_eq!(answer["ref"], 9);
     assert!(answer["expires_at"].as_u64().unwrap() > now() + 3000);
 
-    // Past the first token's expiry, the session still receives events.
+    // Past the first token's expiry, the session still receives events. (A time that must pass:
+    // the scenario, not a wait for something the server does.)
     tokio::time::sleep(Duration::from_millis(
         (expires_at + 1 - now()).saturating_mul(1000),
     ))

@@ -1,7 +1,7 @@
 //! Nothing lost: resuming after a reconnect, retention, the long-poll fallback, and the bound on
 //! what a client that does not read can make the server hold.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,8 +9,6 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::common::{self, token, Db, SilentClient, TestServer};
-
-const QUIET: Duration = Duration::from_millis(300);
 
 #[tokio::test]
 async fn a_reconnecting_client_gets_what_it_missed_then_live() {
@@ -42,7 +40,8 @@ async fn a_reconnecting_client_gets_what_it_missed_then_live() {
     }
     let live = server.publish("acme", None, "live", json!(6)).await;
     assert_eq!(client.next_event().await.0, live);
-    client.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("alice")).await;
+    client.expect_sentinel(sentinel).await;
 
     // A first connection says it did not resume.
     let (_, fresh) = server.connect(&alice).await;
@@ -92,7 +91,8 @@ async fn resuming_while_publishes_continue_leaves_no_gap_and_no_duplicate() {
         );
         expected += 1;
     }
-    client.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("alice")).await;
+    client.expect_sentinel(sentinel).await;
 }
 
 #[tokio::test]
@@ -159,23 +159,7 @@ async fn resuming_from_beyond_retention_says_so() {
         server.publish("acme", None, "e", json!(i)).await;
     }
     // Wait (bounded) for the pruner: the long-poll reports what is kept.
-    let mut pruned = false;
-    for _ in 0..100 {
-        let (status, _) = server
-            .as_user(
-                &alice,
-                Method::GET,
-                "/api/v1/events?since=4&timeout=0",
-                None,
-            )
-            .await;
-        if status == 410 {
-            pruned = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(pruned, "the pruner ran");
+    server.until_pruned(&alice, 4).await;
     let (status, gone) = server
         .as_user(
             &alice,
@@ -249,6 +233,9 @@ async fn the_long_poll_answers_at_once_wakes_on_publish_and_times_out_empty() {
                 .await
         })
     };
+    // Nothing outside the server tells that a long-poll is waiting: it registers before it reads,
+    // so it answers the same whichever comes first, which is the point. The pause only makes the
+    // wake the likely path.
     tokio::time::sleep(Duration::from_millis(300)).await;
     server
         .publish("globex", None, "elsewhere", json!(null))
@@ -525,6 +512,7 @@ async fn chaos_every_client_ends_with_exactly_the_events_it_is_entitled_to() {
                     let data = json!({"account": account, "from": p, "i": i, "pad": pad});
                     let seq = server.publish(account, user, "chaos", data).await;
                     sent.push((account, user, seq));
+                    // At an uneven pace, as publishers are: the scenario, not a wait.
                     tokio::time::sleep(Duration::from_millis(rng.below(8))).await;
                 }
                 sent
@@ -577,22 +565,17 @@ crate::on_each_backend! {
     // The server runs as a process of its own, so that its memory is measured apart from the
     // client's and from the other tests running beside this one.
     async fn a_replay_far_larger_than_the_bound_is_paced_by_a_reading_client(db) {
-        use crate::common::process::{Process, BIN};
-        let mut command = std::process::Command::new(BIN);
-        command
-            .env("DATABASE_URL", db.url())
-            .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-            .env("SWITCHBOARD_JWT_SECRET", common::JWT_SECRET)
-            .env("SWITCHBOARD_API_KEY", common::API_KEY)
+        let (process, api) = common::process::Switchboard::new()
+            .keys()
+            .database(db.url())
             .env("SWITCHBOARD_MAX_QUEUED_BYTES", (1 << 20).to_string())
             // What the server holds, not what its allocator keeps for reuse; and SQLite's page
             // cache (2 MiB per connection, in the server's process) for two connections only.
             .env("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
             .env("SWITCHBOARD_DB_POOL_SIZE", "2")
             .env("SWITCHBOARD_MAX_PUBLISH_BYTES", (2 << 20).to_string())
-            .env("RUST_LOG", "warn,switchboard=info");
-        let mut process = Process::spawn(command);
-        let api = common::Api { addr: process.listening_on().parse().unwrap() };
+            .env("RUST_LOG", "warn,switchboard=info")
+            .serve();
         let account = common::unique("replay");
         let reader = token(&account, "reader");
 
@@ -625,7 +608,8 @@ crate::on_each_backend! {
             }
             peak = peak.max(rss_of(pid));
         }
-        client.expect_silence(QUIET).await;
+        let sentinel = api.sentinel(&account, Some("reader")).await;
+        client.expect_sentinel(sentinel).await;
         let growth = peak.saturating_sub(before);
         eprintln!(
             "replay: {} MiB in {} events (largest {} KiB) replayed in {:?} with a 1 MiB bound; \
@@ -734,7 +718,8 @@ crate::on_each_backend! {
         for seq in last + 1..=EVENTS {
             assert_eq!(client.next_event().await.0, seq);
         }
-        client.expect_silence(QUIET).await;
+        let sentinel = server.sentinel(&account, Some("reader")).await;
+        client.expect_sentinel(sentinel).await;
     }
 }
 
@@ -759,23 +744,38 @@ async fn live_events_during_a_long_replay_come_after_it_once_without_closing_a_r
     assert_eq!(next_frame(&mut ws).await.unwrap()["seq"], 1);
     // The client pauses (far less than a heartbeat interval) while events are published: the
     // replay fills its share of the bound and waits, and live events find no room.
+    let live = Arc::new(AtomicUsize::new(0));
     let publisher = {
-        let server = server.clone();
+        let (server, live) = (server.clone(), live.clone());
         tokio::spawn(async move {
             for (i, size) in sizes(600 << 10, 4 << 10, LIVE as usize).enumerate() {
                 let data = json!({"i": i, "pad": "l".repeat(size)});
                 server.publish("acme", None, "live", data).await;
+                live.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    common::eventually(
+        "a quarter of the live events published",
+        common::WAIT,
+        || async {
+            match live.load(Ordering::Relaxed) {
+                n if n >= LIVE as usize / 4 => Ok(()),
+                n => Err(n),
+            }
+        },
+    )
+    .await;
     for expected in 2..=HISTORY + LIVE {
         let frame = next_frame(&mut ws).await.expect("an event, not a close");
         assert_eq!(frame["seq"], expected, "in order, once");
     }
     publisher.await.unwrap();
-    let silent = tokio::time::timeout(QUIET, next_frame(&mut ws)).await;
-    assert!(silent.is_err(), "nothing more: {silent:?}");
+    // Nothing more: the next frame is a sentinel published now.
+    let sentinel = server.sentinel("acme", Some("reader")).await;
+    let next = next_frame(&mut ws).await;
+    let expected = json!({"type": "event", "seq": sentinel, "event": "sentinel", "data": null});
+    assert_eq!(next, Ok(expected), "nothing more");
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::common::engine_io::{
     client_from, connect_error, error_code, get, get_by, open, packets, post, EngineSocket, Poller,
 };
-use crate::common::process::{Process, BIN};
+use crate::common::process::{Process, Switchboard};
 use crate::common::{token, Api, Db, TestServer, API_KEY, JWT_SECRET};
 
 fn root() -> &'static Path {
@@ -279,22 +279,7 @@ async fn recovering_from_beyond_retention_is_not_a_recovery_and_says_so() {
         server.publish("acme", None, "e", json!(i)).await;
     }
     // Wait (bounded) for the pruner: the long-poll reports what is kept.
-    let alice = token("acme", "alice");
-    let mut pruned = false;
-    for _ in 0..100 {
-        let path = "/api/v1/events?since=4&timeout=0";
-        if server
-            .as_user(&alice, reqwest::Method::GET, path, None)
-            .await
-            .0
-            == 410
-        {
-            pruned = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(pruned, "the pruner ran");
+    server.until_pruned(&token("acme", "alice"), 4).await;
 
     // Within what is kept: the same pid (socket.recovered), then what was missed.
     let mut recovering = auth.clone();
@@ -382,48 +367,6 @@ async fn connects_count_against_the_address_and_past_its_allowance_are_refused_u
     );
 }
 
-/// A Socket.IO client on the WebSocket transport alone, packet by packet.
-struct OverWebSocket {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-}
-
-impl OverWebSocket {
-    /// Opens a connection and CONNECTs with `auth`; answers the CONNECT answer's data.
-    async fn connect(server: &TestServer, auth: &Value) -> (Self, Value) {
-        use futures_util::SinkExt;
-        let url = format!("ws://{}/socket.io/?EIO=4&transport=websocket", server.addr);
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        let mut client = Self { ws };
-        assert!(client.next().await.starts_with('0'), "the open packet");
-        let connect = tokio_tungstenite::tungstenite::Message::text(format!("40{auth}"));
-        client.ws.send(connect).await.unwrap();
-        let connected = client.next().await;
-        let connected = connected.strip_prefix("40").expect("a CONNECT answer");
-        (client, serde_json::from_str(connected).unwrap())
-    }
-
-    /// The next packet other than pings (which it answers).
-    async fn next(&mut self) -> String {
-        use futures_util::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::Message;
-        loop {
-            let message = tokio::time::timeout(crate::common::WAIT, self.ws.next())
-                .await
-                .expect("a packet within the wait");
-            match message {
-                Some(Ok(Message::Text(text))) if text.as_str() == "2" => {
-                    self.ws.send(Message::text("3")).await.unwrap();
-                }
-                Some(Ok(Message::Text(text))) => return text.to_string(),
-                Some(Ok(_)) => {}
-                other => panic!("the connection ended: {other:?}"),
-            }
-        }
-    }
-}
-
 /// An EVENT packet's arguments.
 fn emitted(packet: &str) -> Vec<Value> {
     let args = packet
@@ -454,7 +397,7 @@ async fn a_reading_client_is_never_closed_by_a_large_recovery_nor_by_what_it_too
     recovering["offset"] = json!("0");
     let (mut polling, connected) = Poller::connect(&server, recovering.clone()).await;
     assert_eq!(connected["pid"], pid, "recovered, on long-polling");
-    let (mut websocket, connected) = OverWebSocket::connect(&server, &recovering).await;
+    let (mut websocket, connected) = EngineSocket::connect(&server, &recovering).await;
     assert_eq!(connected["pid"], pid, "recovered, on a WebSocket");
     let check = |packet: String, seq: u64| {
         let args = emitted(&packet);
@@ -468,14 +411,14 @@ async fn a_reading_client_is_never_closed_by_a_large_recovery_nor_by_what_it_too
     };
     for seq in 1..=HISTORY {
         check(polling.next().await, seq);
-        check(websocket.next().await, seq);
+        check(websocket.next_packet().await, seq);
     }
     for i in HISTORY..2 * HISTORY {
         let seq = server
             .publish("acme", None, "bulk", json!({"i": i, "pad": pad}))
             .await;
         check(polling.next().await, seq);
-        check(websocket.next().await, seq);
+        check(websocket.next_packet().await, seq);
     }
 }
 
@@ -569,16 +512,7 @@ async fn connections_without_a_session_are_capped_per_address_and_in_all() {
 
 /// The server as a process of its own, so that its memory is its own to measure.
 fn server_process(dir: &Path) -> (Process, Api) {
-    let mut command = Command::new(BIN);
-    command
-        .env("DATABASE_URL", dir.join("switchboard.db"))
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("SWITCHBOARD_JWT_SECRET", JWT_SECRET)
-        .env("SWITCHBOARD_API_KEY", API_KEY)
-        .env("RUST_LOG", "info");
-    let mut process = Process::spawn(command);
-    let addr = process.listening_on().parse().unwrap();
-    (process, Api { addr })
+    Switchboard::new().in_dir(dir).keys().serve()
 }
 
 /// A process's resident memory, in bytes.

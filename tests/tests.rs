@@ -1,6 +1,8 @@
 //! Switchboard's integration tests: each starts a real server on an ephemeral port (see
 //! `common`) and talks to it with real WebSocket and HTTP clients. Tests marked as running on
-//! each backend run on SQLite, and on PostgreSQL when `SWITCHBOARD_TEST_DATABASE_URL` is set.
+//! each backend run on SQLite, and on PostgreSQL when `SWITCHBOARD_TEST_DATABASE_URL` is set
+//! while they are built (`build.rs`); without it, those variants and the cluster tests are
+//! ignored, and `cargo test` lists them so, with the reason.
 
 mod common;
 

@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 use crate::common::{token, unique, Api, Client, Db, TestServer};
 use crate::on_each_backend;
 
+/// Presence is announced by timers — changes gathered for 100 ms, offline once the grace is over —
+/// so a wrong announcement would come after a sentinel sent at once: "nothing announced" is a
+/// silence longer than they are. (Everything else here is asserted with a sentinel.)
 const QUIET: Duration = Duration::from_millis(300);
 
 async fn open(server: &TestServer, account: &str, user: &str, others: &[&str]) -> (u16, String) {
@@ -131,8 +134,10 @@ async fn a_direct_message_reaches_every_tab_of_both_participants_and_no_one_else
         assert_eq!(conversation["unread_count"], 1);
         assert_eq!(conversation["participants"], json!(["alice", "bob"]));
     }
-    carol.expect_silence(QUIET).await;
-    namesake.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("carol")).await;
+    carol.expect_sentinel(sentinel).await;
+    let sentinel = server.sentinel("globex", Some("alice")).await;
+    namesake.expect_sentinel(sentinel).await;
 
     // A retry after a lost ack: the same ack, nothing stored or delivered again.
     alice.send_text(&send_frame(&dm, "lunch?", "c-1", 8)).await;
@@ -146,7 +151,8 @@ async fn a_direct_message_reaches_every_tab_of_both_participants_and_no_one_else
         ),
         (&ack["message_id"], &ack["seq"], &json!(true), &json!(8))
     );
-    bob.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("bob")).await;
+    bob.expect_sentinel(sentinel).await;
 
     // Outsiders can neither read nor post.
     let path = format!("/api/v1/conversations/{dm}/messages");
@@ -170,7 +176,8 @@ async fn a_direct_message_reaches_every_tab_of_both_participants_and_no_one_else
         (refused["code"].as_str(), &refused["ref"]),
         (Some("not-a-participant"), &json!(9))
     );
-    bob.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("bob")).await;
+    bob.expect_sentinel(sentinel).await;
 }
 
 #[tokio::test]
@@ -393,7 +400,8 @@ async fn a_group_conversation_reaches_its_members_only() {
     for member in [&mut bob, &mut carol] {
         assert_eq!(message_events(member).await.1["text"], "go");
     }
-    dave.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("dave")).await;
+    dave.expect_sentinel(sentinel).await;
     let (status, _) = server
         .as_user(
             &token("acme", "dave"),
@@ -433,7 +441,8 @@ async fn notifications_belong_to_their_user() {
             assert_eq!(data["notification"]["data"], json!({"invoice": n}));
         }
     }
-    bob.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("bob")).await;
+    bob.expect_sentinel(sentinel).await;
     let (status, _) = server
         .as_user(
             &token("acme", "alice"),
@@ -507,7 +516,11 @@ async fn notifications_belong_to_their_user() {
             .await;
         assert_eq!(theirs["notifications"], json!([]));
     }
-    alice.expect_silence(QUIET).await;
+    // Nothing for alice: her tabs' next frame is the sentinel.
+    let sentinel = server.sentinel("acme", Some("alice")).await;
+    for tab in [&mut alice, &mut alice_tab] {
+        tab.expect_sentinel(sentinel).await;
+    }
 
     let (status, read) = server
         .as_user(
@@ -654,19 +667,20 @@ async fn typing_is_ephemeral_limited_and_for_the_other_participants() {
         frame,
         json!({"type": "event", "event": "typing", "data": {"conversation_id": dm, "user_id": "alice"}})
     );
-    bob.expect_silence(QUIET).await; // the other four were dropped
-    carol.expect_silence(QUIET).await;
-    alice_tab.expect_silence(QUIET).await;
 
-    // Not stored: the account's next event follows the marker directly.
+    // Not stored: the account's next event follows the marker directly. And nothing else came
+    // (the other four were dropped; none to carol, nor to alice's other tab): the marker is the
+    // next frame of each.
     let after = server.publish("acme", None, "marker", json!(null)).await;
     assert_eq!(after, before + 1);
+    for client in [&mut bob, &mut carol, &mut alice_tab] {
+        assert_eq!(client.next_json().await["seq"], after);
+    }
 
-    carol.next_event().await;
     carol.send_text(&typing).await;
     assert_eq!(carol.next_json().await["code"], "not-a-participant");
-    bob.next_event().await;
-    bob.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("bob")).await;
+    bob.expect_sentinel(sentinel).await;
 }
 
 #[tokio::test]

@@ -13,7 +13,6 @@ use crate::common::{
 };
 use crate::on_each_backend;
 
-const QUIET: Duration = Duration::from_millis(300);
 const APP_SECRET: &str = "facebook-app-secret";
 
 /// Reads `new-message` and `update-conversation` for one inbound message.
@@ -68,7 +67,8 @@ on_each_backend! {
         assert_eq!(conversation["contact_id"], "psid-1");
         assert_eq!(conversation["unread_count"], 1);
         assert_eq!(conversation["last_message_preview"], "Do you ship to Hanoi?");
-        outsider.expect_silence(QUIET).await;
+        let sentinel = server.sentinel(&globex, Some("agent")).await;
+        outsider.expect_sentinel(sentinel).await;
 
         // An attachment, same contact: same conversation, JSON kept as JSON.
         let attachments = json!([{"type": "image", "payload": {"url": "https://cdn.example/p.jpg"}}]);
@@ -90,7 +90,8 @@ on_each_backend! {
         assert_eq!(page_of["messages"].as_array().unwrap().len(), 2);
         let (status, body) = server.as_user(&token(&globex, "agent"), Method::GET, &path, None).await;
         assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not-found")));
-        outsider.expect_silence(QUIET).await;
+        let sentinel = server.sentinel(&globex, Some("agent")).await;
+        outsider.expect_sentinel(sentinel).await;
     }
 }
 
@@ -124,7 +125,8 @@ async fn facebook_refuses_bad_signatures_and_ingests_retries_once() {
             .0,
         401
     );
-    agent.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("agent")).await;
+    agent.expect_sentinel(sentinel).await;
     let (_, stats) = server
         .admin(Method::GET, "/api/v1/webhooks/stats", None)
         .await;
@@ -160,7 +162,8 @@ async fn facebook_refuses_bad_signatures_and_ingests_retries_once() {
         (status, error["error"]["code"].as_str()),
         (404, Some("unknown-integration"))
     );
-    agent.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("agent")).await;
+    agent.expect_sentinel(sentinel).await;
 
     // Facebook retries: the same mid is stored and emitted once.
     assert_eq!(
@@ -173,7 +176,8 @@ async fn facebook_refuses_bad_signatures_and_ingests_retries_once() {
         (status, again),
         (200, json!({"stored": 0, "duplicates": 1}))
     );
-    agent.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("agent")).await;
+    agent.expect_sentinel(sentinel).await;
 }
 
 #[tokio::test]
@@ -399,7 +403,8 @@ async fn zalo_messages_and_follows_with_verified_signatures() {
         (event.as_str(), &data["contact_id"], &data["following"]),
         ("contact-follow", &json!("zuser-2"), &json!(true))
     );
-    outsider.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("globex", Some("agent")).await;
+    outsider.expect_sentinel(sentinel).await;
 }
 
 #[tokio::test]
@@ -434,7 +439,8 @@ async fn generic_webhooks_verify_rotate_and_refuse_replays() {
         (200, json!({"stored": 1, "duplicates": 0}))
     );
     expect_message(&mut agent, "Where is my order?").await;
-    outsider.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("globex", Some("agent")).await;
+    outsider.expect_sentinel(sentinel).await;
     // A replay of the same webhook-id.
     assert_eq!(server.webhook(&path, &h, &body).await.1["duplicates"], 1);
 
@@ -518,7 +524,8 @@ async fn generic_webhooks_verify_rotate_and_refuse_replays() {
         (status, error["error"]["code"].as_str()),
         (413, Some("payload-too-large"))
     );
-    agent.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("agent")).await;
+    agent.expect_sentinel(sentinel).await;
 
     // Disabled: its webhooks find no integration.
     server
@@ -826,26 +833,20 @@ async fn a_generic_webhook_listing_too_many_signatures_is_refused_before_its_bod
         .admin(Method::GET, "/api/v1/webhooks/stats", None)
         .await;
     assert_eq!(stats["generic"]["signature_failures"], 3);
-    agent.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("agent")).await;
+    agent.expect_sentinel(sentinel).await;
 }
 
 /// The server binary on a fresh SQLite file, with one HTTP worker and 1 MiB webhook bodies.
 fn one_worker_server(
     dir: &std::path::Path,
 ) -> (crate::common::process::Process, crate::common::Api) {
-    use crate::common::process::{Process, BIN};
-    let mut command = std::process::Command::new(BIN);
-    command
-        .env("DATABASE_URL", dir.join("switchboard.db"))
-        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
-        .env("SWITCHBOARD_JWT_SECRET", crate::common::JWT_SECRET)
-        .env("SWITCHBOARD_API_KEY", crate::common::API_KEY)
+    crate::common::process::Switchboard::new()
+        .in_dir(dir)
+        .keys()
         .env("SWITCHBOARD_WORKERS", "1")
         .env("SWITCHBOARD_MAX_WEBHOOK_BYTES", (1024 * 1024).to_string())
-        .env("RUST_LOG", "info");
-    let mut process = Process::spawn(command);
-    let addr = process.listening_on().parse().unwrap();
-    (process, crate::common::Api { addr })
+        .serve()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -952,8 +953,10 @@ async fn a_facebook_webhook_is_verified_with_the_secret_of_the_pages_it_names_on
     assert!(answer.1["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("different app secrets")));
-    acme.expect_silence(QUIET).await;
-    globex.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("agent")).await;
+    acme.expect_sentinel(sentinel).await;
+    let sentinel = server.sentinel("globex", Some("agent")).await;
+    globex.expect_sentinel(sentinel).await;
 
     // A page nobody registered: 404, whatever the signature.
     let stranger = facebook_text("page-z", "psid-1", "mid.z", "hi");
@@ -984,6 +987,8 @@ async fn a_facebook_webhook_is_verified_with_the_secret_of_the_pages_it_names_on
     .to_string();
     let answer = post_facebook(&server, "secret-of-app-c", &both).await;
     assert_eq!(answer, (200, json!({"stored": 2, "duplicates": 0})));
-    acme.expect_silence(QUIET).await;
-    globex.expect_silence(QUIET).await;
+    let sentinel = server.sentinel("acme", Some("agent")).await;
+    acme.expect_sentinel(sentinel).await;
+    let sentinel = server.sentinel("globex", Some("agent")).await;
+    globex.expect_sentinel(sentinel).await;
 }

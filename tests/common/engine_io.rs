@@ -1,5 +1,6 @@
-//! A Socket.IO client on Engine.IO long-polling, by plain HTTP: for the transport's own tests and
-//! for nodes started as processes.
+//! Socket.IO clients written for the tests, packet by packet: on Engine.IO long-polling by plain
+//! HTTP ([`Poller`]), and on a WebSocket from the start ([`EngineSocket`]); for the transport's own
+//! tests and for nodes started as processes.
 
 use serde_json::{json, Value};
 
@@ -144,6 +145,15 @@ impl EngineSocket {
         (socket, open)
     }
 
+    /// Opens one and CONNECTs with `auth`; answers the CONNECT answer's data.
+    pub async fn connect(api: &Api, auth: &Value) -> (Self, Value) {
+        let (mut socket, _) = Self::open(api).await;
+        socket.send(&format!("40{auth}")).await;
+        let connected = socket.next_packet().await;
+        let connected = connected.strip_prefix("40").expect("a CONNECT answer");
+        (socket, serde_json::from_str(connected).unwrap())
+    }
+
     pub async fn send(&mut self, packet: &str) {
         use futures_util::SinkExt;
         self.ws
@@ -165,6 +175,18 @@ impl EngineSocket {
                 Some(Ok(Message::Text(text))) => return Some(text.to_string()),
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
                 Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next packet other than pings, which it answers as a client does; fails the test when
+    /// the socket closes or nothing comes within [`WAIT`](super::WAIT).
+    pub async fn next_packet(&mut self) -> String {
+        loop {
+            match self.next(super::WAIT).await {
+                Some(ping) if ping == "2" => self.send("3").await,
+                Some(packet) => return packet,
+                None => panic!("the connection ended"),
             }
         }
     }

@@ -33,6 +33,30 @@ pub const FACEBOOK_VERIFY_TOKEN: &str = "test-verify-token";
 pub const POSTGRES_ENV: &str = "SWITCHBOARD_TEST_DATABASE_URL";
 /// How long a test waits for a frame it expects.
 pub const WAIT: Duration = Duration::from_secs(10);
+/// How often [`eventually`] asks again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// Asks `check` until it answers `Ok`, for at most `wait`: for what a test can only see by asking
+/// (an endpoint, a counter of its own), the wait ends as soon as it holds. Fails the test naming
+/// `what` and the last answer.
+pub async fn eventually<T, E, F, Fut>(what: &str, wait: Duration, mut check: F) -> T
+where
+    E: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(last) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {wait:?}; last {last:?}"
+            ),
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
 
 /// A database for a test: a fresh SQLite file, or the PostgreSQL database from [`POSTGRES_ENV`]
 /// (shared, so tests there use account ids of their own).
@@ -51,9 +75,16 @@ impl Db {
         }
     }
 
-    pub fn postgres() -> Option<Self> {
-        let url = std::env::var(POSTGRES_ENV).ok()?;
-        Some(Self { url, _dir: None })
+    /// The PostgreSQL database named by [`POSTGRES_ENV`]. The tests that use it are built as
+    /// ignored unless the variable was set at build time (`build.rs`); run anyway (with
+    /// `--include-ignored`) without it, they fail rather than pass having done nothing.
+    pub fn postgres() -> Self {
+        match std::env::var(POSTGRES_ENV) {
+            Ok(url) if !url.is_empty() => Self { url, _dir: None },
+            _ => panic!(
+                "this test needs PostgreSQL: set {POSTGRES_ENV} (and build the tests with it)"
+            ),
+        }
     }
 
     /// A database at `url`, which the test owns.
@@ -69,7 +100,8 @@ impl Db {
     }
 }
 
-/// Runs the test body once on SQLite and once on PostgreSQL (when [`POSTGRES_ENV`] is set).
+/// Runs the test body once on SQLite and once on PostgreSQL. The PostgreSQL variant is ignored
+/// (and listed so by `cargo test`) unless [`POSTGRES_ENV`] was set when the tests were built.
 #[macro_export]
 macro_rules! on_each_backend {
     ($(async fn $name:ident($db:ident) $body:block)*) => {$(
@@ -83,11 +115,12 @@ macro_rules! on_each_backend {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(switchboard_postgres),
+                ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+            )]
             async fn postgres() {
-                let Some($db) = $crate::common::Db::postgres() else {
-                    eprintln!("skipped: set {} to run on PostgreSQL", $crate::common::POSTGRES_ENV);
-                    return;
-                };
+                let $db = $crate::common::Db::postgres();
                 $body
             }
         }
@@ -265,6 +298,12 @@ impl Api {
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         (status, body)
+    }
+
+    /// Publishes the `sentinel` event for `user` of `account` (for the whole account without one);
+    /// answers its sequence number, for [`Client::expect_sentinel`].
+    pub async fn sentinel(&self, account: &str, user: Option<&str>) -> u64 {
+        self.publish(account, user, "sentinel", Value::Null).await
     }
 
     /// Publishes an event and returns its sequence number.
@@ -450,7 +489,18 @@ impl Client {
         )
     }
 
-    /// Asserts that no frame arrives for `wait`.
+    /// Asserts that the next frame is the sentinel event `seq` ([`Api::sentinel`]): nothing came
+    /// before it. Whatever a test means did not reach this client was caused before the sentinel
+    /// was published, and a room hands a session its frames in order, so it would have come
+    /// first: "nothing else arrived" without waiting out a fixed silence.
+    pub async fn expect_sentinel(&mut self, seq: u64) {
+        let frame = self.next_json().await;
+        let sentinel = json!({"type": "event", "seq": seq, "event": "sentinel", "data": null});
+        assert_eq!(frame, sentinel, "expected nothing before the sentinel");
+    }
+
+    /// Asserts that no frame arrives for `wait`: only for what a timer would send (presence once
+    /// its grace is over), where a sentinel published now would come first.
     pub async fn expect_silence(&mut self, wait: Duration) {
         match self.receive(wait).await {
             Received::TimedOut => {}
@@ -596,6 +646,19 @@ impl Api {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Waits until the pruner has let go of the events after `since` the user holding `token`
+    /// could read: the long-poll from there answers 410.
+    pub async fn until_pruned(&self, token: &str, since: u64) {
+        let path = format!("/api/v1/events?since={since}&timeout=0");
+        eventually("the pruner ran", WAIT, || async {
+            match self.as_user(token, reqwest::Method::GET, &path, None).await {
+                (410, _) => Ok(()),
+                other => Err(other),
+            }
+        })
+        .await
+    }
+
     /// The ids of a conversation's messages as the user sees them listed (newest first), read
     /// page by page, `limit` a page.
     pub async fn message_ids(&self, token: &str, conversation: &str, limit: u32) -> Vec<String> {
@@ -648,16 +711,17 @@ impl Api {
 /// Outbound replies, as a test drives them: a contact writes in through a generic integration, a
 /// user answers, and the answer's delivery is watched through the admin API.
 impl Api {
-    /// The conversation `contact` starts by writing to the generic `integration` (its JSON as
-    /// created, with its secret); returns the conversation's id.
-    pub async fn conversation_from(&self, integration: &Value, contact: &str) -> String {
+    /// A message from `contact` to the generic `integration` (its JSON as created, with its
+    /// secret), signed as the source signs it; `fields` join `contact_id` in the message's
+    /// `data` (its `text`, a `sent_at`).
+    pub async fn message_from(&self, integration: &Value, contact: &str, fields: Value) {
         let (secret, path) = (
             integration["secret"].as_str().unwrap(),
             integration["webhook_path"].as_str().unwrap(),
         );
-        let account = integration["account_id"].as_str().unwrap();
-        let body = json!({"type": "message", "data": {"contact_id": contact, "text": "hello"}})
-            .to_string();
+        let mut data = fields;
+        data["contact_id"] = json!(contact);
+        let body = json!({"type": "message", "data": data}).to_string();
         let (id, ts) = (unique("wh"), now() as i64);
         let headers = [
             ("webhook-id", id.clone()),
@@ -666,6 +730,10 @@ impl Api {
         ];
         let (status, answer) = self.webhook(path, &headers, &body).await;
         assert_eq!(status, 200, "{answer}");
+    }
+
+    /// The id of `account`'s conversation with the latest activity.
+    pub async fn newest_conversation(&self, account: &str) -> String {
         let (_, list) = self
             .as_user(
                 &token(account, "agent"),
@@ -675,6 +743,15 @@ impl Api {
             )
             .await;
         list["conversations"][0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The conversation `contact` starts by writing to the generic `integration`; returns the
+    /// conversation's id.
+    pub async fn conversation_from(&self, integration: &Value, contact: &str) -> String {
+        self.message_from(integration, contact, json!({"text": "hello"}))
+            .await;
+        let account = integration["account_id"].as_str().unwrap();
+        self.newest_conversation(account).await
     }
 
     /// Replies as `user` of `account`; returns the message.
@@ -707,22 +784,19 @@ impl Api {
         status: &str,
         wait: Duration,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
+        let what = format!("the delivery is {status}");
+        eventually(&what, wait, || async {
             let found = self
                 .deliveries(integration_id)
                 .await
                 .into_iter()
                 .find(|d| d["message_id"] == message_id);
             match found {
-                Some(delivery) if delivery["status"] == status => return delivery,
-                other => assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the delivery is not {status}: {other:?}"
-                ),
+                Some(delivery) if delivery["status"] == status => Ok(delivery),
+                other => Err(other),
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -830,19 +904,14 @@ impl Receiver {
 
     /// Waits until `n` requests have arrived.
     pub async fn wait_for(&self, n: usize) -> Vec<(actix_web::http::header::HeaderMap, String)> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        eventually(&format!("the receiver got {n}"), WAIT, || async {
             let got = self.received.lock().unwrap().clone();
-            if got.len() >= n {
-                return got;
+            match got.len() >= n {
+                true => Ok(got),
+                false => Err(got.len()),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "receiver got {} of {n}",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 }
 

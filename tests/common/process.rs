@@ -1,13 +1,142 @@
 //! Programs a test runs as separate processes — the `switchboard` binary, a `redis-server` of
-//! its own — killed when dropped, with their log lines readable as they come.
+//! its own — killed when dropped, with their log lines readable as they come; and the one place
+//! a `switchboard` command line is put together ([`Switchboard`]).
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::{Api, API_KEY, JWT_SECRET};
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// What every node of a test cluster signs its messages with.
+pub const CLUSTER_SECRET: &str = "test-cluster-secret-of-32-bytes-or-more";
+
+/// A `switchboard` command line. It starts from nothing the test's own environment could bring
+/// in (no `DATABASE_URL`, `REDIS_URL` or `SWITCHBOARD_…` of the shell), on an ephemeral port of
+/// the loopback, logging at `info`; each test adds what its scenario is about.
+pub struct Switchboard {
+    /// A program the binary runs under (`nice -n 5`), if any.
+    wrapper: Vec<OsString>,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    dir: Option<PathBuf>,
+}
+
+impl Switchboard {
+    pub fn new() -> Self {
+        Self {
+            wrapper: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            dir: None,
+        }
+        .env("SWITCHBOARD_BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+    }
+
+    /// Runs in `dir`, where the server keeps its SQLite file and development keys by default.
+    pub fn in_dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_owned());
+        self
+    }
+
+    /// The tests' JWT secret and API key (`common::JWT_SECRET`, `common::API_KEY`).
+    pub fn keys(self) -> Self {
+        self.env("SWITCHBOARD_JWT_SECRET", JWT_SECRET)
+            .env("SWITCHBOARD_API_KEY", API_KEY)
+    }
+
+    /// Stores in the database at `url` (a PostgreSQL URL or a SQLite file).
+    pub fn database(self, url: impl AsRef<OsStr>) -> Self {
+        self.env("DATABASE_URL", url)
+    }
+
+    /// A node of the tests' cluster: Redis at `redis_url`, messages signed with
+    /// [`CLUSTER_SECRET`].
+    pub fn cluster(self, redis_url: &str) -> Self {
+        self.env("REDIS_URL", redis_url)
+            .env("SWITCHBOARD_CLUSTER_SECRET", CLUSTER_SECRET)
+    }
+
+    /// Sets `name` (a later setting of the same name wins).
+    pub fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((name.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Sets each of `env`, in order.
+    pub fn envs(self, env: &[(&str, &str)]) -> Self {
+        env.iter()
+            .fold(self, |command, (name, value)| command.env(name, value))
+    }
+
+    pub fn args<S: AsRef<OsStr>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Runs the binary through `program` with `args` before it (`nice -n 5 switchboard`).
+    pub fn under(mut self, program: &str, args: &[&str]) -> Self {
+        self.wrapper = std::iter::once(program)
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect();
+        self
+    }
+
+    /// The command, ready to run.
+    pub fn command(&self) -> Command {
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        for (name, _) in std::env::vars_os() {
+            let inherited = name.to_string_lossy();
+            if inherited.starts_with("SWITCHBOARD_")
+                || ["DATABASE_URL", "REDIS_URL", "RUST_LOG"].contains(&&*inherited)
+            {
+                command.env_remove(&name);
+            }
+        }
+        command.args(&self.args).envs(self.env.iter().cloned());
+        if let Some(dir) = &self.dir {
+            command.current_dir(dir);
+        }
+        command
+    }
+
+    /// Starts it, its log read as it comes.
+    pub fn spawn(&self) -> Process {
+        Process::spawn(self.command())
+    }
+
+    /// Starts the server and waits until it says where it listens.
+    pub fn serve(&self) -> (Process, Api) {
+        let mut process = self.spawn();
+        let addr = process.listening_on().parse().unwrap();
+        (process, Api { addr })
+    }
+
+    /// Runs it to the end (a subcommand, or a server refusing to start).
+    pub fn output(&self) -> Output {
+        let mut command = self.command();
+        command
+            .output()
+            .unwrap_or_else(|e| panic!("run {command:?}: {e}"))
+    }
+}
 
 pub struct Process {
     pub child: Child,
