@@ -73,3 +73,114 @@ export const welcome = (seq, extra = {}) => ({
   ...extra,
 });
 
+/**
+ * One browser's Web Locks and BroadcastChannels, as its tabs share them. `tab()` gives what one
+ * tab passes to `connect` (`locks`, `BroadcastChannel`, no `SharedWorker`) and `kill()`, which
+ * ends the tab as closing it does: its locks are released and its channels shut, without its
+ * code saying goodbye.
+ */
+export function browser() {
+  const channels = new Set();
+  const locks = new Map(); // name → { holder, queue }
+  const lock = (name) => locks.get(name) ?? locks.set(name, { holder: null, queue: [] }).get(name);
+  const grant = (name) => {
+    const state = lock(name);
+    if (state.holder || state.queue.length === 0) return;
+    const entry = state.queue.shift();
+    state.holder = entry;
+    const done = () => {
+      if (state.holder !== entry) return;
+      state.holder = null;
+      grant(name);
+    };
+    Promise.resolve()
+      .then(() => entry.callback({ name }))
+      .then(
+        (value) => (done(), entry.resolve(value)),
+        (error) => (done(), entry.reject(error)),
+      );
+  };
+  const abortError = () => Object.assign(new Error("aborted"), { name: "AbortError" });
+
+  function tab() {
+    const mine = { channels: new Set(), entries: new Set(), dead: false };
+    class BroadcastChannel {
+      constructor(name) {
+        this.name = name;
+        this.closed = false;
+        channels.add(this);
+        mine.channels.add(this);
+      }
+      postMessage(data) {
+        if (mine.dead) return;
+        if (this.closed) throw Object.assign(new Error("closed"), { name: "InvalidStateError" });
+        const copy = structuredClone(data);
+        for (const other of channels) {
+          if (other === this || other.name !== this.name) continue;
+          // Delivered as a task, in order, to whoever is still listening then.
+          setImmediate(() => !other.closed && other.onmessage?.({ data: structuredClone(copy) }));
+        }
+      }
+      close() {
+        this.closed = true;
+        channels.delete(this);
+      }
+    }
+    const lockManager = {
+      request(name, options, callback) {
+        return new Promise((resolve, reject) => {
+          if (options.signal?.aborted) return reject(abortError());
+          const entry = { name, callback, resolve, reject };
+          options.signal?.addEventListener("abort", () => {
+            const queue = lock(name).queue;
+            if (!queue.includes(entry)) return;
+            queue.splice(queue.indexOf(entry), 1);
+            reject(abortError());
+          });
+          mine.entries.add(entry);
+          lock(name).queue.push(entry);
+          grant(name);
+        });
+      },
+    };
+    const kill = () => {
+      mine.dead = true;
+      for (const channel of mine.channels) channel.close();
+      for (const entry of mine.entries) {
+        const state = lock(entry.name);
+        if (state.queue.includes(entry)) state.queue.splice(state.queue.indexOf(entry), 1);
+        if (state.holder === entry) {
+          state.holder = null;
+          grant(entry.name);
+        }
+      }
+    };
+    return { runtime: { locks: lockManager, BroadcastChannel, SharedWorker: null }, kill };
+  }
+  return { tab };
+}
+
+/**
+ * SharedWorkers run in this process: the first tab to name a worker starts it (`serve`, the SDK's
+ * `serveSharedWorker`, with `runtime` for its network), and every tab gets a port to it.
+ */
+export function sharedWorkers(serve, runtime) {
+  const scopes = new Map();
+  const ports = [];
+  class SharedWorker {
+    constructor(url, { name }) {
+      if (!scopes.has(name)) {
+        const scope = { name };
+        serve(scope, runtime);
+        scopes.set(name, scope);
+      }
+      const { port1, port2 } = new MessageChannel();
+      ports.push(port1, port2);
+      this.port = port1;
+      setImmediate(() => scopes.get(name).onconnect({ ports: [port2] }));
+    }
+  }
+  /** Shuts every port, so that nothing keeps the test process alive. */
+  const shut = () => ports.forEach((port) => port.close());
+  return { SharedWorker, workers: scopes, shut };
+}
