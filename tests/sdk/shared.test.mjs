@@ -393,3 +393,45 @@ test("shared worker: one connection for three tabs; a token is asked of one tab,
   opened[2].client.close();
   await until(() => ws.closed === 1000, "the worker's socket closed");
 });
+
+test("shared worker: a worker that cannot start (throws, or fails before a word) leaves the tabs to elect a leader", async (t) => {
+  class Refused {
+    constructor() {
+      throw new Error("SecurityError");
+    }
+  }
+  class FailsToLoad {
+    constructor() {
+      this.port = { postMessage() {}, close() {} };
+      setImmediate(() => this.onerror?.({ message: "module workers unsupported" }));
+    }
+  }
+  for (const SharedWorker of [Refused, FailsToLoad]) {
+    const net = network();
+    const opened = tabs(2, { net, tokens: issuer(), runtimeOf: () => ({ SharedWorker }) });
+    t.after(() => closeAll(opened));
+    await until(() => net.sockets.length === 1, `${SharedWorker.name}: the leader's socket`);
+    net.sockets[0].frame(welcome(0));
+    await until(() => opened.every(({ client }) => client.status === "open"), `${SharedWorker.name}: both open`);
+    assert.deepEqual(opened.map(({ client }) => client.shared).sort(), ["follower", "leader"], SharedWorker.name);
+    closeAll(opened);
+  }
+});
+
+test("shared: close() in every tab leaves no timer behind and closes the socket", async () => {
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+  const before = timers();
+  const net = network({ probe: () => new Promise(() => {}) });
+  const opened = tabs(3, { net, tokens: issuer() });
+  await until(() => net.sockets.length === 1, "the shared socket");
+  net.sockets[0].frame(welcome(0, { heartbeat_interval_ms: 100 }));
+  await until(() => opened.every(({ client }) => client.status === "open"), "every tab open");
+  // A REST call waiting for the group's token, and one waiting on the server, in a follower.
+  const follower = opened.find(({ client }) => client.shared === "follower").client;
+  follower.rest("GET", "/api/v1/presence").catch(() => {});
+  closeAll(opened);
+  await tick(10);
+  assert.equal(timers(), before, "a timer outlives the clients");
+  assert.equal(net.sockets[0].closed, 1000);
+  assert.deepEqual(opened.map(({ client }) => client.status), ["closed", "closed", "closed"]);
+});
