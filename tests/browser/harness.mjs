@@ -100,11 +100,16 @@ export class Server {
   }
 
   /** Open WebSocket sessions on the server, from its `switchboard_connections` gauge. */
-  async connections() {
+  connections() {
+    return this.metric("switchboard_connections");
+  }
+
+  /** The sum of a metric's series in `/metrics` whose labels include `labels` (`outcome="resumed"`). */
+  async metric(name, labels = "") {
     const text = await (await fetch(`${this.base}/metrics`)).text();
-    const gauge = text.match(/^switchboard_connections(?:\{[^}]*\})? (\S+)$/m);
-    assert.ok(gauge, "no switchboard_connections gauge in /metrics");
-    return Number(gauge[1]);
+    const series = [...text.matchAll(new RegExp(`^${name}(?:\\{([^}]*)\\})? (\\S+)$`, "gm"))];
+    assert.ok(series.length > 0 || labels, `no ${name} in /metrics`);
+    return series.filter((m) => (m[1] ?? "").includes(labels)).reduce((sum, m) => sum + Number(m[2]), 0);
   }
 }
 

@@ -180,6 +180,8 @@ test("three tabs that load the SDK from the Switchboard server share one session
   // The leader's tab closes while events are published, some while no tab is connected.
   const leader = pages[roles.indexOf("leader")];
   const others = pages.filter((page) => page !== leader);
+  const resumed = () => server.metric("switchboard_resumes_total", 'outcome="resumed"');
+  const resumedBefore = await resumed();
   const publishing = publishTicks(account, 10, 40, 10);
   await waitTicks(others[0], 13);
   await leader.close();
@@ -191,6 +193,7 @@ test("three tabs that load the SDK from the Switchboard server share one session
   assert.deepEqual([...(await Promise.all(others.map(role)))].sort(), ["follower", "leader"]);
   await Promise.all(others.map(waitOpen));
   await waitConnections(1);
+  assert.ok((await resumed()) > resumedBefore, "the new leader resumed with ?since=");
   assert.deepEqual(await others[0].evaluate(() => window.sb.presence()), ["alice"]);
   await sendFromEach(others);
 });
