@@ -7,16 +7,29 @@ export interface Failure {
   /** e.g. `token-expired`, `invalid-token`, `server-unreachable`, `websocket-failed`,
    *  `heartbeat-timeout`, `slow-consumer`, `server-shutting-down`, `connection-lost`,
    *  `token-refused`, `too-many-sessions`, `too-many-frames`, `get-token-failed`,
-   *  `since-in-future`, `invalid-since` (the resume point was refused: see `ResumeFailure`). */
+   *  `since-in-future`, `invalid-since` (the resume point was refused: see `ResumeFailure`).
+   *  On a shared connection, `connection-lost` also while the tab that held it is replaced. */
   code: string;
   message: string;
 }
 
 export interface Options {
-  /** Asks the app's backend for a Switchboard JWT; called again when the server says it expired. */
+  /**
+   * Asks the app's backend for a Switchboard JWT; called again when the server says it expired.
+   * With `shared`, each tab calls it once to learn whose connection to share; after that the
+   * group asks one tab's for all.
+   */
   getToken: () => Promise<string> | string;
   /** Resume after this sequence number on the first connection (e.g. kept across a reload). */
   since?: number;
+  /**
+   * Share one connection with this browser's other tabs that use the same server and
+   * `wsPath` as the same account and user (read from the token): in a SharedWorker when this
+   * module was loaded from the page's own origin, else in one tab elected with Web Locks that
+   * relays over a BroadcastChannel; alone where neither exists. See the README's "One
+   * connection per browser".
+   */
+  shared?: boolean;
   /** Defaults in `DEFAULTS`. */
   backoffBaseMs?: number;
   backoffMaxMs?: number;
@@ -31,6 +44,11 @@ export interface Options {
   WebSocket?: typeof WebSocket;
   fetch?: typeof fetch;
   random?: () => number;
+  /** With `shared`: `null` never uses a SharedWorker (e.g. for a bundled copy of this module). */
+  SharedWorker?: typeof SharedWorker | null;
+  /** With `shared`, for tests: the Web Locks manager and BroadcastChannel to elect a leader tab with. */
+  locks?: LockManager | null;
+  BroadcastChannel?: typeof BroadcastChannel | null;
 }
 
 /** A server frame of type `event`: `seq` is absent for ephemeral events (presence, typing). */
@@ -75,7 +93,14 @@ export class SwitchboardError extends Error {
   retry_after_ms?: number;
 }
 
-export const DEFAULTS: Readonly<Required<Omit<Options, "getToken" | "since" | "wsPath" | "WebSocket" | "fetch" | "random">>>;
+export const DEFAULTS: Readonly<
+  Required<
+    Omit<
+      Options,
+      "getToken" | "since" | "shared" | "wsPath" | "WebSocket" | "fetch" | "random" | "SharedWorker" | "locks" | "BroadcastChannel"
+    >
+  >
+>;
 
 export function backoffDelay(
   attempt: number,
@@ -85,6 +110,15 @@ export function backoffDelay(
 
 export function tokenExpiry(token: string): number | null;
 
+/** The account (`account_id`) and user (`sub`) a JWT names, read without verifying it; null if none. */
+export function tokenIdentity(token: string): { account: string; user: string } | null;
+
+/** Serves a group's shared connection from a SharedWorker's scope (the module does so itself). */
+export function serveSharedWorker(
+  scope: { onconnect: ((event: { ports: readonly MessagePort[] }) => void) | null },
+  runtime?: Pick<Options, "WebSocket" | "fetch" | "random">,
+): void;
+
 export function connect(url: string, options: Options): Client;
 
 export class Client {
@@ -92,6 +126,11 @@ export class Client {
   readonly lastError: Failure | null;
   /** The sequence number of the last event handed to the app. */
   readonly lastSeq: number | null;
+  /**
+   * How the connection is held: `null` by this client alone, `"worker"` in the group's
+   * SharedWorker, `"leader"` by this tab for the group, `"follower"` by another tab.
+   */
+  readonly shared: "worker" | "leader" | "follower" | null;
 
   on(event: "status", handler: (status: Status, reason: Failure | null) => void): this;
   on(event: "resume-failed", handler: (frame: ResumeFailure) => void): this;

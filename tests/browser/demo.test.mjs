@@ -1,70 +1,19 @@
 // The demo page and the SDK in a real browser: Debian's headless Chromium, driven by
-// playwright-core, against a real server (the debug binary, SQLite in a temporary directory,
-// development mode for the JWT secret, so the page can get demo tokens: SWITCHBOARD_DEV_MODE=true,
-// as the API key is configured). Run with `npm test --prefix tests/browser`
-// after `cargo build`.
+// playwright-core, against a real server (see harness.mjs). Run with
+// `npm test --prefix tests/browser`; it builds the debug binary first.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join, dirname } from "node:path";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { join } from "node:path";
+import { API_KEY, ROOT, WAIT, Server, build, launchChromium } from "./harness.mjs";
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const BINARY = join(ROOT, "target", "debug", "switchboard");
-const API_KEY = "browser-test-api-key-0123456789";
 const RUN = Math.random().toString(36).slice(2, 8);
-const WAIT = 15000;
 
-let dir, port, base, server, browser;
+let server, base, browser;
 
-function freePort() {
-  return new Promise((resolve) => {
-    const probe = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
-
-/** Starts the server on `port`, resolving once it answers. */
-async function startServer() {
-  server = spawn(BINARY, ["--bind", `127.0.0.1:${port}`, "--database-url", join(dir, "switchboard.db")], {
-    env: { ...process.env, SWITCHBOARD_API_KEY: API_KEY, SWITCHBOARD_DEV_MODE: "true", RUST_LOG: "warn" },
-    stdio: ["ignore", "ignore", "inherit"],
-  });
-  const deadline = Date.now() + WAIT;
-  while (Date.now() < deadline) {
-    try {
-      if ((await fetch(`${base}/sdk/switchboard.js`)).ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error("the server did not start");
-}
-
-async function stopServer() {
-  const exited = new Promise((resolve) => server.once("exit", resolve));
-  server.kill("SIGTERM");
-  await exited;
-}
-
-async function publish(account, event, data) {
-  const response = await fetch(`${base}/api/v1/publish`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
-    body: JSON.stringify({ account_id: account, event, data }),
-  });
-  const body = await response.text();
-  assert.equal(response.status, 200, body);
-  return JSON.parse(body).seq;
-}
+const publish = (account, event, data) => server.publish(account, event, data);
 
 /** A fresh browser context (its own storage, like another person's browser) on the demo page. */
 async function openDemo(query) {
@@ -85,29 +34,15 @@ const waitStatus = (page, status) =>
 const eventTexts = (page) => page.$$eval("#events li", (items) => items.map((i) => i.textContent));
 
 before(async () => {
-  execFileSync("cargo", ["build", "--quiet"], { cwd: ROOT, stdio: "inherit" });
-  dir = mkdtempSync(join(tmpdir(), "switchboard-browser-"));
-  port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  await startServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
+  build();
+  server = await Server.create();
+  base = server.base;
+  browser = await launchChromium();
 });
 
 after(async () => {
   await browser?.close();
-  if (server && server.exitCode === null) await stopServer();
-  rmSync(dir, { recursive: true, force: true });
+  await server?.remove();
 });
 
 test("an event published to one account shows in its page and never in another account's", async () => {
@@ -203,9 +138,9 @@ test("a server restart while events are published: reconnecting, then every even
     }
   })();
   await page.waitForSelector('#events li:has-text("\\"n\\":5,")', { timeout: WAIT });
-  await stopServer();
+  await server.stop();
   await waitStatus(page, "reconnecting");
-  await startServer();
+  await server.start();
   await publishing;
 
   await page.waitForSelector(`#events li:has-text("\\"n\\":${total - 1},")`, { timeout: WAIT });
