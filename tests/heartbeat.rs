@@ -307,18 +307,27 @@ mod stalled {
         bob.watch_presence();
         let mut alice = socket_io(&server, &token("acme", "alice")).await;
         // Each ping is answered with a pong of its payload: more than the sockets hold between
-        // them, for a client that reads none of it.
+        // them, for a client that reads none of it. On a busy machine the server may let the
+        // connection go before the client has sent them all (a write then meets the reset), or
+        // while its writes wait; what is asserted is the session's end and the reset.
         let pings = async {
             for _ in 0..50_000 {
                 alice.feed(Message::Ping(vec![0; 125].into())).await?;
             }
             alice.flush().await
         };
-        tokio::time::timeout(WAIT, pings)
-            .await
-            .expect("the server reads what the client sends")
-            .unwrap();
+        let sent = tokio::time::timeout(WAIT, pings).await;
         while !went_offline(&bob.next_json().await, "alice") {}
-        expect_reset(&alice).await;
+        match sent {
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Io(error))) => assert!(
+                matches!(
+                    error.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ),
+                "{error}"
+            ),
+            Ok(Err(error)) => panic!("{error}"),
+            Ok(Ok(())) | Err(_) => expect_reset(&alice).await,
+        }
     }
 }
