@@ -31,7 +31,7 @@ const HELD_WEBSOCKETS: usize = 200;
 const PIPELINING: usize = 10;
 /// Pipelined requests written per connection.
 const PIPELINED_REQUESTS: usize = 20_000;
-/// How long a pipelining connection stays once the server has stopped taking its requests.
+/// How long a pipelining connection stays once its requests are written or no longer taken.
 const STAY: Duration = Duration::from_secs(5);
 /// A forged webhook's body: the largest the server takes by default.
 const WEBHOOK_BODY_BYTES: usize = 1 << 20;
@@ -334,28 +334,44 @@ async fn unauthenticated_websockets(target: Target, until: Instant) -> Tally {
     .await
 }
 
-/// Connections that each write [`PIPELINED_REQUESTS`] requests without reading an answer, hold
-/// on while the server takes them, and start again.
+/// Connections that each write [`PIPELINED_REQUESTS`] requests without reading an answer, stay
+/// [`STAY`] once the server stops taking them (or all are written), and start again.
 async fn pipelined(target: Target, until: Instant) -> Tally {
     const REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: s\r\n\r\n";
     let requests: Arc<[u8]> = REQUEST.repeat(PIPELINED_REQUESTS).into();
     hold_connections("pipelined requests, unread", PIPELINING, until, move || {
         let requests = requests.clone();
         async move {
-            let mut stream = connect_from(target).await.ok()?;
+            // Small kernel buffers: else the attacker's own send buffer (up to 4 MB) takes the
+            // requests, and the writes say nothing of what the server has read.
+            let socket = TcpSocket::new_v4().ok()?;
+            socket.set_send_buffer_size(64 * 1024).ok()?;
+            socket.set_recv_buffer_size(64 * 1024).ok()?;
+            socket.bind(SocketAddr::from((target.source, 0))).ok()?;
+            let mut stream = socket.connect(target.server).await.ok()?;
             let mut sent = 0u64;
             for piece in requests.chunks(64 * 1024) {
                 let write = timeout(Duration::from_secs(2), stream.write_all(piece));
                 match tokio::time::timeout_at(until, write).await {
                     Ok(Ok(Ok(()))) => sent += piece.len() as u64,
-                    // The server stopped taking them (or closed): stay a while, unread.
-                    Ok(_) => {
-                        tokio::time::sleep_until(until.min(Instant::now() + STAY)).await;
-                        break;
+                    Ok(Ok(Err(_))) => {
+                        return Some(Ended {
+                            sent,
+                            refused: true,
+                        })
                     }
-                    Err(_) => break,
+                    // The server has stopped taking them.
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        return Some(Ended {
+                            sent,
+                            refused: false,
+                        })
+                    }
                 }
             }
+            // Stay a while, unread, before starting again.
+            tokio::time::sleep_until(until.min(Instant::now() + STAY)).await;
             Some(Ended {
                 sent,
                 refused: false,
