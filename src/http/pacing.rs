@@ -4,7 +4,7 @@
 //! request in it, and writes their answers into its write buffer whether or not the client reads
 //! them; with its queue of decoded requests full and its read buffer too, it wakes itself again
 //! and again. Ten connections each pipelining 50,000 `GET /healthz` (1.7 MB) without reading an
-//! answer grew the (debug) server by 58 MiB (tests/pipelining.rs). So a connection's socket
+//! answer grew the (debug) server by 351 MiB (tests/pipelining.rs). So a connection's socket
 //! hands it one request head at a time: it peeks at what has arrived, gives up to the end of the
 //! first head (through a [`PEEK_BYTES`] window), and gives nothing more until that request has
 //! been answered and the answer taken by the kernel whole. What a pipelining client sends beyond that waits in the
