@@ -218,6 +218,76 @@ async fn the_bench_tool_measures_a_running_server() {
     assert!(svg.starts_with("<svg") && svg.contains("deliveries per second"));
 }
 
+/// `switchboard bench --abuse`, short: a few sessions receive events with and without the attacker
+/// beside them, against the server binary; none is lost, and the report says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_abuse_benchmark_loses_no_event_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, api) = Switchboard::new()
+        .in_dir(dir.path())
+        .keys()
+        .env("RUST_LOG", "warn,switchboard::server=info")
+        .serve();
+    let report = dir.path().join("abuse.json");
+    let bench = Switchboard::new()
+        .in_dir(dir.path())
+        .keys()
+        .args(["bench", "--abuse", "--url", &format!("http://{}", api.addr)])
+        .args([
+            "--abuse-seconds",
+            "2",
+            "--connections",
+            "20",
+            "--accounts",
+            "2",
+        ])
+        .args(["--rate", "20", "--timeout", "60s"])
+        .args(["--server-pid", &server.child.id().to_string()])
+        .args([OsStr::new("--json"), report.as_os_str()]);
+    let output = tokio::task::spawn_blocking(move || bench.output())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        table.contains("p99 under attack / baseline") && table.contains("slow request bodies"),
+        "{table}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2, "{report}");
+    for phase in phases {
+        assert_eq!(phase["publish_failures"], 0, "{phase}");
+        assert_eq!(phase["expected_deliveries"], 400, "{phase}");
+        assert_eq!(
+            (
+                phase["lost"].as_u64(),
+                phase["duplicated"].as_u64(),
+                phase["cross_account"].as_u64()
+            ),
+            (Some(0), Some(0), Some(0)),
+            "{phase}"
+        );
+        assert!(phase["server_rss_peak_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 0));
+    }
+    // The attacker did attack, and was refused.
+    let attack = report["attack"].as_array().unwrap();
+    assert_eq!(attack.len(), 6, "{report}");
+    assert!(
+        attack.iter().all(|t| t["attempts"].as_u64() > Some(0)),
+        "{report}"
+    );
+    assert!(report["p99_factor"].as_f64().is_some_and(|f| f > 0.0));
+    drop(server);
+}
+
 #[test]
 fn a_port_in_use_is_a_clear_error_before_anything_starts() {
     let dir = tempfile::tempdir().unwrap();

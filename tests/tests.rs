@@ -20,6 +20,7 @@ mod limits;
 mod operations;
 mod outbound_cluster;
 mod persistence;
+mod pipelining;
 mod resume;
 mod socket_io;
 mod users;

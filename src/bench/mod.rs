@@ -3,10 +3,15 @@
 //! duplicated and cross-account deliveries, and (given the server's PID, on this machine) its
 //! memory per idle connection and CPU time per delivery.
 //!
+//! With `--abuse`, [`abuse`] measures the same sessions with and without an attacker ([`attack`])
+//! beside them.
+//!
 //! Tokens are minted with the configured HS256 secret and events published with the configured
 //! API key, so run it with the server's settings (the same environment, or the same directory in
 //! development mode). Loopback only; every loop is bounded in count and time.
 
+mod abuse;
+mod attack;
 mod chart;
 mod proc;
 
@@ -82,6 +87,17 @@ pub struct BenchArgs {
     /// Longest a scenario may take.
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// The abuse benchmark: `--connections` sessions receive `--rate` events a second, first
+    /// alone, then while one client attacks at full speed (see the README's "Limits").
+    #[arg(long)]
+    abuse: bool,
+    /// Seconds of each phase of `--abuse` (the baseline, then the attack).
+    #[arg(long, default_value_t = 20.0)]
+    abuse_seconds: f64,
+    /// The attacks `--abuse` runs (comma-separated; default: all at once). One alone gives the
+    /// server's CPU time per attempt.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    attack: Vec<attack::Kind>,
 }
 
 /// Latency percentiles, in milliseconds.
@@ -150,6 +166,14 @@ pub fn run(config: &Config, args: BenchArgs) -> Result<String, String> {
             + 64
     {
         log::warn!("only {open_files} open files are allowed; connections past that will fail");
+    }
+    if args.abuse {
+        let report = abuse::run(config, &args)?;
+        if let Some(path) = &args.json {
+            let json = serde_json::to_string_pretty(&report).expect("reports serialize");
+            std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        return Ok(abuse::table(&report));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,4 +1,5 @@
-//! Readings of a server process on this machine, from `/proc`: resident memory and CPU time.
+//! Readings of a server process on this machine, from `/proc`: resident memory, open file
+//! descriptors and CPU time.
 
 use std::time::Duration;
 
@@ -14,6 +15,11 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kib * 1024)
+}
+
+/// File descriptors `pid` has open (sockets included).
+pub fn open_files(pid: u32) -> Option<u64> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64)
 }
 
 /// User plus system CPU time `pid` has used.
@@ -34,5 +40,6 @@ mod tests {
         let pid = std::process::id();
         assert!(super::rss_bytes(pid).is_some_and(|rss| rss > 0));
         assert!(super::cpu_time(pid).is_some());
+        assert!(super::open_files(pid).is_some_and(|n| n > 0));
     }
 }

@@ -26,6 +26,7 @@ use actix_web::rt::net::TcpStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::pacing::Pace;
 use crate::config::EdgeLimits;
 use crate::metrics;
 
@@ -120,6 +121,7 @@ impl Admission {
             admission: self.clone(),
             pending: Cell::new(true),
             next_due: Cell::new(None),
+            pace: Pace::default(),
         })
     }
 }
@@ -161,21 +163,25 @@ pub struct Requests {
     pending: Cell<bool>,
     /// Set when a request has been answered; cleared when the next arrives.
     next_due: Cell<Option<Instant>>,
+    /// When the socket may read the next request.
+    pace: Pace,
 }
 
 impl Requests {
-    /// A request has arrived whole.
-    pub fn arrived(&self) {
+    /// A request's head has arrived whole (and its body, if any, is to follow).
+    pub fn arrived(&self, has_body: bool) {
         if self.pending.replace(false) {
             self.admission.pending.fetch_sub(1, Ordering::Relaxed);
         }
         self.next_due.set(None);
+        self.pace.arrived(has_body);
     }
 
     /// A request has been answered: the clock for the next one starts.
     pub fn answered(&self) {
         self.next_due
             .set(Some(Instant::now() + NEXT_REQUEST_WITHIN));
+        self.pace.answered();
     }
 }
 
@@ -200,8 +206,9 @@ impl Ticket {
     }
 }
 
-/// An admitted connection: its socket and its [`Ticket`], as actix-http's I/O. Reads end (as if
-/// the client had closed) once the next request is overdue.
+/// An admitted connection: its socket and its [`Ticket`], as actix-http's I/O. Reads go one
+/// request at a time ([`super::pacing`]), and end (as if the client had closed) once the next
+/// request is overdue.
 pub struct Admitted {
     stream: TcpStream,
     ticket: Ticket,
@@ -243,7 +250,12 @@ impl AsyncRead for Admitted {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+        match this
+            .ticket
+            .requests
+            .pace
+            .poll_read(&mut this.stream, cx, buf)
+        {
             // Nothing read: the end of the stream, to actix-http.
             Poll::Pending => this.poll_overdue(cx).map(Ok),
             read => read,
@@ -257,7 +269,10 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.ticket.requests.pace.wrote(buf.len(), &written);
+        written
     }
 
     fn poll_write_vectored(
@@ -265,7 +280,11 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let offered = bufs.iter().map(|b| b.len()).sum();
+        this.ticket.requests.pace.wrote(offered, &written);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,7 +1,7 @@
 //! The HTTP service: actix-web's `App` on actix-http, as `HttpServer` serves it, except for
 //! WebSocket handshakes, which go to [`handover`], and for what a connection may hold before it
-//! has proved anything: [`admission`] caps connections as they are accepted, [`body`] puts every
-//! request body under a deadline.
+//! has proved anything: [`admission`] caps connections as they are accepted, [`pacing`] hands
+//! actix-http one request at a time, [`body`] puts every request body under a deadline.
 //!
 //! The app answers a handshake like any request. When the answer is a session's `101` (a
 //! [`Handover`] in its extensions), the `101` is written here and the socket becomes the
@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod body;
+pub mod pacing;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -148,11 +149,21 @@ where
     }
 }
 
-/// A request has arrived whole on its connection; its connection's [`Requests`].
+/// A request's head has arrived whole on its connection; its connection's [`Requests`].
 fn arrived(req: &Request) -> Option<Rc<Requests>> {
     let requests = req.conn_data::<Rc<Requests>>()?;
-    requests.arrived();
+    requests.arrived(has_body(req));
     Some(requests.clone())
+}
+
+/// Whether a body follows the request's head (actix-http has refused a malformed length).
+fn has_body(req: &Request) -> bool {
+    let headers = &req.head().headers;
+    headers.contains_key(actix_http::header::TRANSFER_ENCODING)
+        || headers
+            .get(actix_http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
 }
 
 /// A response's body, which tells its connection when it has been sent: dropped by actix-http
