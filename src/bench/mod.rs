@@ -8,6 +8,7 @@
 //! development mode). Loopback only; every loop is bounded in count and time.
 
 mod chart;
+pub mod outbox;
 mod proc;
 
 use std::collections::HashMap;
