@@ -80,20 +80,19 @@ impl Claimer {
         conn.batch_execute("BEGIN")?;
         let result = (|| {
             // The accounts of the oldest publishable rows, oldest first.
-            let candidates: Vec<String> = diesel::sql_query(format!(
-                "SELECT account_id FROM ( \
-                   SELECT account_id, min(xid) AS first FROM ( \
-                     SELECT account_id, xid FROM {table} \
-                     WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) \
-                     ORDER BY xid, id LIMIT $1) oldest \
-                   GROUP BY account_id) accounts \
-                 ORDER BY first"
+            let oldest = diesel::sql_query(format!(
+                "SELECT account_id FROM {table} \
+                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY xid, id LIMIT $1"
             ))
             .bind::<BigInt, _>(self.batch)
-            .load::<Account>(conn)?
-            .into_iter()
-            .map(|a| a.account_id)
-            .collect();
+            .load::<Account>(conn)?;
+            let mut seen = HashSet::new();
+            let candidates: Vec<String> = oldest
+                .into_iter()
+                .map(|a| a.account_id)
+                .filter(|account| seen.insert(account.clone()))
+                .collect();
             if candidates.is_empty() {
                 return Ok(Round::default());
             }
