@@ -29,9 +29,12 @@ use claim::{Claimer, PublishFuture};
 /// notifications a connection has received but has no way to wait for one, so the thread looks
 /// every tick: a non-blocking read of a socket, no query.
 const TICK: Duration = Duration::from_millis(2);
-/// First wait before looking again at rows held back by an older transaction; doubled up to the
-/// poll interval while they stay held back.
-const HELD_BACK_FIRST: Duration = Duration::from_millis(5);
+/// First wait before looking again at rows held back by an older transaction (or another node's
+/// account); doubled up to [`HELD_BACK_MAX`] while they stay held back. The older transaction may
+/// be anyone's on the PostgreSQL server, usually a short one: looking again soon is what keeps
+/// commit-to-delivery latency low, and costs one indexed query per look.
+const HELD_BACK_FIRST: Duration = Duration::from_millis(2);
+const HELD_BACK_MAX: Duration = Duration::from_millis(20);
 /// Wait before reconnecting after the outbox database failed; doubled up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -148,7 +151,9 @@ impl Consumer {
             // left — a short while.
             let wait = if round.contended || round.left > 0 || self.claimer.held_back(&mut conn)? {
                 let wait = held_back_wait;
-                held_back_wait = (held_back_wait * 2).min(self.config.poll_interval);
+                held_back_wait = (held_back_wait * 2)
+                    .min(HELD_BACK_MAX)
+                    .min(self.config.poll_interval);
                 wait
             } else {
                 held_back_wait = HELD_BACK_FIRST;
