@@ -1304,6 +1304,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn outbox_table_names_are_plain_identifiers_that_leave_room_for_refused() {
+        for good in [
+            "switchboard_outbox",
+            "_o",
+            "o2",
+            &"a".repeat(MAX_TABLE_NAME),
+        ] {
+            assert_eq!(TableName::parse(good).unwrap().as_str(), good);
+        }
+        let too_long = "a".repeat(MAX_TABLE_NAME + 1);
+        for bad in [
+            "",
+            "Outbox",
+            "2o",
+            "a-b",
+            "a.b",
+            "o; DROP TABLE x",
+            "\"o\"",
+            &too_long,
+        ] {
+            assert!(TableName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn origins_are_listed_exactly_or_same_host() {
         assert_eq!(Origins::parse(" * ").unwrap(), Origins::Any);
         let listed = Origins::parse("https://App.example.com/, http://localhost:3000").unwrap();
