@@ -42,6 +42,8 @@ enum Command {
     Keys,
     /// Measure a running server: N WebSocket connections, M publishes (see the README).
     Bench(crate::bench::BenchArgs),
+    /// Measure a running server's outbox consumer (docs/outbox.md).
+    BenchOutbox(crate::bench::outbox::OutboxBenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -68,6 +70,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Keys => keys(&config),
         Command::Bench(args) => print(&crate::bench::run(&config, args)?),
+        Command::BenchOutbox(args) => print(&crate::bench::outbox::run(&config, args)?),
     }
 }
 

@@ -314,6 +314,33 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 
+    /// Consume the PostgreSQL outbox (docs/outbox.md): in `SWITCHBOARD_OUTBOX_URL`'s database, or
+    /// Switchboard's own when that is unset [default: on when `SWITCHBOARD_OUTBOX_URL` is set].
+    #[arg(long, env = "SWITCHBOARD_OUTBOX")]
+    pub outbox: Option<bool>,
+
+    /// The application's PostgreSQL database holding the outbox table [default:
+    /// `DATABASE_URL`, which must then be PostgreSQL].
+    #[arg(long, env = "SWITCHBOARD_OUTBOX_URL", hide_env_values = true)]
+    pub outbox_url: Option<String>,
+
+    /// The outbox table (an unquoted SQL identifier); refused rows go to `<table>_refused`.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_OUTBOX_TABLE",
+        default_value = "switchboard_outbox"
+    )]
+    pub outbox_table: String,
+
+    /// How often the outbox is read when no notification has come (a lost `NOTIFY`, a listener
+    /// reconnecting).
+    #[arg(long, env = "SWITCHBOARD_OUTBOX_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub outbox_poll_interval: Duration,
+
+    /// Most outbox rows one claim takes.
+    #[arg(long, env = "SWITCHBOARD_OUTBOX_BATCH", default_value_t = 1000)]
+    pub outbox_batch: usize,
+
     /// `true`: generate whichever of the JWT secret and the API key is not configured, for
     /// development; `false`: never generate one [default: only when neither is configured].
     #[arg(long, env = "SWITCHBOARD_DEV_MODE")]
@@ -560,6 +587,95 @@ pub struct PublishQueue {
     pub max_bytes: usize,
 }
 
+/// The PostgreSQL outbox consumer's settings (`crate::outbox`).
+#[derive(Debug, Clone)]
+pub struct OutboxConfig {
+    /// The database holding the table: the application's, or Switchboard's own.
+    pub url: Secret,
+    pub table: TableName,
+    pub poll_interval: Duration,
+    pub batch: usize,
+}
+
+/// A table name that is safe to put into SQL unquoted: lower-case letters, digits and `_`,
+/// starting with a letter or `_`, short enough that `<name>_refused` is a PostgreSQL identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName(String);
+
+/// PostgreSQL's identifier limit (63 bytes) less `_refused`.
+const MAX_TABLE_NAME: usize = 63 - "_refused".len();
+
+impl TableName {
+    pub fn parse(name: &str) -> Result<Self, ConfigError> {
+        let mut chars = name.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+        let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if first_ok && rest_ok && name.len() <= MAX_TABLE_NAME {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(invalid(
+                "SWITCHBOARD_OUTBOX_TABLE",
+                format!(
+                    "must be 1 to {MAX_TABLE_NAME} lower-case letters, digits or '_', not \
+                     starting with a digit"
+                ),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn outbox_config(
+    settings: &Settings,
+    database: &Database,
+) -> Result<Option<OutboxConfig>, ConfigError> {
+    if !settings.outbox.unwrap_or(settings.outbox_url.is_some()) {
+        return Ok(None);
+    }
+    let url = match (&settings.outbox_url, database) {
+        (Some(url), _) => url.clone(),
+        (None, Database::Postgres(url)) => url.clone(),
+        (None, Database::Sqlite(_)) => {
+            return Err(invalid(
+                "SWITCHBOARD_OUTBOX_URL",
+                "the outbox is in PostgreSQL: set it, or use PostgreSQL as DATABASE_URL",
+            ))
+        }
+    };
+    if !matches!(Database::parse(&url), Ok(Database::Postgres(_))) {
+        return Err(invalid(
+            "SWITCHBOARD_OUTBOX_URL",
+            "expected postgres://… (the outbox is a PostgreSQL table)",
+        ));
+    }
+    if settings.outbox_poll_interval.is_zero() {
+        return Err(invalid(
+            "SWITCHBOARD_OUTBOX_POLL_INTERVAL",
+            "must be positive",
+        ));
+    }
+    if settings.outbox_batch == 0 {
+        return Err(invalid("SWITCHBOARD_OUTBOX_BATCH", "must be at least 1"));
+    }
+    Ok(Some(OutboxConfig {
+        url: Secret::new(url),
+        table: TableName::parse(&settings.outbox_table)?,
+        poll_interval: settings.outbox_poll_interval,
+        batch: settings.outbox_batch,
+    }))
+}
+
 /// Socket.IO connections that have not connected a session yet: nobody knows who holds them,
 /// so how many there are and how long they last is bounded.
 #[derive(Debug, Clone, Copy)]
@@ -591,6 +707,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// Cluster mode: set when `REDIS_URL` is.
     pub cluster: Option<ClusterConfig>,
+    /// The PostgreSQL outbox consumer: set when it is turned on.
+    pub outbox: Option<OutboxConfig>,
     pub publish_queue: PublishQueue,
     pub drain_period: Duration,
     pub presence: Presence,
@@ -864,8 +982,10 @@ impl Config {
         };
 
         let cluster = cluster_config(&settings)?;
+        let outbox = outbox_config(&settings, &database)?;
         Ok(Self {
             cluster,
+            outbox,
             bind,
             database,
             db_pool_size: settings.db_pool_size,
@@ -1182,6 +1302,31 @@ pub mod dev_keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbox_table_names_are_plain_identifiers_that_leave_room_for_refused() {
+        for good in [
+            "switchboard_outbox",
+            "_o",
+            "o2",
+            &"a".repeat(MAX_TABLE_NAME),
+        ] {
+            assert_eq!(TableName::parse(good).unwrap().as_str(), good);
+        }
+        let too_long = "a".repeat(MAX_TABLE_NAME + 1);
+        for bad in [
+            "",
+            "Outbox",
+            "2o",
+            "a-b",
+            "a.b",
+            "o; DROP TABLE x",
+            "\"o\"",
+            &too_long,
+        ] {
+            assert!(TableName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn origins_are_listed_exactly_or_same_host() {

@@ -15,6 +15,8 @@
 //! - [`actors`] — the broker, one room per account, one session per connection.
 //! - [`webhooks`] — Facebook, Zalo and generic (Standard Webhooks) ingestion, signatures.
 //! - [`publisher`] — group commit for the publish API.
+//! - [`outbox`] — the PostgreSQL outbox: events the application inserts in its own transactions,
+//!   published once each, in order.
 //! - [`inbox`] — conversations and messages as persisted, sequenced events.
 //! - [`outbound`] — replies handed to the application by signed, retried webhooks.
 //! - [`retention`] — how long events are kept.
@@ -47,6 +49,7 @@ pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod outbound;
+pub mod outbox;
 pub mod protocol;
 pub mod publisher;
 pub mod retention;

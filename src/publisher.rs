@@ -113,7 +113,8 @@ impl Drop for Slot {
     }
 }
 
-/// The queue to the writer thread; the thread ends when this is dropped.
+/// The queue to the writer thread; the thread ends when every clone is dropped.
+#[derive(Clone)]
 pub struct Publisher {
     jobs: mpsc::Sender<Job>,
     depth: Arc<Depth>,
@@ -149,6 +150,17 @@ impl Publisher {
     /// Stores the event and answers with its sequence number once the account's sessions have
     /// caught up (see the module's documentation); refuses it at once when the queue is full.
     pub async fn publish(&self, request: Request) -> Result<Published, PublishError> {
+        self.submit(request)?.await
+    }
+
+    /// [`Publisher::publish`] in two steps: the request is queued (or refused) before this
+    /// returns, so publishes submitted one after another are stored in that order even when
+    /// their answers are awaited together (the outbox relies on it).
+    pub fn submit(
+        &self,
+        request: Request,
+    ) -> Result<impl std::future::Future<Output = Result<Published, PublishError>>, PublishError>
+    {
         let cost = JOB_OVERHEAD + request.data.get().len() + request.event.len();
         let slot = self.depth.take(cost).ok_or_else(|| {
             crate::metrics::publish_overloaded();
@@ -163,10 +175,13 @@ impl Publisher {
             _slot: slot,
         };
         self.jobs.send(job).map_err(|_| StoreError::Cancelled)?;
-        let published = answer.await.map_err(|_| StoreError::Cancelled)??;
-        // Resolves (as closed) when the ticket holding this publisher is let go (see `Handed`).
-        let _ = tokio::time::timeout(PACING_MAX, taken).await;
-        Ok(published)
+        Ok(async move {
+            let published = answer.await.map_err(|_| StoreError::Cancelled)??;
+            // Resolves (as closed) when the ticket holding this publisher is let go (see
+            // `Handed`).
+            let _ = tokio::time::timeout(PACING_MAX, taken).await;
+            Ok(published)
+        })
     }
 }
 

@@ -122,6 +122,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.retention.idempotency_window,
         config.publish_queue,
     );
+    if let Some(outbox) = &config.outbox {
+        let stop =
+            crate::outbox::start(outbox.clone(), publisher.clone(), config.max_publish_bytes);
+        // Held by a task of this actix system, so the consumer stops with it.
+        actix::spawn(async move {
+            let _stop = stop;
+            std::future::pending::<()>().await;
+        });
+    }
     let authenticator = Arc::new(Authenticator::new(
         &config.jwt,
         config.auth_failures_per_minute,

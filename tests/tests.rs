@@ -19,6 +19,7 @@ mod lifetime;
 mod limits;
 mod operations;
 mod outbound_cluster;
+mod outbox;
 mod persistence;
 mod pipelining;
 mod resume;

@@ -13,6 +13,7 @@
 mod abuse;
 mod attack;
 mod chart;
+pub mod outbox;
 mod proc;
 
 use std::collections::HashMap;

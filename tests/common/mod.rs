@@ -173,6 +173,7 @@ pub fn config(db: &Db) -> Config {
             tolerance: Duration::from_secs(300),
         },
         cluster: None,
+        outbox: None,
         publish_queue: switchboard::config::PublishQueue {
             max_publishes: 4096,
             max_bytes: 64 * 1024 * 1024,
