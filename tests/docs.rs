@@ -136,11 +136,19 @@ fn broken_links(
             }
             continue;
         }
-        match markdown_of(&path) {
+        let text = if file.is_empty() {
+            Some(markdown.to_string())
+        } else {
+            markdown_of(&path)
+        };
+        match text {
             None => broken.push(format!("{here}: no file {}", path.display())),
             Some(text) => {
                 if let Some(anchor) = anchor.filter(|a| !anchors(&text).contains(*a)) {
-                    broken.push(format!("{here}: no heading #{anchor} in {}", path.display()));
+                    broken.push(format!(
+                        "{here}: no heading #{anchor} in {}",
+                        path.display()
+                    ));
                 }
             }
         }
