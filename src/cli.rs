@@ -40,7 +40,7 @@ enum Command {
     },
     /// Show the development-mode keys (generating them if they do not exist yet).
     Keys,
-    /// Measure a running server: N WebSocket connections, M publishes (see the README).
+    /// Measure a running server: N WebSocket connections, M publishes (see docs/performance.md).
     Bench(crate::bench::BenchArgs),
     /// Measure a running server's outbox consumer (docs/outbox.md).
     BenchOutbox(crate::bench::outbox::OutboxBenchArgs),

@@ -85,7 +85,7 @@ pub struct Settings {
 
     /// How the server's threads are scheduled on Linux: `batch` (a thread that wakes does not
     /// preempt the one running, so the server's threads take work from one another in batches)
-    /// or `normal` (left as started, normally the system's default); README, "Performance".
+    /// or `normal` (left as started, normally the system's default); docs/performance.md.
     #[arg(
         long,
         env = "SWITCHBOARD_SCHEDULING",

@@ -1,7 +1,7 @@
 //! The HTTP API's errors: one enum, mapped to a status and one JSON body shape in one place.
 //!
 //! Every error answers `{"error":{"code":"…","message":"…"}}`. Codes are stable and documented in
-//! the README; 5xx bodies stay generic and their cause is logged once, here.
+//! docs/protocol.md ("Errors and codes"); 5xx bodies stay generic and their cause is logged once, here.
 
 use actix_web::error::{JsonPayloadError, PayloadError, QueryPayloadError};
 use actix_web::http::{header, StatusCode};

@@ -339,7 +339,7 @@ impl SinceError {
 /// A resume point, checked against its account's history. This is the one check behind every
 /// way of resuming — `?since=` on `/ws` and on the long-poll, the `resume` frame, and Socket.IO's
 /// recovery offset — each parsed first with [`SinceError::parse`]; each wire answers the outcome
-/// in its own terms (the README's "Resume after a reconnect" lists them).
+/// in its own terms (docs/protocol.md, "Resume after a reconnect", lists them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumePoint {
     /// Every event after it is kept: they are replayed.
@@ -363,7 +363,7 @@ impl ResumePoint {
 }
 
 /// Every reason the server closes a WebSocket, with its close code. One table, so clients can
-/// rely on it: the README lists what each means for reconnecting.
+/// rely on it: docs/protocol.md lists what each means for reconnecting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
     /// The client answered no ping within the timeout. Reconnect (with resume).

@@ -10,8 +10,8 @@
 //! and then takes everything handed to it meanwhile: a third less time for a burst of connects.
 //! The price: a room's next event waits for the worker to finish writing the last one, so
 //! sessions write fewer events at a time (about 8% more CPU per delivery), and a woken thread may
-//! wait behind another process busy on its core until that one's slice ends. README,
-//! "Performance", has the figures of both policies.
+//! wait behind another process busy on its core until that one's slice ends.
+//! docs/performance.md has the figures of both policies.
 
 use crate::config::Scheduling;
 

@@ -323,7 +323,7 @@ fn thread_policies(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Every thread of the server runs under `SCHED_BATCH` (README, "Performance"), unless told
+/// Every thread of the server runs under `SCHED_BATCH` (docs/performance.md), unless told
 /// `normal`, or started at a nice value of the operator's, which the server leaves alone.
 #[test]
 fn the_server_threads_run_under_the_scheduling_policy_configured() {

@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod conversations;
 mod delivery;
+mod docs;
 mod heartbeat;
 mod isolation;
 mod lifetime;

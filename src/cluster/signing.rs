@@ -6,7 +6,7 @@
 //! A signed message is `sb1.<tag, 64 hex digits>.<JSON>`, the tag computed over the JSON bytes.
 //! Presence changes are the one exception: the Lua scripts inside Redis publish them (that is
 //! what orders them), and Redis cannot hold the key; they carry ids only, and the presence
-//! records they announce live in Redis anyway (see the README, "Running several nodes").
+//! records they announce live in Redis anyway (see docs/operations.md, "Running several nodes").
 //!
 //! Uses only `hmac`/`sha2`; knows nothing of what the JSON says.
 

@@ -26,7 +26,7 @@ export interface Options {
    * Share one connection with this browser's other tabs that use the same server and
    * `wsPath` as the same account and user (read from the token): in a SharedWorker when this
    * module was loaded from the page's own origin, else in one tab elected with Web Locks that
-   * relays over a BroadcastChannel; alone where neither exists. See the README's "One
+   * relays over a BroadcastChannel; alone where neither exists. See docs/sdk.md, "One
    * connection per browser".
    */
   shared?: boolean;

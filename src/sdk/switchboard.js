@@ -86,7 +86,7 @@ const TOKEN_CODES = new Set(["token-expired", "token-refused", "invalid-token", 
 /** Codes that refuse the resume point itself: asking again with it would be refused again. */
 const SINCE_CODES = new Set(["since-in-future", "invalid-since"]);
 
-/** Opens a client; see the README's "Browser SDK" section. */
+/** Opens a client; see docs/sdk.md. */
 export function connect(url, options) {
   return new Client(url, options);
 }
