@@ -25,7 +25,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::actors::broker::{Broker, Publish};
-use crate::actors::room::{Handed, RoomEvent};
+use crate::event::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
 use crate::protocol::event_frame;
 use crate::store::conversations::{self, Conversation, Message, NewMessage};

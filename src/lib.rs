@@ -40,6 +40,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod event;
 pub mod http;
 pub mod ids;
 pub mod inbox;

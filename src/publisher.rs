@@ -11,7 +11,7 @@
 //! queueing without limit.
 //!
 //! A publish is answered once its event is committed and the account's live sessions have
-//! caught up to within a few events of it (see `room::PACING_SLACK`), or [`PACING_MAX`] has
+//! caught up to within a few events of it (see `event::Handed`), or [`PACING_MAX`] has
 //! passed: a publisher that outruns a room's fan-out is slowed to its pace rather than piling
 //! events up in the server, which is what keeps delivery latency flat under load.
 
@@ -24,8 +24,8 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::broker::{Broker, Replayed};
-use crate::actors::room::{Handed, RoomEvent};
 use crate::config::PublishQueue;
+use crate::event::{Handed, RoomEvent};
 use crate::ids::{AccountId, UserId};
 use crate::inbox;
 use crate::store::connection::DbConnection;

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::room::{Fail, Failure, Fill, Members, PresenceChanged, Room, RoomEvent, Shutdown};
+use super::room::{Fail, Failure, Fill, Members, PresenceChanged, Room, Shutdown};
 use super::session::{Backlog, Deliver, Framing, FromRoom};
 use crate::cluster::Cluster;
 use crate::config::Presence;
+use crate::event::RoomEvent;
 use crate::ids::{AccountId, SessionId, UserId};
 use crate::metrics;
 use crate::store::{events, Store};

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use super::signing::{Key, Unsigned};
 use super::wire::Wire;
 use crate::actors::broker::{Ephemeral, FromPeers};
-use crate::actors::room::{Handed, RoomEvent};
+use crate::event::{Handed, RoomEvent};
 use crate::ids::{AccountId, UserId};
 use crate::protocol::{check_event_name, ephemeral_frame, event_frame};
 

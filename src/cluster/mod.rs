@@ -36,8 +36,8 @@ use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::actors::broker::{Broker, Ephemeral};
-use crate::actors::room::RoomEvent;
 use crate::config::ClusterConfig;
+use crate::event::RoomEvent;
 use crate::ids::{AccountId, UserId};
 use crate::metrics;
 

@@ -21,8 +21,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::actors::broker::Broker;
-use crate::actors::room::RoomEvent;
 use crate::error::{ApiError, SignatureError};
+use crate::event::RoomEvent;
 use crate::ids::AccountId;
 use crate::inbox;
 use crate::store::conversations::{self, NewMessage};

@@ -35,10 +35,10 @@ use bytestring::ByteString;
 use tokio::sync::oneshot;
 
 use super::broker::{Broker, Join, Leave};
-use super::room::Handed;
 use crate::auth::throttle::Authenticator;
 use crate::auth::Identity;
 use crate::config::Heartbeat;
+use crate::event::Handed;
 use crate::ids::SessionId;
 use crate::metrics;
 use crate::outbound::Dispatcher;
