@@ -9,6 +9,7 @@ use actix::{Actor, Addr, AsyncContext};
 use actix_web::{web, App};
 
 use crate::actors::broker::{Broker, Drain};
+use crate::actors::peers::Peers;
 use crate::actors::session;
 use crate::api::{self, AppState, WebhookState};
 use crate::auth::throttle::Authenticator;
@@ -105,11 +106,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .cluster
             .as_ref()
             .map(|cluster| Cluster::start(cluster, &node, config.presence.grace, ctx.address()));
+        let peers = cluster
+            .clone()
+            .map(|cluster| Arc::new(cluster) as Arc<dyn Peers>);
         Broker::new(
             store.clone(),
             config.presence,
             config.max_sessions_per_user,
-            cluster.clone(),
+            peers,
         )
     });
     let shutdown_broker = broker.clone();

@@ -18,7 +18,7 @@
 //! the messages it answers.
 //!
 //! Engine layer: may use `event`, `store` (through its executor), `protocol`, `config`, `ids`,
-//! `metrics`, and the sibling actors' messages.
+//! `metrics`, and the sibling actors' messages; other nodes only through [`Peers`].
 
 mod members;
 mod order;
@@ -29,9 +29,11 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use actix::prelude::*;
 
+use std::sync::Arc;
+
 use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
+use super::peers::Peers;
 use super::session::FromRoom;
-use crate::cluster::Cluster;
 use crate::config::Presence;
 use crate::event::{Pacing, RoomEvent};
 use crate::ids::{AccountId, SessionId, UserId};
@@ -81,8 +83,8 @@ pub struct Room {
     presence_changes: Vec<(UserId, bool)>,
     /// Within [`PRESENCE_BATCH`] of the last announcement: changes wait for the next.
     presence_batching: bool,
-    /// In cluster mode, presence is decided across nodes (see [`crate::cluster::presence`]).
-    cluster: Option<Cluster>,
+    /// In cluster mode, presence is decided across nodes, by the peers.
+    peers: Option<Arc<dyn Peers>>,
 }
 
 impl Room {
@@ -93,10 +95,10 @@ impl Room {
         store: Store,
         presence: Presence,
         max_sessions_per_user: usize,
-        cluster: Option<Cluster>,
+        peers: Option<Arc<dyn Peers>>,
     ) -> Self {
         Self {
-            cluster,
+            peers,
             max_sessions_per_user,
             account,
             store,

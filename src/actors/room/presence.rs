@@ -1,6 +1,6 @@
 //! Presence in a room: who came online or went offline, announced to the account in batches,
 //! with a grace before a user whose last tab closed counts as gone. In a cluster the decision is
-//! the peers' (see [`crate::cluster::presence`]).
+//! the peers' (see [`Peers`](crate::actors::peers::Peers)).
 //!
 //! Part of the room actor (engine layer): uses `protocol` (the ephemeral frame) and `config`.
 
@@ -89,11 +89,11 @@ impl Room {
 
     /// A user's first session here opened (`online`), or their last one closed. Alone, the room
     /// decides what that means for their presence, keeping the grace itself; in a cluster, the
-    /// cluster decides — the user may have sessions on other nodes, and this room may close
+    /// peers decide — the user may have sessions on other nodes, and this room may close
     /// before the grace is over.
     pub(super) fn presence_here(&mut self, user: UserId, online: bool, ctx: &mut Context<Self>) {
-        match (&self.cluster, online) {
-            (Some(cluster), _) => cluster.presence(&self.account, &user, online),
+        match (&self.peers, online) {
+            (Some(peers), _) => peers.presence(&self.account, &user, online),
             (None, true) => self.presence_changed(&user, true, ctx),
             (None, false) => self.going_offline(user, ctx),
         }
