@@ -27,11 +27,10 @@ use serde_json::value::RawValue;
 use crate::actors::broker::{Broker, Publish};
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
-use crate::protocol::event_frame;
+use crate::protocol::{event_frame, ECHO_METADATA_PREFIX};
 use crate::store::conversations::{self, Conversation, Message, NewMessage};
 use crate::store::events::{self, NewEvent};
 use crate::store::{deliveries, integrations, now_ms, DbConnection, StoreError};
-use crate::webhooks::facebook::ECHO_METADATA_PREFIX;
 
 /// Longest message text, in characters.
 pub const MAX_TEXT: usize = 10_000;

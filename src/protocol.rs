@@ -254,6 +254,11 @@ impl ServerFrame<'_> {
 /// Longest event name.
 pub const MAX_EVENT_NAME: usize = 64;
 
+/// Prefix of the `metadata` in an outbound message webhook, which the app passes on to the
+/// provider (Facebook's Send API): the provider's echo carries it back, so the echo is matched
+/// to the message it repeats instead of being shown twice.
+pub const ECHO_METADATA_PREFIX: &str = "switchboard:";
+
 /// An event name as the publish API accepts it (and as a node accepts it from another).
 pub fn check_event_name(name: &str) -> Result<(), &'static str> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');

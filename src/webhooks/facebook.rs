@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::{cpu_bound, header, ingest, millis, read_body, signature, Direction, Inbound};
 use crate::api::AppState;
 use crate::error::{ApiError, SignatureError};
+use crate::protocol::ECHO_METADATA_PREFIX;
 use crate::store::integrations::{self, Integration};
 
 const PROVIDER: &str = "facebook";
@@ -133,9 +134,6 @@ struct FbMessage {
 struct Watermark {
     watermark: i64,
 }
-
-/// Prefix of the `metadata` an app passes to the Send API so that the echo is recognised.
-pub const ECHO_METADATA_PREFIX: &str = "switchboard:";
 
 fn items(page: &str, messaging: Vec<Messaging>) -> Result<Vec<Inbound>, ApiError> {
     let mut items = Vec::with_capacity(messaging.len());

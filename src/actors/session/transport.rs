@@ -36,8 +36,8 @@ use actix_web::rt::net::TcpStream;
 use actix_web::web::{Buf, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, WebsocketContext};
-use futures_core::Stream;
 use futures_util::task::AtomicWaker;
+use futures_util::Stream;
 use tokio::sync::oneshot;
 
 use super::{Native, Session};
