@@ -38,6 +38,7 @@ pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod cluster;
+pub mod commit;
 pub mod config;
 pub mod error;
 pub mod event;

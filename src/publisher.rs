@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::broker::{Broker, Replayed};
+use crate::commit;
 use crate::config::PublishQueue;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{AccountId, UserId};
@@ -225,7 +226,7 @@ impl Writer {
                         Outcome::Stored(mut event) => {
                             let seq = event.seq;
                             event.handed = Some(job.handed);
-                            inbox::hand_off(&self.broker, &job.request.account, vec![event]);
+                            commit::hand_off(&self.broker, &job.request.account, vec![event]);
                             Published {
                                 seq,
                                 replayed: false,

@@ -14,6 +14,7 @@ use crate::actors::session;
 use crate::api::{self, AppState, WebhookState};
 use crate::auth::throttle::Authenticator;
 use crate::cluster::Cluster;
+use crate::commit::Committer;
 use crate::config::{Config, Demo};
 use crate::ids::random_id;
 use crate::outbound::{address, Dispatcher};
@@ -131,6 +132,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.auth_failures_per_minute,
     ));
     let draining = Arc::new(AtomicBool::new(false));
+    let commits = Committer::new(store.clone(), broker.clone(), dispatcher.recipient());
     let state = web::Data::new(AppState {
         cluster,
         metrics,
@@ -146,7 +148,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sessions: Arc::new(session::Shared {
             broker,
             store,
-            dispatcher: dispatcher.clone(),
+            commits: commits.clone(),
             heartbeat: config.heartbeat,
             max_frame_bytes: config.max_frame_bytes,
             max_queued_bytes: config.max_queued_bytes,
@@ -158,7 +160,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 refresh_lead: config.token_refresh_lead,
             },
         }),
-        dispatcher,
+        commits,
         outbound_addresses: address::Policy {
             allow_private: config.outbound.allow_private,
         },

@@ -30,9 +30,9 @@ use actix_web::{web, HttpResponse};
 use crate::actors::broker::Broker;
 use crate::actors::session;
 use crate::auth::throttle::Authenticator;
+use crate::commit::Committer;
 use crate::config::{Demo, JwtConfig, Origins, Secret};
 use crate::error::ApiError;
-use crate::outbound::Dispatcher;
 use crate::publisher::Publisher;
 use crate::store::Store;
 use crate::webhooks::{self, facebook, generic, zalo};
@@ -53,7 +53,8 @@ pub struct AppState {
     pub sessions: Arc<session::Shared>,
     /// Socket.IO clients' Engine.IO connections.
     pub engines: Arc<crate::socket_io::Engines>,
-    pub dispatcher: Addr<Dispatcher>,
+    /// The one commit path: write, hand the events to the broker, dispatch.
+    pub commits: Committer,
     /// What an integration's `outbound_url` may point at.
     pub outbound_addresses: crate::outbound::address::Policy,
     pub publisher: Publisher,

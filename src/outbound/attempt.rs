@@ -9,6 +9,7 @@ use actix::Addr;
 
 use super::address::{Policy, Resolver};
 use crate::actors::broker::Broker;
+use crate::commit;
 use crate::config::OutboundConfig;
 use crate::ids::AccountId;
 use crate::inbox;
@@ -279,18 +280,15 @@ fn finish(
     let Some(account) = account else {
         return deliveries::finish(conn, delivery, outcome);
     };
-    let events = store::write(conn, account, |conn| {
+    let (recorded, _) = commit::write(conn, broker, account, |conn| {
         if !deliveries::finish(conn, delivery, outcome)? {
-            return Ok(None);
+            return Ok((false, Vec::new()));
         }
         let message =
             conversations::set_message_status(conn, &delivery.message_id, message_status, None)?;
-        Ok::<_, StoreError>(Some(vec![inbox::one_message_status(
-            conn, account, &message,
-        )?]))
+        let event = inbox::one_message_status(conn, account, &message)?;
+        Ok::<_, StoreError>((true, vec![event]))
     })?;
-    let recorded = events.is_some();
-    inbox::hand_off(broker, account, events.unwrap_or_default());
     Ok(recorded)
 }
 

@@ -242,13 +242,7 @@ pub async fn receive(
             log::warn!("facebook webhook for an unknown page page={page}");
             continue;
         };
-        let ingested = ingest(
-            &state.store,
-            state.broker.clone(),
-            integration.clone(),
-            items,
-        )
-        .await?;
+        let ingested = ingest(&state.commits, integration.clone(), items).await?;
         total.stored += ingested.stored;
         total.duplicates += ingested.duplicates;
     }

@@ -104,6 +104,6 @@ pub async fn receive(
         sent_at: millis(data.sent_at.or(sent))?,
         echo_of: None,
     };
-    let ingested = ingest(&state.store, state.broker.clone(), integration, vec![item]).await?;
+    let ingested = ingest(&state.commits, integration, vec![item]).await?;
     Ok(HttpResponse::Ok().json(ingested))
 }

@@ -15,19 +15,18 @@ pub mod zalo;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use actix::Addr;
 use actix_web::web::{self, Bytes};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::actors::broker::Broker;
+use crate::commit::{Changes, Committer};
 use crate::error::{ApiError, SignatureError};
 use crate::event::RoomEvent;
 use crate::ids::AccountId;
 use crate::inbox;
 use crate::store::conversations::{self, NewMessage};
 use crate::store::integrations::Integration;
-use crate::store::{self, now_ms, DbConnection, Store, StoreError};
+use crate::store::{now_ms, DbConnection, StoreError};
 
 /// Who sent a message, seen from the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,126 +91,127 @@ pub struct Ingested {
     events: Vec<RoomEvent>,
 }
 
-/// Stores the items for the integration's account in one transaction and returns the events.
+impl Changes for Ingested {
+    fn take_events(&mut self) -> Vec<RoomEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// Stores the items for the integration's account (inside the account's write transaction) and
+/// returns the events.
 fn ingest_in(
     conn: &mut DbConnection,
     integration: &Integration,
     account: &AccountId,
     items: &[Inbound],
 ) -> Result<Ingested, StoreError> {
-    store::write(conn, account, |conn| {
-        let mut out = Ingested::default();
-        for item in items {
-            if !conversations::record_receipt(conn, &integration.id, item.receipt())? {
-                out.duplicates += 1;
-                continue;
-            }
-            out.stored += 1;
-            match item {
-                Inbound::Message {
-                    provider_message_id,
-                    contact_id,
-                    sender_id,
-                    direction,
-                    text,
-                    attachments,
-                    sent_at,
-                    echo_of,
-                } => {
-                    let conversation =
-                        conversations::for_contact(conn, integration, contact_id, *sent_at)?;
-                    let ours = match echo_of {
-                        Some(id) => conversations::message(conn, &integration.account_id, id)?
-                            .filter(|m| m.conversation_id == conversation.id),
-                        None => None,
-                    };
-                    if let Some(ours) = ours {
-                        // The provider echoes a reply sent through Switchboard: already shown.
-                        let message = conversations::set_message_status(
-                            conn,
-                            &ours.id,
-                            "sent",
-                            Some(provider_message_id),
-                        )?;
-                        out.events
-                            .push(inbox::one_message_status(conn, account, &message)?);
-                        continue;
-                    }
-                    let attachments = attachments.as_ref().map(Value::to_string);
-                    let (direction, status) = match direction {
-                        Direction::Inbound => ("inbound", "received"),
-                        Direction::Outbound => ("outbound", "sent"),
-                    };
-                    let added = inbox::add_message(
+    let mut out = Ingested::default();
+    for item in items {
+        if !conversations::record_receipt(conn, &integration.id, item.receipt())? {
+            out.duplicates += 1;
+            continue;
+        }
+        out.stored += 1;
+        match item {
+            Inbound::Message {
+                provider_message_id,
+                contact_id,
+                sender_id,
+                direction,
+                text,
+                attachments,
+                sent_at,
+                echo_of,
+            } => {
+                let conversation =
+                    conversations::for_contact(conn, integration, contact_id, *sent_at)?;
+                let ours = match echo_of {
+                    Some(id) => conversations::message(conn, &integration.account_id, id)?
+                        .filter(|m| m.conversation_id == conversation.id),
+                    None => None,
+                };
+                if let Some(ours) = ours {
+                    // The provider echoes a reply sent through Switchboard: already shown.
+                    let message = conversations::set_message_status(
                         conn,
-                        account,
-                        &NewMessage {
-                            conversation: &conversation,
-                            direction,
-                            provider_message_id: Some(provider_message_id),
-                            sender_id,
-                            text: text.as_deref(),
-                            attachments: attachments.as_deref(),
-                            status,
-                            client_msg_id: None,
-                            created_at: *sent_at,
-                        },
+                        &ours.id,
+                        "sent",
+                        Some(provider_message_id),
                     )?;
-                    out.events.extend(added.events);
-                }
-                Inbound::Status {
-                    contact_id,
-                    status,
-                    watermark,
-                    ..
-                } => {
-                    let conversation =
-                        conversations::for_contact(conn, integration, contact_id, *watermark)?;
-                    conversations::mark_outbound_up_to(conn, &conversation.id, *watermark, status)?;
-                    let data = json!({
-                        "conversation_id": conversation.id,
-                        "status": status,
-                        "watermark": watermark,
-                    });
-                    out.events.push(inbox::message_status(conn, account, data)?);
-                }
-                Inbound::Follow {
-                    contact_id,
-                    following,
-                    at,
-                    ..
-                } => {
-                    let conversation =
-                        conversations::for_contact(conn, integration, contact_id, *at)?;
-                    let data = json!({
-                        "conversation_id": conversation.id,
-                        "contact_id": contact_id,
-                        "following": following,
-                    });
-                    let data = serde_json::value::to_raw_value(&data).expect("JSON");
                     out.events
-                        .push(inbox::emit(conn, account, None, "contact-follow", &data)?);
+                        .push(inbox::one_message_status(conn, account, &message)?);
+                    continue;
                 }
+                let attachments = attachments.as_ref().map(Value::to_string);
+                let (direction, status) = match direction {
+                    Direction::Inbound => ("inbound", "received"),
+                    Direction::Outbound => ("outbound", "sent"),
+                };
+                let added = inbox::add_message(
+                    conn,
+                    account,
+                    &NewMessage {
+                        conversation: &conversation,
+                        direction,
+                        provider_message_id: Some(provider_message_id),
+                        sender_id,
+                        text: text.as_deref(),
+                        attachments: attachments.as_deref(),
+                        status,
+                        client_msg_id: None,
+                        created_at: *sent_at,
+                    },
+                )?;
+                out.events.extend(added.events);
+            }
+            Inbound::Status {
+                contact_id,
+                status,
+                watermark,
+                ..
+            } => {
+                let conversation =
+                    conversations::for_contact(conn, integration, contact_id, *watermark)?;
+                conversations::mark_outbound_up_to(conn, &conversation.id, *watermark, status)?;
+                let data = json!({
+                    "conversation_id": conversation.id,
+                    "status": status,
+                    "watermark": watermark,
+                });
+                out.events.push(inbox::message_status(conn, account, data)?);
+            }
+            Inbound::Follow {
+                contact_id,
+                following,
+                at,
+                ..
+            } => {
+                let conversation = conversations::for_contact(conn, integration, contact_id, *at)?;
+                let data = json!({
+                    "conversation_id": conversation.id,
+                    "contact_id": contact_id,
+                    "following": following,
+                });
+                let data = serde_json::value::to_raw_value(&data).expect("JSON");
+                out.events
+                    .push(inbox::emit(conn, account, None, "contact-follow", &data)?);
             }
         }
-        Ok(out)
-    })
+    }
+    Ok(out)
 }
 
 /// Ingests the items and hands their events to the broker; fan-out never holds up the answer.
 pub async fn ingest(
-    store: &Store,
-    broker: Addr<Broker>,
+    commits: &Committer,
     integration: Integration,
     items: Vec<Inbound>,
 ) -> Result<Ingested, ApiError> {
     let account = AccountId::new(&integration.account_id)
         .map_err(|e| ApiError::Internal(format!("integration {} account: {e}", integration.id)))?;
-    let ingested = store
-        .run(move |conn| {
-            let mut ingested = ingest_in(conn, &integration, &account, &items)?;
-            inbox::hand_off(&broker, &account, std::mem::take(&mut ingested.events));
-            Ok::<_, StoreError>(ingested)
+    let ingested = commits
+        .commit(account.clone(), move |conn| {
+            ingest_in(conn, &integration, &account, &items)
         })
         .await?;
     Ok(ingested)

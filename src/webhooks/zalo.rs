@@ -163,6 +163,6 @@ pub async fn receive(
         Ok(parse(event, at)?.into_iter().collect::<Vec<Inbound>>())
     })
     .await?;
-    let ingested = ingest(&state.store, state.broker.clone(), integration, items).await?;
+    let ingested = ingest(&state.commits, integration, items).await?;
     Ok(HttpResponse::Ok().json(ingested))
 }

@@ -37,11 +37,11 @@ use tokio::sync::oneshot;
 use super::broker::{Broker, Join, Leave};
 use crate::auth::throttle::Authenticator;
 use crate::auth::Identity;
+use crate::commit::Committer;
 use crate::config::Heartbeat;
 use crate::event::Handed;
 use crate::ids::SessionId;
 use crate::metrics;
-use crate::outbound::Dispatcher;
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 use crate::store::Store;
 pub use native::Native;
@@ -84,7 +84,8 @@ pub enum FromRoom {
 pub struct Shared {
     pub broker: Addr<Broker>,
     pub store: Store,
-    pub dispatcher: Addr<Dispatcher>,
+    /// The one commit path, for the sends and reads a client asks for.
+    pub commits: Committer,
     pub heartbeat: Heartbeat,
     pub max_frame_bytes: usize,
     /// Bytes queued for a client and not yet taken by the socket writer before the session is

@@ -14,9 +14,7 @@ use serde_json::{json, Value};
 use super::{Session, Wire};
 use crate::actors::broker::{Ephemeral, OnlineUsers};
 use crate::inbox::{self, InboxError, Send};
-use crate::outbound::Dispatch;
 use crate::protocol::{ephemeral_frame, Close, ServerFrame};
-use crate::store;
 
 /// `typing` frames forwarded per session: one per this interval; the rest are dropped.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -127,23 +125,13 @@ impl<W: Wire> Session<W> {
         let shared = self.shared.clone();
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
         let work = async move {
-            let store = shared.store.clone();
-            let broker = shared.broker.clone();
-            let result = store
-                .run(move |conn| {
-                    let mut sent = store::write(conn, &account, |conn| {
-                        inbox::send(conn, &account, &user, &send.borrow())
-                    })?;
-                    inbox::hand_off(&broker, &account, std::mem::take(&mut sent.events));
-                    Ok::<_, InboxError>(sent)
+            let writer = account.clone();
+            shared
+                .commits
+                .commit(writer, move |conn| {
+                    inbox::send(conn, &account, &user, &send.borrow())
                 })
-                .await;
-            if let Ok(sent) = &result {
-                if let Some(delivery_id) = sent.delivery.clone() {
-                    shared.dispatcher.do_send(Dispatch { delivery_id });
-                }
-            }
-            result
+                .await
         };
         ctx.spawn(
             work.into_actor(self)
@@ -170,19 +158,16 @@ impl<W: Wire> Session<W> {
         reference: Option<Value>,
         ctx: &mut W::Context,
     ) {
-        let (store, broker) = (self.shared.store.clone(), self.shared.broker.clone());
+        let commits = self.shared.commits.clone();
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
         let id = conversation_id.clone();
         let work = async move {
-            store
-                .run(move |conn| {
-                    let (_, events) = store::write(conn, &account, |conn| {
-                        inbox::mark_read(conn, &account, &user, &id, up_to.as_deref())
-                    })?;
-                    inbox::hand_off(&broker, &account, events);
-                    Ok::<_, InboxError>(())
+            commits
+                .commit(account.clone(), move |conn| {
+                    inbox::mark_read(conn, &account, &user, &id, up_to.as_deref())
                 })
                 .await
+                .map(|_: (_, _)| ())
         };
         ctx.spawn(
             work.into_actor(self)
