@@ -494,7 +494,7 @@ pub struct OutboundConfig {
 pub struct EdgeLimits {
     /// Longest a request body may take to arrive whole.
     pub body_timeout: Duration,
-    /// Bytes per second a body must average after its grace (see [`crate::http::body`]); 0:
+    /// Bytes per second a body must average after its grace (see the `http::body` module); 0:
     /// no minimum.
     pub body_min_rate: u32,
     /// Open connections from one address (an IPv6 /64); 0: no cap.
@@ -521,7 +521,7 @@ pub struct Retention {
     pub idempotency_window: Duration,
 }
 
-/// Cluster mode (see [`crate::cluster`]).
+/// Cluster mode (see the `cluster` module).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// Its URL may carry a password.
@@ -661,7 +661,7 @@ impl Origins {
     }
 }
 
-/// The CPU scheduling policy of the server's threads (see [`crate::scheduling`]).
+/// The CPU scheduling policy of the server's threads (see the `scheduling` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scheduling {
     /// Linux's `SCHED_BATCH`.
