@@ -4,7 +4,11 @@
 //! parameter, a header or a frame the client writes. Each way a token can be wrong has its own
 //! [`TokenError`], so a client is told exactly why it was refused. Tokens are verified only
 //! through [`throttle::Authenticator`], which limits failures per client address.
+//!
+//! [`signature`] verifies and makes the signatures of webhooks, the other way a caller proves
+//! who it is. Base layer: uses `config` and `ids` only.
 
+pub mod signature;
 pub mod throttle;
 
 use std::collections::HashMap;

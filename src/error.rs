@@ -8,6 +8,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::auth::signature::SignatureError;
 use crate::auth::throttle::{whole_seconds, Refused};
 use crate::auth::TokenError;
 use crate::json::JsonError;
@@ -126,36 +127,6 @@ pub fn field<T>(field: &'static str, result: Result<T, impl ToString>) -> Result
         field,
         reason: e.to_string(),
     })
-}
-
-/// Why a webhook's signature was refused. Never carries the signature or the secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("the webhook signature headers are missing")]
-    Missing,
-    #[error("the webhook signature does not match")]
-    Mismatch,
-    #[error("the webhook timestamp is outside the replay window")]
-    Stale,
-    /// Refused before any MAC is computed: no sender needs more.
-    #[error(
-        "the webhook-signature header lists more than {signatures} signatures or is longer than {bytes} bytes"
-    )]
-    TooMany { signatures: usize, bytes: usize },
-    /// A Facebook webhook naming pages whose integrations hold different app secrets: one app
-    /// signs a webhook, so it cannot verify for all of them.
-    #[error("the pages of this webhook are registered with different app secrets")]
-    SecretsDiffer,
-}
-
-impl SignatureError {
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Missing => "missing-signature",
-            Self::Mismatch | Self::TooMany { .. } | Self::SecretsDiffer => "invalid-signature",
-            Self::Stale => "timestamp-out-of-window",
-        }
-    }
 }
 
 impl ApiError {

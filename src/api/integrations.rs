@@ -8,11 +8,11 @@ use serde_json::json;
 
 use super::extract::{Json, ServerKey};
 use super::{optional_json, AppState};
+use crate::auth::signature::generate_secret;
 use crate::error::{field, ApiError};
 use crate::ids::{check_id, random_id, AccountId};
 use crate::store::deliveries;
 use crate::store::integrations::{self, Integration, NewIntegration, SecretKind};
-use crate::webhooks::signature::generate_secret;
 
 /// An integration as the API shows it: everything but its secrets.
 #[derive(Serialize)]

@@ -9,6 +9,7 @@ use actix::Addr;
 
 use super::address::{Policy, Resolver};
 use crate::actors::broker::Broker;
+use crate::auth::signature;
 use crate::commit;
 use crate::config::OutboundConfig;
 use crate::ids::AccountId;
@@ -16,7 +17,6 @@ use crate::inbox;
 use crate::store::deliveries::{self, Delivery, Outcome};
 use crate::store::integrations::{self, Integration};
 use crate::store::{self, conversations, now_ms, Store, StoreError};
-use crate::webhooks::signature;
 
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);

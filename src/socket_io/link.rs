@@ -21,10 +21,11 @@ use tokio::sync::Notify;
 use super::admission::Slot;
 use super::socket::{Shut, Socket, Write};
 use super::wire::{Engine, Inbound};
-use super::{packet, Engines};
+use super::Engines;
 use crate::actors::session::{frame_size, Backlog, Session};
 use crate::auth::TokenError;
 use crate::config::Secret;
+use crate::protocol::socket_io as packet;
 
 /// How long a closed polling connection still answers polls.
 const LINGER: Duration = Duration::from_secs(5);

@@ -22,7 +22,6 @@
 
 pub mod admission;
 pub mod link;
-pub mod packet;
 pub mod socket;
 pub mod wire;
 
@@ -43,11 +42,11 @@ use crate::config::{Handshakes, Secret};
 use crate::error::ApiError;
 use crate::ids::AccountId;
 use crate::metrics;
+use crate::protocol::socket_io::{self as packet, FromClient, Packet};
 use crate::protocol::{ResumePoint, SinceError};
 use crate::store::{events, StoreError};
 use admission::{Admission, Crowded};
 use link::{Link, PollError};
-use packet::{FromClient, Packet};
 use socket::Socket;
 use wire::{pid_of, Engine, Inbound};
 

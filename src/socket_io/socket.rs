@@ -10,9 +10,9 @@ use actix_web_actors::ws;
 use bytestring::ByteString;
 
 use super::link::Link;
-use super::packet::{self, FromClient};
 use crate::actors::session::frame_size;
 use crate::api::AppState;
+use crate::protocol::socket_io::{self as packet, FromClient};
 
 /// A packet for the client.
 #[derive(Message)]

@@ -16,9 +16,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::link::Link;
-use super::packet::{self, Packet, PacketError};
 use crate::actors::session::{Backlog, Framing, Session, Wire};
 use crate::ids::random_id;
+use crate::protocol::socket_io::{self as packet, Packet, PacketError};
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 
 pub struct Engine {

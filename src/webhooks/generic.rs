@@ -1,7 +1,7 @@
 //! Generic webhooks in the Standard Webhooks scheme, so any system can feed an account's inbox:
 //! `webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256(secret,
 //! "id.timestamp.body")>` (several signatures while keys rotate, at most
-//! [`MAX_STANDARD_SIGNATURES`](signature::MAX_STANDARD_SIGNATURES), checked against one HMAC). A
+//! [`MAX_STANDARD_SIGNATURES`](crate::auth::signature::MAX_STANDARD_SIGNATURES), checked against one HMAC). A
 //! timestamp outside the replay window is refused; a `webhook-id` seen before is acknowledged and
 //! ignored.
 //!
@@ -11,10 +11,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::signature::StandardSignatures;
 use super::{cpu_bound, header, ingest, millis, read_body, Direction, Inbound};
 use crate::api::AppState;
-use crate::error::{ApiError, SignatureError};
+use crate::auth::signature::{SignatureError, StandardSignatures};
+use crate::error::ApiError;
 use crate::store::{integrations, now_ms};
 
 const PROVIDER: &str = "generic";

@@ -10,7 +10,6 @@
 
 pub mod facebook;
 pub mod generic;
-pub mod signature;
 pub mod zalo;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +18,9 @@ use actix_web::web::{self, Bytes};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::auth::signature::SignatureError;
 use crate::commit::{Changes, Committer};
-use crate::error::{ApiError, SignatureError};
+use crate::error::ApiError;
 use crate::event::RoomEvent;
 use crate::ids::AccountId;
 use crate::inbox;
@@ -169,36 +169,69 @@ fn ingest_in(
                 status,
                 watermark,
                 ..
-            } => {
-                let conversation =
-                    conversations::for_contact(conn, integration, contact_id, *watermark)?;
-                conversations::mark_outbound_up_to(conn, &conversation.id, *watermark, status)?;
-                let data = json!({
-                    "conversation_id": conversation.id,
-                    "status": status,
-                    "watermark": watermark,
-                });
-                out.events.push(inbox::message_status(conn, account, data)?);
-            }
+            } => out.events.push(status_changed(
+                conn,
+                integration,
+                account,
+                contact_id,
+                status,
+                *watermark,
+            )?),
             Inbound::Follow {
                 contact_id,
                 following,
                 at,
                 ..
-            } => {
-                let conversation = conversations::for_contact(conn, integration, contact_id, *at)?;
-                let data = json!({
-                    "conversation_id": conversation.id,
-                    "contact_id": contact_id,
-                    "following": following,
-                });
-                let data = serde_json::value::to_raw_value(&data).expect("JSON");
-                out.events
-                    .push(inbox::emit(conn, account, None, "contact-follow", &data)?);
-            }
+            } => out.events.push(follow_changed(
+                conn,
+                integration,
+                account,
+                contact_id,
+                *following,
+                *at,
+            )?),
         }
     }
     Ok(out)
+}
+
+/// The provider says how far the contact got with our messages (delivered, read): marks the
+/// conversation's outbound messages up to `watermark`, and announces it.
+fn status_changed(
+    conn: &mut DbConnection,
+    integration: &Integration,
+    account: &AccountId,
+    contact_id: &str,
+    status: &str,
+    watermark: i64,
+) -> Result<RoomEvent, StoreError> {
+    let conversation = conversations::for_contact(conn, integration, contact_id, watermark)?;
+    conversations::mark_outbound_up_to(conn, &conversation.id, watermark, status)?;
+    let data = json!({
+        "conversation_id": conversation.id,
+        "status": status,
+        "watermark": watermark,
+    });
+    inbox::message_status(conn, account, data)
+}
+
+/// The contact followed or unfollowed the account's page: announced on their conversation.
+fn follow_changed(
+    conn: &mut DbConnection,
+    integration: &Integration,
+    account: &AccountId,
+    contact_id: &str,
+    following: bool,
+    at: i64,
+) -> Result<RoomEvent, StoreError> {
+    let conversation = conversations::for_contact(conn, integration, contact_id, at)?;
+    let data = json!({
+        "conversation_id": conversation.id,
+        "contact_id": contact_id,
+        "following": following,
+    });
+    let data = serde_json::value::to_raw_value(&data).expect("JSON");
+    inbox::emit(conn, account, None, "contact-follow", &data)
 }
 
 /// Ingests the items and hands their events to the broker; fan-out never holds up the answer.

@@ -7,9 +7,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{cpu_bound, header, ingest, millis, read_body, signature, Direction, Inbound};
+use super::{cpu_bound, header, ingest, millis, read_body, Direction, Inbound};
 use crate::api::AppState;
-use crate::error::{ApiError, SignatureError};
+use crate::auth::signature::{self, SignatureError};
+use crate::error::ApiError;
 use crate::store::integrations;
 
 const PROVIDER: &str = "zalo";

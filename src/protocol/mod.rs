@@ -4,6 +4,12 @@
 //! [`ClientFrame`] first and acted on separately (in the session), so every way a frame can be
 //! wrong is a [`FrameError`] with a stable code. Event frames are serialized once per publish by
 //! [`event_frame`]; the same bytes go to every recipient.
+//!
+//! [`socket_io`] holds the other wire's framing: Engine.IO and Socket.IO packets.
+//!
+//! Base layer: uses only `config` (secrets) and `json`.
+
+pub mod socket_io;
 
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
