@@ -30,6 +30,8 @@
 //! - [`commit`] — write in the account's transaction → hand the events to the broker → dispatch
 //!   an outbound delivery.
 //! - [`publisher`] — group commit for the publish API.
+//! - [`requests`] — what sessions ask on their users' behalf (the engine's
+//!   [`actors::service::Service`]).
 //! - [`inbox`] — conversations and messages as persisted, sequenced events.
 //! - [`outbound`] — replies handed to the application by signed, retried webhooks.
 //! - [`retention`] — how long events are kept.
@@ -37,7 +39,8 @@
 //! **Engine** — moving events to sessions.
 //! - [`event`] — the event as it is delivered (serialized once) and its pacing ticket.
 //! - [`actors`] — the broker, one room per account, one session per connection; other nodes
-//!   only through the [`actors::peers::Peers`] trait.
+//!   only through the [`actors::peers::Peers`] trait, the services only through
+//!   [`actors::service::Service`].
 //!
 //! **Store** — [`store`]: the database (SQLite or PostgreSQL, chosen at run time), migrations,
 //! queries; synchronous diesel reached through one executor.
@@ -71,6 +74,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod protocol;
 pub mod publisher;
+pub mod requests;
 pub mod retention;
 pub mod scheduling;
 pub mod server;

@@ -17,8 +17,10 @@ use crate::cluster::Cluster;
 use crate::commit::Committer;
 use crate::config::{Config, Demo};
 use crate::ids::random_id;
+use crate::inbox::SendRate;
 use crate::outbound::{address, Dispatcher};
 use crate::publisher::Publisher;
+use crate::requests::Requests;
 use crate::retention::Pruner;
 use crate::store::{Store, StoreError};
 use crate::{http, logging, metrics};
@@ -133,6 +135,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     ));
     let draining = Arc::new(AtomicBool::new(false));
     let commits = Committer::new(store.clone(), broker.clone(), dispatcher.recipient());
+    let sends = Arc::new(SendRate::new(config.sends_per_second));
+    let requests = Requests::new(commits.clone(), store.clone(), sends.clone());
     let state = web::Data::new(AppState {
         cluster,
         metrics,
@@ -148,12 +152,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sessions: Arc::new(session::Shared {
             broker,
             store,
-            commits: commits.clone(),
+            service: Arc::new(requests),
             heartbeat: config.heartbeat,
             max_frame_bytes: config.max_frame_bytes,
             max_queued_bytes: config.max_queued_bytes,
             frames_per_second: config.frames_per_second,
-            sends: crate::inbox::SendRate::new(config.sends_per_second),
             tokens: session::Tokens {
                 authenticator,
                 leeway: config.jwt.leeway,
@@ -161,6 +164,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             },
         }),
         commits,
+        sends,
         outbound_addresses: address::Policy {
             allow_private: config.outbound.allow_private,
         },

@@ -15,4 +15,5 @@
 pub mod broker;
 pub mod peers;
 pub mod room;
+pub mod service;
 pub mod session;

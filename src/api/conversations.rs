@@ -293,7 +293,6 @@ pub async fn send(
     body: Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
     state
-        .sessions
         .sends
         .check(&user.account, &user.user)
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;

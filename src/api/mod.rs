@@ -55,6 +55,8 @@ pub struct AppState {
     pub engines: Arc<crate::socket_io::Engines>,
     /// The one commit path: write, hand the events to the broker, dispatch.
     pub commits: Committer,
+    /// Each user's allowance of sends, drawn on by all their sessions and by the REST API.
+    pub sends: Arc<crate::inbox::SendRate>,
     /// What an integration's `outbound_url` may point at.
     pub outbound_addresses: crate::outbound::address::Policy,
     pub publisher: Publisher,

@@ -35,9 +35,9 @@ use bytestring::ByteString;
 use tokio::sync::oneshot;
 
 use super::broker::{Broker, Join, Leave};
+use super::service::{SendRequest, Service};
 use crate::auth::throttle::Authenticator;
 use crate::auth::Identity;
-use crate::commit::Committer;
 use crate::config::Heartbeat;
 use crate::event::Handed;
 use crate::ids::SessionId;
@@ -84,8 +84,8 @@ pub enum FromRoom {
 pub struct Shared {
     pub broker: Addr<Broker>,
     pub store: Store,
-    /// The one commit path, for the sends and reads a client asks for.
-    pub commits: Committer,
+    /// What the user's sends, reads and typing mean: the services, behind the engine's port.
+    pub service: Arc<dyn Service>,
     pub heartbeat: Heartbeat,
     pub max_frame_bytes: usize,
     /// Bytes queued for a client and not yet taken by the socket writer before the session is
@@ -94,8 +94,6 @@ pub struct Shared {
     pub tokens: Tokens,
     /// Frames a client may send per second (twice as many in a burst).
     pub frames_per_second: std::num::NonZeroU32,
-    /// Each user's allowance of sends, drawn on by all their sessions and by the REST API.
-    pub sends: crate::inbox::SendRate,
 }
 
 /// What a live session needs to know about tokens.
@@ -260,7 +258,7 @@ impl<W: Wire> Session<W> {
                 client_msg_id,
                 reference,
             }) => {
-                let send = requests::OwnedSend {
+                let send = SendRequest {
                     conversation_id,
                     text,
                     attachments: attachments.map(|a| a.to_string()),
