@@ -130,7 +130,7 @@ impl Publisher {
         bound: PublishQueue,
     ) -> Self {
         let (jobs, queue) = mpsc::channel();
-        let writer = Writer {
+        let writer = BatchWriter {
             store,
             broker,
             idempotency_window,
@@ -178,13 +178,13 @@ enum Outcome {
 }
 
 /// The writer thread's side.
-struct Writer {
+struct BatchWriter {
     store: Store,
     broker: Addr<Broker>,
     idempotency_window: Duration,
 }
 
-impl Writer {
+impl BatchWriter {
     fn write_batches(&self, queue: &mpsc::Receiver<Job>) {
         while let Ok(first) = queue.recv() {
             let mut batch = vec![first];

@@ -14,15 +14,15 @@
 //! - [`wire`] — the messages on the channel.
 //! - [`signing`] — the tag on every message a node sends, under a key from the cluster secret.
 //! - [`admission`] — what arrives is checked and typed where it enters; the rest is dropped.
-//! - [`link`] — the node's outgoing side: relaying, and presence kept in Redis.
+//! - [`relay`] — the node's outgoing side: relaying, and presence kept in Redis.
 //! - [`listener`] — the subscription, feeding the broker.
 //! - [`presence`] — who is online on any node, with expiry so that a dead node's users go
 //!   offline.
 
 mod admission;
-mod link;
 mod listener;
 pub mod presence;
+mod relay;
 mod signing;
 pub mod wire;
 
@@ -162,7 +162,7 @@ impl Cluster {
             broker.clone(),
             shared.clone(),
         ));
-        let link = link::Link::new(client, node.clone(), key, grace, broker, shared.clone());
+        let link = relay::Relay::new(client, node.clone(), key, grace, broker, shared.clone());
         actix::spawn(link.run(queue));
         metrics::relay_queue(0);
         log::info!("cluster mode: this node is {node}");

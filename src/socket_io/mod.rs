@@ -48,7 +48,7 @@ use crate::store::{events, StoreError};
 use admission::{Admission, Crowded};
 use link::{Link, PollError};
 use socket::Socket;
-use wire::{pid_of, Engine, Inbound};
+use wire::{pid_of, Engine, FromLink};
 
 /// Packets a POST may carry while its connection has no session: a CONNECT (one per namespace)
 /// and the odd noop. A client sends its events only once connected.
@@ -312,7 +312,7 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
     match FromClient::decode(text) {
         Some(FromClient::Pong) => {
             if let Some(session) = session {
-                session.do_send(Inbound::Pong);
+                session.do_send(FromLink::Pong);
             }
         }
         Some(FromClient::Message(text)) => match (Packet::decode(text), session) {
@@ -329,7 +329,7 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
             // For a namespace that never connected: dropped, as Socket.IO servers do.
             (Ok((namespace, _)), _) if namespace != "/" => {}
             (packet, Some(session)) => {
-                session.do_send(Inbound::Packet(packet.map(|(_, packet)| packet)));
+                session.do_send(FromLink::Packet(packet.map(|(_, packet)| packet)));
             }
             // Anything but CONNECT before CONNECT is dropped, likewise.
             (_, None) => {}
