@@ -93,7 +93,54 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(|_| StoreError::Cancelled)??;
     let node = random_id("node")[..13].to_owned();
-    let metrics = metrics::install(&node);
+    let metrics = start_metrics(&node);
+    let (broker, cluster) = start_broker(&config, &store, &node);
+    let state = start_services(&config, store, broker.clone(), cluster, metrics, &node);
+    let draining = state.draining.clone();
+    let max_publish_bytes = config.max_publish_bytes;
+    let body_deadline = http::body::BodyDeadline::new(&config.edge);
+    let make_app = move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(body_deadline)
+            .wrap(logging::request_logger())
+            .wrap(cors())
+            .configure(|cfg| api::routes(cfg, max_publish_bytes))
+    };
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.bind,
+        source,
+    })?;
+    let mut server = actix_server::Server::build()
+        // Signals are the binary's to handle (see `Running::shutdown`).
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
+    let shutdown = server.graceful_shutdown_signal();
+    let admission = http::admission::Admission::new(&config.edge);
+    if let Some(workers) = config.workers {
+        server = server.workers(workers);
+    }
+    let server = server
+        .listen("switchboard", listener, move || {
+            http::service(make_app.clone(), addr, shutdown.clone(), admission.clone())
+        })
+        .map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+    log_startup(&config, addr);
+    Ok(Running {
+        addr,
+        server: server.run(),
+        broker,
+        draining,
+        drain_period: config.drain_period,
+    })
+}
+
+/// Installs the Prometheus recorder for this node and keeps its histograms folded.
+fn start_metrics(node: &str) -> metrics_exporter_prometheus::PrometheusHandle {
+    let metrics = metrics::install(node);
     let upkeep = metrics.clone();
     actix::spawn(async move {
         // Folds recorded samples into the histograms even when nobody scrapes.
@@ -103,12 +150,17 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             upkeep.run_upkeep();
         }
     });
+    metrics
+}
+
+/// Starts the broker, and in cluster mode the cluster as its peers.
+fn start_broker(config: &Config, store: &Store, node: &str) -> (Addr<Broker>, Option<Cluster>) {
     let mut cluster = None;
     let broker = Broker::create(|ctx| {
         cluster = config
             .cluster
             .as_ref()
-            .map(|cluster| Cluster::start(cluster, &node, config.presence.grace, ctx.address()));
+            .map(|cluster| Cluster::start(cluster, node, config.presence.grace, ctx.address()));
         let peers = cluster
             .clone()
             .map(|cluster| Arc::new(cluster) as Arc<dyn Peers>);
@@ -119,8 +171,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             peers,
         )
     });
-    let shutdown_broker = broker.clone();
-    let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound, &node).start();
+    (broker, cluster)
+}
+
+/// Starts the services (outbound dispatcher, retention, publisher) and gathers what every
+/// request handler and session shares.
+fn start_services(
+    config: &Config,
+    store: Store,
+    broker: Addr<Broker>,
+    cluster: Option<Cluster>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    node: &str,
+) -> web::Data<AppState> {
+    let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound, node).start();
     Pruner::new(store.clone(), config.retention).start();
 
     let publisher = Publisher::start(
@@ -133,15 +197,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &config.jwt,
         config.auth_failures_per_minute,
     ));
-    let draining = Arc::new(AtomicBool::new(false));
     let commits = Committer::new(store.clone(), broker.clone(), dispatcher.recipient());
     let sends = Arc::new(SendRate::new(config.sends_per_second));
     let requests = Requests::new(commits.clone(), store.clone(), sends.clone());
-    let state = web::Data::new(AppState {
+    web::Data::new(AppState {
         cluster,
         metrics,
         authenticator: authenticator.clone(),
-        draining: draining.clone(),
+        draining: Arc::new(AtomicBool::new(false)),
         api_keys: std::iter::once(&config.api_key)
             .chain(&config.previous_api_keys)
             .cloned()
@@ -180,45 +243,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             max_body_bytes: config.webhooks.max_body_bytes,
             tolerance: config.webhooks.tolerance,
         },
-    });
-    let max_publish_bytes = config.max_publish_bytes;
-    let body_deadline = http::body::BodyDeadline::new(&config.edge);
-    let make_app = move || {
-        App::new()
-            .app_data(state.clone())
-            .wrap(body_deadline)
-            .wrap(logging::request_logger())
-            .wrap(cors())
-            .configure(|cfg| api::routes(cfg, max_publish_bytes))
-    };
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.bind,
-        source,
-    })?;
-    let mut server = actix_server::Server::build()
-        // Signals are the binary's to handle (see `Running::shutdown`).
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS);
-    let shutdown = server.graceful_shutdown_signal();
-    let admission = http::admission::Admission::new(&config.edge);
-    if let Some(workers) = config.workers {
-        server = server.workers(workers);
-    }
-    let server = server
-        .listen("switchboard", listener, move || {
-            http::service(make_app.clone(), addr, shutdown.clone(), admission.clone())
-        })
-        .map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
-    log_startup(&config, addr);
-    Ok(Running {
-        addr,
-        server: server.run(),
-        broker: shutdown_broker,
-        draining,
-        drain_period: config.drain_period,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The port through which a session asks the services for what its user sends over the socket:
 //! a message, a read receipt, who should see a typing indicator. The engine defines it; the
-//! services implement it (`crate::requests`), and the server wires one in. A session carries
+//! services implement it (the `requests` module), and the server wires one in. A session carries
 //! frames; what a request means is decided behind this trait, exactly as for the REST API.
 //!
 //! Engine layer: names only `auth::Identity` and `ids`.

@@ -6,7 +6,7 @@
 //! Engine.IO packets travel in one body, separated by [`SEPARATOR`].
 //!
 //! Base layer, beside the native frames: the sessions frame events with it, and the Socket.IO
-//! adapter (`crate::socket_io`) parses and answers with it. Uses nothing of the crate.
+//! adapter (the `socket_io` module) parses and answers with it. Uses nothing of the crate.
 
 use std::borrow::Cow;
 

@@ -4,7 +4,7 @@
 //! see [`transport::start`]) and leaves when it stops; it writes the frames its room delivers; it
 //! pings the client every heartbeat interval and closes a connection that stays silent past the
 //! timeout; it answers bad frames with an `error` frame and carries on. How frames reach the client is its [`Wire`]: the native protocol on a WebSocket
-//! ([`Native`]), or Socket.IO ([`crate::socket_io`]) — the session's behaviour is the same on
+//! ([`Native`]), or Socket.IO (the `socket_io` adapter) — the session's behaviour is the same on
 //! both. The rest lives beside this file:
 //!
 //! - [`wire`] — what a wire provides; [`native`] — the native one, on a WebSocket;
@@ -13,7 +13,7 @@
 //! - [`replay`] — resuming after a reconnect (`?since=` or a `resume` frame): replaying what was
 //!   missed, merged with live events by sequence number;
 //! - [`transport`] — the WebSocket transport: the socket, once the HTTP layer hands it over
-//!   after the `101` (`crate::http`), and the count of bytes queued for the client, so a client
+//!   after the `101` (the `http` module), and the count of bytes queued for the client, so a client
 //!   that does not read is closed at a bound instead of growing the server's memory.
 //!
 //! actix-web-actors is deprecated upstream in favour of actix-ws; it is used only by the native
