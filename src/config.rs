@@ -722,69 +722,7 @@ impl Config {
                 "must be longer than the heartbeat interval",
             ));
         }
-        if settings.max_frame_bytes < 128 {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_FRAME_BYTES",
-                "must be at least 128",
-            ));
-        }
-        if settings.max_publish_bytes < 128 {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_PUBLISH_BYTES",
-                "must be at least 128",
-            ));
-        }
-        if settings.workers == Some(0) {
-            return Err(invalid("SWITCHBOARD_WORKERS", "must be at least 1"));
-        }
-        if settings.retention_max_events == 0 || settings.retention_interval.is_zero() {
-            return Err(invalid(
-                "SWITCHBOARD_RETENTION_MAX_EVENTS",
-                "retention must keep at least one event and run at a positive interval",
-            ));
-        }
-        if settings.max_queued_bytes < settings.max_frame_bytes.min(64 * 1024) {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_QUEUED_BYTES",
-                "must be at least 64 KiB (or the frame limit)",
-            ));
-        }
-        if settings.max_queued_publishes == 0 {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_QUEUED_PUBLISHES",
-                "must be at least 1",
-            ));
-        }
-        if settings.max_queued_publish_bytes < settings.max_publish_bytes {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_QUEUED_PUBLISH_BYTES",
-                "must be at least SWITCHBOARD_MAX_PUBLISH_BYTES (one publish must fit)",
-            ));
-        }
-        if settings.handshake_timeout.is_zero() {
-            return Err(invalid("SWITCHBOARD_HANDSHAKE_TIMEOUT", "must be positive"));
-        }
-        if settings.max_unauthenticated_per_address == 0 {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
-                "must be at least 1",
-            ));
-        }
-        if settings.max_unauthenticated < settings.max_unauthenticated_per_address {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_UNAUTHENTICATED",
-                "must be at least SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
-            ));
-        }
-        if settings.outbound_max_attempts == 0 {
-            return Err(invalid(
-                "SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS",
-                "must be at least 1",
-            ));
-        }
-        if settings.body_timeout.is_zero() {
-            return Err(invalid("SWITCHBOARD_BODY_TIMEOUT", "must be positive"));
-        }
+        check_limits(&settings)?;
         let edge = EdgeLimits {
             body_timeout: settings.body_timeout,
             body_min_rate: settings.body_min_rate,
@@ -826,42 +764,7 @@ impl Config {
             ));
         }
 
-        let configured_key = configured_jwt_key(&settings)?;
-        let mut configured_api_keys = Vec::new();
-        for key in settings.api_key.iter().flat_map(|keys| keys.split(',')) {
-            let key = key.trim();
-            if key.len() < MIN_API_KEY_BYTES {
-                return Err(invalid(
-                    "SWITCHBOARD_API_KEY",
-                    format!("each key must be at least {MIN_API_KEY_BYTES} bytes"),
-                ));
-            }
-            configured_api_keys.push(Secret::new(key.to_owned()));
-        }
-        let previous_api_keys = configured_api_keys.split_off(configured_api_keys.len().min(1));
-        let configured_api_key = configured_api_keys.pop();
-
-        let (jwt_key, api_key, dev_mode) = match (configured_key, configured_api_key) {
-            (Some(jwt_key), Some(api_key)) => (jwt_key, api_key, None),
-            (jwt_key, api_key) => {
-                development_meant(settings.dev_mode, jwt_key.is_some(), api_key.is_some())?;
-                let keys_file = settings
-                    .dev_keys_file
-                    .clone()
-                    .unwrap_or_else(|| dev_keys::default_path(&database));
-                let dev = dev_keys::load_or_create(&keys_file)?;
-                let dev_mode = DevMode {
-                    keys_file,
-                    generated_jwt_secret: jwt_key.is_none(),
-                    generated_api_key: api_key.is_none(),
-                };
-                (
-                    jwt_key.unwrap_or(JwtKey::Secret(dev.jwt_secret)),
-                    api_key.unwrap_or(dev.api_key),
-                    Some(dev_mode),
-                )
-            }
-        };
+        let (jwt_key, api_key, previous_api_keys, dev_mode) = keys(&settings, &database)?;
 
         let cluster = cluster_config(&settings)?;
         Ok(Self {
@@ -928,6 +831,119 @@ impl Config {
             dev_mode,
         })
     }
+}
+
+/// The limits that are settings alone, each checked against its bounds.
+fn check_limits(settings: &Settings) -> Result<(), ConfigError> {
+    if settings.max_frame_bytes < 128 {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_FRAME_BYTES",
+            "must be at least 128",
+        ));
+    }
+    if settings.max_publish_bytes < 128 {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_PUBLISH_BYTES",
+            "must be at least 128",
+        ));
+    }
+    if settings.workers == Some(0) {
+        return Err(invalid("SWITCHBOARD_WORKERS", "must be at least 1"));
+    }
+    if settings.retention_max_events == 0 || settings.retention_interval.is_zero() {
+        return Err(invalid(
+            "SWITCHBOARD_RETENTION_MAX_EVENTS",
+            "retention must keep at least one event and run at a positive interval",
+        ));
+    }
+    if settings.max_queued_bytes < settings.max_frame_bytes.min(64 * 1024) {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_QUEUED_BYTES",
+            "must be at least 64 KiB (or the frame limit)",
+        ));
+    }
+    if settings.max_queued_publishes == 0 {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_QUEUED_PUBLISHES",
+            "must be at least 1",
+        ));
+    }
+    if settings.max_queued_publish_bytes < settings.max_publish_bytes {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_QUEUED_PUBLISH_BYTES",
+            "must be at least SWITCHBOARD_MAX_PUBLISH_BYTES (one publish must fit)",
+        ));
+    }
+    if settings.handshake_timeout.is_zero() {
+        return Err(invalid("SWITCHBOARD_HANDSHAKE_TIMEOUT", "must be positive"));
+    }
+    if settings.max_unauthenticated_per_address == 0 {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+            "must be at least 1",
+        ));
+    }
+    if settings.max_unauthenticated < settings.max_unauthenticated_per_address {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_UNAUTHENTICATED",
+            "must be at least SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        ));
+    }
+    if settings.outbound_max_attempts == 0 {
+        return Err(invalid(
+            "SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS",
+            "must be at least 1",
+        ));
+    }
+    if settings.body_timeout.is_zero() {
+        return Err(invalid("SWITCHBOARD_BODY_TIMEOUT", "must be positive"));
+    }
+    Ok(())
+}
+
+/// The JWT key, the current and previous API keys, and development mode when either key is
+/// not configured (generated once, kept beside the database).
+fn keys(
+    settings: &Settings,
+    database: &Database,
+) -> Result<(JwtKey, Secret, Vec<Secret>, Option<DevMode>), ConfigError> {
+    let configured_key = configured_jwt_key(settings)?;
+    let mut configured_api_keys = Vec::new();
+    for key in settings.api_key.iter().flat_map(|keys| keys.split(',')) {
+        let key = key.trim();
+        if key.len() < MIN_API_KEY_BYTES {
+            return Err(invalid(
+                "SWITCHBOARD_API_KEY",
+                format!("each key must be at least {MIN_API_KEY_BYTES} bytes"),
+            ));
+        }
+        configured_api_keys.push(Secret::new(key.to_owned()));
+    }
+    let previous_api_keys = configured_api_keys.split_off(configured_api_keys.len().min(1));
+    let configured_api_key = configured_api_keys.pop();
+
+    let (jwt_key, api_key, dev_mode) = match (configured_key, configured_api_key) {
+        (Some(jwt_key), Some(api_key)) => (jwt_key, api_key, None),
+        (jwt_key, api_key) => {
+            development_meant(settings.dev_mode, jwt_key.is_some(), api_key.is_some())?;
+            let keys_file = settings
+                .dev_keys_file
+                .clone()
+                .unwrap_or_else(|| dev_keys::default_path(database));
+            let dev = dev_keys::load_or_create(&keys_file)?;
+            let dev_mode = DevMode {
+                keys_file,
+                generated_jwt_secret: jwt_key.is_none(),
+                generated_api_key: api_key.is_none(),
+            };
+            (
+                jwt_key.unwrap_or(JwtKey::Secret(dev.jwt_secret)),
+                api_key.unwrap_or(dev.api_key),
+                Some(dev_mode),
+            )
+        }
+    };
+    Ok((jwt_key, api_key, previous_api_keys, dev_mode))
 }
 
 /// Whether keys may be generated for development. Development mode comes by itself only when no
