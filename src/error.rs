@@ -15,7 +15,9 @@ use crate::json::JsonError;
 use crate::metrics;
 use crate::protocol::SinceError;
 use crate::publisher::PublishError;
+use crate::socket_io::Refusal;
 use crate::store::StoreError;
+use crate::webhooks::WebhookError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -117,6 +119,42 @@ impl From<PublishError> for ApiError {
         match error {
             PublishError::Overloaded => Self::Overloaded,
             PublishError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::EngineIo { code, message } => Self::EngineIo { code, message },
+            Refusal::Draining => Self::Draining,
+            Refusal::OriginNotAllowed => Self::OriginNotAllowed,
+            Refusal::Auth(refused) => refused.into(),
+            Refusal::TooManyUnauthenticated {
+                server_wide,
+                retry_after,
+            } => Self::TooManyUnauthenticated {
+                server_wide,
+                retry_after,
+            },
+            Refusal::NotWebSocket => Self::NotWebSocket,
+            Refusal::InvalidBody(reason) => Self::InvalidBody(reason),
+            Refusal::PayloadTooLarge { limit } => Self::PayloadTooLarge { limit },
+        }
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(error: WebhookError) -> Self {
+        match error {
+            WebhookError::InvalidField { field, reason } => Self::InvalidField { field, reason },
+            WebhookError::InvalidBody(reason) => Self::InvalidBody(reason),
+            WebhookError::PayloadTooLarge { limit } => Self::PayloadTooLarge { limit },
+            WebhookError::Signature(e) => Self::Signature(e),
+            WebhookError::VerifyToken(reason) => Self::VerifyToken(reason),
+            WebhookError::UnknownIntegration => Self::UnknownIntegration,
+            WebhookError::Store(e) => Self::Store(e),
+            WebhookError::Internal(reason) => Self::Internal(reason),
         }
     }
 }

@@ -11,7 +11,7 @@ use actix_web::{web, App};
 use crate::actors::broker::{Broker, Drain};
 use crate::actors::peers::Peers;
 use crate::actors::session;
-use crate::api::{self, AppState, WebhookState};
+use crate::api::{self, AppState};
 use crate::auth::throttle::Authenticator;
 use crate::cluster::Cluster;
 use crate::commit::Committer;
@@ -22,7 +22,9 @@ use crate::outbound::{address, Dispatcher};
 use crate::publisher::Publisher;
 use crate::requests::Requests;
 use crate::retention::Pruner;
+use crate::socket_io::{Engines, SocketIo};
 use crate::store::{Store, StoreError};
+use crate::webhooks::Webhooks;
 use crate::{http, logging, metrics};
 
 #[derive(Debug, thiserror::Error)]
@@ -200,33 +202,43 @@ fn start_services(
     let commits = Committer::new(store.clone(), broker.clone(), dispatcher.recipient());
     let sends = Arc::new(SendRate::new(config.sends_per_second));
     let requests = Requests::new(commits.clone(), store.clone(), sends.clone());
+    let sessions = Arc::new(session::Shared {
+        broker: broker.clone(),
+        store: store.clone(),
+        service: Arc::new(requests),
+        heartbeat: config.heartbeat,
+        max_frame_bytes: config.max_frame_bytes,
+        max_queued_bytes: config.max_queued_bytes,
+        frames_per_second: config.frames_per_second,
+        tokens: session::Tokens {
+            authenticator: authenticator.clone(),
+            leeway: config.jwt.leeway,
+            refresh_lead: config.token_refresh_lead,
+        },
+    });
+    let draining = Arc::new(AtomicBool::new(false));
+    let socket_io = Arc::new(SocketIo {
+        engines: Arc::new(Engines::new(config.handshakes)),
+        sessions: sessions.clone(),
+        authenticator: authenticator.clone(),
+        store: store.clone(),
+        draining: draining.clone(),
+        origins: config.allowed_origins.clone(),
+    });
     web::Data::new(AppState {
         cluster,
         metrics,
-        authenticator: authenticator.clone(),
-        draining: Arc::new(AtomicBool::new(false)),
+        authenticator,
+        draining,
         api_keys: std::iter::once(&config.api_key)
             .chain(&config.previous_api_keys)
             .cloned()
             .collect(),
         store: store.clone(),
-        broker: broker.clone(),
-        engines: Arc::new(crate::socket_io::Engines::new(config.handshakes)),
-        sessions: Arc::new(session::Shared {
-            broker,
-            store,
-            service: Arc::new(requests),
-            heartbeat: config.heartbeat,
-            max_frame_bytes: config.max_frame_bytes,
-            max_queued_bytes: config.max_queued_bytes,
-            frames_per_second: config.frames_per_second,
-            tokens: session::Tokens {
-                authenticator,
-                leeway: config.jwt.leeway,
-                refresh_lead: config.token_refresh_lead,
-            },
-        }),
-        commits,
+        broker,
+        sessions,
+        socket_io,
+        commits: commits.clone(),
         sends,
         outbound_addresses: address::Policy {
             allow_private: config.outbound.allow_private,
@@ -237,8 +249,10 @@ fn start_services(
         allowed_origins: config.allowed_origins.clone(),
         demo_minter: (config.demo == Demo::WithTokens).then(|| config.jwt.clone()),
         metrics_token: config.metrics_token.clone(),
-        webhooks: WebhookState {
+        webhooks: Webhooks {
             stats: Default::default(),
+            store: store.clone(),
+            commits: commits.clone(),
             facebook_verify_token: config.webhooks.facebook_verify_token.clone(),
             max_body_bytes: config.webhooks.max_body_bytes,
             tolerance: config.webhooks.tolerance,

@@ -11,10 +11,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{cpu_bound, header, ingest, millis, read_body, Direction, Inbound};
-use crate::api::AppState;
+use super::{
+    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
+};
 use crate::auth::signature::{SignatureError, StandardSignatures};
-use crate::error::ApiError;
 use crate::store::{integrations, now_ms};
 
 const PROVIDER: &str = "generic";
@@ -42,13 +42,13 @@ fn verify_and_parse(
     id: &str,
     timestamp: &str,
     body: &[u8],
-) -> Result<MessageData, ApiError> {
+) -> Result<MessageData, WebhookError> {
     if !signatures.verify(secret, id, timestamp, body) {
-        return Err(ApiError::Signature(SignatureError::Mismatch));
+        return Err(WebhookError::Signature(SignatureError::Mismatch));
     }
     let Body::Message(data) = crate::json::from_slice(body)?;
     if data.contact_id.is_empty() || (data.text.is_none() && data.attachments.is_none()) {
-        return Err(ApiError::InvalidBody(
+        return Err(WebhookError::InvalidBody(
             "a message needs a `contact_id` and a `text` or `attachments`".into(),
         ));
     }
@@ -60,9 +60,9 @@ pub async fn receive(
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let stats = &state.webhooks.stats;
+    hooks: &Webhooks,
+) -> Result<HttpResponse, WebhookError> {
+    let stats = &hooks.stats;
     let (Some(id), Some(timestamp), Some(signatures)) = (
         header(&req, "webhook-id"),
         header(&req, "webhook-timestamp"),
@@ -73,18 +73,18 @@ pub async fn receive(
     // Before the body is read: a list no sender needs is refused without reading it.
     let signatures =
         StandardSignatures::parse(&signatures).map_err(|e| stats.refused(PROVIDER, e))?;
-    let body = read_body(payload, state.webhooks.max_body_bytes).await?;
+    let body = read_body(payload, hooks.max_body_bytes).await?;
 
     let integration_id = path.into_inner();
-    let integration = state
+    let integration = hooks
         .store
         .run(move |conn| integrations::get(conn, &integration_id))
         .await?
         .filter(|i| i.provider == PROVIDER && i.disabled_at.is_none())
-        .ok_or(ApiError::UnknownIntegration)?;
+        .ok_or(WebhookError::UnknownIntegration)?;
 
     let sent = timestamp.parse::<i64>().ok();
-    let tolerance = state.webhooks.tolerance.as_secs();
+    let tolerance = hooks.tolerance.as_secs();
     if sent.is_none_or(|t| (now_ms() / 1000).abs_diff(t) > tolerance) {
         return Err(stats.refused(PROVIDER, SignatureError::Stale));
     }
@@ -104,6 +104,6 @@ pub async fn receive(
         sent_at: millis(data.sent_at.or(sent))?,
         echo_of: None,
     };
-    let ingested = ingest(&state.commits, integration, vec![item]).await?;
+    let ingested = ingest(&hooks.commits, integration, vec![item]).await?;
     Ok(HttpResponse::Ok().json(ingested))
 }

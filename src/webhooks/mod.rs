@@ -8,11 +8,13 @@
 //! any provider message id already ingested, so retries store and emit nothing — and the events
 //! are handed to the broker without waiting for delivery.
 
+pub mod error;
 pub mod facebook;
 pub mod generic;
 pub mod zalo;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use actix_web::web::{self, Bytes};
 use serde::Serialize;
@@ -20,13 +22,25 @@ use serde_json::{json, Value};
 
 use crate::auth::signature::SignatureError;
 use crate::commit::{Changes, Committer};
-use crate::error::ApiError;
+use crate::config::Secret;
 use crate::event::RoomEvent;
 use crate::ids::AccountId;
 use crate::inbox;
 use crate::store::conversations::{self, NewMessage};
 use crate::store::integrations::Integration;
-use crate::store::{now_ms, DbConnection, StoreError};
+use crate::store::{now_ms, DbConnection, Store, StoreError};
+pub use error::WebhookError;
+
+/// What the webhook handlers share, handed to them by the server that routes to them.
+pub struct Webhooks {
+    pub stats: Stats,
+    pub facebook_verify_token: Option<Secret>,
+    pub max_body_bytes: usize,
+    pub tolerance: Duration,
+    pub store: Store,
+    /// Where the ingested items are written and their events handed on.
+    pub commits: Committer,
+}
 
 /// Who sent a message, seen from the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,9 +253,10 @@ pub async fn ingest(
     commits: &Committer,
     integration: Integration,
     items: Vec<Inbound>,
-) -> Result<Ingested, ApiError> {
-    let account = AccountId::new(&integration.account_id)
-        .map_err(|e| ApiError::Internal(format!("integration {} account: {e}", integration.id)))?;
+) -> Result<Ingested, WebhookError> {
+    let account = AccountId::new(&integration.account_id).map_err(|e| {
+        WebhookError::Internal(format!("integration {} account: {e}", integration.id))
+    })?;
     let ingested = commits
         .commit(account.clone(), move |conn| {
             ingest_in(conn, &integration, &account, &items)
@@ -260,12 +275,12 @@ fn header(req: &actix_web::HttpRequest, name: &str) -> Option<String> {
 
 /// Reads the raw body (signatures are over the exact bytes), refusing one over `limit` with 413
 /// before reading it all.
-pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Bytes, WebhookError> {
     payload
         .to_bytes_limited(limit)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit })?
-        .map_err(|e| ApiError::InvalidBody(e.to_string()))
+        .map_err(|_| WebhookError::PayloadTooLarge { limit })?
+        .map_err(|e| WebhookError::InvalidBody(e.to_string()))
 }
 
 /// Bodies up to this size are verified and parsed on the HTTP worker, larger ones on the blocking
@@ -280,20 +295,20 @@ async fn cpu_bound<T: Send + 'static>(
     stats: &Stats,
     provider: &'static str,
     body: &Bytes,
-    work: impl FnOnce(Bytes) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    work: impl FnOnce(Bytes) -> Result<T, WebhookError> + Send + 'static,
+) -> Result<T, WebhookError> {
     let result = if body.len() <= ON_WORKER_BYTES {
         work(body.clone())
     } else {
         let body = body.clone();
         web::block(move || work(body)).await.map_err(|_| {
-            ApiError::Internal(format!(
+            WebhookError::Internal(format!(
                 "{provider} webhook: verifying the body did not finish"
             ))
         })?
     };
     result.map_err(|e| match e {
-        ApiError::Signature(reason) => stats.refused(provider, reason),
+        WebhookError::Signature(reason) => stats.refused(provider, reason),
         other => other,
     })
 }
@@ -308,7 +323,7 @@ pub struct Stats {
 
 impl Stats {
     /// Counts and logs a refused signature — never the signature or the secret themselves.
-    pub fn refused(&self, provider: &str, error: SignatureError) -> ApiError {
+    pub fn refused(&self, provider: &str, error: SignatureError) -> WebhookError {
         let (counter, name) = match provider {
             "facebook" => (&self.facebook, "facebook"),
             "zalo" => (&self.zalo, "zalo"),
@@ -320,7 +335,7 @@ impl Stats {
             "webhook refused provider={provider} reason={} refused_total={total}",
             error.code()
         );
-        ApiError::Signature(error)
+        WebhookError::Signature(error)
     }
 
     pub fn to_json(&self) -> Value {
@@ -335,9 +350,9 @@ impl Stats {
 
 /// A provider timestamp in seconds or milliseconds, as milliseconds; now when absent.
 /// One before 1970 is refused: no provider sends one, and scaling it could overflow.
-fn millis(value: Option<i64>) -> Result<i64, ApiError> {
+fn millis(value: Option<i64>) -> Result<i64, WebhookError> {
     match value {
-        Some(t) if t < 0 => Err(ApiError::InvalidField {
+        Some(t) if t < 0 => Err(WebhookError::InvalidField {
             field: "timestamp",
             reason: "must be seconds or milliseconds since 1970".into(),
         }),
