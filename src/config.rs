@@ -706,22 +706,7 @@ impl Config {
         if settings.db_pool_size == 0 {
             return Err(invalid("SWITCHBOARD_DB_POOL_SIZE", "must be at least 1"));
         }
-        let heartbeat = Heartbeat {
-            interval: settings.heartbeat_interval,
-            timeout: settings.client_timeout,
-        };
-        if heartbeat.interval.is_zero() {
-            return Err(invalid(
-                "SWITCHBOARD_HEARTBEAT_INTERVAL",
-                "must be positive",
-            ));
-        }
-        if heartbeat.timeout <= heartbeat.interval {
-            return Err(invalid(
-                "SWITCHBOARD_CLIENT_TIMEOUT",
-                "must be longer than the heartbeat interval",
-            ));
-        }
+        let heartbeat = heartbeat(&settings)?;
         check_limits(&settings)?;
         let edge = EdgeLimits {
             body_timeout: settings.body_timeout,
@@ -729,40 +714,13 @@ impl Config {
             max_connections_per_address: settings.max_connections_per_address,
             max_pending_connections: settings.max_pending_connections,
         };
-        let metrics_token = match settings.metrics_token.clone() {
-            Some(token) if token.len() < MIN_API_KEY_BYTES => {
-                return Err(invalid(
-                    "SWITCHBOARD_METRICS_TOKEN",
-                    format!("must be at least {MIN_API_KEY_BYTES} bytes"),
-                ))
-            }
-            token => token.map(Secret::new),
-        };
+        let metrics_token = metrics_token(&settings)?;
         let webhooks = WebhookConfig {
             facebook_verify_token: settings.facebook_verify_token.clone().map(Secret::new),
             max_body_bytes: settings.max_webhook_bytes,
             tolerance: settings.webhook_tolerance,
         };
-        let outbound = OutboundConfig {
-            max_attempts: settings.outbound_max_attempts,
-            retry_base: settings.outbound_retry_base,
-            timeout: settings.outbound_timeout,
-            lease: settings.outbound_lease,
-            scan_interval: settings.outbound_scan_interval,
-            allow_private: settings.outbound_allow_private,
-        };
-        if outbound.lease < outbound.timeout + OUTBOUND_LEASE_MARGIN {
-            return Err(invalid(
-                "SWITCHBOARD_OUTBOUND_LEASE",
-                "must be at least SWITCHBOARD_OUTBOUND_TIMEOUT plus 1s (an attempt, then its record)",
-            ));
-        }
-        if outbound.scan_interval.is_zero() {
-            return Err(invalid(
-                "SWITCHBOARD_OUTBOUND_SCAN_INTERVAL",
-                "must be positive",
-            ));
-        }
+        let outbound = outbound(&settings)?;
 
         let (jwt_key, api_key, previous_api_keys, dev_mode) = keys(&settings, &database)?;
 
@@ -814,23 +772,93 @@ impl Config {
                 max_per_address: settings.max_unauthenticated_per_address,
                 max: settings.max_unauthenticated,
             },
-            allowed_origins: match settings.allowed_origins.as_deref() {
-                Some(value) => Origins::parse(value)?,
-                None if dev_mode.is_some() => Origins::Any,
-                None => Origins::Listed(Vec::new()),
-            },
+            allowed_origins: allowed_origins(settings.allowed_origins.as_deref(), &dev_mode)?,
             edge,
             metrics_token,
-            demo: match settings.demo.unwrap_or(dev_mode.is_some()) {
-                false => Demo::Off,
-                true if dev_mode.as_ref().is_some_and(|d| d.generated_jwt_secret) => {
-                    Demo::WithTokens
-                }
-                true => Demo::Page,
-            },
+            demo: demo(settings.demo, &dev_mode),
             dev_mode,
         })
     }
+}
+
+/// Which pages may open a WebSocket: as set, else any in development mode, else the server's
+/// own host only.
+fn allowed_origins(
+    value: Option<&str>,
+    dev_mode: &Option<DevMode>,
+) -> Result<Origins, ConfigError> {
+    Ok(match value {
+        Some(value) => Origins::parse(value)?,
+        None if dev_mode.is_some() => Origins::Any,
+        None => Origins::Listed(Vec::new()),
+    })
+}
+
+/// The demo: as set, else on in development mode; with tokens only when the JWT secret was
+/// generated (no application's tokens can be minted then).
+fn demo(setting: Option<bool>, dev_mode: &Option<DevMode>) -> Demo {
+    match setting.unwrap_or(dev_mode.is_some()) {
+        false => Demo::Off,
+        true if dev_mode.as_ref().is_some_and(|d| d.generated_jwt_secret) => Demo::WithTokens,
+        true => Demo::Page,
+    }
+}
+
+/// The heartbeat: a positive interval, and a client timeout longer than it.
+fn heartbeat(settings: &Settings) -> Result<Heartbeat, ConfigError> {
+    let heartbeat = Heartbeat {
+        interval: settings.heartbeat_interval,
+        timeout: settings.client_timeout,
+    };
+    if heartbeat.interval.is_zero() {
+        return Err(invalid(
+            "SWITCHBOARD_HEARTBEAT_INTERVAL",
+            "must be positive",
+        ));
+    }
+    if heartbeat.timeout <= heartbeat.interval {
+        return Err(invalid(
+            "SWITCHBOARD_CLIENT_TIMEOUT",
+            "must be longer than the heartbeat interval",
+        ));
+    }
+    Ok(heartbeat)
+}
+
+/// The `/metrics` bearer token, if set: as long as an API key at least.
+fn metrics_token(settings: &Settings) -> Result<Option<Secret>, ConfigError> {
+    match settings.metrics_token.clone() {
+        Some(token) if token.len() < MIN_API_KEY_BYTES => Err(invalid(
+            "SWITCHBOARD_METRICS_TOKEN",
+            format!("must be at least {MIN_API_KEY_BYTES} bytes"),
+        )),
+        token => Ok(token.map(Secret::new)),
+    }
+}
+
+/// Outbound delivery: a lease that outlasts an attempt, and a positive scan interval.
+fn outbound(settings: &Settings) -> Result<OutboundConfig, ConfigError> {
+    let outbound = OutboundConfig {
+        max_attempts: settings.outbound_max_attempts,
+        retry_base: settings.outbound_retry_base,
+        timeout: settings.outbound_timeout,
+        lease: settings.outbound_lease,
+        scan_interval: settings.outbound_scan_interval,
+        allow_private: settings.outbound_allow_private,
+    };
+    if outbound.lease < outbound.timeout + OUTBOUND_LEASE_MARGIN {
+        return Err(invalid(
+            "SWITCHBOARD_OUTBOUND_LEASE",
+            "must be at least SWITCHBOARD_OUTBOUND_TIMEOUT plus 1s (an attempt, then its record)",
+        ));
+    }
+    if outbound.scan_interval.is_zero() {
+        return Err(invalid(
+            "SWITCHBOARD_OUTBOUND_SCAN_INTERVAL",
+            "must be positive",
+        ));
+    }
+    Ok(outbound)
 }
 
 /// The limits that are settings alone, each checked against its bounds.

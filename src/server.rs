@@ -202,20 +202,7 @@ fn start_services(
     let commits = Committer::new(store.clone(), broker.clone(), dispatcher.recipient());
     let sends = Arc::new(SendRate::new(config.sends_per_second));
     let requests = Requests::new(commits.clone(), store.clone(), sends.clone());
-    let sessions = Arc::new(session::Shared {
-        broker: broker.clone(),
-        store: store.clone(),
-        service: Arc::new(requests),
-        heartbeat: config.heartbeat,
-        max_frame_bytes: config.max_frame_bytes,
-        max_queued_bytes: config.max_queued_bytes,
-        frames_per_second: config.frames_per_second,
-        tokens: session::Tokens {
-            authenticator: authenticator.clone(),
-            leeway: config.jwt.leeway,
-            refresh_lead: config.token_refresh_lead,
-        },
-    });
+    let sessions = shared_by_sessions(config, &store, &broker, requests, &authenticator);
     let draining = Arc::new(AtomicBool::new(false));
     let socket_io = Arc::new(SocketIo {
         engines: Arc::new(Engines::new(config.handshakes)),
@@ -256,6 +243,30 @@ fn start_services(
             facebook_verify_token: config.webhooks.facebook_verify_token.clone(),
             max_body_bytes: config.webhooks.max_body_bytes,
             tolerance: config.webhooks.tolerance,
+        },
+    })
+}
+
+/// What every session shares: the engine's handles, the services' port and the settings.
+fn shared_by_sessions(
+    config: &Config,
+    store: &Store,
+    broker: &Addr<Broker>,
+    requests: Requests,
+    authenticator: &Arc<Authenticator>,
+) -> Arc<session::Shared> {
+    Arc::new(session::Shared {
+        broker: broker.clone(),
+        store: store.clone(),
+        service: Arc::new(requests),
+        heartbeat: config.heartbeat,
+        max_frame_bytes: config.max_frame_bytes,
+        max_queued_bytes: config.max_queued_bytes,
+        frames_per_second: config.frames_per_second,
+        tokens: session::Tokens {
+            authenticator: authenticator.clone(),
+            leeway: config.jwt.leeway,
+            refresh_lead: config.token_refresh_lead,
         },
     })
 }

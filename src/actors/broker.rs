@@ -18,7 +18,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::peers::Peers;
-use super::room::{Fail, Failure, Fill, Members, PresenceChanged, Room, Shutdown};
+use super::room::{self, Fail, Failure, Members, PresenceChanged, Room, Shutdown};
 use super::session::{Backlog, Deliver, Framing, FromRoom};
 use crate::config::Presence;
 use crate::event::RoomEvent;
@@ -276,7 +276,7 @@ impl Broker {
 
     fn fill(&self, account: &AccountId, head: Option<u64>) {
         if let Some(entry) = self.rooms.get(account) {
-            entry.room.do_send(Fill { head });
+            entry.room.do_send(room::CatchUp { head });
         }
     }
 
@@ -287,7 +287,7 @@ impl Broker {
             None => self
                 .rooms
                 .values()
-                .for_each(|entry| entry.room.do_send(Fill { head })),
+                .for_each(|entry| entry.room.do_send(room::CatchUp { head })),
         }
     }
 

@@ -127,56 +127,8 @@ fn ingest_in(
         }
         out.stored += 1;
         match item {
-            Inbound::Message {
-                provider_message_id,
-                contact_id,
-                sender_id,
-                direction,
-                text,
-                attachments,
-                sent_at,
-                echo_of,
-            } => {
-                let conversation =
-                    conversations::for_contact(conn, integration, contact_id, *sent_at)?;
-                let ours = match echo_of {
-                    Some(id) => conversations::message(conn, &integration.account_id, id)?
-                        .filter(|m| m.conversation_id == conversation.id),
-                    None => None,
-                };
-                if let Some(ours) = ours {
-                    // The provider echoes a reply sent through Switchboard: already shown.
-                    let message = conversations::set_message_status(
-                        conn,
-                        &ours.id,
-                        "sent",
-                        Some(provider_message_id),
-                    )?;
-                    out.events
-                        .push(inbox::one_message_status(conn, account, &message)?);
-                    continue;
-                }
-                let attachments = attachments.as_ref().map(Value::to_string);
-                let (direction, status) = match direction {
-                    Direction::Inbound => ("inbound", "received"),
-                    Direction::Outbound => ("outbound", "sent"),
-                };
-                let added = inbox::add_message(
-                    conn,
-                    account,
-                    &NewMessage {
-                        conversation: &conversation,
-                        direction,
-                        provider_message_id: Some(provider_message_id),
-                        sender_id,
-                        text: text.as_deref(),
-                        attachments: attachments.as_deref(),
-                        status,
-                        client_msg_id: None,
-                        created_at: *sent_at,
-                    },
-                )?;
-                out.events.extend(added.events);
+            Inbound::Message { .. } => {
+                message_in(conn, integration, account, item, &mut out.events)?
             }
             Inbound::Status {
                 contact_id,
@@ -207,6 +159,80 @@ fn ingest_in(
         }
     }
     Ok(out)
+}
+
+/// A message from the contact, or an echo of one the account sent: stored with its events, or,
+/// for an echo of a reply sent through Switchboard, that reply marked sent.
+fn message_in(
+    conn: &mut DbConnection,
+    integration: &Integration,
+    account: &AccountId,
+    item: &Inbound,
+    events: &mut Vec<RoomEvent>,
+) -> Result<(), StoreError> {
+    let Inbound::Message {
+        provider_message_id,
+        contact_id,
+        sender_id,
+        direction,
+        text,
+        attachments,
+        sent_at,
+        echo_of,
+    } = item
+    else {
+        return Ok(());
+    };
+    let conversation = conversations::for_contact(conn, integration, contact_id, *sent_at)?;
+    if let Some(id) = echo_of {
+        let echo = echoed(conn, account, &conversation, id, provider_message_id)?;
+        if let Some(event) = echo {
+            events.push(event);
+            return Ok(());
+        }
+    }
+    let attachments = attachments.as_ref().map(Value::to_string);
+    let (direction, status) = match direction {
+        Direction::Inbound => ("inbound", "received"),
+        Direction::Outbound => ("outbound", "sent"),
+    };
+    let added = inbox::add_message(
+        conn,
+        account,
+        &NewMessage {
+            conversation: &conversation,
+            direction,
+            provider_message_id: Some(provider_message_id),
+            sender_id,
+            text: text.as_deref(),
+            attachments: attachments.as_deref(),
+            status,
+            client_msg_id: None,
+            created_at: *sent_at,
+        },
+    )?;
+    events.extend(added.events);
+    Ok(())
+}
+
+/// The provider echoes a reply sent through Switchboard (`ours`, in this conversation): it is
+/// already shown, so it is only marked sent, and that announced. `None` when `ours` is no
+/// message of this conversation.
+fn echoed(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    conversation: &conversations::Conversation,
+    ours: &str,
+    provider_message_id: &str,
+) -> Result<Option<RoomEvent>, StoreError> {
+    let Some(ours) = conversations::message(conn, account.as_str(), ours)?
+        .filter(|m| m.conversation_id == conversation.id)
+    else {
+        return Ok(None);
+    };
+    let message =
+        conversations::set_message_status(conn, &ours.id, "sent", Some(provider_message_id))?;
+    Ok(Some(inbox::one_message_status(conn, account, &message)?))
 }
 
 /// The provider says how far the contact got with our messages (delivered, read): marks the

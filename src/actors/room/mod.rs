@@ -255,14 +255,14 @@ impl Handler<PresenceChanged> for Room {
 /// every event up to `head` already.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Fill {
+pub struct CatchUp {
     pub head: Option<u64>,
 }
 
-impl Handler<Fill> for Room {
+impl Handler<CatchUp> for Room {
     type Result = ();
 
-    fn handle(&mut self, Fill { head }: Fill, ctx: &mut Context<Self>) {
+    fn handle(&mut self, CatchUp { head }: CatchUp, ctx: &mut Context<Self>) {
         self.guarded(ctx, |room, ctx| {
             // A room still reading its sequence number will see the event in that read.
             if !room.last_seq_known || head.is_some_and(|head| head <= room.last_seq) {
