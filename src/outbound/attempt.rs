@@ -14,7 +14,7 @@ use crate::commit;
 use crate::config::OutboundConfig;
 use crate::ids::AccountId;
 use crate::inbox;
-use crate::store::deliveries::{self, Delivery, Outcome};
+use crate::store::deliveries::{self, Delivery, Outcome, Status};
 use crate::store::integrations::{self, Integration};
 use crate::store::{self, conversations, now_ms, Store, StoreError};
 
@@ -203,12 +203,12 @@ impl Attempts {
         let requested = !matches!(result, Err(Failure::Final(_)));
         let attempts = delivery.attempts + i64::from(requested);
         let (status, retry_in, error) = match result {
-            Ok(()) => ("delivered", None, None),
-            Err(Failure::Final(e)) => ("failed", None, Some(e)),
+            Ok(()) => (Status::Delivered, None, None),
+            Err(Failure::Final(e)) => (Status::Failed, None, Some(e)),
             Err(Failure::Request(e)) if attempts >= i64::from(self.config.max_attempts) => {
-                ("failed", None, Some(e))
+                (Status::Failed, None, Some(e))
             }
-            Err(Failure::Request(e)) => ("pending", Some(self.backoff(attempts)), Some(e)),
+            Err(Failure::Request(e)) => (Status::Pending, Some(self.backoff(attempts)), Some(e)),
         };
         match &error {
             Some(e) => log::warn!(
@@ -273,9 +273,9 @@ fn finish(
     outcome: &Outcome<'_>,
 ) -> Result<bool, StoreError> {
     let message_status = match outcome.status {
-        "delivered" => "forwarded",
-        "failed" => "failed",
-        _ => return deliveries::finish(conn, delivery, outcome),
+        Status::Delivered => "forwarded",
+        Status::Failed => "failed",
+        Status::Pending => return deliveries::finish(conn, delivery, outcome),
     };
     let Some(account) = account else {
         return deliveries::finish(conn, delivery, outcome);

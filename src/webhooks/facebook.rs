@@ -16,9 +16,9 @@ use super::{
 };
 use crate::auth::signature::{self, SignatureError};
 use crate::protocol::ECHO_METADATA_PREFIX;
-use crate::store::integrations::{self, Integration};
+use crate::store::integrations::{self, Integration, Provider};
 
-const PROVIDER: &str = "facebook";
+const PROVIDER: Provider = Provider::Facebook;
 
 /// `GET /webhooks/facebook?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`
 pub async fn handshake(
@@ -225,7 +225,7 @@ pub async fn receive(
     let pages = cpu_bound(stats, PROVIDER, &body, |body| page_ids(&body)).await?;
     let registered = hooks
         .store
-        .run(move |conn| integrations::find_enabled_among(conn, PROVIDER, &pages))
+        .run(move |conn| integrations::find_enabled_among(conn, PROVIDER.as_str(), &pages))
         .await?;
     if registered.is_empty() {
         return Err(WebhookError::UnknownIntegration);

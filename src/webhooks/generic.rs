@@ -15,9 +15,10 @@ use super::{
     cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
 };
 use crate::auth::signature::{SignatureError, StandardSignatures};
-use crate::store::{integrations, now_ms};
+use crate::store::integrations::{self, Provider};
+use crate::store::now_ms;
 
-const PROVIDER: &str = "generic";
+const PROVIDER: Provider = Provider::Generic;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "kebab-case")]
@@ -80,7 +81,7 @@ pub async fn receive(
         .store
         .run(move |conn| integrations::get(conn, &integration_id))
         .await?
-        .filter(|i| i.provider == PROVIDER && i.disabled_at.is_none())
+        .filter(|i| i.provider == PROVIDER.as_str() && i.disabled_at.is_none())
         .ok_or(WebhookError::UnknownIntegration)?;
 
     let sent = timestamp.parse::<i64>().ok();

@@ -27,7 +27,7 @@ use crate::event::RoomEvent;
 use crate::ids::AccountId;
 use crate::inbox;
 use crate::store::conversations::{self, NewMessage};
-use crate::store::integrations::Integration;
+use crate::store::integrations::{Integration, Provider};
 use crate::store::{now_ms, DbConnection, Store, StoreError};
 pub use error::WebhookError;
 
@@ -319,7 +319,7 @@ const ON_WORKER_BYTES: usize = 64 * 1024;
 /// the body is large, inline otherwise. A refused signature is counted and logged.
 async fn cpu_bound<T: Send + 'static>(
     stats: &Stats,
-    provider: &'static str,
+    provider: Provider,
     body: &Bytes,
     work: impl FnOnce(Bytes) -> Result<T, WebhookError> + Send + 'static,
 ) -> Result<T, WebhookError> {
@@ -349,13 +349,13 @@ pub struct Stats {
 
 impl Stats {
     /// Counts and logs a refused signature — never the signature or the secret themselves.
-    pub fn refused(&self, provider: &str, error: SignatureError) -> WebhookError {
-        let (counter, name) = match provider {
-            "facebook" => (&self.facebook, "facebook"),
-            "zalo" => (&self.zalo, "zalo"),
-            _ => (&self.generic, "generic"),
+    pub fn refused(&self, provider: Provider, error: SignatureError) -> WebhookError {
+        let counter = match provider {
+            Provider::Facebook => &self.facebook,
+            Provider::Zalo => &self.zalo,
+            Provider::Generic => &self.generic,
         };
-        crate::metrics::webhook_signature_failure(name);
+        crate::metrics::webhook_signature_failure(provider.as_str());
         let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
         log::warn!(
             "webhook refused provider={provider} reason={} refused_total={total}",

@@ -11,9 +11,9 @@ use super::{
     cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
 };
 use crate::auth::signature::{self, SignatureError};
-use crate::store::integrations;
+use crate::store::integrations::{self, Provider};
 
-const PROVIDER: &str = "zalo";
+const PROVIDER: Provider = Provider::Zalo;
 
 /// The fields needed to verify, read before anything else.
 #[derive(Deserialize)]
@@ -150,7 +150,7 @@ pub async fn receive(
 
     let integration = hooks
         .store
-        .run(move |conn| integrations::find_enabled(conn, PROVIDER, &oa_id))
+        .run(move |conn| integrations::find_enabled(conn, PROVIDER.as_str(), &oa_id))
         .await?
         .ok_or(WebhookError::UnknownIntegration)?;
     let app_id = integration.app_id.clone().unwrap_or_default();
