@@ -36,7 +36,7 @@ impl<'a> From<&'a Integration> for IntegrationView<'a> {
             id: &i.id,
             provider: &i.provider,
             external_id: &i.external_id,
-            account_id: &i.account_id,
+            account_id: i.account_id.as_str(),
             app_id: i.app_id.as_deref(),
             outbound_url: i.outbound_url.as_deref(),
             enabled: i.disabled_at.is_none(),

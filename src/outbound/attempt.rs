@@ -152,7 +152,7 @@ impl Attempts {
             }
             Some(i) => self.send(i, &delivery).await,
         };
-        let account = integration.and_then(|i| AccountId::new(&i.account_id).ok());
+        let account = integration.map(|i| i.account_id);
         self.record(delivery, account, result).await
     }
 

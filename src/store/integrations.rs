@@ -6,6 +6,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use super::schema::integrations;
 use super::{deliveries, now_ms, DbConnection, StoreError};
+use crate::ids::AccountId;
 
 /// The providers an integration can be for, by the name stored and shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +50,8 @@ pub struct Integration {
     pub id: String,
     pub provider: String,
     pub external_id: String,
-    pub account_id: String,
+    #[diesel(deserialize_as = String)]
+    pub account_id: AccountId,
     pub secret: String,
     pub app_id: Option<String>,
     pub outbound_url: Option<String>,

@@ -280,9 +280,7 @@ pub async fn ingest(
     integration: Integration,
     items: Vec<Inbound>,
 ) -> Result<Ingested, WebhookError> {
-    let account = AccountId::new(&integration.account_id).map_err(|e| {
-        WebhookError::Internal(format!("integration {} account: {e}", integration.id))
-    })?;
+    let account = integration.account_id.clone();
     let ingested = commits
         .commit(account.clone(), move |conn| {
             ingest_in(conn, &integration, &account, &items)
