@@ -280,7 +280,7 @@ impl Changes for Sent {
 }
 
 /// A user sends a message: to the participants of a conversation between users, or as a reply
-/// to an external contact (handed to the app by outbound webhook). Run inside [`store::write`].
+/// to an external contact (handed to the app by outbound webhook). Run inside [`crate::store::write`].
 pub fn send(
     conn: &mut DbConnection,
     account: &AccountId,

@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! The modules form layers; a module uses its own layer and those below it, never one above
-//! (`tests/architecture.rs` checks it, listing what is not untied yet). Read from the bottom up.
+//! (`tests/architecture.rs` checks it; the only cycles are among the actors that exchange
+//! messages). Read from the bottom up.
 //!
 //! **Wiring** — composes everything.
 //! - [`server`] — builds the store, the actors and the app; used by the binary and the tests.
@@ -15,16 +16,20 @@
 //!
 //! **HTTP** — routes and the one mapping of errors to responses.
 //! - [`api`] — HTTP routes: `/ws`, the publish API, integrations (admin), conversations (users),
-//!   the browser SDK (`src/sdk/`, embedded) and the demo page (`src/demo/`).
-//! - [`error`] — the API's error type and its one mapping to HTTP responses.
+//!   the browser SDK (`src/sdk/`, embedded) and the demo page (`src/demo/`); it routes
+//!   `/socket.io/` and `/webhooks/…` to their adapters, handing each its own handles.
+//! - [`error`] — the API's error type and its one mapping to HTTP responses, the adapters'
+//!   errors ([`socket_io::Refusal`], [`webhooks::WebhookError`]) included.
 //! - [`http`] — the app on actix-http, with each WebSocket's socket handed to its session once
 //!   the `101` is written; what a client may hold before it has proved anything.
 //!
 //! **Adapters** — other wires and other systems.
-//! - [`socket_io`] — `/socket.io/`: Socket.IO clients, as a second wire of the same sessions.
+//! - [`socket_io`] — `/socket.io/`: Socket.IO clients, as a second wire of the same sessions;
+//!   given [`socket_io::SocketIo`], knows nothing of the HTTP layer's state.
 //! - [`cluster`] — several nodes on one PostgreSQL and one Redis (`REDIS_URL`); implements the
 //!   engine's [`actors::peers::Peers`].
-//! - [`webhooks`] — Facebook, Zalo and generic (Standard Webhooks) ingestion, signatures.
+//! - [`webhooks`] — Facebook, Zalo and generic (Standard Webhooks) ingestion, signatures;
+//!   given [`webhooks::Webhooks`].
 //!
 //! **Services** — the domain operations, each through the one commit path.
 //! - [`commit`] — write in the account's transaction → hand the events to the broker → dispatch
@@ -50,7 +55,8 @@
 //!   development-mode keys.
 //! - [`ids`] — `AccountId`, `UserId`, `SessionId` newtypes.
 //! - [`auth`] — verifying application-issued JWTs (the only source of identity), with failed
-//!   authentications limited per client address; minting development tokens.
+//!   authentications limited per client address; minting development tokens; which pages may
+//!   open a socket (the `Origin` check).
 //! - [`protocol`] — WebSocket frames and close codes.
 //! - [`json`] — the one nesting limit on JSON taken in from outside.
 //! - [`metrics`] — Prometheus metrics, at `/metrics`.

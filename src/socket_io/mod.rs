@@ -19,6 +19,9 @@
 //! closed after the handshake timeout, after its first refused CONNECT, or when it posts more
 //! than a few packets at once; and every token tried counts against the client's address
 //! ([`crate::auth::throttle`]).
+//!
+//! An adapter: uses the engine's sessions, the store and the base layer, never the HTTP layer —
+//! the server hands it [`SocketIo`], and it refuses with its own [`Refusal`].
 
 pub mod admission;
 pub mod link;

@@ -7,6 +7,9 @@
 //! for a large body that work runs off the HTTP worker ([`cpu_bound`]). [`ingest`] then stores them in one short transaction — skipping
 //! any provider message id already ingested, so retries store and emit nothing — and the events
 //! are handed to the broker without waiting for delivery.
+//!
+//! An adapter: uses the services' commit path, the store and the base layer, never the HTTP
+//! layer — the server hands it [`Webhooks`], and it refuses with its own [`WebhookError`].
 
 pub mod error;
 pub mod facebook;
