@@ -14,9 +14,9 @@ use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
 use switchboard::actors::broker::{Broker, Join, Publish};
-use switchboard::actors::room::RoomEvent;
 use switchboard::actors::session::{Backlog, Deliver, Framing, FromRoom};
 use switchboard::config::{Database, Presence};
+use switchboard::event::RoomEvent;
 use switchboard::ids::{AccountId, SessionId, UserId};
 use switchboard::protocol::event_frame;
 use switchboard::store::Store;

@@ -4,7 +4,11 @@
 //! parameter, a header or a frame the client writes. Each way a token can be wrong has its own
 //! [`TokenError`], so a client is told exactly why it was refused. Tokens are verified only
 //! through [`throttle::Authenticator`], which limits failures per client address.
+//!
+//! [`signature`] verifies and makes the signatures of webhooks, the other way a caller proves
+//! who it is. Base layer: uses `config` and `ids` only.
 
+pub mod signature;
 pub mod throttle;
 
 use std::collections::HashMap;
@@ -17,7 +21,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{JwtConfig, JwtKey};
+use crate::config::{JwtConfig, JwtKey, Origins};
 use crate::ids::{AccountId, UserId};
 
 /// The claim that names the tenant; `sub` names the user.
@@ -219,6 +223,23 @@ fn id_claim<T, E: std::fmt::Display>(
         Some(_) => return Err(invalid("must be a string or an integer".into())),
     };
     parse(&text).map_err(|e| invalid(e.to_string()))
+}
+
+/// Before any token work on a WebSocket or Socket.IO handshake: a page on another site must not
+/// open a connection with the user's credentials (cross-site WebSocket hijacking). A request
+/// without an `Origin` is not from a browser and goes on.
+pub fn origin_allowed(req: &HttpRequest, origins: &Origins) -> bool {
+    use actix_web::http::header;
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    origin
+        .to_str()
+        .is_ok_and(|origin| origins.allow(origin, host))
 }
 
 /// The token a WebSocket handshake carries: the `Authorization` header, else `?token=`.

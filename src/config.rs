@@ -521,7 +521,7 @@ pub struct OutboundConfig {
 pub struct EdgeLimits {
     /// Longest a request body may take to arrive whole.
     pub body_timeout: Duration,
-    /// Bytes per second a body must average after its grace (see [`crate::http::body`]); 0:
+    /// Bytes per second a body must average after its grace (see the `http::body` module); 0:
     /// no minimum.
     pub body_min_rate: u32,
     /// Open connections from one address (an IPv6 /64); 0: no cap.
@@ -548,7 +548,7 @@ pub struct Retention {
     pub idempotency_window: Duration,
 }
 
-/// Cluster mode (see [`crate::cluster`]).
+/// Cluster mode (see the `cluster` module).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// Its URL may carry a password.
@@ -779,7 +779,7 @@ impl Origins {
     }
 }
 
-/// The CPU scheduling policy of the server's threads (see [`crate::scheduling`]).
+/// The CPU scheduling policy of the server's threads (see the `scheduling` module).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scheduling {
     /// Linux's `SCHED_BATCH`.
@@ -824,162 +824,23 @@ impl Config {
         if settings.db_pool_size == 0 {
             return Err(invalid("SWITCHBOARD_DB_POOL_SIZE", "must be at least 1"));
         }
-        let heartbeat = Heartbeat {
-            interval: settings.heartbeat_interval,
-            timeout: settings.client_timeout,
-        };
-        if heartbeat.interval.is_zero() {
-            return Err(invalid(
-                "SWITCHBOARD_HEARTBEAT_INTERVAL",
-                "must be positive",
-            ));
-        }
-        if heartbeat.timeout <= heartbeat.interval {
-            return Err(invalid(
-                "SWITCHBOARD_CLIENT_TIMEOUT",
-                "must be longer than the heartbeat interval",
-            ));
-        }
-        if settings.max_frame_bytes < 128 {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_FRAME_BYTES",
-                "must be at least 128",
-            ));
-        }
-        if settings.max_publish_bytes < 128 {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_PUBLISH_BYTES",
-                "must be at least 128",
-            ));
-        }
-        if settings.workers == Some(0) {
-            return Err(invalid("SWITCHBOARD_WORKERS", "must be at least 1"));
-        }
-        if settings.retention_max_events == 0 || settings.retention_interval.is_zero() {
-            return Err(invalid(
-                "SWITCHBOARD_RETENTION_MAX_EVENTS",
-                "retention must keep at least one event and run at a positive interval",
-            ));
-        }
-        if settings.max_queued_bytes < settings.max_frame_bytes.min(64 * 1024) {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_QUEUED_BYTES",
-                "must be at least 64 KiB (or the frame limit)",
-            ));
-        }
-        if settings.max_queued_publishes == 0 {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_QUEUED_PUBLISHES",
-                "must be at least 1",
-            ));
-        }
-        if settings.max_queued_publish_bytes < settings.max_publish_bytes {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_QUEUED_PUBLISH_BYTES",
-                "must be at least SWITCHBOARD_MAX_PUBLISH_BYTES (one publish must fit)",
-            ));
-        }
-        if settings.handshake_timeout.is_zero() {
-            return Err(invalid("SWITCHBOARD_HANDSHAKE_TIMEOUT", "must be positive"));
-        }
-        if settings.max_unauthenticated_per_address == 0 {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
-                "must be at least 1",
-            ));
-        }
-        if settings.max_unauthenticated < settings.max_unauthenticated_per_address {
-            return Err(invalid(
-                "SWITCHBOARD_MAX_UNAUTHENTICATED",
-                "must be at least SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
-            ));
-        }
-        if settings.outbound_max_attempts == 0 {
-            return Err(invalid(
-                "SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS",
-                "must be at least 1",
-            ));
-        }
-        if settings.body_timeout.is_zero() {
-            return Err(invalid("SWITCHBOARD_BODY_TIMEOUT", "must be positive"));
-        }
+        let heartbeat = heartbeat(&settings)?;
+        check_limits(&settings)?;
         let edge = EdgeLimits {
             body_timeout: settings.body_timeout,
             body_min_rate: settings.body_min_rate,
             max_connections_per_address: settings.max_connections_per_address,
             max_pending_connections: settings.max_pending_connections,
         };
-        let metrics_token = match settings.metrics_token.clone() {
-            Some(token) if token.len() < MIN_API_KEY_BYTES => {
-                return Err(invalid(
-                    "SWITCHBOARD_METRICS_TOKEN",
-                    format!("must be at least {MIN_API_KEY_BYTES} bytes"),
-                ))
-            }
-            token => token.map(Secret::new),
-        };
+        let metrics_token = metrics_token(&settings)?;
         let webhooks = WebhookConfig {
             facebook_verify_token: settings.facebook_verify_token.clone().map(Secret::new),
             max_body_bytes: settings.max_webhook_bytes,
             tolerance: settings.webhook_tolerance,
         };
-        let outbound = OutboundConfig {
-            max_attempts: settings.outbound_max_attempts,
-            retry_base: settings.outbound_retry_base,
-            timeout: settings.outbound_timeout,
-            lease: settings.outbound_lease,
-            scan_interval: settings.outbound_scan_interval,
-            allow_private: settings.outbound_allow_private,
-        };
-        if outbound.lease < outbound.timeout + OUTBOUND_LEASE_MARGIN {
-            return Err(invalid(
-                "SWITCHBOARD_OUTBOUND_LEASE",
-                "must be at least SWITCHBOARD_OUTBOUND_TIMEOUT plus 1s (an attempt, then its record)",
-            ));
-        }
-        if outbound.scan_interval.is_zero() {
-            return Err(invalid(
-                "SWITCHBOARD_OUTBOUND_SCAN_INTERVAL",
-                "must be positive",
-            ));
-        }
+        let outbound = outbound(&settings)?;
 
-        let configured_key = configured_jwt_key(&settings)?;
-        let mut configured_api_keys = Vec::new();
-        for key in settings.api_key.iter().flat_map(|keys| keys.split(',')) {
-            let key = key.trim();
-            if key.len() < MIN_API_KEY_BYTES {
-                return Err(invalid(
-                    "SWITCHBOARD_API_KEY",
-                    format!("each key must be at least {MIN_API_KEY_BYTES} bytes"),
-                ));
-            }
-            configured_api_keys.push(Secret::new(key.to_owned()));
-        }
-        let previous_api_keys = configured_api_keys.split_off(configured_api_keys.len().min(1));
-        let configured_api_key = configured_api_keys.pop();
-
-        let (jwt_key, api_key, dev_mode) = match (configured_key, configured_api_key) {
-            (Some(jwt_key), Some(api_key)) => (jwt_key, api_key, None),
-            (jwt_key, api_key) => {
-                development_meant(settings.dev_mode, jwt_key.is_some(), api_key.is_some())?;
-                let keys_file = settings
-                    .dev_keys_file
-                    .clone()
-                    .unwrap_or_else(|| dev_keys::default_path(&database));
-                let dev = dev_keys::load_or_create(&keys_file)?;
-                let dev_mode = DevMode {
-                    keys_file,
-                    generated_jwt_secret: jwt_key.is_none(),
-                    generated_api_key: api_key.is_none(),
-                };
-                (
-                    jwt_key.unwrap_or(JwtKey::Secret(dev.jwt_secret)),
-                    api_key.unwrap_or(dev.api_key),
-                    Some(dev_mode),
-                )
-            }
-        };
+        let (jwt_key, api_key, previous_api_keys, dev_mode) = keys(&settings, &database)?;
 
         let cluster = cluster_config(&settings)?;
         let outbox = outbox_config(&settings, &database)?;
@@ -1031,23 +892,206 @@ impl Config {
                 max_per_address: settings.max_unauthenticated_per_address,
                 max: settings.max_unauthenticated,
             },
-            allowed_origins: match settings.allowed_origins.as_deref() {
-                Some(value) => Origins::parse(value)?,
-                None if dev_mode.is_some() => Origins::Any,
-                None => Origins::Listed(Vec::new()),
-            },
+            allowed_origins: allowed_origins(settings.allowed_origins.as_deref(), &dev_mode)?,
             edge,
             metrics_token,
-            demo: match settings.demo.unwrap_or(dev_mode.is_some()) {
-                false => Demo::Off,
-                true if dev_mode.as_ref().is_some_and(|d| d.generated_jwt_secret) => {
-                    Demo::WithTokens
-                }
-                true => Demo::Page,
-            },
+            demo: demo(settings.demo, &dev_mode),
             dev_mode,
         })
     }
+}
+
+/// Which pages may open a WebSocket: as set, else any in development mode, else the server's
+/// own host only.
+fn allowed_origins(
+    value: Option<&str>,
+    dev_mode: &Option<DevMode>,
+) -> Result<Origins, ConfigError> {
+    Ok(match value {
+        Some(value) => Origins::parse(value)?,
+        None if dev_mode.is_some() => Origins::Any,
+        None => Origins::Listed(Vec::new()),
+    })
+}
+
+/// The demo: as set, else on in development mode; with tokens only when the JWT secret was
+/// generated (no application's tokens can be minted then).
+fn demo(setting: Option<bool>, dev_mode: &Option<DevMode>) -> Demo {
+    match setting.unwrap_or(dev_mode.is_some()) {
+        false => Demo::Off,
+        true if dev_mode.as_ref().is_some_and(|d| d.generated_jwt_secret) => Demo::WithTokens,
+        true => Demo::Page,
+    }
+}
+
+/// The heartbeat: a positive interval, and a client timeout longer than it.
+fn heartbeat(settings: &Settings) -> Result<Heartbeat, ConfigError> {
+    let heartbeat = Heartbeat {
+        interval: settings.heartbeat_interval,
+        timeout: settings.client_timeout,
+    };
+    if heartbeat.interval.is_zero() {
+        return Err(invalid(
+            "SWITCHBOARD_HEARTBEAT_INTERVAL",
+            "must be positive",
+        ));
+    }
+    if heartbeat.timeout <= heartbeat.interval {
+        return Err(invalid(
+            "SWITCHBOARD_CLIENT_TIMEOUT",
+            "must be longer than the heartbeat interval",
+        ));
+    }
+    Ok(heartbeat)
+}
+
+/// The `/metrics` bearer token, if set: as long as an API key at least.
+fn metrics_token(settings: &Settings) -> Result<Option<Secret>, ConfigError> {
+    match settings.metrics_token.clone() {
+        Some(token) if token.len() < MIN_API_KEY_BYTES => Err(invalid(
+            "SWITCHBOARD_METRICS_TOKEN",
+            format!("must be at least {MIN_API_KEY_BYTES} bytes"),
+        )),
+        token => Ok(token.map(Secret::new)),
+    }
+}
+
+/// Outbound delivery: a lease that outlasts an attempt, and a positive scan interval.
+fn outbound(settings: &Settings) -> Result<OutboundConfig, ConfigError> {
+    let outbound = OutboundConfig {
+        max_attempts: settings.outbound_max_attempts,
+        retry_base: settings.outbound_retry_base,
+        timeout: settings.outbound_timeout,
+        lease: settings.outbound_lease,
+        scan_interval: settings.outbound_scan_interval,
+        allow_private: settings.outbound_allow_private,
+    };
+    if outbound.lease < outbound.timeout + OUTBOUND_LEASE_MARGIN {
+        return Err(invalid(
+            "SWITCHBOARD_OUTBOUND_LEASE",
+            "must be at least SWITCHBOARD_OUTBOUND_TIMEOUT plus 1s (an attempt, then its record)",
+        ));
+    }
+    if outbound.scan_interval.is_zero() {
+        return Err(invalid(
+            "SWITCHBOARD_OUTBOUND_SCAN_INTERVAL",
+            "must be positive",
+        ));
+    }
+    Ok(outbound)
+}
+
+/// The limits that are settings alone, each checked against its bounds.
+fn check_limits(settings: &Settings) -> Result<(), ConfigError> {
+    if settings.max_frame_bytes < 128 {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_FRAME_BYTES",
+            "must be at least 128",
+        ));
+    }
+    if settings.max_publish_bytes < 128 {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_PUBLISH_BYTES",
+            "must be at least 128",
+        ));
+    }
+    if settings.workers == Some(0) {
+        return Err(invalid("SWITCHBOARD_WORKERS", "must be at least 1"));
+    }
+    if settings.retention_max_events == 0 || settings.retention_interval.is_zero() {
+        return Err(invalid(
+            "SWITCHBOARD_RETENTION_MAX_EVENTS",
+            "retention must keep at least one event and run at a positive interval",
+        ));
+    }
+    if settings.max_queued_bytes < settings.max_frame_bytes.min(64 * 1024) {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_QUEUED_BYTES",
+            "must be at least 64 KiB (or the frame limit)",
+        ));
+    }
+    if settings.max_queued_publishes == 0 {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_QUEUED_PUBLISHES",
+            "must be at least 1",
+        ));
+    }
+    if settings.max_queued_publish_bytes < settings.max_publish_bytes {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_QUEUED_PUBLISH_BYTES",
+            "must be at least SWITCHBOARD_MAX_PUBLISH_BYTES (one publish must fit)",
+        ));
+    }
+    if settings.handshake_timeout.is_zero() {
+        return Err(invalid("SWITCHBOARD_HANDSHAKE_TIMEOUT", "must be positive"));
+    }
+    if settings.max_unauthenticated_per_address == 0 {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+            "must be at least 1",
+        ));
+    }
+    if settings.max_unauthenticated < settings.max_unauthenticated_per_address {
+        return Err(invalid(
+            "SWITCHBOARD_MAX_UNAUTHENTICATED",
+            "must be at least SWITCHBOARD_MAX_UNAUTHENTICATED_PER_ADDRESS",
+        ));
+    }
+    if settings.outbound_max_attempts == 0 {
+        return Err(invalid(
+            "SWITCHBOARD_OUTBOUND_MAX_ATTEMPTS",
+            "must be at least 1",
+        ));
+    }
+    if settings.body_timeout.is_zero() {
+        return Err(invalid("SWITCHBOARD_BODY_TIMEOUT", "must be positive"));
+    }
+    Ok(())
+}
+
+/// The JWT key, the current and previous API keys, and development mode when either key is
+/// not configured (generated once, kept beside the database).
+fn keys(
+    settings: &Settings,
+    database: &Database,
+) -> Result<(JwtKey, Secret, Vec<Secret>, Option<DevMode>), ConfigError> {
+    let configured_key = configured_jwt_key(settings)?;
+    let mut configured_api_keys = Vec::new();
+    for key in settings.api_key.iter().flat_map(|keys| keys.split(',')) {
+        let key = key.trim();
+        if key.len() < MIN_API_KEY_BYTES {
+            return Err(invalid(
+                "SWITCHBOARD_API_KEY",
+                format!("each key must be at least {MIN_API_KEY_BYTES} bytes"),
+            ));
+        }
+        configured_api_keys.push(Secret::new(key.to_owned()));
+    }
+    let previous_api_keys = configured_api_keys.split_off(configured_api_keys.len().min(1));
+    let configured_api_key = configured_api_keys.pop();
+
+    let (jwt_key, api_key, dev_mode) = match (configured_key, configured_api_key) {
+        (Some(jwt_key), Some(api_key)) => (jwt_key, api_key, None),
+        (jwt_key, api_key) => {
+            development_meant(settings.dev_mode, jwt_key.is_some(), api_key.is_some())?;
+            let keys_file = settings
+                .dev_keys_file
+                .clone()
+                .unwrap_or_else(|| dev_keys::default_path(database));
+            let dev = dev_keys::load_or_create(&keys_file)?;
+            let dev_mode = DevMode {
+                keys_file,
+                generated_jwt_secret: jwt_key.is_none(),
+                generated_api_key: api_key.is_none(),
+            };
+            (
+                jwt_key.unwrap_or(JwtKey::Secret(dev.jwt_secret)),
+                api_key.unwrap_or(dev.api_key),
+                Some(dev_mode),
+            )
+        }
+    };
+    Ok((jwt_key, api_key, previous_api_keys, dev_mode))
 }
 
 /// Whether keys may be generated for development. Development mode comes by itself only when no

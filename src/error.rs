@@ -8,13 +8,16 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::auth::signature::SignatureError;
 use crate::auth::throttle::{whole_seconds, Refused};
 use crate::auth::TokenError;
 use crate::json::JsonError;
 use crate::metrics;
 use crate::protocol::SinceError;
 use crate::publisher::PublishError;
+use crate::socket_io::Refusal;
 use crate::store::StoreError;
+use crate::webhooks::WebhookError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -120,42 +123,48 @@ impl From<PublishError> for ApiError {
     }
 }
 
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::EngineIo { code, message } => Self::EngineIo { code, message },
+            Refusal::Draining => Self::Draining,
+            Refusal::OriginNotAllowed => Self::OriginNotAllowed,
+            Refusal::Auth(refused) => refused.into(),
+            Refusal::TooManyUnauthenticated {
+                server_wide,
+                retry_after,
+            } => Self::TooManyUnauthenticated {
+                server_wide,
+                retry_after,
+            },
+            Refusal::NotWebSocket => Self::NotWebSocket,
+            Refusal::InvalidBody(reason) => Self::InvalidBody(reason),
+            Refusal::PayloadTooLarge { limit } => Self::PayloadTooLarge { limit },
+        }
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(error: WebhookError) -> Self {
+        match error {
+            WebhookError::InvalidField { field, reason } => Self::InvalidField { field, reason },
+            WebhookError::InvalidBody(reason) => Self::InvalidBody(reason),
+            WebhookError::PayloadTooLarge { limit } => Self::PayloadTooLarge { limit },
+            WebhookError::Signature(e) => Self::Signature(e),
+            WebhookError::VerifyToken(reason) => Self::VerifyToken(reason),
+            WebhookError::UnknownIntegration => Self::UnknownIntegration,
+            WebhookError::Store(e) => Self::Store(e),
+            WebhookError::Internal(reason) => Self::Internal(reason),
+        }
+    }
+}
+
 /// A validation result as the API's `invalid-field` error, naming the field.
 pub fn field<T>(field: &'static str, result: Result<T, impl ToString>) -> Result<T, ApiError> {
     result.map_err(|e| ApiError::InvalidField {
         field,
         reason: e.to_string(),
     })
-}
-
-/// Why a webhook's signature was refused. Never carries the signature or the secret.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SignatureError {
-    #[error("the webhook signature headers are missing")]
-    Missing,
-    #[error("the webhook signature does not match")]
-    Mismatch,
-    #[error("the webhook timestamp is outside the replay window")]
-    Stale,
-    /// Refused before any MAC is computed: no sender needs more.
-    #[error(
-        "the webhook-signature header lists more than {signatures} signatures or is longer than {bytes} bytes"
-    )]
-    TooMany { signatures: usize, bytes: usize },
-    /// A Facebook webhook naming pages whose integrations hold different app secrets: one app
-    /// signs a webhook, so it cannot verify for all of them.
-    #[error("the pages of this webhook are registered with different app secrets")]
-    SecretsDiffer,
-}
-
-impl SignatureError {
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Missing => "missing-signature",
-            Self::Mismatch | Self::TooMany { .. } | Self::SecretsDiffer => "invalid-signature",
-            Self::Stale => "timestamp-out-of-window",
-        }
-    }
 }
 
 impl ApiError {

@@ -52,6 +52,15 @@ macro_rules! string_id {
             }
         }
 
+        /// A stored id read back (`#[diesel(deserialize_as = String)]`): checked as any is.
+        impl TryFrom<String> for $name {
+            type Error = IdError;
+
+            fn try_from(s: String) -> Result<Self, IdError> {
+                Self::new(&s)
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

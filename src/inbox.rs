@@ -5,9 +5,11 @@
 //! Who hears about a conversation depends on its kind: an external conversation (a customer on
 //! Facebook, Zalo, …) belongs to the whole account, so its events go to every session of the
 //! account; a conversation between users goes to its participants only, each with their own
-//! unread count. Everything here runs inside [`store::write`] for the account, so the events get
-//! the account's next sequence numbers in the same transaction as the change they describe;
-//! [`hand_off`] passes them to the broker once that transaction has committed.
+//! unread count. Everything here runs inside the one commit path ([`crate::commit`]) for the
+//! account, so the events get the account's next sequence numbers in the same transaction as the
+//! change they describe, and reach the broker once that transaction has committed.
+//!
+//! Services layer: uses `store`, `event`, `protocol` and `commit`; no actor, no HTTP.
 //!
 //! A user's sends, whichever way they arrive (WebSocket, Socket.IO, REST), draw on one allowance
 //! per user, [`SendRate`].
@@ -16,7 +18,6 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use actix::Addr;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
@@ -24,14 +25,13 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use crate::actors::broker::{Broker, Publish};
-use crate::actors::room::{Handed, RoomEvent};
+use crate::commit::Changes;
+use crate::event::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
-use crate::protocol::event_frame;
+use crate::protocol::{event_frame, ECHO_METADATA_PREFIX};
 use crate::store::conversations::{self, Conversation, Message, NewMessage};
 use crate::store::events::{self, NewEvent};
 use crate::store::{deliveries, integrations, now_ms, DbConnection, StoreError};
-use crate::webhooks::facebook::ECHO_METADATA_PREFIX;
 
 /// Longest message text, in characters.
 pub const MAX_TEXT: usize = 10_000;
@@ -269,8 +269,18 @@ pub struct Sent {
     pub duplicate: bool,
 }
 
+impl Changes for Sent {
+    fn take_events(&mut self) -> Vec<RoomEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn delivery(&self) -> Option<&str> {
+        self.delivery.as_deref()
+    }
+}
+
 /// A user sends a message: to the participants of a conversation between users, or as a reply
-/// to an external contact (handed to the app by outbound webhook). Run inside [`store::write`].
+/// to an external contact (handed to the app by outbound webhook). Run inside [`crate::store::write`].
 pub fn send(
     conn: &mut DbConnection,
     account: &AccountId,
@@ -478,15 +488,4 @@ pub fn one_message_status(
         "provider_message_id": message.provider_message_id,
     });
     message_status(conn, account, data)
-}
-
-/// Hands committed events to the broker. Called on the blocking thread right after the commit,
-/// not from a request future that a departing client could drop.
-pub fn hand_off(broker: &Addr<Broker>, account: &AccountId, events: Vec<RoomEvent>) {
-    for event in events {
-        broker.do_send(Publish {
-            account: account.clone(),
-            event,
-        });
-    }
 }

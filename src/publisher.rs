@@ -11,7 +11,7 @@
 //! queueing without limit.
 //!
 //! A publish is answered once its event is committed and the account's live sessions have
-//! caught up to within a few events of it (see `room::PACING_SLACK`), or [`PACING_MAX`] has
+//! caught up to within a few events of it (see `event::Handed`), or [`PACING_MAX`] has
 //! passed: a publisher that outruns a room's fan-out is slowed to its pace rather than piling
 //! events up in the server, which is what keeps delivery latency flat under load.
 
@@ -24,8 +24,9 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::broker::{Broker, Replayed};
-use crate::actors::room::{Handed, RoomEvent};
+use crate::commit;
 use crate::config::PublishQueue;
+use crate::event::{Handed, RoomEvent};
 use crate::ids::{AccountId, UserId};
 use crate::inbox;
 use crate::store::connection::DbConnection;
@@ -130,7 +131,7 @@ impl Publisher {
         bound: PublishQueue,
     ) -> Self {
         let (jobs, queue) = mpsc::channel();
-        let writer = Writer {
+        let writer = BatchWriter {
             store,
             broker,
             idempotency_window,
@@ -192,13 +193,13 @@ enum Outcome {
 }
 
 /// The writer thread's side.
-struct Writer {
+struct BatchWriter {
     store: Store,
     broker: Addr<Broker>,
     idempotency_window: Duration,
 }
 
-impl Writer {
+impl BatchWriter {
     fn write_batches(&self, queue: &mpsc::Receiver<Job>) {
         while let Ok(first) = queue.recv() {
             let mut batch = vec![first];
@@ -240,7 +241,7 @@ impl Writer {
                         Outcome::Stored(mut event) => {
                             let seq = event.seq;
                             event.handed = Some(job.handed);
-                            inbox::hand_off(&self.broker, &job.request.account, vec![event]);
+                            commit::hand_off(&self.broker, &job.request.account, vec![event]);
                             Published {
                                 seq,
                                 replayed: false,

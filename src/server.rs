@@ -9,16 +9,22 @@ use actix::{Actor, Addr, AsyncContext};
 use actix_web::{web, App};
 
 use crate::actors::broker::{Broker, Drain};
+use crate::actors::peers::Peers;
 use crate::actors::session;
-use crate::api::{self, AppState, WebhookState};
+use crate::api::{self, AppState};
 use crate::auth::throttle::Authenticator;
 use crate::cluster::Cluster;
+use crate::commit::Committer;
 use crate::config::{Config, Demo};
 use crate::ids::random_id;
+use crate::inbox::SendRate;
 use crate::outbound::{address, Dispatcher};
 use crate::publisher::Publisher;
+use crate::requests::Requests;
 use crate::retention::Pruner;
+use crate::socket_io::{Engines, SocketIo};
 use crate::store::{Store, StoreError};
+use crate::webhooks::Webhooks;
 use crate::{http, logging, metrics};
 
 #[derive(Debug, thiserror::Error)]
@@ -89,97 +95,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .await
         .map_err(|_| StoreError::Cancelled)??;
     let node = random_id("node")[..13].to_owned();
-    let metrics = metrics::install(&node);
-    let upkeep = metrics.clone();
-    actix::spawn(async move {
-        // Folds recorded samples into the histograms even when nobody scrapes.
-        let mut every = actix::clock::interval(METRICS_UPKEEP);
-        loop {
-            every.tick().await;
-            upkeep.run_upkeep();
-        }
-    });
-    let mut cluster = None;
-    let broker = Broker::create(|ctx| {
-        cluster = config
-            .cluster
-            .as_ref()
-            .map(|cluster| Cluster::start(cluster, &node, config.presence.grace, ctx.address()));
-        Broker::new(
-            store.clone(),
-            config.presence,
-            config.max_sessions_per_user,
-            cluster.clone(),
-        )
-    });
-    let shutdown_broker = broker.clone();
-    let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound, &node).start();
-    Pruner::new(store.clone(), config.retention).start();
-
-    let publisher = Publisher::start(
-        store.clone(),
-        broker.clone(),
-        config.retention.idempotency_window,
-        config.publish_queue,
-    );
-    if let Some(outbox) = &config.outbox {
-        let stop =
-            crate::outbox::start(outbox.clone(), publisher.clone(), config.max_publish_bytes);
-        // Held by a task of this actix system, so the consumer stops with it.
-        actix::spawn(async move {
-            let _stop = stop;
-            std::future::pending::<()>().await;
-        });
-    }
-    let authenticator = Arc::new(Authenticator::new(
-        &config.jwt,
-        config.auth_failures_per_minute,
-    ));
-    let draining = Arc::new(AtomicBool::new(false));
-    let state = web::Data::new(AppState {
-        cluster,
-        metrics,
-        authenticator: authenticator.clone(),
-        draining: draining.clone(),
-        api_keys: std::iter::once(&config.api_key)
-            .chain(&config.previous_api_keys)
-            .cloned()
-            .collect(),
-        store: store.clone(),
-        broker: broker.clone(),
-        engines: Arc::new(crate::socket_io::Engines::new(config.handshakes)),
-        sessions: Arc::new(session::Shared {
-            broker,
-            store,
-            dispatcher: dispatcher.clone(),
-            heartbeat: config.heartbeat,
-            max_frame_bytes: config.max_frame_bytes,
-            max_queued_bytes: config.max_queued_bytes,
-            frames_per_second: config.frames_per_second,
-            sends: crate::inbox::SendRate::new(config.sends_per_second),
-            tokens: session::Tokens {
-                authenticator,
-                leeway: config.jwt.leeway,
-                refresh_lead: config.token_refresh_lead,
-            },
-        }),
-        dispatcher,
-        outbound_addresses: address::Policy {
-            allow_private: config.outbound.allow_private,
-        },
-        publisher,
-        long_poll_max: config.long_poll_max,
-        demo: config.demo,
-        allowed_origins: config.allowed_origins.clone(),
-        demo_minter: (config.demo == Demo::WithTokens).then(|| config.jwt.clone()),
-        metrics_token: config.metrics_token.clone(),
-        webhooks: WebhookState {
-            stats: Default::default(),
-            facebook_verify_token: config.webhooks.facebook_verify_token.clone(),
-            max_body_bytes: config.webhooks.max_body_bytes,
-            tolerance: config.webhooks.tolerance,
-        },
-    });
+    let metrics = start_metrics(&node);
+    let (broker, cluster) = start_broker(&config, &store, &node);
+    let state = start_services(&config, store, broker.clone(), cluster, metrics, &node);
+    let draining = state.draining.clone();
     let max_publish_bytes = config.max_publish_bytes;
     let body_deadline = http::body::BodyDeadline::new(&config.edge);
     let make_app = move || {
@@ -215,9 +134,149 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     Ok(Running {
         addr,
         server: server.run(),
-        broker: shutdown_broker,
+        broker,
         draining,
         drain_period: config.drain_period,
+    })
+}
+
+/// Installs the Prometheus recorder for this node and keeps its histograms folded.
+fn start_metrics(node: &str) -> metrics_exporter_prometheus::PrometheusHandle {
+    let metrics = metrics::install(node);
+    let upkeep = metrics.clone();
+    actix::spawn(async move {
+        // Folds recorded samples into the histograms even when nobody scrapes.
+        let mut every = actix::clock::interval(METRICS_UPKEEP);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    metrics
+}
+
+/// Starts the broker, and in cluster mode the cluster as its peers.
+fn start_broker(config: &Config, store: &Store, node: &str) -> (Addr<Broker>, Option<Cluster>) {
+    let mut cluster = None;
+    let broker = Broker::create(|ctx| {
+        cluster = config
+            .cluster
+            .as_ref()
+            .map(|cluster| Cluster::start(cluster, node, config.presence.grace, ctx.address()));
+        let peers = cluster
+            .clone()
+            .map(|cluster| Arc::new(cluster) as Arc<dyn Peers>);
+        Broker::new(
+            store.clone(),
+            config.presence,
+            config.max_sessions_per_user,
+            peers,
+        )
+    });
+    (broker, cluster)
+}
+
+/// Starts the services (outbound dispatcher, retention, publisher) and gathers what every
+/// request handler and session shares.
+fn start_services(
+    config: &Config,
+    store: Store,
+    broker: Addr<Broker>,
+    cluster: Option<Cluster>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    node: &str,
+) -> web::Data<AppState> {
+    let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound, node).start();
+    Pruner::new(store.clone(), config.retention).start();
+
+    let publisher = Publisher::start(
+        store.clone(),
+        broker.clone(),
+        config.retention.idempotency_window,
+        config.publish_queue,
+    );
+    if let Some(outbox) = &config.outbox {
+        let stop =
+            crate::outbox::start(outbox.clone(), publisher.clone(), config.max_publish_bytes);
+        // Held by a task of this actix system, so the consumer stops with it.
+        actix::spawn(async move {
+            let _stop = stop;
+            std::future::pending::<()>().await;
+        });
+    }
+    let authenticator = Arc::new(Authenticator::new(
+        &config.jwt,
+        config.auth_failures_per_minute,
+    ));
+    let commits = Committer::new(store.clone(), broker.clone(), dispatcher.recipient());
+    let sends = Arc::new(SendRate::new(config.sends_per_second));
+    let requests = Requests::new(commits.clone(), store.clone(), sends.clone());
+    let sessions = shared_by_sessions(config, &store, &broker, requests, &authenticator);
+    let draining = Arc::new(AtomicBool::new(false));
+    let socket_io = Arc::new(SocketIo {
+        engines: Arc::new(Engines::new(config.handshakes)),
+        sessions: sessions.clone(),
+        authenticator: authenticator.clone(),
+        store: store.clone(),
+        draining: draining.clone(),
+        origins: config.allowed_origins.clone(),
+    });
+    web::Data::new(AppState {
+        cluster,
+        metrics,
+        authenticator,
+        draining,
+        api_keys: std::iter::once(&config.api_key)
+            .chain(&config.previous_api_keys)
+            .cloned()
+            .collect(),
+        store: store.clone(),
+        broker,
+        sessions,
+        socket_io,
+        commits: commits.clone(),
+        sends,
+        outbound_addresses: address::Policy {
+            allow_private: config.outbound.allow_private,
+        },
+        publisher,
+        long_poll_max: config.long_poll_max,
+        demo: config.demo,
+        allowed_origins: config.allowed_origins.clone(),
+        demo_minter: (config.demo == Demo::WithTokens).then(|| config.jwt.clone()),
+        metrics_token: config.metrics_token.clone(),
+        webhooks: Webhooks {
+            stats: Default::default(),
+            store: store.clone(),
+            commits: commits.clone(),
+            facebook_verify_token: config.webhooks.facebook_verify_token.clone(),
+            max_body_bytes: config.webhooks.max_body_bytes,
+            tolerance: config.webhooks.tolerance,
+        },
+    })
+}
+
+/// What every session shares: the engine's handles, the services' port and the settings.
+fn shared_by_sessions(
+    config: &Config,
+    store: &Store,
+    broker: &Addr<Broker>,
+    requests: Requests,
+    authenticator: &Arc<Authenticator>,
+) -> Arc<session::Shared> {
+    Arc::new(session::Shared {
+        broker: broker.clone(),
+        store: store.clone(),
+        service: Arc::new(requests),
+        heartbeat: config.heartbeat,
+        max_frame_bytes: config.max_frame_bytes,
+        max_queued_bytes: config.max_queued_bytes,
+        frames_per_second: config.frames_per_second,
+        tokens: session::Tokens {
+            authenticator: authenticator.clone(),
+            leeway: config.jwt.leeway,
+            refresh_lead: config.token_refresh_lead,
+        },
     })
 }
 

@@ -306,7 +306,7 @@ async fn a_room_that_panics_is_restarted_and_its_sessions_miss_nothing() {
 /// Holds the account's writes in the database (a transaction with its sequence row locked) until
 /// dropped: what a database too slow for the publishes looks like to the publisher.
 struct HeldWrites {
-    conn: r2d2::PooledConnection<switchboard::store::connection::Manager>,
+    conn: diesel::r2d2::PooledConnection<switchboard::store::connection::Manager>,
     _store: switchboard::store::Store,
 }
 

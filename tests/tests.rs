@@ -6,6 +6,7 @@
 
 mod common;
 
+mod architecture;
 mod auth;
 mod bad_input;
 mod browser_side;

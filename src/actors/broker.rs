@@ -8,7 +8,7 @@
 //! In cluster mode the broker also relays what this node stores to the other nodes, hands what
 //! they relay ([`FromPeers`]) to its rooms, and has rooms that have been quiet for the check
 //! interval compare themselves with their account's head in the database, so that an event whose
-//! relay was lost still arrives (see [`crate::cluster`]).
+//! relay was lost still arrives. The other nodes are reached through [`Peers`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::room::{Fail, Failure, Fill, Members, PresenceChanged, Room, RoomEvent, Shutdown};
+use super::peers::Peers;
+use super::room::{self, Fail, Failure, Members, PresenceChanged, Room, Shutdown};
 use super::session::{Backlog, Deliver, Framing, FromRoom};
-use crate::cluster::Cluster;
 use crate::config::Presence;
+use crate::event::RoomEvent;
 use crate::ids::{AccountId, SessionId, UserId};
 use crate::metrics;
 use crate::store::{events, Store};
@@ -153,7 +154,7 @@ pub struct CatchUp(pub Option<AccountId>);
 
 /// A publish was answered as an idempotent replay of event `seq`. The node that stored it may
 /// have died before relaying it, and a replay stores and relays nothing: every node's room of
-/// the account makes sure it has the event (see [`crate::cluster`]).
+/// the account makes sure it has the event (see [`Peers::catch_up`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Replayed {
@@ -163,7 +164,8 @@ pub struct Replayed {
 
 pub struct Broker {
     store: Store,
-    cluster: Option<Cluster>,
+    /// The other nodes, in cluster mode.
+    peers: Option<Arc<dyn Peers>>,
     presence: Presence,
     /// Sessions (tabs) one user may have open at once.
     max_sessions_per_user: usize,
@@ -179,11 +181,11 @@ impl Broker {
         store: Store,
         presence: Presence,
         max_sessions_per_user: usize,
-        cluster: Option<Cluster>,
+        peers: Option<Arc<dyn Peers>>,
     ) -> Self {
         Self {
             store,
-            cluster,
+            peers,
             presence,
             max_sessions_per_user,
             rooms: HashMap::new(),
@@ -197,8 +199,8 @@ impl Actor for Broker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Some(cluster) = &self.cluster {
-            let every = cluster.check_interval();
+        if let Some(peers) = &self.peers {
+            let every = peers.check_interval();
             ctx.run_interval(every, move |broker, ctx| broker.check_heads(every, ctx));
         }
     }
@@ -219,7 +221,7 @@ impl Handler<Join> for Broker {
                         self.store.clone(),
                         self.presence,
                         self.max_sessions_per_user,
-                        self.cluster.clone(),
+                        self.peers.clone(),
                     );
                     Supervisor::start(move |_| room)
                 },
@@ -274,7 +276,7 @@ impl Broker {
 
     fn fill(&self, account: &AccountId, head: Option<u64>) {
         if let Some(entry) = self.rooms.get(account) {
-            entry.room.do_send(Fill { head });
+            entry.room.do_send(room::CatchUp { head });
         }
     }
 
@@ -285,7 +287,7 @@ impl Broker {
             None => self
                 .rooms
                 .values()
-                .for_each(|entry| entry.room.do_send(Fill { head })),
+                .for_each(|entry| entry.room.do_send(room::CatchUp { head })),
         }
     }
 
@@ -343,8 +345,8 @@ impl Handler<Publish> for Broker {
 
     fn handle(&mut self, publish: Publish, _: &mut Context<Self>) {
         metrics::published(1);
-        if let Some(cluster) = &self.cluster {
-            cluster.relay_event(&publish.account, &publish.event);
+        if let Some(peers) = &self.peers {
+            peers.relay_event(&publish.account, &publish.event);
         }
         self.deliver(&publish.account, publish.event);
     }
@@ -354,8 +356,8 @@ impl Handler<Ephemeral> for Broker {
     type Result = ();
 
     fn handle(&mut self, ephemeral: Ephemeral, _: &mut Context<Self>) {
-        if let Some(cluster) = &self.cluster {
-            cluster.relay_ephemeral(ephemeral.clone());
+        if let Some(peers) = &self.peers {
+            peers.relay_ephemeral(ephemeral.clone());
         }
         self.ephemeral(ephemeral);
     }
@@ -394,8 +396,8 @@ impl Handler<Replayed> for Broker {
     type Result = ();
 
     fn handle(&mut self, Replayed { account, seq }: Replayed, _: &mut Context<Self>) {
-        if let Some(cluster) = &self.cluster {
-            cluster.catch_up(&account, seq);
+        if let Some(peers) = &self.peers {
+            peers.catch_up(&account, seq);
         }
         self.fill(&account, Some(seq));
     }
@@ -409,10 +411,13 @@ impl Handler<OnlineUsers> for Broker {
             .rooms
             .get(&query.account)
             .map(|entry| entry.room.clone());
-        let cluster = self.cluster.clone();
+        let asked = self
+            .peers
+            .as_ref()
+            .map(|peers| peers.online_users(&query.account));
         Box::pin(async move {
-            if let Some(cluster) = cluster {
-                if let Some(users) = cluster.online_users(&query.account).await {
+            if let Some(asked) = asked {
+                if let Some(users) = asked.await {
                     return users;
                 }
             }

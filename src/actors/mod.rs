@@ -8,7 +8,12 @@
 //!
 //! A room only ever holds sessions of its own account, and the broker routes by account id alone:
 //! there is no path by which an event reaches a session of another account.
+//!
+//! Other nodes are reached only through [`peers::Peers`], a trait the engine defines and the
+//! cluster implements: the actors never name the cluster.
 
 pub mod broker;
+pub mod peers;
 pub mod room;
+pub mod service;
 pub mod session;

@@ -16,8 +16,6 @@ use super::{json_text, list_json, optional_json, AppState};
 use crate::error::ApiError;
 use crate::ids::UserId;
 use crate::inbox::{self, InboxError, Send};
-use crate::outbound::Dispatch;
-use crate::store;
 use crate::store::conversations::{self, Cursor, Message, MessageCursor, MessageView};
 
 const DEFAULT_PAGE: i64 = 50;
@@ -162,21 +160,17 @@ pub async fn open(
             reason: format!("name 1 to {} other users", MAX_PARTICIPANTS - 1),
         });
     }
-    let broker = state.broker.clone();
-    let (view, created) = state
-        .store
-        .run(move |conn| {
-            let (view, created, events) = store::write(conn, &user.account, |conn| {
-                inbox::open(
-                    conn,
-                    &user.account,
-                    &user.user,
-                    &others,
-                    request.title.as_deref(),
-                )
-            })?;
-            inbox::hand_off(&broker, &user.account, events);
-            Ok::<_, ApiError>((view, created))
+    let ((view, created), _) = state
+        .commits
+        .commit(user.account.clone(), move |conn| {
+            let (view, created, events) = inbox::open(
+                conn,
+                &user.account,
+                &user.user,
+                &others,
+                request.title.as_deref(),
+            )?;
+            Ok::<_, ApiError>(((view, created), events))
         })
         .await?;
     let response = if created {
@@ -280,6 +274,16 @@ struct SendAnswer<'a> {
     seq: u64,
 }
 
+/// The message a send request asks for, as the inbox takes it.
+fn message<'a>(conversation_id: &'a str, request: &'a SendRequest) -> Send<'a> {
+    Send {
+        conversation_id,
+        text: request.text.as_deref(),
+        attachments: request.attachments.as_deref().map(RawValue::get),
+        client_msg_id: request.client_msg_id.as_deref(),
+    }
+}
+
 /// `POST /api/v1/conversations/{id}/messages` — the message, with the `seq` of its `new-message`
 /// (201; 200 with the first result when `client_msg_id` was sent before).
 pub async fn send(
@@ -289,33 +293,19 @@ pub async fn send(
     body: Json<SendRequest>,
 ) -> Result<HttpResponse, ApiError> {
     state
-        .sessions
         .sends
         .check(&user.account, &user.user)
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let request = body.into_inner();
     let id = path.into_inner();
-    let broker = state.broker.clone();
+    message(&id, &request).validate()?;
     let sent = state
-        .store
-        .run(move |conn| {
-            let send = Send {
-                conversation_id: &id,
-                text: request.text.as_deref(),
-                attachments: request.attachments.as_deref().map(RawValue::get),
-                client_msg_id: request.client_msg_id.as_deref(),
-            };
-            send.validate()?;
-            let mut sent = store::write(conn, &user.account, |conn| {
-                inbox::send(conn, &user.account, &user.user, &send)
-            })?;
-            inbox::hand_off(&broker, &user.account, std::mem::take(&mut sent.events));
-            Ok::<_, InboxError>(sent)
+        .commits
+        .commit(user.account.clone(), move |conn| {
+            inbox::send(conn, &user.account, &user.user, &message(&id, &request))
         })
-        .await?;
-    if let Some(delivery_id) = sent.delivery {
-        state.dispatcher.do_send(Dispatch { delivery_id });
-    }
+        .await
+        .map_err(ApiError::from)?;
     let answer = SendAnswer {
         message: sent.message.view(),
         seq: sent.seq,
@@ -344,16 +334,12 @@ pub async fn mark_read(
 ) -> Result<HttpResponse, ApiError> {
     let up_to = optional_json::<ReadRequest>(&body)?.up_to;
     let id = path.into_inner();
-    let broker = state.broker.clone();
-    let view = state
-        .store
-        .run(move |conn| {
-            let (view, events) = store::write(conn, &user.account, |conn| {
-                inbox::mark_read(conn, &user.account, &user.user, &id, up_to.as_deref())
-            })?;
-            inbox::hand_off(&broker, &user.account, events);
-            Ok::<_, InboxError>(view)
+    let (view, _) = state
+        .commits
+        .commit(user.account.clone(), move |conn| {
+            inbox::mark_read(conn, &user.account, &user.user, &id, up_to.as_deref())
         })
-        .await?;
+        .await
+        .map_err(ApiError::from)?;
     Ok(json_text(HttpResponse::Ok(), view.get().to_owned()))
 }

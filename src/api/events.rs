@@ -12,9 +12,9 @@ use serde_json::json;
 use super::extract::User;
 use super::{json_text, list_json, AppState};
 use crate::actors::broker::Wait;
-use crate::actors::room::RoomEvent;
 use crate::auth::Identity;
 use crate::error::ApiError;
+use crate::event::RoomEvent;
 use crate::protocol::{ResumePoint, SinceError};
 use crate::store::events;
 

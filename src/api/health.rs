@@ -8,29 +8,20 @@ use std::sync::atomic::Ordering;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use diesel::RunQueryDsl;
 use serde_json::json;
 
 use super::AppState;
 use crate::auth;
 use crate::auth::throttle::peer;
 use crate::error::ApiError;
-use crate::store::StoreError;
+use crate::store;
 
 pub async fn alive() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let database = state
-        .store
-        .run(|conn| {
-            diesel::sql_query("SELECT 1")
-                .execute(conn)
-                .map_err(StoreError::from)
-        })
-        .await
-        .is_ok();
+    let database = state.store.run(store::ping).await.is_ok();
     let draining = state.draining.load(Ordering::Relaxed);
     let redis = state.cluster.as_ref().map(|cluster| cluster.redis_up());
     let ready = database && !draining && redis != Some(false);

@@ -8,11 +8,11 @@ use serde_json::json;
 
 use super::extract::{Json, ServerKey};
 use super::{optional_json, AppState};
+use crate::auth::signature::generate_secret;
 use crate::error::{field, ApiError};
 use crate::ids::{check_id, random_id, AccountId};
 use crate::store::deliveries;
-use crate::store::integrations::{self, Integration, NewIntegration, SecretKind};
-use crate::webhooks::signature::generate_secret;
+use crate::store::integrations::{self, Integration, NewIntegration, Provider, SecretKind};
 
 /// An integration as the API shows it: everything but its secrets.
 #[derive(Serialize)]
@@ -36,15 +36,15 @@ impl<'a> From<&'a Integration> for IntegrationView<'a> {
             id: &i.id,
             provider: &i.provider,
             external_id: &i.external_id,
-            account_id: &i.account_id,
+            account_id: i.account_id.as_str(),
             app_id: i.app_id.as_deref(),
             outbound_url: i.outbound_url.as_deref(),
             enabled: i.disabled_at.is_none(),
             disabled_at: i.disabled_at,
             created_at: i.created_at,
-            webhook_path: match i.provider.as_str() {
-                "generic" => format!("/webhooks/generic/{}", i.id),
-                provider => format!("/webhooks/{provider}"),
+            webhook_path: match Provider::parse(&i.provider) {
+                Some(Provider::Generic) => format!("/webhooks/generic/{}", i.id),
+                _ => format!("/webhooks/{}", i.provider),
             },
         }
     }
@@ -64,10 +64,13 @@ pub struct CreateRequest {
 }
 
 /// For generic integrations Switchboard makes the secret; providers' secrets are given.
-fn inbound_secret(provider: &str, given: Option<String>) -> Result<(String, bool), ApiError> {
+fn inbound_secret(
+    provider: Option<Provider>,
+    given: Option<String>,
+) -> Result<(String, bool), ApiError> {
     match (provider, given) {
-        ("generic", None) => Ok((generate_secret(), true)),
-        ("generic", Some(_)) => Err(ApiError::InvalidField {
+        (Some(Provider::Generic), None) => Ok((generate_secret(), true)),
+        (Some(Provider::Generic), Some(_)) => Err(ApiError::InvalidField {
             field: "secret",
             reason: "generic integrations get a generated secret; leave it out".into(),
         }),
@@ -88,15 +91,15 @@ pub async fn create(
     body: Json<CreateRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.into_inner();
-    if !matches!(request.provider.as_str(), "facebook" | "zalo" | "generic") {
+    let Some(provider) = Provider::parse(&request.provider) else {
         return Err(ApiError::InvalidField {
             field: "provider",
             reason: "must be facebook, zalo or generic".into(),
         });
-    }
+    };
     let account = field("account_id", AccountId::new(&request.account_id))?;
     field("external_id", check_id(&request.external_id))?;
-    if request.provider == "zalo" && request.app_id.is_none() {
+    if provider == Provider::Zalo && request.app_id.is_none() {
         return Err(ApiError::InvalidField {
             field: "app_id",
             reason: "required for zalo (it is part of Zalo's signature)".into(),
@@ -105,7 +108,7 @@ pub async fn create(
     if let Some(url) = &request.outbound_url {
         field("outbound_url", state.outbound_addresses.check_url(url))?;
     }
-    let (secret, generated) = inbound_secret(&request.provider, request.secret)?;
+    let (secret, generated) = inbound_secret(Some(provider), request.secret)?;
     let outbound_secret = generate_secret();
 
     let id = random_id("int");
@@ -117,7 +120,7 @@ pub async fn create(
                 conn,
                 &NewIntegration {
                     id: &id,
-                    provider: &request.provider,
+                    provider: provider.as_str(),
                     external_id: &request.external_id,
                     account_id: account.as_str(),
                     secret: &secret_for_db,
@@ -202,7 +205,8 @@ pub async fn rotate_secret(
     let integration = load(&state, path.into_inner()).await?;
     let (kind, secret, generated) = match request.which.as_deref().unwrap_or("inbound") {
         "inbound" => {
-            let (secret, generated) = inbound_secret(&integration.provider, request.secret)?;
+            let (secret, generated) =
+                inbound_secret(Provider::parse(&integration.provider), request.secret)?;
             (SecretKind::Inbound, secret, generated)
         }
         "outbound" if request.secret.is_none() => (SecretKind::Outbound, generate_secret(), true),

@@ -25,17 +25,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::actors::broker::Broker;
 use crate::actors::session;
 use crate::auth::throttle::Authenticator;
+use crate::commit::Committer;
 use crate::config::{Demo, JwtConfig, Origins, Secret};
 use crate::error::ApiError;
-use crate::outbound::Dispatcher;
 use crate::publisher::Publisher;
 use crate::store::Store;
 use crate::webhooks::{self, facebook, generic, zalo};
+use std::collections::HashMap;
 
 /// What every request handler shares.
 pub struct AppState {
@@ -51,13 +52,16 @@ pub struct AppState {
     pub store: Store,
     pub broker: Addr<Broker>,
     pub sessions: Arc<session::Shared>,
-    /// Socket.IO clients' Engine.IO connections.
-    pub engines: Arc<crate::socket_io::Engines>,
-    pub dispatcher: Addr<Dispatcher>,
+    /// Socket.IO clients' Engine.IO connections, and what the adapter needs to serve them.
+    pub socket_io: Arc<crate::socket_io::SocketIo>,
+    /// The one commit path: write, hand the events to the broker, dispatch.
+    pub commits: Committer,
+    /// Each user's allowance of sends, drawn on by all their sessions and by the REST API.
+    pub sends: Arc<crate::inbox::SendRate>,
     /// What an integration's `outbound_url` may point at.
     pub outbound_addresses: crate::outbound::address::Policy,
     pub publisher: Publisher,
-    pub webhooks: WebhookState,
+    pub webhooks: webhooks::Webhooks,
     /// Longest wait a long-poll may ask for.
     pub long_poll_max: Duration,
     pub demo: Demo,
@@ -67,14 +71,6 @@ pub struct AppState {
     pub demo_minter: Option<JwtConfig>,
     /// When set, `/metrics` needs it as a bearer token.
     pub metrics_token: Option<Secret>,
-}
-
-/// What the webhook handlers share.
-pub struct WebhookState {
-    pub stats: webhooks::Stats,
-    pub facebook_verify_token: Option<Secret>,
-    pub max_body_bytes: usize,
-    pub tolerance: Duration,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
@@ -89,8 +85,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     .route("/ws", web::get().to(ws::connect))
     .service(
         web::resource(["/socket.io/", "/socket.io"])
-            .route(web::get().to(crate::socket_io::get))
-            .route(web::post().to(crate::socket_io::post))
+            .route(web::get().to(socket_io_get))
+            .route(web::post().to(socket_io_post))
             .default_service(web::to(method_not_allowed)),
     )
     .route("/healthz", web::get().to(health::alive))
@@ -141,10 +137,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     )
     .route("/api/v1/presence", web::get().to(presence::online))
     .route("/api/v1/events", web::get().to(events::poll))
-    .route("/webhooks/facebook", web::get().to(facebook::handshake))
-    .route("/webhooks/facebook", web::post().to(facebook::receive))
-    .route("/webhooks/zalo", web::post().to(zalo::receive))
-    .route("/webhooks/generic/{id}", web::post().to(generic::receive))
+    .route("/webhooks/facebook", web::get().to(facebook_handshake))
+    .route("/webhooks/facebook", web::post().to(facebook_receive))
+    .route("/webhooks/zalo", web::post().to(zalo_receive))
+    .route("/webhooks/generic/{id}", web::post().to(generic_receive))
     .default_service(web::to(not_found));
 }
 
@@ -181,4 +177,58 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed)
+}
+
+/// `GET /socket.io/`, served by the Socket.IO adapter.
+async fn socket_io_get(
+    req: HttpRequest,
+    query: web::Query<crate::socket_io::Query>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(crate::socket_io::get(req, query, state.socket_io.clone()).await?)
+}
+
+/// `POST /socket.io/`, served by the Socket.IO adapter.
+async fn socket_io_post(
+    query: web::Query<crate::socket_io::Query>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(crate::socket_io::post(query, payload, state.socket_io.clone()).await?)
+}
+
+/// `GET /webhooks/facebook`: the subscription handshake.
+async fn facebook_handshake(
+    query: web::Query<HashMap<String, String>>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(facebook::handshake(query, &state.webhooks).await?)
+}
+
+/// `POST /webhooks/facebook`
+async fn facebook_receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(facebook::receive(req, payload, &state.webhooks).await?)
+}
+
+/// `POST /webhooks/zalo`
+async fn zalo_receive(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(zalo::receive(req, payload, &state.webhooks).await?)
+}
+
+/// `POST /webhooks/generic/{integration_id}`
+async fn generic_receive(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(generic::receive(req, path, payload, &state.webhooks).await?)
 }

@@ -10,13 +10,13 @@ use serde_json::value::RawValue;
 use super::conversations::{next_cursor, PageQuery};
 use super::extract::{Json, ServerKey, User};
 use super::{json_text, list_json, AppState};
-use crate::actors::room::RoomEvent;
 use crate::error::{field, ApiError};
+use crate::event::RoomEvent;
 use crate::ids::{check_id, AccountId, UserId};
 use crate::inbox;
 use crate::store::conversations::Cursor;
 use crate::store::notifications::{self, NewNotification, Notification};
-use crate::store::{self, DbConnection, StoreError};
+use crate::store::{DbConnection, StoreError};
 
 const MAX_TITLE: usize = 200;
 const MAX_MESSAGE: usize = 2000;
@@ -69,33 +69,28 @@ pub async fn create(
     {
         field("message", too_long(MAX_MESSAGE))?;
     }
-    let broker = state.broker.clone();
-    let created = state
-        .store
-        .run(move |conn| {
+    let (created, _) = state
+        .commits
+        .commit(account.clone(), move |conn| {
             let data = request.data.as_deref().map_or("null", RawValue::get);
-            let (created, event) = store::write(conn, &account, |conn| {
-                let created = notifications::create(
-                    conn,
-                    &account,
-                    &user,
-                    &NewNotification {
-                        kind: &request.kind,
-                        title: &request.title,
-                        message: request.message.as_deref(),
-                        data,
-                    },
-                )?;
-                let unread = notifications::unread_count(conn, &account, &user)?;
-                let payload = format!(
-                    r#"{{"notification":{},"unread_count":{unread}}}"#,
-                    created.to_json()
-                );
-                let event = notify(conn, &account, &user, "notification", payload)?;
-                Ok::<_, StoreError>((created, event))
-            })?;
-            inbox::hand_off(&broker, &account, vec![event]);
-            Ok::<_, ApiError>(created)
+            let created = notifications::create(
+                conn,
+                &account,
+                &user,
+                &NewNotification {
+                    kind: &request.kind,
+                    title: &request.title,
+                    message: request.message.as_deref(),
+                    data,
+                },
+            )?;
+            let unread = notifications::unread_count(conn, &account, &user)?;
+            let payload = format!(
+                r#"{{"notification":{},"unread_count":{unread}}}"#,
+                created.to_json()
+            );
+            let event = notify(conn, &account, &user, "notification", payload)?;
+            Ok::<_, StoreError>((created, vec![event]))
         })
         .await?;
     Ok(json_text(HttpResponse::Created(), created.to_json()))
@@ -172,40 +167,35 @@ async fn change(
     user: crate::auth::Identity,
     change: Change,
 ) -> Result<HttpResponse, ApiError> {
-    let broker = state.broker.clone();
-    let unread = state
-        .store
-        .run(move |conn| {
+    let (unread, _) = state
+        .commits
+        .commit(user.account.clone(), move |conn| {
             let (account, who) = (&user.account, &user.user);
-            let outcome = store::write(conn, account, |conn| {
-                let (found, detail) = match &change {
-                    Change::Read(id) => (
-                        notifications::mark_read(conn, account, who, Some(id))?,
-                        json!({ "read": id }),
-                    ),
-                    Change::ReadAll => (
-                        notifications::mark_read(conn, account, who, None)?,
-                        json!({ "read_all": true }),
-                    ),
-                    Change::Deleted(id) => (
-                        notifications::delete(conn, account, who, id)?,
-                        json!({ "deleted": id }),
-                    ),
-                };
-                if !found {
-                    return Ok(None);
-                }
-                let unread = notifications::unread_count(conn, account, who)?;
-                let mut data = detail;
-                data["unread_count"] = json!(unread);
-                let event = notify(conn, account, who, "notification-count", data.to_string())?;
-                Ok::<_, StoreError>(Some((unread, event)))
-            })?;
-            let (unread, event) = outcome.ok_or(ApiError::NoSuch("notification"))?;
-            inbox::hand_off(&broker, account, vec![event]);
-            Ok::<_, ApiError>(unread)
+            let (found, detail) = match &change {
+                Change::Read(id) => (
+                    notifications::mark_read(conn, account, who, Some(id))?,
+                    json!({ "read": id }),
+                ),
+                Change::ReadAll => (
+                    notifications::mark_read(conn, account, who, None)?,
+                    json!({ "read_all": true }),
+                ),
+                Change::Deleted(id) => (
+                    notifications::delete(conn, account, who, id)?,
+                    json!({ "deleted": id }),
+                ),
+            };
+            if !found {
+                return Ok((None, Vec::new()));
+            }
+            let unread = notifications::unread_count(conn, account, who)?;
+            let mut data = detail;
+            data["unread_count"] = json!(unread);
+            let event = notify(conn, account, who, "notification-count", data.to_string())?;
+            Ok::<_, StoreError>((Some(unread), vec![event]))
         })
         .await?;
+    let unread = unread.ok_or(ApiError::NoSuch("notification"))?;
     Ok(HttpResponse::Ok().json(json!({ "unread_count": unread })))
 }
 

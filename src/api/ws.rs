@@ -4,7 +4,6 @@
 //! or CLI client sees *why* (401 `token-expired`, 400 `invalid-since`, …) rather than a socket that
 //! silently never opens.
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use serde::Deserialize;
@@ -68,20 +67,9 @@ pub async fn connect(
         .map_err(|_| ApiError::NotWebSocket)
 }
 
-/// Before any token work: a page on another site must not open a socket with the user's
-/// credentials (cross-site WebSocket hijacking).
-pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let Some(origin) = req.headers().get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
-    let allowed = origin
-        .to_str()
-        .is_ok_and(|origin| state.allowed_origins.allow(origin, host));
-    if allowed {
+/// Before any token work: see [`crate::auth::origin_allowed`].
+fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    if crate::auth::origin_allowed(req, &state.allowed_origins) {
         Ok(())
     } else {
         Err(ApiError::OriginNotAllowed)

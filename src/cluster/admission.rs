@@ -15,9 +15,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::signing::{Key, Unsigned};
-use super::wire::Wire;
+use super::wire::ChannelMessage;
 use crate::actors::broker::{Ephemeral, FromPeers};
-use crate::actors::room::{Handed, RoomEvent};
+use crate::event::{Handed, RoomEvent};
 use crate::ids::{AccountId, UserId};
 use crate::protocol::{check_event_name, ephemeral_frame, event_frame};
 
@@ -100,29 +100,29 @@ pub fn admit(payload: &[u8], key: &Key, node: &str) -> Result<Admitted, Refused>
                 head,
             }),
     };
-    let wire: Wire = match serde_json::from_slice(json) {
+    let wire: ChannelMessage = match serde_json::from_slice(json) {
         Ok(wire) => wire,
         Err(_) => return Err(refused(Refusal::Malformed, None)),
     };
-    if !signed && !matches!(wire, Wire::Presence { .. }) {
+    if !signed && !matches!(wire, ChannelMessage::Presence { .. }) {
         return Err(Refusal::Unsigned.into());
     }
     if wire.node() == Some(node) {
         return Ok(Admitted::Own);
     }
     let head = match &wire {
-        Wire::Event { seq, .. } => Some(*seq),
+        ChannelMessage::Event { seq, .. } => Some(*seq),
         _ => None,
     };
     typed(wire).map_err(|why| refused(why, head))
 }
 
 /// The message's parts as typed values, its frame rebuilt by this node.
-fn typed(wire: Wire) -> Result<Admitted, Refusal> {
+fn typed(wire: ChannelMessage) -> Result<Admitted, Refusal> {
     let account = |a: &str| AccountId::new(a).map_err(|_| Refusal::BadId);
     let user = |u: &str| UserId::new(u).map_err(|_| Refusal::BadId);
     Ok(match wire {
-        Wire::Event {
+        ChannelMessage::Event {
             account: a,
             seq,
             user: u,
@@ -140,7 +140,7 @@ fn typed(wire: Wire) -> Result<Admitted, Refusal> {
                 ))),
             },
         }),
-        Wire::Ephemeral {
+        ChannelMessage::Ephemeral {
             account: a,
             users,
             except,
@@ -154,7 +154,7 @@ fn typed(wire: Wire) -> Result<Admitted, Refusal> {
             except: except.as_deref().map(user).transpose()?,
             frame: ephemeral_frame_from(frame)?,
         })),
-        Wire::Presence {
+        ChannelMessage::Presence {
             account: a,
             user: u,
             online,
@@ -163,7 +163,7 @@ fn typed(wire: Wire) -> Result<Admitted, Refusal> {
             user: user(&u)?,
             online,
         }),
-        Wire::CatchUp {
+        ChannelMessage::CatchUp {
             account: a, head, ..
         } => Admitted::News(FromPeers::CatchUp {
             account: a.as_deref().map(account).transpose()?,

@@ -14,15 +14,15 @@
 //! - [`wire`] — the messages on the channel.
 //! - [`signing`] — the tag on every message a node sends, under a key from the cluster secret.
 //! - [`admission`] — what arrives is checked and typed where it enters; the rest is dropped.
-//! - [`link`] — the node's outgoing side: relaying, and presence kept in Redis.
+//! - [`relay`] — the node's outgoing side: relaying, and presence kept in Redis.
 //! - [`listener`] — the subscription, feeding the broker.
 //! - [`presence`] — who is online on any node, with expiry so that a dead node's users go
 //!   offline.
 
 mod admission;
-mod link;
 mod listener;
 pub mod presence;
+mod relay;
 mod signing;
 pub mod wire;
 
@@ -35,9 +35,12 @@ use actix::Addr;
 use bytestring::ByteString;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use futures_util::future::BoxFuture;
+
 use crate::actors::broker::{Broker, Ephemeral};
-use crate::actors::room::RoomEvent;
+use crate::actors::peers::Peers;
 use crate::config::ClusterConfig;
+use crate::event::RoomEvent;
 use crate::ids::{AccountId, UserId};
 use crate::metrics;
 
@@ -159,7 +162,7 @@ impl Cluster {
             broker.clone(),
             shared.clone(),
         ));
-        let link = link::Link::new(client, node.clone(), key, grace, broker, shared.clone());
+        let link = relay::Relay::new(client, node.clone(), key, grace, broker, shared.clone());
         actix::spawn(link.run(queue));
         metrics::relay_queue(0);
         log::info!("cluster mode: this node is {node}");
@@ -176,11 +179,6 @@ impl Cluster {
             && self.shared.publishing.load(Ordering::Relaxed)
     }
 
-    /// How long a room may go without an event before it checks the account's head.
-    pub fn check_interval(&self) -> Duration {
-        self.check_interval
-    }
-
     /// Queues an item for the link; `Err` gives it back when the queue is full.
     fn send(&self, item: Outgoing) -> Result<(), Outgoing> {
         if !self.shared.reserve(item.cost()) {
@@ -188,9 +186,17 @@ impl Cluster {
         }
         self.outgoing.send(item).map_err(|e| e.0)
     }
+}
+
+/// The engine's view of the other nodes (see [`Peers`]), over Redis.
+impl Peers for Cluster {
+    /// How long a room may go without an event before it checks the account's head.
+    fn check_interval(&self) -> Duration {
+        self.check_interval
+    }
 
     /// Tells the other nodes about an event this node stored.
-    pub fn relay_event(&self, account: &AccountId, event: &RoomEvent) {
+    fn relay_event(&self, account: &AccountId, event: &RoomEvent) {
         let stored_ms = crate::store::now_ms()
             - event
                 .handed
@@ -209,7 +215,7 @@ impl Cluster {
         }
     }
 
-    pub fn relay_ephemeral(&self, ephemeral: Ephemeral) {
+    fn relay_ephemeral(&self, ephemeral: Ephemeral) {
         if self.send(Outgoing::Ephemeral(ephemeral)).is_err() {
             metrics::relay_dropped("ephemeral");
         }
@@ -217,7 +223,7 @@ impl Cluster {
 
     /// Asks every node's room of the account to make sure it has every event up to `head` (see
     /// [`crate::actors::broker::Replayed`]).
-    pub fn catch_up(&self, account: &AccountId, head: u64) {
+    fn catch_up(&self, account: &AccountId, head: u64) {
         let notice = Outgoing::CatchUp {
             account: account.clone(),
             head,
@@ -231,7 +237,7 @@ impl Cluster {
     /// A user's first session on this node opened (`online`), or their last one closed. After
     /// the presence grace (a reload comes back within it), every node's room hears whether this
     /// changed the user's presence anywhere.
-    pub fn presence(&self, account: &AccountId, user: &UserId, online: bool) {
+    fn presence(&self, account: &AccountId, user: &UserId, online: bool) {
         self.shared
             .presence
             .lock()
@@ -241,17 +247,20 @@ impl Cluster {
     }
 
     /// The account's users online on any node; `None` when Redis cannot say.
-    pub async fn online_users(&self, account: &AccountId) -> Option<Vec<String>> {
+    fn online_users(&self, account: &AccountId) -> BoxFuture<'static, Option<Vec<String>>> {
         let (reply, answer) = oneshot::channel();
         let query = Outgoing::OnlineUsers {
             account: account.clone(),
             reply,
         };
-        if self.send(query).is_err() {
-            metrics::relay_dropped("presence-query");
-            return None;
-        }
-        answer.await.ok().flatten()
+        let sent = self.send(query).is_ok();
+        Box::pin(async move {
+            if !sent {
+                metrics::relay_dropped("presence-query");
+                return None;
+            }
+            answer.await.ok().flatten()
+        })
     }
 }
 

@@ -15,7 +15,7 @@ pub const CHANNEL: &str = "switchboard:events";
 /// lets the embedded frame be borrowed as raw JSON.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Wire<'a> {
+pub enum ChannelMessage<'a> {
     /// A stored event. `stored_ms`: when it was stored (Unix ms), for the latency histogram.
     Event {
         #[serde(borrow)]
@@ -64,7 +64,7 @@ pub enum Wire<'a> {
     },
 }
 
-impl Wire<'_> {
+impl ChannelMessage<'_> {
     /// The node that sent it; `None` for presence changes, which every node applies.
     pub fn node(&self) -> Option<&str> {
         match self {
@@ -84,7 +84,7 @@ mod tests {
     fn an_event_keeps_its_frame_byte_for_byte() {
         let frame = r#"{"type":"event","seq":7,"event":"x","data":{"a":"\u00e9\/"}}"#;
         let raw: &RawValue = serde_json::from_str(frame).unwrap();
-        let wire = Wire::Event {
+        let wire = ChannelMessage::Event {
             node: "n1".into(),
             account: "acme:\"eu\"".into(),
             seq: 7,
@@ -93,7 +93,8 @@ mod tests {
             frame: raw,
         };
         let text = serde_json::to_string(&wire).unwrap();
-        let Wire::Event { frame, account, .. } = serde_json::from_str(&text).unwrap() else {
+        let ChannelMessage::Event { frame, account, .. } = serde_json::from_str(&text).unwrap()
+        else {
             panic!("not an event: {text}");
         };
         assert_eq!(
@@ -107,8 +108,8 @@ mod tests {
     fn presence_from_lua_cjson_is_understood() {
         // What the presence scripts' `cjson.encode` produces (it escapes `/`).
         let text = r#"{"presence":{"online":false,"user":"a\/b","account":"acme"}}"#;
-        let wire: Wire = serde_json::from_str(text).unwrap();
-        let Wire::Presence {
+        let wire: ChannelMessage = serde_json::from_str(text).unwrap();
+        let ChannelMessage::Presence {
             account,
             user,
             online,

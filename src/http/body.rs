@@ -20,7 +20,7 @@ use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transfor
 use actix_web::error::PayloadError;
 use actix_web::web::Bytes;
 use actix_web::{HttpMessage, ResponseError};
-use futures_core::Stream;
+use futures_util::Stream;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::EdgeLimits;

@@ -9,13 +9,14 @@ use actix::Addr;
 
 use super::address::{Policy, Resolver};
 use crate::actors::broker::Broker;
+use crate::auth::signature;
+use crate::commit;
 use crate::config::OutboundConfig;
 use crate::ids::AccountId;
 use crate::inbox;
-use crate::store::deliveries::{self, Delivery, Outcome};
+use crate::store::deliveries::{self, Delivery, Outcome, Status};
 use crate::store::integrations::{self, Integration};
 use crate::store::{self, conversations, now_ms, Store, StoreError};
-use crate::webhooks::signature;
 
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -151,7 +152,7 @@ impl Attempts {
             }
             Some(i) => self.send(i, &delivery).await,
         };
-        let account = integration.and_then(|i| AccountId::new(&i.account_id).ok());
+        let account = integration.map(|i| i.account_id);
         self.record(delivery, account, result).await
     }
 
@@ -202,12 +203,12 @@ impl Attempts {
         let requested = !matches!(result, Err(Failure::Final(_)));
         let attempts = delivery.attempts + i64::from(requested);
         let (status, retry_in, error) = match result {
-            Ok(()) => ("delivered", None, None),
-            Err(Failure::Final(e)) => ("failed", None, Some(e)),
+            Ok(()) => (Status::Delivered, None, None),
+            Err(Failure::Final(e)) => (Status::Failed, None, Some(e)),
             Err(Failure::Request(e)) if attempts >= i64::from(self.config.max_attempts) => {
-                ("failed", None, Some(e))
+                (Status::Failed, None, Some(e))
             }
-            Err(Failure::Request(e)) => ("pending", Some(self.backoff(attempts)), Some(e)),
+            Err(Failure::Request(e)) => (Status::Pending, Some(self.backoff(attempts)), Some(e)),
         };
         match &error {
             Some(e) => log::warn!(
@@ -272,25 +273,22 @@ fn finish(
     outcome: &Outcome<'_>,
 ) -> Result<bool, StoreError> {
     let message_status = match outcome.status {
-        "delivered" => "forwarded",
-        "failed" => "failed",
-        _ => return deliveries::finish(conn, delivery, outcome),
+        Status::Delivered => "forwarded",
+        Status::Failed => "failed",
+        Status::Pending => return deliveries::finish(conn, delivery, outcome),
     };
     let Some(account) = account else {
         return deliveries::finish(conn, delivery, outcome);
     };
-    let events = store::write(conn, account, |conn| {
+    let (recorded, _) = commit::write(conn, broker, account, |conn| {
         if !deliveries::finish(conn, delivery, outcome)? {
-            return Ok(None);
+            return Ok((false, Vec::new()));
         }
         let message =
             conversations::set_message_status(conn, &delivery.message_id, message_status, None)?;
-        Ok::<_, StoreError>(Some(vec![inbox::one_message_status(
-            conn, account, &message,
-        )?]))
+        let event = inbox::one_message_status(conn, account, &message)?;
+        Ok::<_, StoreError>((true, vec![event]))
     })?;
-    let recorded = events.is_some();
-    inbox::hand_off(broker, account, events.unwrap_or_default());
     Ok(recorded)
 }
 

@@ -29,6 +29,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::actors::broker::Broker;
+use crate::commit::Dispatch;
 use crate::config::OutboundConfig;
 use crate::store::deliveries::Delivery;
 use crate::store::Store;
@@ -40,14 +41,6 @@ const MAX_IN_FLIGHT: usize = 64;
 /// Retries a node keeps timers for. Past it, a retry is left to the scans (at most one scan
 /// interval later than its backoff).
 const MAX_RETRY_TIMERS: usize = 4096;
-
-/// Attempt a delivery now, if it is due and no node holds it: sent for a fresh reply by the
-/// node that stored it, and by a retry's timer.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Dispatch {
-    pub delivery_id: String,
-}
 
 pub struct Dispatcher {
     attempts: Arc<Attempts>,

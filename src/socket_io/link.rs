@@ -20,11 +20,12 @@ use tokio::sync::Notify;
 
 use super::admission::Slot;
 use super::socket::{Shut, Socket, Write};
-use super::wire::{Engine, Inbound};
-use super::{packet, Engines};
+use super::wire::{Engine, FromLink};
+use super::Engines;
 use crate::actors::session::{frame_size, Backlog, Session};
 use crate::auth::TokenError;
 use crate::config::Secret;
+use crate::protocol::socket_io as packet;
 
 /// How long a closed polling connection still answers polls.
 const LINGER: Duration = Duration::from_secs(5);
@@ -307,7 +308,7 @@ impl Link {
         // A waiting poll answers with what is left, and the close packet.
         self.wake.notify_one();
         if let Some(session) = session {
-            session.do_send(Inbound::TransportClosed);
+            session.do_send(FromLink::TransportClosed);
         }
         let Some(engines) = self.engines.upgrade() else {
             return;

@@ -19,14 +19,17 @@
 //! closed after the handshake timeout, after its first refused CONNECT, or when it posts more
 //! than a few packets at once; and every token tried counts against the client's address
 //! ([`crate::auth::throttle`]).
+//!
+//! An adapter: uses the engine's sessions, the store and the base layer, never the HTTP layer —
+//! the server hands it [`SocketIo`], and it refuses with its own [`Refusal`].
 
 pub mod admission;
 pub mod link;
-pub mod packet;
 pub mod socket;
 pub mod wire;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -36,24 +39,60 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::actors::session::{self, Session};
-use crate::api::AppState;
-use crate::auth::throttle::peer;
+use crate::auth::throttle::{peer, Authenticator, Refused};
 use crate::auth::{self, TokenError};
-use crate::config::{Handshakes, Secret};
-use crate::error::ApiError;
+use crate::config::{Handshakes, Origins, Secret};
 use crate::ids::AccountId;
 use crate::metrics;
+use crate::protocol::socket_io::{self as packet, FromClient, Packet};
 use crate::protocol::{ResumePoint, SinceError};
-use crate::store::{events, StoreError};
+use crate::store::{events, Store, StoreError};
 use admission::{Admission, Crowded};
 use link::{Link, PollError};
-use packet::{FromClient, Packet};
 use socket::Socket;
-use wire::{pid_of, Engine, Inbound};
+use wire::{pid_of, Engine, FromLink};
 
 /// Packets a POST may carry while its connection has no session: a CONNECT (one per namespace)
 /// and the odd noop. A client sends its events only once connected.
 const PACKETS_BEFORE_SESSION: usize = 8;
+
+/// What the Socket.IO adapter is handed by the server that routes to it: its connections and
+/// the engine's handles, so that it needs nothing of the HTTP layer's state.
+pub struct SocketIo {
+    pub engines: Arc<Engines>,
+    pub sessions: Arc<session::Shared>,
+    /// Verifies tokens, with failed authentications limited per client address.
+    pub authenticator: Arc<Authenticator>,
+    pub store: Store,
+    /// Set when the server starts stopping: no connection is opened then.
+    pub draining: Arc<AtomicBool>,
+    /// Which pages may open a connection.
+    pub origins: Origins,
+}
+
+/// Why a Socket.IO transport request is refused; the HTTP layer answers each as its error.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The request does not follow Engine.IO 4, or names no open connection.
+    EngineIo {
+        code: &'static str,
+        message: &'static str,
+    },
+    Draining,
+    OriginNotAllowed,
+    /// The client's address has failed to authenticate too often.
+    Auth(Refused),
+    /// Too many connections without a session, from this address or from all.
+    TooManyUnauthenticated {
+        server_wide: bool,
+        retry_after: Duration,
+    },
+    NotWebSocket,
+    InvalidBody(String),
+    PayloadTooLarge {
+        limit: usize,
+    },
+}
 
 /// The open Engine.IO connections of this node, by `sid`.
 pub struct Engines {
@@ -105,9 +144,9 @@ enum Transport {
 }
 
 impl Query {
-    fn transport(&self) -> Result<Transport, ApiError> {
+    fn transport(&self) -> Result<Transport, Refusal> {
         if self.eio.as_deref() != Some("4") {
-            return Err(ApiError::EngineIo {
+            return Err(Refusal::EngineIo {
                 code: "unsupported-protocol",
                 message: "only Engine.IO 4 (EIO=4, Socket.IO v3 and later clients) is served",
             });
@@ -115,18 +154,18 @@ impl Query {
         match self.transport.as_deref() {
             Some("polling") => Ok(Transport::Polling),
             Some("websocket") => Ok(Transport::WebSocket),
-            _ => Err(ApiError::EngineIo {
+            _ => Err(Refusal::EngineIo {
                 code: "unknown-transport",
                 message: "`transport` must be `polling` or `websocket`",
             }),
         }
     }
 
-    fn link(&self, state: &AppState) -> Result<Arc<Link>, ApiError> {
+    fn link(&self, state: &SocketIo) -> Result<Arc<Link>, Refusal> {
         self.sid
             .as_deref()
             .and_then(|sid| state.engines.get(sid))
-            .ok_or(ApiError::EngineIo {
+            .ok_or(Refusal::EngineIo {
                 code: "unknown-sid",
                 message: "no such Engine.IO connection (it closed, or lives on another node)",
             })
@@ -137,8 +176,8 @@ impl Query {
 pub async fn get(
     req: HttpRequest,
     query: web::Query<Query>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+    state: Arc<SocketIo>,
+) -> Result<HttpResponse, Refusal> {
     let transport = query.transport()?;
     if query.sid.is_none() {
         return open(&req, transport, state);
@@ -147,7 +186,7 @@ pub async fn get(
     match transport {
         Transport::WebSocket => {
             if !link.probe() {
-                return Err(ApiError::EngineIo {
+                return Err(Refusal::EngineIo {
                     code: "overlapping-upgrade",
                     message: "this connection is already upgrading, or upgraded",
                 });
@@ -161,11 +200,11 @@ pub async fn get(
                 Ok(body) => Ok(HttpResponse::Ok()
                     .content_type("text/plain; charset=UTF-8")
                     .body(body)),
-                Err(PollError::Gone) => Err(ApiError::EngineIo {
+                Err(PollError::Gone) => Err(Refusal::EngineIo {
                     code: "unknown-sid",
                     message: "this connection no longer polls (it upgraded or closed)",
                 }),
-                Err(PollError::Overlap) => Err(ApiError::EngineIo {
+                Err(PollError::Overlap) => Err(Refusal::EngineIo {
                     code: "overlapping-poll",
                     message: "a poll was already waiting; the connection is closed",
                 }),
@@ -178,18 +217,20 @@ pub async fn get(
 fn open(
     req: &HttpRequest,
     transport: Transport,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(ApiError::Draining);
+    state: Arc<SocketIo>,
+) -> Result<HttpResponse, Refusal> {
+    if state.draining.load(Ordering::Relaxed) {
+        return Err(Refusal::Draining);
     }
-    crate::api::ws::check_origin(req, &state)?;
+    if !auth::origin_allowed(req, &state.origins) {
+        return Err(Refusal::OriginNotAllowed);
+    }
     let peer = peer(req);
-    state.authenticator.check(peer)?;
+    state.authenticator.check(peer).map_err(Refusal::Auth)?;
     let handshakes = state.engines.admission.limits();
     let slot = state.engines.admission.admit(peer).map_err(|crowded| {
         log::debug!("socket.io connection refused: too many unauthenticated ({crowded:?})");
-        ApiError::TooManyUnauthenticated {
+        Refusal::TooManyUnauthenticated {
             server_wide: crowded == Crowded::Server,
             retry_after: handshakes.timeout,
         }
@@ -239,11 +280,11 @@ fn open(
 fn serve(
     socket: Socket,
     req: &HttpRequest,
-    state: &AppState,
+    state: &SocketIo,
     link: Arc<Link>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, Refusal> {
     let max = state.sessions.max_frame_bytes;
-    session::serve(socket, req, &[], max, link.backlog.clone()).map_err(|_| ApiError::NotWebSocket)
+    session::serve(socket, req, &[], max, link.backlog.clone()).map_err(|_| Refusal::NotWebSocket)
 }
 
 /// A connection whose client has not connected a session by the handshake timeout is closed.
@@ -262,36 +303,36 @@ fn expire_unless_connected(link: Weak<Link>, after: Duration) {
 pub async fn post(
     query: web::Query<Query>,
     payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+    state: Arc<SocketIo>,
+) -> Result<HttpResponse, Refusal> {
     if query.transport()? != Transport::Polling {
-        return Err(ApiError::EngineIo {
+        return Err(Refusal::EngineIo {
             code: "unknown-transport",
             message: "packets are posted on the polling transport",
         });
     }
     let link = query.link(&state)?;
     if link.is_closed() {
-        return Err(ApiError::EngineIo {
+        return Err(Refusal::EngineIo {
             code: "unknown-sid",
             message: "this connection is closed",
         });
     }
     let limit = state.sessions.max_frame_bytes;
     let body = match payload.to_bytes_limited(limit).await {
-        Ok(body) => body.map_err(|e| ApiError::InvalidBody(e.to_string()))?,
+        Ok(body) => body.map_err(|e| Refusal::InvalidBody(e.to_string()))?,
         Err(_) => {
             // As a WebSocket message over the limit closes the socket.
             link.close();
-            return Err(ApiError::PayloadTooLarge { limit });
+            return Err(Refusal::PayloadTooLarge { limit });
         }
     };
     let body = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::InvalidBody("the payload is not UTF-8 text".into()))?;
+        .map_err(|_| Refusal::InvalidBody("the payload is not UTF-8 text".into()))?;
     let packets = body.split(packet::SEPARATOR);
     if link.session().is_none() && packets.clone().nth(PACKETS_BEFORE_SESSION).is_some() {
         link.close();
-        return Err(ApiError::EngineIo {
+        return Err(Refusal::EngineIo {
             code: "too-many-packets",
             message: "a connection without a session posts a CONNECT and little else; it is closed",
         });
@@ -303,7 +344,7 @@ pub async fn post(
 }
 
 /// One Engine.IO packet from the client, by whichever transport it came.
-async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
+async fn receive(state: &SocketIo, link: &Arc<Link>, text: &str) {
     // What a closed connection's client sent after its last packet (the rest of a POST, or
     // messages the socket had read) is not looked at.
     if link.is_closed() {
@@ -313,7 +354,7 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
     match FromClient::decode(text) {
         Some(FromClient::Pong) => {
             if let Some(session) = session {
-                session.do_send(Inbound::Pong);
+                session.do_send(FromLink::Pong);
             }
         }
         Some(FromClient::Message(text)) => match (Packet::decode(text), session) {
@@ -330,7 +371,7 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
             // For a namespace that never connected: dropped, as Socket.IO servers do.
             (Ok((namespace, _)), _) if namespace != "/" => {}
             (packet, Some(session)) => {
-                session.do_send(Inbound::Packet(packet.map(|(_, packet)| packet)));
+                session.do_send(FromLink::Packet(packet.map(|(_, packet)| packet)));
             }
             // Anything but CONNECT before CONNECT is dropped, likewise.
             (_, None) => {}
@@ -348,7 +389,7 @@ async fn receive(state: &AppState, link: &Arc<Link>, text: &str) {
 
 /// A CONNECT: the token verified, the resume point (if any) checked, the session started — or
 /// CONNECT_ERROR with a code and a message, and the connection closed.
-async fn connect(state: &AppState, link: &Arc<Link>, auth: Value) {
+async fn connect(state: &SocketIo, link: &Arc<Link>, auth: Value) {
     let refuse = |code: &str, message: &str| {
         link.refuse(packet::connect_error("/", code, message));
     };
@@ -437,7 +478,7 @@ enum Recovery {
 
 impl Recovery {
     async fn check(
-        state: &AppState,
+        state: &SocketIo,
         account: &AccountId,
         offset: Option<&Value>,
     ) -> Result<Self, StoreError> {

@@ -5,14 +5,13 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use actix_web::web;
 use actix_web_actors::ws;
 use bytestring::ByteString;
 
 use super::link::Link;
-use super::packet::{self, FromClient};
+use super::SocketIo;
 use crate::actors::session::frame_size;
-use crate::api::AppState;
+use crate::protocol::socket_io::{self as packet, FromClient};
 
 /// A packet for the client.
 #[derive(Message)]
@@ -26,7 +25,7 @@ pub struct Shut;
 
 pub struct Socket {
     link: Arc<Link>,
-    state: web::Data<AppState>,
+    state: Arc<SocketIo>,
     /// Carrying the link's packets (not still being probed for an upgrade).
     attached: bool,
     /// The open packet, for a connection that starts on this socket.
@@ -35,7 +34,7 @@ pub struct Socket {
 
 impl Socket {
     /// A connection that starts on this socket: it sends the open packet first.
-    pub fn opening(link: Arc<Link>, state: web::Data<AppState>, open: String) -> Self {
+    pub fn opening(link: Arc<Link>, state: Arc<SocketIo>, open: String) -> Self {
         Self {
             link,
             state,
@@ -45,7 +44,7 @@ impl Socket {
     }
 
     /// A socket the client probes to upgrade its long-polling connection to.
-    pub fn upgrading(link: Arc<Link>, state: web::Data<AppState>) -> Self {
+    pub fn upgrading(link: Arc<Link>, state: Arc<SocketIo>) -> Self {
         Self {
             link,
             state,

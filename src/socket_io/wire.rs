@@ -16,9 +16,9 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::link::Link;
-use super::packet::{self, Packet, PacketError};
 use crate::actors::session::{Backlog, Framing, Session, Wire};
 use crate::ids::random_id;
+use crate::protocol::socket_io::{self as packet, Packet, PacketError};
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 
 pub struct Engine {
@@ -117,7 +117,7 @@ impl Wire for Engine {
 /// What the link hands its session.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub enum Inbound {
+pub enum FromLink {
     /// The answer to a ping.
     Pong,
     Packet(Result<Packet, PacketError>),
@@ -125,16 +125,16 @@ pub enum Inbound {
     TransportClosed,
 }
 
-impl Handler<Inbound> for Session<Engine> {
+impl Handler<FromLink> for Session<Engine> {
     type Result = ();
 
-    fn handle(&mut self, inbound: Inbound, ctx: &mut Self::Context) {
+    fn handle(&mut self, inbound: FromLink, ctx: &mut Self::Context) {
         self.guarded(ctx, |session, ctx| match inbound {
-            Inbound::Pong => {
+            FromLink::Pong => {
                 session.heard(false, ctx);
             }
-            Inbound::TransportClosed => session.client_closed("connection lost".into(), ctx),
-            Inbound::Packet(packet) => {
+            FromLink::TransportClosed => session.client_closed("connection lost".into(), ctx),
+            FromLink::Packet(packet) => {
                 if session.heard(true, ctx) {
                     session.on_packet(packet, ctx);
                 }

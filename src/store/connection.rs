@@ -59,7 +59,7 @@ fn create_private(path: &Path) -> Result<(), ConnectionError> {
     }
 }
 
-impl r2d2::ManageConnection for Manager {
+impl diesel::r2d2::ManageConnection for Manager {
     type Connection = DbConnection;
     type Error = ConnectionError;
 

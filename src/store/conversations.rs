@@ -191,7 +191,7 @@ pub fn for_contact(
     diesel::insert_into(conversations::table)
         .values((
             conversations::id.eq(&id),
-            conversations::account_id.eq(&integration.account_id),
+            conversations::account_id.eq(integration.account_id.as_str()),
             conversations::kind.eq(EXTERNAL),
             conversations::integration_id.eq(&integration.id),
             conversations::provider.eq(&integration.provider),

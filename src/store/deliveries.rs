@@ -46,7 +46,7 @@ pub fn create(
             d::integration_id.eq(integration_id),
             d::message_id.eq(message_id),
             d::payload.eq(payload),
-            d::status.eq("pending"),
+            d::status.eq(Status::Pending.as_str()),
             d::attempts.eq(0_i64),
             d::next_attempt_at.eq(now),
             d::created_at.eq(now),
@@ -69,7 +69,7 @@ pub fn due(
 ) -> Result<Vec<(String, Option<String>)>, StoreError> {
     Ok(d::table
         .select((d::id, d::leased_by))
-        .filter(d::status.eq("pending"))
+        .filter(d::status.eq(Status::Pending.as_str()))
         .filter(d::next_attempt_at.le(now))
         .filter(d::leased_until.lt(now))
         .order(d::next_attempt_at.asc())
@@ -89,7 +89,7 @@ pub fn claim(
     leased_until: i64,
 ) -> Result<Option<Delivery>, StoreError> {
     Ok(diesel::update(d::table.find(id))
-        .filter(d::status.eq("pending"))
+        .filter(d::status.eq(Status::Pending.as_str()))
         .filter(d::next_attempt_at.le(now))
         .filter(d::leased_until.lt(now))
         .set((d::leased_by.eq(node), d::leased_until.eq(leased_until)))
@@ -97,11 +97,36 @@ pub fn claim(
         .optional()?)
 }
 
+/// Where a delivery stands, by the name stored (and shown by the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// To be attempted (again) at its `next_attempt_at`.
+    Pending,
+    Delivered,
+    /// Given up on.
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What an attempt came to.
 #[derive(Debug)]
 pub struct Outcome<'a> {
-    /// `delivered`, `pending` (to be retried at `next_attempt_at`) or `failed`.
-    pub status: &'a str,
+    pub status: Status,
     /// Attempts made so far, this one included if a request was made.
     pub attempts: i64,
     pub error: Option<&'a str>,
@@ -121,11 +146,11 @@ pub fn finish(
         return Ok(false);
     };
     let rows = diesel::update(d::table.find(&claimed.id))
-        .filter(d::status.eq("pending"))
+        .filter(d::status.eq(Status::Pending.as_str()))
         .filter(d::leased_by.eq(node))
         .filter(d::attempts.eq(claimed.attempts))
         .set((
-            d::status.eq(outcome.status),
+            d::status.eq(outcome.status.as_str()),
             d::attempts.eq(outcome.attempts),
             d::last_error.eq(outcome.error),
             d::next_attempt_at.eq(outcome.next_attempt_at),
@@ -143,7 +168,7 @@ pub fn due_now_of(conn: &mut DbConnection, integration_id: &str) -> Result<usize
     let now = now_ms();
     Ok(diesel::update(d::table)
         .filter(d::integration_id.eq(integration_id))
-        .filter(d::status.eq("pending"))
+        .filter(d::status.eq(Status::Pending.as_str()))
         .filter(d::next_attempt_at.gt(now))
         .set(d::next_attempt_at.eq(now))
         .execute(conn)?)

@@ -6,6 +6,42 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use super::schema::integrations;
 use super::{deliveries, now_ms, DbConnection, StoreError};
+use crate::ids::AccountId;
+
+/// The providers an integration can be for, by the name stored and shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Facebook,
+    Zalo,
+    /// Any system, through Standard Webhooks.
+    Generic,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Facebook => "facebook",
+            Self::Zalo => "zalo",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// The provider of a stored or requested name; `None` for no provider served.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "facebook" => Some(Self::Facebook),
+            "zalo" => Some(Self::Zalo),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// An integration as stored. Its secrets are never serialized into an API answer: see
 /// `api::integrations` for the public view.
@@ -14,7 +50,8 @@ pub struct Integration {
     pub id: String,
     pub provider: String,
     pub external_id: String,
-    pub account_id: String,
+    #[diesel(deserialize_as = String)]
+    pub account_id: AccountId,
     pub secret: String,
     pub app_id: Option<String>,
     pub outbound_url: Option<String>,

@@ -1,8 +1,8 @@
 //! Storage: the connection pool, the embedded migrations, the write transaction, and the
 //! queries (one module per table group).
 //!
-//! Diesel is synchronous. Every query runs through [`Store::run`], which moves it to actix's
-//! blocking thread pool, so no actor or request handler ever waits on the database on its own
+//! Diesel is synchronous. Every query runs through [`Store::run`], which moves it to the async
+//! runtime's blocking thread pool (tokio's, which actix runs on; the store names no actix), so no actor or request handler ever waits on the database on its own
 //! thread. Every write that touches an account goes through [`write`], which serializes writers
 //! per account — that is what makes sequence numbers gap-free and committed in order.
 
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use diesel::r2d2;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
@@ -41,7 +42,7 @@ type Pool = r2d2::Pool<connection::Manager>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database unavailable: {0}")]
-    Unavailable(#[from] r2d2::Error),
+    Unavailable(#[from] r2d2::PoolError),
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("database migration failed: {0}")]
@@ -128,13 +129,19 @@ impl Store {
         E: From<StoreError> + Send + 'static,
     {
         let pool = self.pool.clone();
-        actix_web::web::block(move || {
+        tokio::task::spawn_blocking(move || {
             let mut conn = pool.get().map_err(StoreError::from)?;
             query(&mut conn)
         })
         .await
         .map_err(|_| StoreError::Cancelled)?
     }
+}
+
+/// Whether the database answers a trivial query (for readiness).
+pub fn ping(conn: &mut DbConnection) -> Result<(), StoreError> {
+    diesel::sql_query("SELECT 1").execute(conn)?;
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch: how times are stored (portable across both backends).

@@ -11,20 +11,22 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{cpu_bound, header, ingest, millis, read_body, signature, Direction, Inbound};
-use crate::api::AppState;
-use crate::error::{ApiError, SignatureError};
-use crate::store::integrations::{self, Integration};
+use super::{
+    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
+};
+use crate::auth::signature::{self, SignatureError};
+use crate::protocol::ECHO_METADATA_PREFIX;
+use crate::store::integrations::{self, Integration, Provider};
 
-const PROVIDER: &str = "facebook";
+const PROVIDER: Provider = Provider::Facebook;
 
 /// `GET /webhooks/facebook?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`
 pub async fn handshake(
     query: web::Query<HashMap<String, String>>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+    hooks: &Webhooks,
+) -> Result<HttpResponse, WebhookError> {
     let param = |name: &'static str| {
-        query.get(name).ok_or(ApiError::InvalidField {
+        query.get(name).ok_or(WebhookError::InvalidField {
             field: name,
             reason: "missing".into(),
         })
@@ -35,18 +37,18 @@ pub async fn handshake(
         param("hub.challenge")?,
     );
     if mode != "subscribe" {
-        return Err(ApiError::InvalidField {
+        return Err(WebhookError::InvalidField {
             field: "hub.mode",
             reason: "must be `subscribe`".into(),
         });
     }
-    let Some(expected) = &state.webhooks.facebook_verify_token else {
-        return Err(ApiError::VerifyToken(
+    let Some(expected) = &hooks.facebook_verify_token else {
+        return Err(WebhookError::VerifyToken(
             "no Facebook verify token is configured",
         ));
     };
     if !expected.matches(token) {
-        return Err(ApiError::VerifyToken("the verify token does not match"));
+        return Err(WebhookError::VerifyToken("the verify token does not match"));
     }
     Ok(HttpResponse::Ok()
         .content_type("text/plain")
@@ -69,11 +71,11 @@ struct PageId {
 }
 
 /// The distinct pages `body` names, at most [`MAX_PAGES_PER_WEBHOOK`].
-fn page_ids(body: &[u8]) -> Result<Vec<String>, ApiError> {
+fn page_ids(body: &[u8]) -> Result<Vec<String>, WebhookError> {
     let named: PageIds = crate::json::from_slice(body)?;
     let pages: BTreeSet<String> = named.entry.into_iter().map(|e| e.id).collect();
     if pages.len() > MAX_PAGES_PER_WEBHOOK {
-        return Err(ApiError::InvalidField {
+        return Err(WebhookError::InvalidField {
             field: "entry",
             reason: format!("names more than {MAX_PAGES_PER_WEBHOOK} pages"),
         });
@@ -134,10 +136,7 @@ struct Watermark {
     watermark: i64,
 }
 
-/// Prefix of the `metadata` an app passes to the Send API so that the echo is recognised.
-pub const ECHO_METADATA_PREFIX: &str = "switchboard:";
-
-fn items(page: &str, messaging: Vec<Messaging>) -> Result<Vec<Inbound>, ApiError> {
+fn items(page: &str, messaging: Vec<Messaging>) -> Result<Vec<Inbound>, WebhookError> {
     let mut items = Vec::with_capacity(messaging.len());
     for m in messaging {
         // For an echo the page is the sender and the contact the recipient.
@@ -192,13 +191,13 @@ fn verify_and_parse(
     secret: &str,
     header: &str,
     body: &[u8],
-) -> Result<HashMap<String, Vec<Inbound>>, ApiError> {
+) -> Result<HashMap<String, Vec<Inbound>>, WebhookError> {
     if !signature::verify_facebook(secret, body, header) {
-        return Err(ApiError::Signature(SignatureError::Mismatch));
+        return Err(WebhookError::Signature(SignatureError::Mismatch));
     }
     let payload: Payload = crate::json::from_slice(body)?;
     if payload.object != "page" {
-        return Err(ApiError::InvalidField {
+        return Err(WebhookError::InvalidField {
             field: "object",
             reason: "must be `page`".into(),
         });
@@ -215,21 +214,21 @@ fn verify_and_parse(
 pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let stats = &state.webhooks.stats;
+    hooks: &Webhooks,
+) -> Result<HttpResponse, WebhookError> {
+    let stats = &hooks.stats;
     let Some(header) = header(&req, "x-hub-signature-256") else {
         return Err(stats.refused(PROVIDER, SignatureError::Missing));
     };
-    let body = read_body(payload, state.webhooks.max_body_bytes).await?;
+    let body = read_body(payload, hooks.max_body_bytes).await?;
 
     let pages = cpu_bound(stats, PROVIDER, &body, |body| page_ids(&body)).await?;
-    let registered = state
+    let registered = hooks
         .store
-        .run(move |conn| integrations::find_enabled_among(conn, PROVIDER, &pages))
+        .run(move |conn| integrations::find_enabled_among(conn, PROVIDER.as_str(), &pages))
         .await?;
     if registered.is_empty() {
-        return Err(ApiError::UnknownIntegration);
+        return Err(WebhookError::UnknownIntegration);
     }
     let secret = shared_secret(&registered)
         .ok_or_else(|| stats.refused(PROVIDER, SignatureError::SecretsDiffer))?;
@@ -244,13 +243,7 @@ pub async fn receive(
             log::warn!("facebook webhook for an unknown page page={page}");
             continue;
         };
-        let ingested = ingest(
-            &state.store,
-            state.broker.clone(),
-            integration.clone(),
-            items,
-        )
-        .await?;
+        let ingested = ingest(&hooks.commits, integration.clone(), items).await?;
         total.stored += ingested.stored;
         total.duplicates += ingested.duplicates;
     }

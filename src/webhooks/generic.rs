@@ -1,7 +1,7 @@
 //! Generic webhooks in the Standard Webhooks scheme, so any system can feed an account's inbox:
 //! `webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64 HMAC-SHA256(secret,
 //! "id.timestamp.body")>` (several signatures while keys rotate, at most
-//! [`MAX_STANDARD_SIGNATURES`](signature::MAX_STANDARD_SIGNATURES), checked against one HMAC). A
+//! [`MAX_STANDARD_SIGNATURES`](crate::auth::signature::MAX_STANDARD_SIGNATURES), checked against one HMAC). A
 //! timestamp outside the replay window is refused; a `webhook-id` seen before is acknowledged and
 //! ignored.
 //!
@@ -11,13 +11,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::signature::StandardSignatures;
-use super::{cpu_bound, header, ingest, millis, read_body, Direction, Inbound};
-use crate::api::AppState;
-use crate::error::{ApiError, SignatureError};
-use crate::store::{integrations, now_ms};
+use super::{
+    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
+};
+use crate::auth::signature::{SignatureError, StandardSignatures};
+use crate::store::integrations::{self, Provider};
+use crate::store::now_ms;
 
-const PROVIDER: &str = "generic";
+const PROVIDER: Provider = Provider::Generic;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", content = "data", rename_all = "kebab-case")]
@@ -42,13 +43,13 @@ fn verify_and_parse(
     id: &str,
     timestamp: &str,
     body: &[u8],
-) -> Result<MessageData, ApiError> {
+) -> Result<MessageData, WebhookError> {
     if !signatures.verify(secret, id, timestamp, body) {
-        return Err(ApiError::Signature(SignatureError::Mismatch));
+        return Err(WebhookError::Signature(SignatureError::Mismatch));
     }
     let Body::Message(data) = crate::json::from_slice(body)?;
     if data.contact_id.is_empty() || (data.text.is_none() && data.attachments.is_none()) {
-        return Err(ApiError::InvalidBody(
+        return Err(WebhookError::InvalidBody(
             "a message needs a `contact_id` and a `text` or `attachments`".into(),
         ));
     }
@@ -60,9 +61,9 @@ pub async fn receive(
     req: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let stats = &state.webhooks.stats;
+    hooks: &Webhooks,
+) -> Result<HttpResponse, WebhookError> {
+    let stats = &hooks.stats;
     let (Some(id), Some(timestamp), Some(signatures)) = (
         header(&req, "webhook-id"),
         header(&req, "webhook-timestamp"),
@@ -73,18 +74,18 @@ pub async fn receive(
     // Before the body is read: a list no sender needs is refused without reading it.
     let signatures =
         StandardSignatures::parse(&signatures).map_err(|e| stats.refused(PROVIDER, e))?;
-    let body = read_body(payload, state.webhooks.max_body_bytes).await?;
+    let body = read_body(payload, hooks.max_body_bytes).await?;
 
     let integration_id = path.into_inner();
-    let integration = state
+    let integration = hooks
         .store
         .run(move |conn| integrations::get(conn, &integration_id))
         .await?
-        .filter(|i| i.provider == PROVIDER && i.disabled_at.is_none())
-        .ok_or(ApiError::UnknownIntegration)?;
+        .filter(|i| i.provider == PROVIDER.as_str() && i.disabled_at.is_none())
+        .ok_or(WebhookError::UnknownIntegration)?;
 
     let sent = timestamp.parse::<i64>().ok();
-    let tolerance = state.webhooks.tolerance.as_secs();
+    let tolerance = hooks.tolerance.as_secs();
     if sent.is_none_or(|t| (now_ms() / 1000).abs_diff(t) > tolerance) {
         return Err(stats.refused(PROVIDER, SignatureError::Stale));
     }
@@ -104,6 +105,6 @@ pub async fn receive(
         sent_at: millis(data.sent_at.or(sent))?,
         echo_of: None,
     };
-    let ingested = ingest(&state.store, state.broker.clone(), integration, vec![item]).await?;
+    let ingested = ingest(&hooks.commits, integration, vec![item]).await?;
     Ok(HttpResponse::Ok().json(ingested))
 }

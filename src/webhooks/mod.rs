@@ -7,27 +7,43 @@
 //! for a large body that work runs off the HTTP worker ([`cpu_bound`]). [`ingest`] then stores them in one short transaction — skipping
 //! any provider message id already ingested, so retries store and emit nothing — and the events
 //! are handed to the broker without waiting for delivery.
+//!
+//! An adapter: uses the services' commit path, the store and the base layer, never the HTTP
+//! layer — the server hands it [`Webhooks`], and it refuses with its own [`WebhookError`].
 
+pub mod error;
 pub mod facebook;
 pub mod generic;
-pub mod signature;
 pub mod zalo;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use actix::Addr;
 use actix_web::web::{self, Bytes};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::actors::broker::Broker;
-use crate::actors::room::RoomEvent;
-use crate::error::{ApiError, SignatureError};
+use crate::auth::signature::SignatureError;
+use crate::commit::{Changes, Committer};
+use crate::config::Secret;
+use crate::event::RoomEvent;
 use crate::ids::AccountId;
 use crate::inbox;
 use crate::store::conversations::{self, NewMessage};
-use crate::store::integrations::Integration;
-use crate::store::{self, now_ms, DbConnection, Store, StoreError};
+use crate::store::integrations::{Integration, Provider};
+use crate::store::{now_ms, DbConnection, Store, StoreError};
+pub use error::WebhookError;
+
+/// What the webhook handlers share, handed to them by the server that routes to them.
+pub struct Webhooks {
+    pub stats: Stats,
+    pub facebook_verify_token: Option<Secret>,
+    pub max_body_bytes: usize,
+    pub tolerance: Duration,
+    pub store: Store,
+    /// Where the ingested items are written and their events handed on.
+    pub commits: Committer,
+}
 
 /// Who sent a message, seen from the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,126 +108,185 @@ pub struct Ingested {
     events: Vec<RoomEvent>,
 }
 
-/// Stores the items for the integration's account in one transaction and returns the events.
+impl Changes for Ingested {
+    fn take_events(&mut self) -> Vec<RoomEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// Stores the items for the integration's account (inside the account's write transaction) and
+/// returns the events.
 fn ingest_in(
     conn: &mut DbConnection,
     integration: &Integration,
     account: &AccountId,
     items: &[Inbound],
 ) -> Result<Ingested, StoreError> {
-    store::write(conn, account, |conn| {
-        let mut out = Ingested::default();
-        for item in items {
-            if !conversations::record_receipt(conn, &integration.id, item.receipt())? {
-                out.duplicates += 1;
-                continue;
-            }
-            out.stored += 1;
-            match item {
-                Inbound::Message {
-                    provider_message_id,
-                    contact_id,
-                    sender_id,
-                    direction,
-                    text,
-                    attachments,
-                    sent_at,
-                    echo_of,
-                } => {
-                    let conversation =
-                        conversations::for_contact(conn, integration, contact_id, *sent_at)?;
-                    let ours = match echo_of {
-                        Some(id) => conversations::message(conn, &integration.account_id, id)?
-                            .filter(|m| m.conversation_id == conversation.id),
-                        None => None,
-                    };
-                    if let Some(ours) = ours {
-                        // The provider echoes a reply sent through Switchboard: already shown.
-                        let message = conversations::set_message_status(
-                            conn,
-                            &ours.id,
-                            "sent",
-                            Some(provider_message_id),
-                        )?;
-                        out.events
-                            .push(inbox::one_message_status(conn, account, &message)?);
-                        continue;
-                    }
-                    let attachments = attachments.as_ref().map(Value::to_string);
-                    let (direction, status) = match direction {
-                        Direction::Inbound => ("inbound", "received"),
-                        Direction::Outbound => ("outbound", "sent"),
-                    };
-                    let added = inbox::add_message(
-                        conn,
-                        account,
-                        &NewMessage {
-                            conversation: &conversation,
-                            direction,
-                            provider_message_id: Some(provider_message_id),
-                            sender_id,
-                            text: text.as_deref(),
-                            attachments: attachments.as_deref(),
-                            status,
-                            client_msg_id: None,
-                            created_at: *sent_at,
-                        },
-                    )?;
-                    out.events.extend(added.events);
-                }
-                Inbound::Status {
-                    contact_id,
-                    status,
-                    watermark,
-                    ..
-                } => {
-                    let conversation =
-                        conversations::for_contact(conn, integration, contact_id, *watermark)?;
-                    conversations::mark_outbound_up_to(conn, &conversation.id, *watermark, status)?;
-                    let data = json!({
-                        "conversation_id": conversation.id,
-                        "status": status,
-                        "watermark": watermark,
-                    });
-                    out.events.push(inbox::message_status(conn, account, data)?);
-                }
-                Inbound::Follow {
-                    contact_id,
-                    following,
-                    at,
-                    ..
-                } => {
-                    let conversation =
-                        conversations::for_contact(conn, integration, contact_id, *at)?;
-                    let data = json!({
-                        "conversation_id": conversation.id,
-                        "contact_id": contact_id,
-                        "following": following,
-                    });
-                    let data = serde_json::value::to_raw_value(&data).expect("JSON");
-                    out.events
-                        .push(inbox::emit(conn, account, None, "contact-follow", &data)?);
-                }
-            }
+    let mut out = Ingested::default();
+    for item in items {
+        if !conversations::record_receipt(conn, &integration.id, item.receipt())? {
+            out.duplicates += 1;
+            continue;
         }
-        Ok(out)
-    })
+        out.stored += 1;
+        match item {
+            Inbound::Message { .. } => {
+                message_in(conn, integration, account, item, &mut out.events)?
+            }
+            Inbound::Status {
+                contact_id,
+                status,
+                watermark,
+                ..
+            } => out.events.push(status_changed(
+                conn,
+                integration,
+                account,
+                contact_id,
+                status,
+                *watermark,
+            )?),
+            Inbound::Follow {
+                contact_id,
+                following,
+                at,
+                ..
+            } => out.events.push(follow_changed(
+                conn,
+                integration,
+                account,
+                contact_id,
+                *following,
+                *at,
+            )?),
+        }
+    }
+    Ok(out)
+}
+
+/// A message from the contact, or an echo of one the account sent: stored with its events, or,
+/// for an echo of a reply sent through Switchboard, that reply marked sent.
+fn message_in(
+    conn: &mut DbConnection,
+    integration: &Integration,
+    account: &AccountId,
+    item: &Inbound,
+    events: &mut Vec<RoomEvent>,
+) -> Result<(), StoreError> {
+    let Inbound::Message {
+        provider_message_id,
+        contact_id,
+        sender_id,
+        direction,
+        text,
+        attachments,
+        sent_at,
+        echo_of,
+    } = item
+    else {
+        return Ok(());
+    };
+    let conversation = conversations::for_contact(conn, integration, contact_id, *sent_at)?;
+    if let Some(id) = echo_of {
+        let echo = echoed(conn, account, &conversation, id, provider_message_id)?;
+        if let Some(event) = echo {
+            events.push(event);
+            return Ok(());
+        }
+    }
+    let attachments = attachments.as_ref().map(Value::to_string);
+    let (direction, status) = match direction {
+        Direction::Inbound => ("inbound", "received"),
+        Direction::Outbound => ("outbound", "sent"),
+    };
+    let added = inbox::add_message(
+        conn,
+        account,
+        &NewMessage {
+            conversation: &conversation,
+            direction,
+            provider_message_id: Some(provider_message_id),
+            sender_id,
+            text: text.as_deref(),
+            attachments: attachments.as_deref(),
+            status,
+            client_msg_id: None,
+            created_at: *sent_at,
+        },
+    )?;
+    events.extend(added.events);
+    Ok(())
+}
+
+/// The provider echoes a reply sent through Switchboard (`ours`, in this conversation): it is
+/// already shown, so it is only marked sent, and that announced. `None` when `ours` is no
+/// message of this conversation.
+fn echoed(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    conversation: &conversations::Conversation,
+    ours: &str,
+    provider_message_id: &str,
+) -> Result<Option<RoomEvent>, StoreError> {
+    let Some(ours) = conversations::message(conn, account.as_str(), ours)?
+        .filter(|m| m.conversation_id == conversation.id)
+    else {
+        return Ok(None);
+    };
+    let message =
+        conversations::set_message_status(conn, &ours.id, "sent", Some(provider_message_id))?;
+    Ok(Some(inbox::one_message_status(conn, account, &message)?))
+}
+
+/// The provider says how far the contact got with our messages (delivered, read): marks the
+/// conversation's outbound messages up to `watermark`, and announces it.
+fn status_changed(
+    conn: &mut DbConnection,
+    integration: &Integration,
+    account: &AccountId,
+    contact_id: &str,
+    status: &str,
+    watermark: i64,
+) -> Result<RoomEvent, StoreError> {
+    let conversation = conversations::for_contact(conn, integration, contact_id, watermark)?;
+    conversations::mark_outbound_up_to(conn, &conversation.id, watermark, status)?;
+    let data = json!({
+        "conversation_id": conversation.id,
+        "status": status,
+        "watermark": watermark,
+    });
+    inbox::message_status(conn, account, data)
+}
+
+/// The contact followed or unfollowed the account's page: announced on their conversation.
+fn follow_changed(
+    conn: &mut DbConnection,
+    integration: &Integration,
+    account: &AccountId,
+    contact_id: &str,
+    following: bool,
+    at: i64,
+) -> Result<RoomEvent, StoreError> {
+    let conversation = conversations::for_contact(conn, integration, contact_id, at)?;
+    let data = json!({
+        "conversation_id": conversation.id,
+        "contact_id": contact_id,
+        "following": following,
+    });
+    let data = serde_json::value::to_raw_value(&data).expect("JSON");
+    inbox::emit(conn, account, None, "contact-follow", &data)
 }
 
 /// Ingests the items and hands their events to the broker; fan-out never holds up the answer.
 pub async fn ingest(
-    store: &Store,
-    broker: Addr<Broker>,
+    commits: &Committer,
     integration: Integration,
     items: Vec<Inbound>,
-) -> Result<Ingested, ApiError> {
-    let account = AccountId::new(&integration.account_id)
-        .map_err(|e| ApiError::Internal(format!("integration {} account: {e}", integration.id)))?;
-    let ingested = store
-        .run(move |conn| {
-            let mut ingested = ingest_in(conn, &integration, &account, &items)?;
-            inbox::hand_off(&broker, &account, std::mem::take(&mut ingested.events));
-            Ok::<_, StoreError>(ingested)
+) -> Result<Ingested, WebhookError> {
+    let account = integration.account_id.clone();
+    let ingested = commits
+        .commit(account.clone(), move |conn| {
+            ingest_in(conn, &integration, &account, &items)
         })
         .await?;
     Ok(ingested)
@@ -227,12 +302,12 @@ fn header(req: &actix_web::HttpRequest, name: &str) -> Option<String> {
 
 /// Reads the raw body (signatures are over the exact bytes), refusing one over `limit` with 413
 /// before reading it all.
-pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
+pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Bytes, WebhookError> {
     payload
         .to_bytes_limited(limit)
         .await
-        .map_err(|_| ApiError::PayloadTooLarge { limit })?
-        .map_err(|e| ApiError::InvalidBody(e.to_string()))
+        .map_err(|_| WebhookError::PayloadTooLarge { limit })?
+        .map_err(|e| WebhookError::InvalidBody(e.to_string()))
 }
 
 /// Bodies up to this size are verified and parsed on the HTTP worker, larger ones on the blocking
@@ -245,22 +320,22 @@ const ON_WORKER_BYTES: usize = 64 * 1024;
 /// the body is large, inline otherwise. A refused signature is counted and logged.
 async fn cpu_bound<T: Send + 'static>(
     stats: &Stats,
-    provider: &'static str,
+    provider: Provider,
     body: &Bytes,
-    work: impl FnOnce(Bytes) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
+    work: impl FnOnce(Bytes) -> Result<T, WebhookError> + Send + 'static,
+) -> Result<T, WebhookError> {
     let result = if body.len() <= ON_WORKER_BYTES {
         work(body.clone())
     } else {
         let body = body.clone();
         web::block(move || work(body)).await.map_err(|_| {
-            ApiError::Internal(format!(
+            WebhookError::Internal(format!(
                 "{provider} webhook: verifying the body did not finish"
             ))
         })?
     };
     result.map_err(|e| match e {
-        ApiError::Signature(reason) => stats.refused(provider, reason),
+        WebhookError::Signature(reason) => stats.refused(provider, reason),
         other => other,
     })
 }
@@ -275,19 +350,19 @@ pub struct Stats {
 
 impl Stats {
     /// Counts and logs a refused signature — never the signature or the secret themselves.
-    pub fn refused(&self, provider: &str, error: SignatureError) -> ApiError {
-        let (counter, name) = match provider {
-            "facebook" => (&self.facebook, "facebook"),
-            "zalo" => (&self.zalo, "zalo"),
-            _ => (&self.generic, "generic"),
+    pub fn refused(&self, provider: Provider, error: SignatureError) -> WebhookError {
+        let counter = match provider {
+            Provider::Facebook => &self.facebook,
+            Provider::Zalo => &self.zalo,
+            Provider::Generic => &self.generic,
         };
-        crate::metrics::webhook_signature_failure(name);
+        crate::metrics::webhook_signature_failure(provider.as_str());
         let total = counter.fetch_add(1, Ordering::Relaxed) + 1;
         log::warn!(
             "webhook refused provider={provider} reason={} refused_total={total}",
             error.code()
         );
-        ApiError::Signature(error)
+        WebhookError::Signature(error)
     }
 
     pub fn to_json(&self) -> Value {
@@ -302,9 +377,9 @@ impl Stats {
 
 /// A provider timestamp in seconds or milliseconds, as milliseconds; now when absent.
 /// One before 1970 is refused: no provider sends one, and scaling it could overflow.
-fn millis(value: Option<i64>) -> Result<i64, ApiError> {
+fn millis(value: Option<i64>) -> Result<i64, WebhookError> {
     match value {
-        Some(t) if t < 0 => Err(ApiError::InvalidField {
+        Some(t) if t < 0 => Err(WebhookError::InvalidField {
             field: "timestamp",
             reason: "must be seconds or milliseconds since 1970".into(),
         }),

@@ -7,12 +7,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{cpu_bound, header, ingest, millis, read_body, signature, Direction, Inbound};
-use crate::api::AppState;
-use crate::error::{ApiError, SignatureError};
-use crate::store::integrations;
+use super::{
+    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
+};
+use crate::auth::signature::{self, SignatureError};
+use crate::store::integrations::{self, Provider};
 
-const PROVIDER: &str = "zalo";
+const PROVIDER: Provider = Provider::Zalo;
 
 /// The fields needed to verify, read before anything else.
 #[derive(Deserialize)]
@@ -69,11 +70,11 @@ impl Envelope {
     }
 }
 
-fn invalid(reason: &str) -> ApiError {
-    ApiError::InvalidBody(reason.to_owned())
+fn invalid(reason: &str) -> WebhookError {
+    WebhookError::InvalidBody(reason.to_owned())
 }
 
-fn parse(event: Event, at: i64) -> Result<Option<Inbound>, ApiError> {
+fn parse(event: Event, at: i64) -> Result<Option<Inbound>, WebhookError> {
     let name = event.event_name.as_str();
     if name == "follow" || name == "unfollow" {
         let follower = event
@@ -122,7 +123,7 @@ fn parse(event: Event, at: i64) -> Result<Option<Inbound>, ApiError> {
 }
 
 /// The timestamp and the OA id, read before the signature can be checked.
-fn envelope(body: &[u8]) -> Result<(String, String), ApiError> {
+fn envelope(body: &[u8]) -> Result<(String, String), WebhookError> {
     let envelope: Envelope = crate::json::from_slice(body)?;
     let timestamp = envelope
         .timestamp()
@@ -138,31 +139,31 @@ fn envelope(body: &[u8]) -> Result<(String, String), ApiError> {
 pub async fn receive(
     req: HttpRequest,
     payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let stats = &state.webhooks.stats;
+    hooks: &Webhooks,
+) -> Result<HttpResponse, WebhookError> {
+    let stats = &hooks.stats;
     let Some(header) = header(&req, "x-zevent-signature") else {
         return Err(stats.refused(PROVIDER, SignatureError::Missing));
     };
-    let body = read_body(payload, state.webhooks.max_body_bytes).await?;
+    let body = read_body(payload, hooks.max_body_bytes).await?;
     let (timestamp, oa_id) = cpu_bound(stats, PROVIDER, &body, |body| envelope(&body)).await?;
 
-    let integration = state
+    let integration = hooks
         .store
-        .run(move |conn| integrations::find_enabled(conn, PROVIDER, &oa_id))
+        .run(move |conn| integrations::find_enabled(conn, PROVIDER.as_str(), &oa_id))
         .await?
-        .ok_or(ApiError::UnknownIntegration)?;
+        .ok_or(WebhookError::UnknownIntegration)?;
     let app_id = integration.app_id.clone().unwrap_or_default();
     let secret = integration.secret.clone();
     let items = cpu_bound(stats, PROVIDER, &body, move |body| {
         if !signature::verify_zalo(&app_id, &body, &timestamp, &secret, &header) {
-            return Err(ApiError::Signature(SignatureError::Mismatch));
+            return Err(WebhookError::Signature(SignatureError::Mismatch));
         }
         let event: Event = crate::json::from_slice(&body)?;
         let at = millis(timestamp.parse().ok())?;
         Ok(parse(event, at)?.into_iter().collect::<Vec<Inbound>>())
     })
     .await?;
-    let ingested = ingest(&state.store, state.broker.clone(), integration, items).await?;
+    let ingested = ingest(&hooks.commits, integration, items).await?;
     Ok(HttpResponse::Ok().json(ingested))
 }

@@ -4,7 +4,7 @@
 //! see [`transport::start`]) and leaves when it stops; it writes the frames its room delivers; it
 //! pings the client every heartbeat interval and closes a connection that stays silent past the
 //! timeout; it answers bad frames with an `error` frame and carries on. How frames reach the client is its [`Wire`]: the native protocol on a WebSocket
-//! ([`Native`]), or Socket.IO ([`crate::socket_io`]) — the session's behaviour is the same on
+//! ([`Native`]), or Socket.IO (the `socket_io` adapter) — the session's behaviour is the same on
 //! both. The rest lives beside this file:
 //!
 //! - [`wire`] — what a wire provides; [`native`] — the native one, on a WebSocket;
@@ -13,7 +13,7 @@
 //! - [`replay`] — resuming after a reconnect (`?since=` or a `resume` frame): replaying what was
 //!   missed, merged with live events by sequence number;
 //! - [`transport`] — the WebSocket transport: the socket, once the HTTP layer hands it over
-//!   after the `101` (`crate::http`), and the count of bytes queued for the client, so a client
+//!   after the `101` (the `http` module), and the count of bytes queued for the client, so a client
 //!   that does not read is closed at a bound instead of growing the server's memory.
 //!
 //! actix-web-actors is deprecated upstream in favour of actix-ws; it is used only by the native
@@ -35,13 +35,13 @@ use bytestring::ByteString;
 use tokio::sync::oneshot;
 
 use super::broker::{Broker, Join, Leave};
-use super::room::Handed;
+use super::service::{SendRequest, Service};
 use crate::auth::throttle::Authenticator;
 use crate::auth::Identity;
 use crate::config::Heartbeat;
+use crate::event::Handed;
 use crate::ids::SessionId;
 use crate::metrics;
-use crate::outbound::Dispatcher;
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 use crate::store::Store;
 pub use native::Native;
@@ -84,7 +84,8 @@ pub enum FromRoom {
 pub struct Shared {
     pub broker: Addr<Broker>,
     pub store: Store,
-    pub dispatcher: Addr<Dispatcher>,
+    /// What the user's sends, reads and typing mean: the services, behind the engine's port.
+    pub service: Arc<dyn Service>,
     pub heartbeat: Heartbeat,
     pub max_frame_bytes: usize,
     /// Bytes queued for a client and not yet taken by the socket writer before the session is
@@ -93,8 +94,6 @@ pub struct Shared {
     pub tokens: Tokens,
     /// Frames a client may send per second (twice as many in a burst).
     pub frames_per_second: std::num::NonZeroU32,
-    /// Each user's allowance of sends, drawn on by all their sessions and by the REST API.
-    pub sends: crate::inbox::SendRate,
 }
 
 /// What a live session needs to know about tokens.
@@ -259,7 +258,7 @@ impl<W: Wire> Session<W> {
                 client_msg_id,
                 reference,
             }) => {
-                let send = requests::OwnedSend {
+                let send = SendRequest {
                     conversation_id,
                     text,
                     attachments: attachments.map(|a| a.to_string()),

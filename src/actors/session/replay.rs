@@ -31,7 +31,7 @@ use serde_json::Value;
 
 use super::{frame_size, Deliver, Framing, Session, Wire};
 use crate::actors::broker::CatchUp;
-use crate::actors::room::RoomEvent;
+use crate::event::RoomEvent;
 use crate::metrics;
 use crate::protocol::{Close, ResumePoint, ServerFrame, SinceError};
 use crate::store::{events, StoreError};

@@ -1,7 +1,8 @@
-//! The user's requests over the socket: `send` and `read` go through [`inbox`] on the blocking
-//! pool (exactly as the REST API does, sends drawing on the same per-user allowance), `typing`
-//! and `presence` through the broker. None is awaited in the session's mailbox: each runs as a
-//! spawned future that answers when done.
+//! The user's requests over the socket: `send`, `read` and the audience of `typing` are asked
+//! of the services through the engine's [`Service`] port (exactly what the REST API does, sends
+//! drawing on the same per-user allowance); `typing` and `presence` then go through the broker.
+//! None is awaited in the session's mailbox: each runs as a spawned future that answers when
+//! done.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -13,10 +14,8 @@ use serde_json::{json, Value};
 
 use super::{Session, Wire};
 use crate::actors::broker::{Ephemeral, OnlineUsers};
-use crate::inbox::{self, InboxError, Send};
-use crate::outbound::Dispatch;
+use crate::actors::service::{Refused, SendRequest};
 use crate::protocol::{ephemeral_frame, Close, ServerFrame};
-use crate::store;
 
 /// `typing` frames forwarded per session: one per this interval; the rest are dropped.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -93,17 +92,10 @@ impl<W: Wire> Session<W> {
         self.write(ctx, &frame);
     }
 
-    fn refuse(&mut self, ctx: &mut W::Context, error: &InboxError, reference: Option<Value>) {
-        if let InboxError::Store(e) = error {
-            log::error!("session request failed: {e}");
-        }
-        let message = match error {
-            InboxError::Store(_) => "internal error; try again".to_owned(),
-            other => other.to_string(),
-        };
+    fn refuse(&mut self, ctx: &mut W::Context, refused: Refused, reference: Option<Value>) {
         let frame = ServerFrame::Error {
-            code: error.code(),
-            message,
+            code: refused.code,
+            message: refused.message,
             reference,
             retry_after_ms: None,
         };
@@ -112,53 +104,32 @@ impl<W: Wire> Session<W> {
 
     pub(super) fn on_send(
         &mut self,
-        send: OwnedSend,
+        send: SendRequest,
         reference: Option<Value>,
         ctx: &mut W::Context,
     ) {
-        let (account, user) = (&self.identity.account, &self.identity.user);
-        if let Err(wait) = self.shared.sends.check(account, user) {
+        if let Err(wait) = self.shared.service.admit_send(&self.identity) {
             let message = "too many messages; slow down";
             return self.rate_limited(ctx, wait, message, reference);
         }
-        if let Err(error) = send.borrow().validate() {
-            return self.refuse(ctx, &error, reference);
+        if let Err(refused) = self.shared.service.check_send(&send) {
+            return self.refuse(ctx, refused, reference);
         }
-        let shared = self.shared.clone();
-        let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
-        let work = async move {
-            let store = shared.store.clone();
-            let broker = shared.broker.clone();
-            let result = store
-                .run(move |conn| {
-                    let mut sent = store::write(conn, &account, |conn| {
-                        inbox::send(conn, &account, &user, &send.borrow())
-                    })?;
-                    inbox::hand_off(&broker, &account, std::mem::take(&mut sent.events));
-                    Ok::<_, InboxError>(sent)
-                })
-                .await;
-            if let Ok(sent) = &result {
-                if let Some(delivery_id) = sent.delivery.clone() {
-                    shared.dispatcher.do_send(Dispatch { delivery_id });
-                }
-            }
-            result
-        };
+        let work = self.shared.service.send(&self.identity, send);
         ctx.spawn(
             work.into_actor(self)
                 .map(move |result, session, ctx| match result {
                     Ok(sent) => {
                         let ack = ServerFrame::Ack {
                             reference,
-                            conversation_id: &sent.message.conversation_id,
-                            message_id: Some(&sent.message.id),
+                            conversation_id: &sent.conversation_id,
+                            message_id: Some(&sent.message_id),
                             seq: Some(sent.seq),
                             duplicate: sent.duplicate,
                         };
                         session.write(ctx, &ack);
                     }
-                    Err(error) => session.refuse(ctx, &error, reference),
+                    Err(refused) => session.refuse(ctx, refused, reference),
                 }),
         );
     }
@@ -170,20 +141,7 @@ impl<W: Wire> Session<W> {
         reference: Option<Value>,
         ctx: &mut W::Context,
     ) {
-        let (store, broker) = (self.shared.store.clone(), self.shared.broker.clone());
-        let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
-        let id = conversation_id.clone();
-        let work = async move {
-            store
-                .run(move |conn| {
-                    let (_, events) = store::write(conn, &account, |conn| {
-                        inbox::mark_read(conn, &account, &user, &id, up_to.as_deref())
-                    })?;
-                    inbox::hand_off(&broker, &account, events);
-                    Ok::<_, InboxError>(())
-                })
-                .await
-        };
+        let work = (self.shared.service).read(&self.identity, conversation_id.clone(), up_to);
         ctx.spawn(
             work.into_actor(self)
                 .map(move |result, session, ctx| match result {
@@ -197,7 +155,7 @@ impl<W: Wire> Session<W> {
                         };
                         session.write(ctx, &ack);
                     }
-                    Err(error) => session.refuse(ctx, &error, reference),
+                    Err(refused) => session.refuse(ctx, refused, reference),
                 }),
         );
     }
@@ -208,14 +166,12 @@ impl<W: Wire> Session<W> {
         if self.limits.typing.check().is_err() {
             return;
         }
-        let (store, broker) = (self.shared.store.clone(), self.shared.broker.clone());
+        let broker = self.shared.broker.clone();
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
+        let audience =
+            (self.shared.service).typing_audience(&self.identity, conversation_id.clone());
         let work = async move {
-            let (lookup_account, lookup_user, id) =
-                (account.clone(), user.clone(), conversation_id.clone());
-            let audience = store
-                .run(move |conn| inbox::typing_audience(conn, &lookup_account, &lookup_user, &id))
-                .await?;
+            let audience = audience.await?;
             let data = json!({ "conversation_id": conversation_id, "user_id": user.as_str() });
             broker.do_send(Ephemeral {
                 account,
@@ -223,11 +179,11 @@ impl<W: Wire> Session<W> {
                 except: Some(user),
                 frame: ephemeral_frame("typing", &data),
             });
-            Ok::<_, InboxError>(())
+            Ok::<_, Refused>(())
         };
         ctx.spawn(work.into_actor(self).map(|result, session, ctx| {
-            if let Err(error) = result {
-                session.refuse(ctx, &error, None);
+            if let Err(refused) = result {
+                session.refuse(ctx, refused, None);
             }
         }));
     }
@@ -246,24 +202,5 @@ impl<W: Wire> Session<W> {
                 },
             );
         }));
-    }
-}
-
-/// A `send` frame's content, owned so it can move to the blocking pool.
-pub(super) struct OwnedSend {
-    pub(super) conversation_id: String,
-    pub(super) text: Option<String>,
-    pub(super) attachments: Option<String>,
-    pub(super) client_msg_id: Option<String>,
-}
-
-impl OwnedSend {
-    fn borrow(&self) -> Send<'_> {
-        Send {
-            conversation_id: &self.conversation_id,
-            text: self.text.as_deref(),
-            attachments: self.attachments.as_deref(),
-            client_msg_id: self.client_msg_id.as_deref(),
-        }
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! A handshake is answered by a handler like any request, with a `101` whose body is the
 //! session's output. Once the `101` is written, the HTTP layer hands the socket over
-//! ([`Handover`], see `crate::http`): the session reads it ([`Incoming`]) and [`Writer`] writes
+//! ([`Handover`], see the `http` module): the session reads it ([`Incoming`]) and [`Writer`] writes
 //! its output to it, so an idle connection holds no HTTP buffers (actix-http's are 8 KiB each,
 //! fixed, and would otherwise stay for the connection's life).
 //!
@@ -36,8 +36,8 @@ use actix_web::rt::net::TcpStream;
 use actix_web::web::{Buf, Bytes, BytesMut};
 use actix_web::{HttpRequest, HttpResponse};
 use actix_web_actors::ws::{self, WebsocketContext};
-use futures_core::Stream;
 use futures_util::task::AtomicWaker;
+use futures_util::Stream;
 use tokio::sync::oneshot;
 
 use super::{Native, Session};

@@ -29,7 +29,7 @@ impl Framing {
     pub fn encode(self, native: &ByteString) -> Option<ByteString> {
         match self {
             Self::Native => Some(native.clone()),
-            Self::SocketIo => crate::socket_io::packet::event(native),
+            Self::SocketIo => crate::protocol::socket_io::event(native),
         }
     }
 }

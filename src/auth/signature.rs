@@ -2,15 +2,46 @@
 //! `whsec_` secrets of the Standard Webhooks scheme. Every comparison is constant-time, and each
 //! request costs at most one MAC over its body: a signature that cannot be one (wrong length,
 //! not hex or base64, too many of them) is refused before any.
+//!
+//! Base layer: the webhooks adapter verifies with it, the outbound service signs with it. Uses
+//! nothing of the crate; its refusals are its own [`SignatureError`], which `error` maps to HTTP.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Mac, SimpleHmac};
 use sha2::{Digest, Sha256};
 
-use crate::error::SignatureError;
-
 type HmacSha256 = SimpleHmac<Sha256>;
+
+/// Why a webhook's signature was refused. Never carries the signature or the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("the webhook signature headers are missing")]
+    Missing,
+    #[error("the webhook signature does not match")]
+    Mismatch,
+    #[error("the webhook timestamp is outside the replay window")]
+    Stale,
+    /// Refused before any MAC is computed: no sender needs more.
+    #[error(
+        "the webhook-signature header lists more than {signatures} signatures or is longer than {bytes} bytes"
+    )]
+    TooMany { signatures: usize, bytes: usize },
+    /// A Facebook webhook naming pages whose integrations hold different app secrets: one app
+    /// signs a webhook, so it cannot verify for all of them.
+    #[error("the pages of this webhook are registered with different app secrets")]
+    SecretsDiffer,
+}
+
+impl SignatureError {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "missing-signature",
+            Self::Mismatch | Self::TooMany { .. } | Self::SecretsDiffer => "invalid-signature",
+            Self::Stale => "timestamp-out-of-window",
+        }
+    }
+}
 
 /// Prefix of Standard Webhooks secrets; the rest is the base64 of the key bytes.
 const SECRET_PREFIX: &str = "whsec_";

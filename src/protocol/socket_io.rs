@@ -4,6 +4,9 @@
 //! An Engine.IO packet is a type digit and its data (`4` + a Socket.IO packet is a message); a
 //! Socket.IO packet is `<type>[<namespace>,][<ack id>][<JSON>]`. Over HTTP long-polling several
 //! Engine.IO packets travel in one body, separated by [`SEPARATOR`].
+//!
+//! Base layer, beside the native frames: the sessions frame events with it, and the Socket.IO
+//! adapter (the `socket_io` module) parses and answers with it. Uses nothing of the crate.
 
 use std::borrow::Cow;
 

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::presence::{self, Scripts};
 use super::signing::Key;
-use super::wire::{Wire, CHANNEL};
+use super::wire::{ChannelMessage, CHANNEL};
 use super::{next_backoff, Outgoing, Shared, REDIS_TIMEOUT};
 use crate::actors::broker::{Broker, FromPeers};
 use crate::ids::{AccountId, UserId};
@@ -64,8 +64,8 @@ impl Unrelayed {
     }
 
     /// The catch-up notices that cover it.
-    fn notices<'a>(&'a self, node: &'a str) -> Vec<Wire<'a>> {
-        let notice = |account: Option<&'a AccountId>| Wire::CatchUp {
+    fn notices<'a>(&'a self, node: &'a str) -> Vec<ChannelMessage<'a>> {
+        let notice = |account: Option<&'a AccountId>| ChannelMessage::CatchUp {
             node: node.into(),
             account: account.map(|a| a.as_str().into()),
             head: None,
@@ -77,7 +77,7 @@ impl Unrelayed {
     }
 }
 
-pub struct Link {
+pub struct Relay {
     client: redis::Client,
     node: Arc<str>,
     /// Signs every message this node publishes.
@@ -101,7 +101,7 @@ pub struct Link {
     since_renewal: u32,
 }
 
-impl Link {
+impl Relay {
     pub fn new(
         client: redis::Client,
         node: Arc<str>,
@@ -194,7 +194,7 @@ impl Link {
                 frame,
             } => (
                 Some(account),
-                Wire::Event {
+                ChannelMessage::Event {
                     node: node.into(),
                     account: account.as_str().into(),
                     seq: *seq,
@@ -205,7 +205,7 @@ impl Link {
             ),
             Outgoing::Ephemeral(ephemeral) => (
                 None,
-                Wire::Ephemeral {
+                ChannelMessage::Ephemeral {
                     node: node.into(),
                     account: ephemeral.account.as_str().into(),
                     users: ephemeral
@@ -218,7 +218,7 @@ impl Link {
             ),
             Outgoing::CatchUp { account, head } => (
                 Some(account),
-                Wire::CatchUp {
+                ChannelMessage::CatchUp {
                     node: node.into(),
                     account: Some(account.as_str().into()),
                     head: Some(*head),
@@ -229,7 +229,7 @@ impl Link {
         Some((account.cloned(), self.sign(&wire)))
     }
 
-    fn sign(&self, wire: &Wire) -> Vec<u8> {
+    fn sign(&self, wire: &ChannelMessage) -> Vec<u8> {
         self.key.sign(&to_json(wire))
     }
 
@@ -421,7 +421,7 @@ fn not_connected() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Io, "not connected to Redis"))
 }
 
-fn to_json(wire: &Wire) -> String {
+fn to_json(wire: &ChannelMessage) -> String {
     serde_json::to_string(wire).expect("wire messages serialize")
 }
 

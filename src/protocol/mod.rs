@@ -4,6 +4,12 @@
 //! [`ClientFrame`] first and acted on separately (in the session), so every way a frame can be
 //! wrong is a [`FrameError`] with a stable code. Event frames are serialized once per publish by
 //! [`event_frame`]; the same bytes go to every recipient.
+//!
+//! [`socket_io`] holds the other wire's framing: Engine.IO and Socket.IO packets.
+//!
+//! Base layer: uses only `config` (secrets) and `json`.
+
+pub mod socket_io;
 
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
@@ -253,6 +259,11 @@ impl ServerFrame<'_> {
 
 /// Longest event name.
 pub const MAX_EVENT_NAME: usize = 64;
+
+/// Prefix of the `metadata` in an outbound message webhook, which the app passes on to the
+/// provider (Facebook's Send API): the provider's echo carries it back, so the echo is matched
+/// to the message it repeats instead of being shown twice.
+pub const ECHO_METADATA_PREFIX: &str = "switchboard:";
 
 /// An event name as the publish API accepts it (and as a node accepts it from another).
 pub fn check_event_name(name: &str) -> Result<(), &'static str> {
