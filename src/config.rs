@@ -587,7 +587,7 @@ pub struct PublishQueue {
     pub max_bytes: usize,
 }
 
-/// The PostgreSQL outbox consumer's settings (`crate::outbox`).
+/// The PostgreSQL outbox consumer's settings.
 #[derive(Debug, Clone)]
 pub struct OutboxConfig {
     /// The database holding the table: the application's, or Switchboard's own.

@@ -5,8 +5,9 @@
 //!
 //! The layers, lowest first (a module may use its own layer and those below it):
 //! base (ids, config, protocol, auth, json, metrics) → store → engine (event, actors) →
-//! services (commit, requests, publisher, inbox, outbound, retention) → adapters (socket_io, cluster,
-//! webhooks) → http (api, error, http) → wiring (server, cli, main, logging, scheduling, bench).
+//! services (commit, requests, publisher, outbox, inbox, outbound, retention) → adapters
+//! (socket_io, cluster, webhooks) → http (api, error, http) → wiring (server, cli, main, logging,
+//! scheduling, bench).
 //!
 //! Exceptions would be listed in [`ALLOWED_UPWARD`] and [`KNOTS`]; both are empty now and are to
 //! stay so (an entry that is no longer needed fails the test too). Comments are not read (a doc
