@@ -22,10 +22,8 @@ use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
 /// Puts the calling (attacker's) thread under `SCHED_IDLE`: it shares a core with the sessions
-/// that measure latency, and an attacker has a machine of its own. Without it the clients' reading
-/// waited for the attacker's thread, and that wait, not the server's, made most of the latency
-/// measured under attack (p99 224 ms against 53 ms with the attacker in a process at nice 19,
-/// which made as many attempts).
+/// that measure latency, where a real attacker has a machine of its own, so the latency measured
+/// is the server's and not the tool's own threads contending.
 fn yield_to_the_clients() {
     #[cfg(target_os = "linux")]
     {
