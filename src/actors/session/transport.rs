@@ -578,7 +578,9 @@ const LINGER: Duration = Duration::from_secs(1);
 ///
 /// A client that does not take what is left within `patience` has stopped reading: the
 /// connection is reset, so that neither it nor the kernel's copy of what is left is held for as
-/// long as the client likes (possibly for ever, if it keeps its window shut).
+/// long as the client likes (possibly for ever, if it keeps its window shut). So is one that has
+/// not closed its side within [`LINGER`] of ours: what we wrote may all have fitted in the
+/// kernel's buffers, and a client that reads nothing never sees our close.
 async fn close(mut socket: TcpStream, mut rest: BytesMut, patience: Duration) {
     use tokio::io::AsyncWriteExt;
     if !rest.is_empty() {
@@ -608,7 +610,9 @@ async fn close(mut socket: TcpStream, mut rest: BytesMut, patience: Duration) {
             }
         }
     };
-    let _ = tokio::time::timeout(LINGER, drain).await;
+    if tokio::time::timeout(LINGER, drain).await.is_err() {
+        let _ = socket.set_zero_linger();
+    }
 }
 
 #[cfg(test)]
