@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use crate::common::process::{Process, Switchboard};
+use crate::common::process::{rss_of, Process, Switchboard};
 use crate::common::API_KEY;
 
 /// The smallest request the server answers with a body: 34 bytes, answered with 200.
@@ -24,17 +24,6 @@ fn start(dir: &std::path::Path) -> (Process, SocketAddr) {
         .env("RUST_LOG", "info,actix_web::middleware::logger=warn")
         .serve();
     (process, api.addr)
-}
-
-/// Resident memory of `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
 }
 
 /// A connection whose kernel buffers stay small (64 KiB), so that what it has written is
@@ -76,7 +65,7 @@ async fn pipelined_requests_whose_answers_are_not_read_hold_bounded_memory() {
         let mut answer = [0u8; 512];
         let _ = stream.read(&mut answer).await.unwrap();
     }
-    let before = rss(pid);
+    let before = rss_of(pid);
 
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..10 {
@@ -95,7 +84,7 @@ async fn pipelined_requests_whose_answers_are_not_read_hold_bounded_memory() {
     }
     // Whatever the server is still doing with them, it has had time to do.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let grown = rss(pid).saturating_sub(before);
+    let grown = rss_of(pid).saturating_sub(before);
     eprintln!(
         "server RSS grew by {} KiB; {written} bytes of requests written",
         grown >> 10

@@ -547,17 +547,6 @@ async fn chaos_every_client_ends_with_exactly_the_events_it_is_entitled_to() {
     );
 }
 
-/// The resident memory of process `pid`, from /proc.
-fn rss_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// Event sizes for a large history: small ones, and some larger than a 1 MiB bound by themselves.
 const MIXED_SIZES: [usize; 5] = [300, 8 << 10, 96 << 10, 400 << 10, 1536 << 10];
 
@@ -591,7 +580,7 @@ crate::on_each_backend! {
             history += size;
         }
         let pid = process.child.id();
-        let before = rss_of(pid);
+        let before = common::process::rss_of(pid);
         let mut peak = before;
 
         let started = Instant::now();
@@ -606,7 +595,7 @@ crate::on_each_backend! {
                 }
                 other => panic!("after {i} of {} events: {other:?}", sizes.len()),
             }
-            peak = peak.max(rss_of(pid));
+            peak = peak.max(common::process::rss_of(pid));
         }
         let sentinel = api.sentinel(&account, Some("reader")).await;
         client.expect_sentinel(sentinel).await;

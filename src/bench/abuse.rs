@@ -19,9 +19,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::attack::{self, Tally, Target};
-use super::{
-    connect, percentiles, proc, read_events, server_addr, BenchArgs, Percentiles, Received,
-};
+use super::{connected, percentiles, proc, server_addr, BenchArgs, Percentiles, Reader, Received};
 use crate::auth;
 use crate::config::Config;
 use crate::ids::{AccountId, UserId};
@@ -152,36 +150,23 @@ async fn open_sessions(
             args.timeout + Duration::from_secs(60),
         )
         .map_err(|e| e.to_string())?;
-        let (connecting, sink, delivered, ready) = (
+        let reader = Reader {
+            account,
+            started,
+            sink: sink.clone(),
+            delivered: delivered.clone(),
+            deadline,
+        };
+        tokio::spawn(reader.run(
             connecting.clone(),
-            sink.clone(),
-            delivered.clone(),
+            server,
+            IpAddr::V4(SESSIONS_FROM),
+            token,
             ready_tx.clone(),
-        );
-        tokio::spawn(async move {
-            let Ok(permit) = connecting.acquire_owned().await else {
-                return;
-            };
-            let ws = match connect(server, IpAddr::V4(SESSIONS_FROM), &token).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    let _ = ready.send(Err(e)).await;
-                    return;
-                }
-            };
-            drop(permit);
-            let _ = ready.send(Ok(())).await;
-            read_events(ws, account, started, sink, delivered, deadline).await;
-        });
+        ));
     }
     drop(ready_tx);
-    for _ in 0..connections {
-        match tokio::time::timeout_at(deadline.into(), ready_rx.recv()).await {
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(e))) => return Err(format!("a session failed to connect: {e}")),
-            _ => return Err("connecting took longer than --timeout".into()),
-        }
-    }
+    connected(&mut ready_rx, connections, deadline).await?;
     let members = (0..accounts)
         .map(|a| (connections / accounts + usize::from(a < connections % accounts)) as u64)
         .collect();

@@ -21,9 +21,10 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 
-/// Puts the calling (attacker's) thread under `SCHED_IDLE`: it shares a core with the sessions
+/// Lowers the calling (attacker's) thread to nice 9: it shares a core with the sessions
 /// that measure latency, where a real attacker has a machine of its own, so the latency measured
-/// is the server's and not the tool's own threads contending.
+/// is the server's rather than the tool's own threads contending; not to idle, which a busy
+/// machine (a test suite beside it) would starve of any turn at all.
 fn yield_to_the_clients() {
     #[cfg(target_os = "linux")]
     {
@@ -31,13 +32,13 @@ fn yield_to_the_clients() {
             set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
             ThreadSchedulePolicy,
         };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if let Err(e) = set_thread_priority_and_policy(
-            thread_native_id(),
-            thread_priority::ThreadPriority::Min,
-            idle,
-        ) {
-            log::warn!("abuse benchmark: the attacker keeps its scheduling ({e})");
+        use thread_priority::ThreadPriority;
+        // The library's scale for normal policies: 0 is nice 19, 48 is nice 0.
+        const NICE_TEN: u8 = 24;
+        let lower = ThreadPriority::Crossplatform(NICE_TEN.try_into().expect("in 0–99"));
+        let normal = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+        if let Err(e) = set_thread_priority_and_policy(thread_native_id(), lower, normal) {
+            log::warn!("abuse benchmark: the attacker keeps its priority ({e})");
         }
     }
 }

@@ -257,34 +257,23 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
         let account = i % accounts;
         let addr = nodes[i % nodes.len()];
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / PER_SOURCE_ADDRESS) as u8));
-        let (semaphore, sink, delivered, ready) = (
+        let reader = Reader {
+            account,
+            started,
+            sink: sink.clone(),
+            delivered: delivered.clone(),
+            deadline,
+        };
+        readers.push(tokio::spawn(reader.run(
             semaphore.clone(),
-            sink.clone(),
-            delivered.clone(),
+            addr,
+            source,
+            token,
             ready_tx.clone(),
-        );
-        readers.push(tokio::spawn(async move {
-            let permit = semaphore.acquire_owned().await.expect("semaphore open");
-            let ws = match connect(addr, source, &token).await {
-                Ok(ws) => ws,
-                Err(e) => {
-                    let _ = ready.send(Err(e)).await;
-                    return;
-                }
-            };
-            drop(permit);
-            let _ = ready.send(Ok(())).await;
-            read_events(ws, account, started, sink, delivered, deadline).await;
-        }));
+        )));
     }
     drop(ready_tx);
-    for _ in 0..connections {
-        match tokio::time::timeout_at(deadline.into(), ready_rx.recv()).await {
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(e))) => return Err(format!("a connection failed: {e}")),
-            _ => return Err("connecting took longer than --timeout".into()),
-        }
-    }
+    connected(&mut ready_rx, connections, deadline).await?;
     let connect_seconds = connect_start.elapsed().as_secs_f64();
     // Let the server settle before reading its idle footprint.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -432,6 +421,66 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
+}
+
+/// One of the tool's sessions: where it records what it reads, and until when.
+struct Reader {
+    account: usize,
+    started: Instant,
+    sink: Arc<Mutex<Received>>,
+    delivered: Arc<AtomicU64>,
+    deadline: Instant,
+}
+
+impl Reader {
+    /// Connects (holding one of `connecting`'s permits meanwhile, so that connects come in
+    /// waves the server can take), says on `ready` whether it could, then reads its events.
+    async fn run(
+        self,
+        connecting: Arc<Semaphore>,
+        addr: SocketAddr,
+        source: IpAddr,
+        token: String,
+        ready: tokio::sync::mpsc::Sender<Result<(), String>>,
+    ) {
+        let Ok(permit) = connecting.acquire_owned().await else {
+            return;
+        };
+        let ws = match connect(addr, source, &token).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                let _ = ready.send(Err(e)).await;
+                return;
+            }
+        };
+        drop(permit);
+        let _ = ready.send(Ok(())).await;
+        read_events(
+            ws,
+            self.account,
+            self.started,
+            self.sink,
+            self.delivered,
+            self.deadline,
+        )
+        .await;
+    }
+}
+
+/// Waits until `connections` sessions have said they are connected.
+async fn connected(
+    ready: &mut tokio::sync::mpsc::Receiver<Result<(), String>>,
+    connections: usize,
+    deadline: Instant,
+) -> Result<(), String> {
+    for _ in 0..connections {
+        match tokio::time::timeout_at(deadline.into(), ready.recv()).await {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => return Err(format!("a session failed to connect: {e}")),
+            _ => return Err("connecting took longer than --timeout".into()),
+        }
+    }
+    Ok(())
 }
 
 /// Reads until aborted or the deadline: records each event's sequence number and latency.
