@@ -1,5 +1,5 @@
 //! The abuse benchmark's attacker: one client address that, until a deadline, does at full speed
-//! what issue #19 found costly for a server to take from someone without a credential — refused
+//! what costs a server most to take from someone without a credential — refused
 //! Socket.IO CONNECTs on a polling link (many `40` packets, bad tokens), forged webhooks (a
 //! generic one with many signature entries and a large body, an unsigned 1 MiB Facebook one),
 //! slow request bodies, unauthenticated Engine.IO links and WebSockets held open, and HTTP/1.1
