@@ -180,15 +180,7 @@ async fn the_bench_tool_measures_a_running_server() {
             OsStr::new("--chart"),
             chart.as_os_str(),
         ]);
-    let output = tokio::task::spawn_blocking(move || bench.output())
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let table = String::from_utf8(output.stdout).unwrap();
+    let table = run_to_success(bench).await;
     assert!(
         table.contains("deliv/s") && table.contains("p99 ms"),
         "{table}"
@@ -244,15 +236,7 @@ async fn the_abuse_benchmark_loses_no_event_and_reports() {
         .args(["--rate", "20", "--timeout", "60s"])
         .args(["--server-pid", &server.child.id().to_string()])
         .args([OsStr::new("--json"), report.as_os_str()]);
-    let output = tokio::task::spawn_blocking(move || bench.output())
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let table = String::from_utf8(output.stdout).unwrap();
+    let table = run_to_success(bench).await;
     assert!(
         table.contains("p99 under attack / baseline") && table.contains("slow request bodies"),
         "{table}"
@@ -482,4 +466,18 @@ async fn the_request_log_shows_only_query_values_known_to_be_harmless() {
     for secret in [verify_token, "a-wrong-guess-0123", "hunter2-hunter2"] {
         assert!(!log.contains(secret), "{secret} reached the log:\n{log}");
     }
+}
+
+/// Runs a command to its end, off the test's runtime, and returns what it printed; fails the test
+/// with its error output if it did not succeed.
+async fn run_to_success(command: Switchboard) -> String {
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
 }

@@ -15,11 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::attack::{self, Tally, Target};
-use super::{connected, percentiles, proc, server_addr, BenchArgs, Percentiles, Reader, Received};
+use super::{
+    bench_event, connected, percentiles, proc, publish, server_addr, BenchArgs, Percentiles,
+    Reader, Received,
+};
 use crate::auth;
 use crate::config::Config;
 use crate::ids::{AccountId, UserId};
@@ -225,20 +227,13 @@ async fn phase(
             break;
         };
         let account = e % sessions.members.len();
-        let body = json!({
-            "account_id": (sessions.account_name)(account),
-            "event": "bench",
-            "data": {"t": sessions.started.elapsed().as_nanos() as u64, "a": account, "pad": pad},
-        });
-        let request = client
-            .post(&publish_url)
-            .header(
-                "authorization",
-                format!("Bearer {}", config.api_key.expose()),
-            )
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .timeout(args.timeout);
+        let event = bench_event(
+            &(sessions.account_name)(account),
+            account,
+            sessions.started,
+            &pad,
+        );
+        let request = publish(&client, &publish_url, config, args.timeout, event);
         publishes.push(tokio::spawn(async move {
             let ok = request.send().await.is_ok_and(|r| r.status().is_success());
             drop(permit);

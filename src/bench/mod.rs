@@ -305,20 +305,8 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
             .await
             .expect("semaphore open");
         let account = e % accounts;
-        let body = json!({
-            "account_id": account_name(account),
-            "event": "bench",
-            "data": {"t": started.elapsed().as_nanos() as u64, "a": account, "pad": pad},
-        });
-        let request = client
-            .post(&publish_url)
-            .header(
-                "authorization",
-                format!("Bearer {}", config.api_key.expose()),
-            )
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .timeout(args.timeout);
+        let event = bench_event(&account_name(account), account, started, &pad);
+        let request = publish(&client, &publish_url, config, args.timeout, event);
         publishes.push(tokio::spawn(async move {
             let answer = request.send().await;
             drop(permit);
@@ -421,6 +409,35 @@ fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
         .write_buffer_size(0)
+}
+
+/// The event the tool publishes to `account_id` (its `account`th): stamped with the time since
+/// `started`, which the reader turns into a latency.
+fn bench_event(account_id: &str, account: usize, started: Instant, pad: &str) -> serde_json::Value {
+    json!({
+        "account_id": account_id,
+        "event": "bench",
+        "data": {"t": started.elapsed().as_nanos() as u64, "a": account, "pad": pad},
+    })
+}
+
+/// A publish of `event` with the configured API key.
+fn publish(
+    client: &reqwest::Client,
+    url: &str,
+    config: &Config,
+    timeout: Duration,
+    event: serde_json::Value,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header(
+            "authorization",
+            format!("Bearer {}", config.api_key.expose()),
+        )
+        .header("content-type", "application/json")
+        .body(event.to_string())
+        .timeout(timeout)
 }
 
 /// One of the tool's sessions: where it records what it reads, and until when.
