@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
+    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, Receipt, WebhookError,
+    Webhooks,
 };
 use crate::auth::signature::{self, SignatureError};
 use crate::protocol::ECHO_METADATA_PREFIX;
@@ -170,11 +171,11 @@ fn items(page: &str, messaging: Vec<Messaging>) -> Result<Vec<Inbound>, WebhookE
             });
         } else if let Some((status, w)) = m
             .read
-            .map(|w| ("read", w))
-            .or(m.delivery.map(|w| ("delivered", w)))
+            .map(|w| (Receipt::Read, w))
+            .or(m.delivery.map(|w| (Receipt::Delivered, w)))
         {
             items.push(Inbound::Status {
-                receipt: format!("{status}:{contact_id}:{}", w.watermark),
+                receipt: format!("{}:{contact_id}:{}", status.as_str(), w.watermark),
                 contact_id,
                 status,
                 watermark: millis(Some(w.watermark))?,

@@ -29,7 +29,7 @@ use crate::config::Secret;
 use crate::event::RoomEvent;
 use crate::ids::AccountId;
 use crate::inbox;
-use crate::store::conversations::{self, NewMessage};
+use crate::store::conversations::{self, Direction, MessageStatus, NewMessage, Receipt};
 use crate::store::integrations::{Integration, Provider};
 use crate::store::{now_ms, DbConnection, Store, StoreError};
 pub use error::WebhookError;
@@ -45,15 +45,6 @@ pub struct Webhooks {
     pub commits: Committer,
 }
 
-/// Who sent a message, seen from the account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// From the contact.
-    Inbound,
-    /// From the page or OA itself (an echo of its own reply).
-    Outbound,
-}
-
 /// One thing a webhook reported, parsed and typed.
 #[derive(Debug, Clone)]
 pub enum Inbound {
@@ -62,6 +53,8 @@ pub enum Inbound {
         provider_message_id: String,
         contact_id: String,
         sender_id: String,
+        /// Inbound from the contact, or outbound from the page or OA itself (an echo of its
+        /// own reply).
         direction: Direction,
         text: Option<String>,
         /// JSON array.
@@ -75,7 +68,7 @@ pub enum Inbound {
     Status {
         receipt: String,
         contact_id: String,
-        status: &'static str,
+        status: Receipt,
         watermark: i64,
     },
     /// The contact followed or unfollowed the OA.
@@ -143,7 +136,7 @@ fn ingest_in(
                 integration,
                 account,
                 contact_id,
-                status,
+                *status,
                 *watermark,
             )?),
             Inbound::Follow {
@@ -195,16 +188,16 @@ fn message_in(
         }
     }
     let attachments = attachments.as_ref().map(Value::to_string);
-    let (direction, status) = match direction {
-        Direction::Inbound => ("inbound", "received"),
-        Direction::Outbound => ("outbound", "sent"),
+    let status = match direction {
+        Direction::Outbound => MessageStatus::Sent,
+        _ => MessageStatus::Received,
     };
     let added = inbox::add_message(
         conn,
         account,
         &NewMessage {
             conversation: &conversation,
-            direction,
+            direction: *direction,
             provider_message_id: Some(provider_message_id),
             sender_id,
             text: text.as_deref(),
@@ -233,8 +226,12 @@ fn echoed(
     else {
         return Ok(None);
     };
-    let message =
-        conversations::set_message_status(conn, &ours.id, "sent", Some(provider_message_id))?;
+    let message = conversations::set_message_status(
+        conn,
+        &ours.id,
+        MessageStatus::Sent,
+        Some(provider_message_id),
+    )?;
     Ok(Some(inbox::one_message_status(conn, account, &message)?))
 }
 
@@ -245,14 +242,14 @@ fn status_changed(
     integration: &Integration,
     account: &AccountId,
     contact_id: &str,
-    status: &str,
+    status: Receipt,
     watermark: i64,
 ) -> Result<RoomEvent, StoreError> {
     let conversation = conversations::for_contact(conn, integration, contact_id, watermark)?;
     conversations::mark_outbound_up_to(conn, &conversation.id, watermark, status)?;
     let data = json!({
         "conversation_id": conversation.id,
-        "status": status,
+        "status": status.as_str(),
         "watermark": watermark,
     });
     inbox::message_status(conn, account, data)

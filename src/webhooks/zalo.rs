@@ -108,7 +108,7 @@ fn parse(event: Event, at: i64) -> Result<Option<Inbound>, WebhookError> {
     );
     let contact_id = match direction {
         Direction::Inbound => sender.id.clone(),
-        Direction::Outbound => recipient.id,
+        _ => recipient.id,
     };
     Ok(Some(Inbound::Message {
         provider_message_id: message.msg_id,
