@@ -7,13 +7,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, Receipt, WebhookError,
-    Webhooks,
+    cpu_bound, header, ingest, millis, Direction, Inbound, Ingested, Receipt, Request,
+    WebhookError, Webhooks,
 };
 use crate::auth::signature::{self, SignatureError};
 use crate::protocol::ECHO_METADATA_PREFIX;
@@ -22,10 +21,11 @@ use crate::store::integrations::{self, Integration, Provider};
 const PROVIDER: Provider = Provider::Facebook;
 
 /// `GET /webhooks/facebook?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`
-pub async fn handshake(
-    query: web::Query<HashMap<String, String>>,
+/// Answers with the challenge to echo, as `text/plain`.
+pub fn handshake(
+    query: &HashMap<String, String>,
     hooks: &Webhooks,
-) -> Result<HttpResponse, WebhookError> {
+) -> Result<String, WebhookError> {
     let param = |name: &'static str| {
         query.get(name).ok_or(WebhookError::InvalidField {
             field: name,
@@ -51,9 +51,7 @@ pub async fn handshake(
     if !expected.matches(token) {
         return Err(WebhookError::VerifyToken("the verify token does not match"));
     }
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain")
-        .body(challenge.clone()))
+    Ok(challenge.clone())
 }
 
 /// Most distinct pages one webhook may name: Facebook batches the events of an app's pages, and
@@ -212,16 +210,12 @@ fn verify_and_parse(
 }
 
 /// `POST /webhooks/facebook`
-pub async fn receive(
-    req: HttpRequest,
-    payload: web::Payload,
-    hooks: &Webhooks,
-) -> Result<HttpResponse, WebhookError> {
+pub async fn receive(req: impl Request, hooks: &Webhooks) -> Result<Ingested, WebhookError> {
     let stats = &hooks.stats;
     let Some(header) = header(&req, "x-hub-signature-256") else {
         return Err(stats.refused(PROVIDER, SignatureError::Missing));
     };
-    let body = read_body(payload, hooks.max_body_bytes).await?;
+    let body = req.body(hooks.max_body_bytes).await?;
 
     let pages = cpu_bound(stats, PROVIDER, &body, |body| page_ids(&body)).await?;
     let registered = hooks
@@ -238,7 +232,7 @@ pub async fn receive(
     })
     .await?;
 
-    let mut total = super::Ingested::default();
+    let mut total = Ingested::default();
     for (page, items) in by_page {
         let Some(integration) = registered.iter().find(|i| i.external_id == page) else {
             log::warn!("facebook webhook for an unknown page page={page}");
@@ -248,5 +242,5 @@ pub async fn receive(
         total.stored += ingested.stored;
         total.duplicates += ingested.duplicates;
     }
-    Ok(HttpResponse::Ok().json(total))
+    Ok(total)
 }
