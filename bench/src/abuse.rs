@@ -1,5 +1,5 @@
 //! `switchboard bench --abuse`: legitimate sessions receive events published at a steady rate,
-//! first alone (the baseline), then while one attacker ([`super::attack`]) does at full speed what
+//! first alone (the baseline), then while one attacker ([`crate::attack`]) does at full speed what
 //! an unauthenticated client can do; reports the server's peak memory and descriptors in each
 //! phase, lost and duplicated events (which must be 0), and the legitimate latency with and
 //! without the attack.
@@ -17,14 +17,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::attack::{self, Tally, Target};
-use super::{
-    bench_event, connected, percentiles, proc, publish, server_addr, BenchArgs, Percentiles,
-    Reader, Received,
+use crate::attack::{self, Tally, Target};
+use crate::proc;
+use crate::room::{
+    bench_event, connected, percentiles, publish, server_addr, BenchArgs, Percentiles, Reader,
+    Received,
 };
-use crate::auth;
-use crate::config::Config;
-use crate::ids::{AccountId, UserId};
+use switchboard::auth;
+use switchboard::config::Config;
+use switchboard::ids::{AccountId, UserId};
 
 const SESSIONS_FROM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const ATTACKER_FROM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -135,12 +136,12 @@ async fn open_sessions(
 ) -> Result<Sessions, String> {
     let connections = args.connections;
     let accounts = args.accounts.max(1);
-    let run_id = crate::ids::SessionId::random();
+    let run_id = switchboard::ids::SessionId::random();
     let account_name = move |a: usize| format!("abuse-{run_id}-{a}");
     let started = Instant::now();
     let received: Vec<Arc<Mutex<Received>>> = (0..connections).map(|_| Arc::default()).collect();
     let delivered = Arc::new(AtomicU64::new(0));
-    let connecting = Arc::new(Semaphore::new(super::CONNECTING_AT_ONCE));
+    let connecting = Arc::new(Semaphore::new(crate::room::CONNECTING_AT_ONCE));
     let (ready_tx, mut ready_rx) =
         tokio::sync::mpsc::channel::<Result<(), String>>(connections.max(1));
     for (i, sink) in received.iter().enumerate() {

@@ -1,4 +1,4 @@
-//! `switchboard bench`: drives a running Switchboard over real sockets and reports what a room of
+//! The room scenario (`switchboard bench`): drives a running Switchboard over real sockets and reports what a room of
 //! N sessions costs — connect rate, deliveries per second, publish-to-receipt latency, lost,
 //! duplicated and cross-account deliveries, and (given the server's PID, on this machine) its
 //! memory per idle connection and CPU time per delivery.
@@ -9,12 +9,6 @@
 //! Tokens are minted with the configured HS256 secret and events published with the configured
 //! API key, so run it with the server's settings (the same environment, or the same directory in
 //! development mode). Loopback only; every loop is bounded in count and time.
-
-mod abuse;
-mod attack;
-mod chart;
-pub mod outbox;
-mod proc;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,9 +25,11 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::auth;
-use crate::config::Config;
-use crate::ids::{AccountId, UserId};
+use switchboard::auth;
+use switchboard::config::Config;
+use switchboard::ids::{AccountId, UserId};
+
+use crate::{abuse, attack, chart, proc};
 
 /// Connections per loopback source address before the next one is used. Linux's `connect`
 /// draws from half of the ~28k ephemeral ports (the other half is kept for `bind`), and finding a
@@ -41,64 +37,64 @@ use crate::ids::{AccountId, UserId};
 /// connect, from two 1.75 s.
 const PER_SOURCE_ADDRESS: usize = 12_000;
 /// Handshakes under way at once.
-const CONNECTING_AT_ONCE: usize = 256;
+pub(crate) const CONNECTING_AT_ONCE: usize = 256;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// The server's HTTP address (loopback); publishes go here.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    pub url: String,
     /// Cluster mode: the nodes the WebSocket connections are spread over, round-robin
     /// (comma-separated HTTP addresses; default: `--url`).
     #[arg(long, value_delimiter = ',')]
-    nodes: Vec<String>,
+    pub nodes: Vec<String>,
     /// WebSocket connections to open.
     #[arg(long, default_value_t = 1000)]
-    connections: usize,
+    pub connections: usize,
     /// Accounts the connections are spread over (one room each).
     #[arg(long, default_value_t = 1)]
-    accounts: usize,
+    pub accounts: usize,
     /// Sessions per user (tabs).
     #[arg(long, default_value_t = 1)]
-    tabs: usize,
+    pub tabs: usize,
     /// Events to publish.
     #[arg(long, default_value_t = 200)]
-    events: usize,
+    pub events: usize,
     /// Publishes in flight at once.
     #[arg(long, default_value_t = 4)]
-    in_flight: usize,
+    pub in_flight: usize,
     /// Publishes per second (default: as fast as `--in-flight` allows).
     #[arg(long)]
-    rate: Option<f64>,
+    pub rate: Option<f64>,
     /// Bytes of padding in each event's data.
     #[arg(long, default_value_t = 200)]
-    payload_bytes: usize,
+    pub payload_bytes: usize,
     /// The server's process id, for its memory and CPU time (same machine only).
     #[arg(long)]
-    server_pid: Option<u32>,
+    pub server_pid: Option<u32>,
     /// Runs the scenario for each of these connection counts instead of `--connections`.
     #[arg(long, value_delimiter = ',')]
-    sweep: Vec<usize>,
+    pub sweep: Vec<usize>,
     /// Where to write the JSON report.
     #[arg(long)]
-    json: Option<PathBuf>,
+    pub json: Option<PathBuf>,
     /// Where to write the sweep's SVG chart.
     #[arg(long, default_value = "bench.svg")]
-    chart: PathBuf,
+    pub chart: PathBuf,
     /// Longest a scenario may take.
     #[arg(long, default_value = "180s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    pub timeout: Duration,
     /// The abuse benchmark: `--connections` sessions receive `--rate` events a second, first
     /// alone, then while one client attacks at full speed (see the README's "Limits").
     #[arg(long)]
-    abuse: bool,
+    pub abuse: bool,
     /// Seconds of each phase of `--abuse` (the baseline, then the attack).
     #[arg(long, default_value_t = 20.0)]
-    abuse_seconds: f64,
+    pub abuse_seconds: f64,
     /// The attacks `--abuse` runs (comma-separated; default: all at once). One alone gives the
     /// server's CPU time per attempt.
     #[arg(long, value_enum, value_delimiter = ',')]
-    attack: Vec<attack::Kind>,
+    pub attack: Vec<attack::Kind>,
 }
 
 /// Latency percentiles, in milliseconds.
@@ -133,12 +129,12 @@ pub struct Report {
 
 /// What a connection's reader saw.
 #[derive(Default)]
-struct Received {
-    seqs: Vec<u64>,
-    latencies_ns: Vec<u64>,
-    cross_account: u64,
+pub struct Received {
+    pub seqs: Vec<u64>,
+    pub latencies_ns: Vec<u64>,
+    pub cross_account: u64,
     /// Nanoseconds since the bench started, at the last receipt.
-    last_receipt_ns: u64,
+    pub last_receipt_ns: u64,
 }
 
 #[derive(Deserialize)]
@@ -159,7 +155,7 @@ struct FrameData {
 
 pub fn run(config: &Config, args: BenchArgs) -> Result<String, String> {
     // Each connection is a file descriptor; ask for as many as the system allows.
-    let open_files = crate::server::raise_open_files_limit();
+    let open_files = switchboard::server::raise_open_files_limit();
     if (open_files as usize)
         < args
             .connections
@@ -201,7 +197,7 @@ pub fn run(config: &Config, args: BenchArgs) -> Result<String, String> {
     Ok(table(&reports))
 }
 
-fn server_addr(url: &str) -> Result<SocketAddr, String> {
+pub fn server_addr(url: &str) -> Result<SocketAddr, String> {
     let host = url
         .strip_prefix("http://")
         .ok_or("--url must be http://host:port on this machine")?
@@ -226,7 +222,7 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
     };
     let deadline = Instant::now() + args.timeout;
     let accounts = args.accounts.max(1);
-    let run_id = crate::ids::SessionId::random();
+    let run_id = switchboard::ids::SessionId::random();
     let account_name = |a: usize| format!("bench-{run_id}-{a}");
     let started = Instant::now();
 
@@ -413,7 +409,12 @@ fn ws_config() -> WebSocketConfig {
 
 /// The event the tool publishes to `account_id` (its `account`th): stamped with the time since
 /// `started`, which the reader turns into a latency.
-fn bench_event(account_id: &str, account: usize, started: Instant, pad: &str) -> serde_json::Value {
+pub fn bench_event(
+    account_id: &str,
+    account: usize,
+    started: Instant,
+    pad: &str,
+) -> serde_json::Value {
     json!({
         "account_id": account_id,
         "event": "bench",
@@ -422,7 +423,7 @@ fn bench_event(account_id: &str, account: usize, started: Instant, pad: &str) ->
 }
 
 /// A publish of `event` with the configured API key.
-fn publish(
+pub fn publish(
     client: &reqwest::Client,
     url: &str,
     config: &Config,
@@ -441,18 +442,18 @@ fn publish(
 }
 
 /// One of the tool's sessions: where it records what it reads, and until when.
-struct Reader {
-    account: usize,
-    started: Instant,
-    sink: Arc<Mutex<Received>>,
-    delivered: Arc<AtomicU64>,
-    deadline: Instant,
+pub struct Reader {
+    pub account: usize,
+    pub started: Instant,
+    pub sink: Arc<Mutex<Received>>,
+    pub delivered: Arc<AtomicU64>,
+    pub deadline: Instant,
 }
 
 impl Reader {
     /// Connects (holding one of `connecting`'s permits meanwhile, so that connects come in
     /// waves the server can take), says on `ready` whether it could, then reads its events.
-    async fn run(
+    pub async fn run(
         self,
         connecting: Arc<Semaphore>,
         addr: SocketAddr,
@@ -466,7 +467,7 @@ impl Reader {
         let ws = match connect(addr, source, &token).await {
             Ok(ws) => ws,
             Err(e) => {
-                let _ = ready.send(Err(e)).await;
+                let _ = ready.send(Err(format!("{addr}: {e}"))).await;
                 return;
             }
         };
@@ -485,7 +486,7 @@ impl Reader {
 }
 
 /// Waits until `connections` sessions have said they are connected.
-async fn connected(
+pub async fn connected(
     ready: &mut tokio::sync::mpsc::Receiver<Result<(), String>>,
     connections: usize,
     deadline: Instant,
@@ -536,7 +537,7 @@ async fn read_events(
     let _ = tokio::time::timeout_at(deadline.into(), read).await;
 }
 
-fn percentiles(samples: &mut [u64]) -> Percentiles {
+pub fn percentiles(samples: &mut [u64]) -> Percentiles {
     if samples.is_empty() {
         return Percentiles::default();
     }
