@@ -23,7 +23,9 @@
 //! - [`http`] — the app on actix-http, with each WebSocket's socket handed to its session once
 //!   the `101` is written; what a client may hold before it has proved anything.
 //!
-//! **Adapters** — other wires and other systems.
+//! **Adapters** — the transports and other systems.
+//! - [`ws`] — the WebSocket transport: the native wire of a session, and the socket handed to it
+//!   once the `101` is written.
 //! - [`socket_io`] — `/socket.io/`: Socket.IO clients, as a second wire of the same sessions;
 //!   given [`socket_io::SocketIo`], knows nothing of the HTTP layer's state.
 //! - [`cluster`] — several nodes on one PostgreSQL and one Redis (`REDIS_URL`); implements the
@@ -90,3 +92,4 @@ pub mod server;
 pub mod socket_io;
 pub mod store;
 pub mod webhooks;
+pub mod ws;
