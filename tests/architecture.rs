@@ -6,7 +6,7 @@
 //! The layers, lowest first (a module may use its own layer and those below it):
 //! base (ids, config, protocol, auth, json, metrics) → store → engine (event, actors) →
 //! services (commit, requests, publisher, outbox, inbox, outbound, retention) → adapters
-//! (ws, socket_io, cluster, webhooks) → http (api, error, http) → wiring (server, cli, main, logging,
+//! (ws, sse, socket_io, cluster, webhooks) → http (api, error, http) → wiring (server, cli, main, logging,
 //! scheduling, bench).
 //!
 //! Exceptions would be listed in [`ALLOWED_UPWARD`] and [`KNOTS`]; both are empty now and are to
@@ -39,6 +39,7 @@ const MODULE_LAYERS: &[(&str, &str)] = &[
     ("outbound", "services"),
     ("retention", "services"),
     ("ws", "adapters"),
+    ("sse", "adapters"),
     ("socket_io", "adapters"),
     ("cluster", "adapters"),
     ("webhooks", "adapters"),
