@@ -233,6 +233,7 @@ fn start_services(
         store: store.clone(),
         broker,
         sessions,
+        streams: Default::default(),
         socket_io,
         commits: commits.clone(),
         sends,
@@ -307,6 +308,8 @@ fn cors() -> actix_cors::Cors {
         .allowed_headers([
             actix_web::http::header::AUTHORIZATION,
             actix_web::http::header::CONTENT_TYPE,
+            // A cross-origin `EventSource` sends it when it reconnects.
+            crate::api::sse::LAST_EVENT_ID,
         ])
         .max_age(3600)
 }

@@ -26,6 +26,7 @@ mod persistence;
 mod pipelining;
 mod resume;
 mod socket_io;
+mod sse;
 mod users;
 mod webhook_fuzz;
 mod webhooks;

@@ -1,7 +1,8 @@
 //! The HTTP surface: routes, shared state, and the request extractors' error handling.
 //!
 //! - `GET /ws` — the WebSocket endpoint ([`ws`]); `/socket.io/` — the same for Socket.IO clients
-//!   ([`crate::socket_io`]).
+//!   ([`crate::socket_io`]); `GET /sse` — the same as an event stream, and
+//!   `POST /api/v1/sessions/{id}/auth`, its token refresh ([`sse`]).
 //! - `POST /api/v1/publish` — the server-side publish API ([`publish`]).
 //! - `GET /api/v1/events` — the long-poll fallback ([`events`]).
 //! - `/api/v1/integrations…`, `/api/v1/webhooks/stats` — admin ([`integrations`]).
@@ -20,6 +21,7 @@ pub mod notifications;
 pub mod presence;
 pub mod publish;
 pub mod sdk;
+pub mod sse;
 pub mod webhooks;
 pub mod ws;
 
@@ -52,6 +54,8 @@ pub struct AppState {
     pub store: Store,
     pub broker: Addr<Broker>,
     pub sessions: Arc<session::Shared>,
+    /// The live event-stream sessions, for their token refreshes.
+    pub streams: Arc<crate::sse::Streams>,
     /// Socket.IO clients' Engine.IO connections, and what the adapter needs to serve them.
     pub socket_io: Arc<crate::socket_io::SocketIo>,
     /// The one commit path: write, hand the events to the broker, dispatch.
@@ -83,6 +87,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     )
     .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::from(error).into()))
     .route("/ws", web::get().to(ws::connect))
+    .route("/sse", web::get().to(sse::connect))
+    .route(
+        "/api/v1/sessions/{session_id}/auth",
+        web::post().to(sse::refresh),
+    )
     .service(
         web::resource(["/socket.io/", "/socket.io"])
             .route(web::get().to(socket_io_get))

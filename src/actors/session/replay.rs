@@ -150,7 +150,10 @@ impl<W: Wire> Session<W> {
             since: self.resume.since,
         };
         let text = self.wire.frame(&welcome);
-        self.write_framed(text, ctx);
+        // A client that starts afresh resumes from here; one replaying, from its last event.
+        if self.reserve(ctx, text.len()) {
+            self.wire.send_at(ctx, text, (!resumed).then_some(seq));
+        }
         self.lifetime.welcomed = true;
         self.check_token(ctx);
     }
@@ -228,7 +231,7 @@ impl<W: Wire> Session<W> {
             if seq.is_some() {
                 self.resume.written_through = seq;
             }
-            self.wire.send(ctx, frame);
+            self.wire.send_at(ctx, frame, seq);
         }
     }
 
