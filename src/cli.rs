@@ -40,6 +40,9 @@ enum Command {
         /// How long the token is valid.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The channels it allows following (names and `prefix*` patterns, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<String>,
     },
     /// Show the development-mode keys (generating them if they do not exist yet).
     Keys,
@@ -74,11 +77,17 @@ fn run(cli: Cli) -> Result<(), String> {
     let load = move || Config::load(cli.settings).map_err(|e| e.to_string());
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(load()?),
-        Command::Token { account, user, ttl } => {
+        Command::Token {
+            account,
+            user,
+            ttl,
+            channels,
+        } => {
             let config = load()?;
             let account = AccountId::new(&account).map_err(|e| format!("--account {e}"))?;
             let user = UserId::new(&user).map_err(|e| format!("--user {e}"))?;
-            let token = auth::mint(&config.jwt, &account, &user, ttl).map_err(|e| e.to_string())?;
+            let token = auth::mint_with_channels(&config.jwt, &account, &user, ttl, &channels)
+                .map_err(|e| e.to_string())?;
             print(&token)
         }
         Command::Keys => keys(&load()?),

@@ -2,9 +2,10 @@
 //! clients or charts. `switchboard bench …` and `switchboard bench-outbox …` run it (found beside
 //! the `switchboard` binary), as git and cargo run their external subcommands.
 //!
-//! - [`room`] — N WebSocket sessions in one or more rooms, M publishes: deliveries per second,
-//!   publish-to-receipt latency, lost, duplicated and cross-account deliveries, the server's
-//!   memory and CPU; [`chart`] draws a sweep of room sizes.
+//! - [`room`] — N sessions in one or more rooms (and channels), M publishes: deliveries per
+//!   second, publish-to-receipt latency, lost, duplicated, cross-account and wrong-channel
+//!   deliveries, the server's memory and CPU; [`chart`] draws a sweep of room sizes.
+//! - [`sessions`] — the tool's clients, over WebSockets or Server-Sent Events.
 //! - [`abuse`] — the same sessions with and without an attacker ([`attack`]) beside them.
 //! - [`outbox`] — the outbox consumer's throughput and commit-to-delivery latency.
 //! - [`proc`] — what the kernel says about the server process.
@@ -18,6 +19,7 @@ mod chart;
 mod outbox;
 mod proc;
 mod room;
+mod sessions;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,34 +1,34 @@
-//! The room scenario (`switchboard bench`): drives a running Switchboard over real sockets and reports what a room of
-//! N sessions costs — connect rate, deliveries per second, publish-to-receipt latency, lost,
-//! duplicated and cross-account deliveries, and (given the server's PID, on this machine) its
-//! memory per idle connection and CPU time per delivery.
+//! The room scenario (`switchboard bench`): drives a running Switchboard over real sockets and
+//! reports what delivering to N sessions costs — connect rate, deliveries per second,
+//! publish-to-receipt latency, lost, duplicated, cross-account and wrong-channel deliveries, and
+//! (given the server's PID, on this machine) its memory per idle connection and CPU time per
+//! delivery and per event.
 //!
-//! With `--abuse`, [`abuse`] measures the same sessions with and without an attacker ([`attack`])
-//! beside them.
+//! The sessions are spread over `--accounts` rooms and, with `--channels K`, over K channels of
+//! each; events go to accounts (and channels) in turn, or at random (`--target random`); the
+//! sessions use WebSockets or Server-Sent Events (`--transport`). With `--abuse`, [`abuse`]
+//! measures the same sessions with and without an attacker beside them.
 //!
 //! Tokens are minted with the configured HS256 secret and events published with the configured
 //! API key, so run it with the server's settings (the same environment, or the same directory in
 //! development mode). Loopback only; every loop is bounded in count and time.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
-use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 use switchboard::auth;
 use switchboard::config::Config;
 use switchboard::ids::{AccountId, UserId};
 
+use crate::sessions::{self, Dial, Reader, Received, Transport};
 use crate::{abuse, attack, chart, proc};
 
 /// Connections per loopback source address before the next one is used. Linux's `connect`
@@ -36,8 +36,6 @@ use crate::{abuse, attack, chart, proc};
 /// free one slows sharply as that half fills: 19,900 connections from one address took 7.9 s to
 /// connect, from two 1.75 s.
 const PER_SOURCE_ADDRESS: usize = 12_000;
-/// Handshakes under way at once.
-pub(crate) const CONNECTING_AT_ONCE: usize = 256;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -57,6 +55,16 @@ pub struct BenchArgs {
     /// Sessions per user (tabs).
     #[arg(long, default_value_t = 1)]
     pub tabs: usize,
+    /// Channels per account: each session follows one (`bench:<n>`, in turn), and each event
+    /// goes to one, so it reaches only that channel's followers (0: no channels).
+    #[arg(long, default_value_t = 0)]
+    pub channels: usize,
+    /// Which account (and channel) each event goes to.
+    #[arg(long, value_enum, default_value_t = Target::RoundRobin)]
+    pub target: Target,
+    /// How the sessions connect.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    pub transport: Transport,
     /// Events to publish.
     #[arg(long, default_value_t = 200)]
     pub events: usize,
@@ -97,6 +105,16 @@ pub struct BenchArgs {
     pub attack: Vec<attack::Kind>,
 }
 
+/// Which account, and channel, each event goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Target {
+    /// Accounts in turn, then channels in turn: every room and channel gets its share.
+    RoundRobin,
+    /// Uniformly at random (a fixed seed, so runs compare).
+    Random,
+}
+
 /// Latency percentiles, in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Percentiles {
@@ -109,8 +127,11 @@ pub struct Percentiles {
 /// The outcome of one scenario.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    pub transport: Transport,
     pub connections: usize,
     pub accounts: usize,
+    pub channels: usize,
+    pub target: Target,
     pub events: usize,
     pub in_flight: usize,
     pub payload_bytes: usize,
@@ -123,34 +144,12 @@ pub struct Report {
     pub lost: u64,
     pub duplicated: u64,
     pub cross_account: u64,
+    /// Deliveries to sessions that do not follow the event's channel.
+    pub wrong_channel: u64,
     pub server_rss_per_idle_connection_bytes: Option<u64>,
     pub server_cpu_per_delivery_us: Option<f64>,
-}
-
-/// What a connection's reader saw.
-#[derive(Default)]
-pub struct Received {
-    pub seqs: Vec<u64>,
-    pub latencies_ns: Vec<u64>,
-    pub cross_account: u64,
-    /// Nanoseconds since the bench started, at the last receipt.
-    pub last_receipt_ns: u64,
-}
-
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    seq: Option<u64>,
-    data: Option<FrameData>,
-}
-
-#[derive(Deserialize)]
-struct FrameData {
-    /// Nanoseconds since the bench started, when the event was published.
-    t: u64,
-    /// The account it was published for.
-    a: usize,
+    /// Server CPU per published event: what one publish costs, whatever its audience.
+    pub server_cpu_per_event_us: Option<f64>,
 }
 
 pub fn run(config: &Config, args: BenchArgs) -> Result<String, String> {
@@ -211,6 +210,103 @@ pub fn server_addr(url: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
+/// Who the sessions are: session i belongs to account i % accounts, follows channel
+/// (i / accounts) % channels when there are channels, and is a tab of user
+/// (i / accounts) / tabs, from loopback address 127.0.0.(1 + i / PER_SOURCE_ADDRESS).
+struct Layout {
+    run_id: String,
+    connections: usize,
+    accounts: usize,
+    channels: usize,
+    tabs: usize,
+}
+
+impl Layout {
+    fn new(args: &BenchArgs, connections: usize) -> Self {
+        Self {
+            run_id: switchboard::ids::SessionId::random().to_string(),
+            connections,
+            accounts: args.accounts.max(1),
+            channels: args.channels,
+            tabs: args.tabs.max(1),
+        }
+    }
+
+    fn account_name(&self, account: usize) -> String {
+        format!("bench-{}-{account}", self.run_id)
+    }
+
+    fn channel_of(&self, i: usize) -> Option<usize> {
+        (self.channels > 0).then(|| (i / self.accounts) % self.channels)
+    }
+
+    /// Sessions per (account, channel), indexed `account * max(channels, 1) + channel`.
+    fn audiences(&self) -> Vec<u64> {
+        let per_account = self.channels.max(1);
+        let mut audiences = vec![0u64; self.accounts * per_account];
+        for i in 0..self.connections {
+            let account = i % self.accounts;
+            audiences[account * per_account + self.channel_of(i).unwrap_or(0)] += 1;
+        }
+        audiences
+    }
+
+    /// Where each event goes: (account, channel).
+    fn plan(&self, events: usize, target: Target) -> Vec<(usize, Option<usize>)> {
+        let channels = self.channels;
+        let mut random = SplitMix(0x5eed);
+        (0..events)
+            .map(|e| match target {
+                Target::RoundRobin => (
+                    e % self.accounts,
+                    (channels > 0).then(|| (e / self.accounts) % channels),
+                ),
+                Target::Random => (
+                    random.below(self.accounts),
+                    (channels > 0).then(|| random.below(channels)),
+                ),
+            })
+            .collect()
+    }
+
+    /// The token and the connect URL's query of session `i`.
+    fn query(&self, config: &Config, i: usize, ttl: Duration) -> Result<String, String> {
+        let user = (i / self.accounts) / self.tabs;
+        let account =
+            AccountId::new(&self.account_name(i % self.accounts)).map_err(|e| e.to_string())?;
+        let user = UserId::new(&format!("user-{user}")).map_err(|e| e.to_string())?;
+        let channel = self.channel_of(i).map(|c| format!("bench:{c}"));
+        let grant: Vec<String> = channel.iter().cloned().collect();
+        let token = auth::mint_with_channels(&config.jwt, &account, &user, ttl, &grant)
+            .map_err(|e| e.to_string())?;
+        Ok(match channel {
+            Some(channel) => format!("token={token}&channels={channel}"),
+            None => format!("token={token}"),
+        })
+    }
+}
+
+/// splitmix64: a fixed sequence of well-spread numbers, for `--target random`.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % n.max(1) as u64) as usize
+    }
+}
+
+/// The sessions of one scenario, reading.
+struct Connected {
+    received: Vec<Arc<Mutex<Received>>>,
+    delivered: Arc<AtomicU64>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    seconds: f64,
+}
+
 async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Result<Report, String> {
     let nodes = if args.nodes.is_empty() {
         vec![server_addr(&args.url)?]
@@ -221,87 +317,166 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
             .collect::<Result<Vec<_>, _>>()?
     };
     let deadline = Instant::now() + args.timeout;
-    let accounts = args.accounts.max(1);
-    let run_id = switchboard::ids::SessionId::random();
-    let account_name = |a: usize| format!("bench-{run_id}-{a}");
+    let layout = Layout::new(args, connections);
     let started = Instant::now();
-
-    // Connect: connection i belongs to account i % accounts, as tab (i / accounts) % tabs of a
-    // user, from loopback address 127.0.0.(1 + i / PER_SOURCE_ADDRESS).
     let rss_before = args.server_pid.and_then(proc::rss_bytes);
-    let semaphore = Arc::new(Semaphore::new(CONNECTING_AT_ONCE));
+    let sessions = connect_all(config, args, &layout, &nodes, started, deadline).await?;
+    // Let the server settle before reading its idle footprint.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = args.server_pid.and_then(proc::rss_bytes);
+
+    let plan = layout.plan(args.events, args.target);
+    let audiences = layout.audiences();
+    let expected: u64 = plan
+        .iter()
+        .map(|&(a, c)| audiences[a * layout.channels.max(1) + c.unwrap_or(0)])
+        .sum();
+    let cpu_before = args.server_pid.and_then(proc::cpu_time);
+    let first_publish = started.elapsed();
+    publish_all(config, args, &layout, &plan, started).await?;
+    // Wait (bounded) for every delivery.
+    while sessions.delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cpu = args
+        .server_pid
+        .and_then(proc::cpu_time)
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before).as_secs_f64() * 1e6);
+    tokio::time::sleep(Duration::from_millis(200)).await; // stragglers, duplicates
+    let seen = tally(&sessions);
+    let deliveries = sessions.delivered.load(Ordering::Relaxed);
+    // First publish to last receipt.
+    let span = (seen.last_receipt_ns as f64 / 1e9 - first_publish.as_secs_f64()).max(1e-9);
+    Ok(Report {
+        transport: args.transport,
+        connections,
+        accounts: layout.accounts,
+        channels: layout.channels,
+        target: args.target,
+        events: args.events,
+        in_flight: args.in_flight,
+        payload_bytes: args.payload_bytes,
+        connect_seconds: sessions.seconds,
+        connects_per_sec: connections as f64 / sessions.seconds.max(1e-9),
+        expected_deliveries: expected,
+        deliveries,
+        deliveries_per_sec: deliveries as f64 / span,
+        latency_ms: seen.latency_ms,
+        lost: expected.saturating_sub(seen.unique),
+        duplicated: seen.duplicated,
+        cross_account: seen.cross_account,
+        wrong_channel: seen.wrong_channel,
+        server_rss_per_idle_connection_bytes: rss_before
+            .zip(rss_idle)
+            .map(|(before, idle)| idle.saturating_sub(before) / connections.max(1) as u64),
+        server_cpu_per_delivery_us: cpu
+            .filter(|_| deliveries > 0)
+            .map(|us| us / deliveries as f64),
+        server_cpu_per_event_us: cpu
+            .filter(|_| args.events > 0)
+            .map(|us| us / args.events as f64),
+    })
+}
+
+/// Opens every session of `layout`, spread over `nodes`, and starts its reader.
+async fn connect_all(
+    config: &Config,
+    args: &BenchArgs,
+    layout: &Layout,
+    nodes: &[SocketAddr],
+    started: Instant,
+    deadline: Instant,
+) -> Result<Connected, String> {
+    let connections = layout.connections;
     let received: Vec<Arc<Mutex<Received>>> = (0..connections).map(|_| Arc::default()).collect();
     let delivered = Arc::new(AtomicU64::new(0));
+    let semaphore = Arc::new(Semaphore::new(sessions::CONNECTING_AT_ONCE));
     let (ready_tx, mut ready_rx) =
         tokio::sync::mpsc::channel::<Result<(), String>>(connections.max(1));
     // Tokens first: minting them is the tool's work, not the server's, and stays off the clock.
-    let tokens = (0..connections)
-        .map(|i| {
-            let user = (i / accounts) / args.tabs.max(1);
-            auth::mint(
-                &config.jwt,
-                &AccountId::new(&account_name(i % accounts)).expect("bench ids are valid"),
-                &UserId::new(&format!("user-{user}")).expect("bench ids are valid"),
-                args.timeout + Duration::from_secs(60),
-            )
-            .map_err(|e| e.to_string())
-        })
+    let ttl = args.timeout + Duration::from_secs(60);
+    let queries = (0..connections)
+        .map(|i| layout.query(config, i, ttl))
         .collect::<Result<Vec<_>, _>>()?;
+    let sources = connections.div_ceil(PER_SOURCE_ADDRESS).max(1);
+    let source = |n: usize| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + n as u8));
+    let sse_clients = match args.transport {
+        Transport::Sse => (0..sources)
+            .map(|n| sessions::sse_client(source(n)))
+            .collect::<Result<Vec<_>, _>>()?,
+        Transport::Ws => Vec::new(),
+    };
     let connect_start = Instant::now();
     let mut readers = Vec::with_capacity(connections);
-    for ((i, sink), token) in received.iter().enumerate().zip(tokens) {
-        let account = i % accounts;
-        let addr = nodes[i % nodes.len()];
-        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / PER_SOURCE_ADDRESS) as u8));
+    for ((i, sink), query) in received.iter().enumerate().zip(queries) {
         let reader = Reader {
-            account,
+            account: i % layout.accounts,
+            channel: layout.channel_of(i),
             started,
             sink: sink.clone(),
             delivered: delivered.clone(),
             deadline,
         };
+        let dial = match args.transport {
+            Transport::Ws => Dial::Ws {
+                source: source(i / PER_SOURCE_ADDRESS),
+            },
+            Transport::Sse => Dial::Sse {
+                client: sse_clients[i / PER_SOURCE_ADDRESS].clone(),
+            },
+        };
+        let addr = nodes[i % nodes.len()];
+        let ready = ready_tx.clone();
         readers.push(tokio::spawn(reader.run(
             semaphore.clone(),
             addr,
-            source,
-            token,
-            ready_tx.clone(),
+            dial,
+            query,
+            ready,
         )));
     }
     drop(ready_tx);
-    connected(&mut ready_rx, connections, deadline).await?;
-    let connect_seconds = connect_start.elapsed().as_secs_f64();
-    // Let the server settle before reading its idle footprint.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = args.server_pid.and_then(proc::rss_bytes);
+    sessions::connected(&mut ready_rx, connections, deadline).await?;
+    Ok(Connected {
+        received,
+        delivered,
+        readers,
+        seconds: connect_start.elapsed().as_secs_f64(),
+    })
+}
 
-    // Publish.
-    let cpu_before = args.server_pid.and_then(proc::cpu_time);
+/// Publishes the events of `plan`, `--in-flight` at a time (at `--rate`, if given).
+async fn publish_all(
+    config: &Config,
+    args: &BenchArgs,
+    layout: &Layout,
+    plan: &[(usize, Option<usize>)],
+    started: Instant,
+) -> Result<(), String> {
     let client = reqwest::Client::new();
     let publish_url = format!("{}/api/v1/publish", args.url.trim_end_matches('/'));
     let pad = "x".repeat(args.payload_bytes);
-    let members: Vec<u64> = (0..accounts)
-        .map(|a| (connections / accounts + usize::from(a < connections % accounts)) as u64)
-        .collect();
-    let expected: u64 = (0..args.events).map(|e| members[e % accounts]).sum();
     let interval = args
         .rate
         .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
     let in_flight = Arc::new(Semaphore::new(args.in_flight.max(1)));
-    let first_publish = started.elapsed();
-    let mut publishes = Vec::with_capacity(args.events);
-    for e in 0..args.events {
+    let first = Instant::now();
+    let mut publishes = Vec::with_capacity(plan.len());
+    for (e, &(account, channel)) in plan.iter().enumerate() {
         if let Some(interval) = interval {
-            let due = started + first_publish + interval * e as u32;
-            tokio::time::sleep_until(due.into()).await;
+            tokio::time::sleep_until((first + interval * e as u32).into()).await;
         }
         let permit = in_flight
             .clone()
             .acquire_owned()
             .await
             .expect("semaphore open");
-        let account = e % accounts;
-        let event = bench_event(&account_name(account), account, started, &pad);
+        let mut event = bench_event(&layout.account_name(account), account, started, &pad);
+        if let Some(c) = channel {
+            event["channel"] = json!(format!("bench:{c}"));
+            event["data"]["c"] = json!(c);
+        }
         let request = publish(&client, &publish_url, config, args.timeout, event);
         publishes.push(tokio::spawn(async move {
             let answer = request.send().await;
@@ -316,95 +491,49 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
     for publish in publishes {
         publish.await.map_err(|e| e.to_string())??;
     }
-    // Wait (bounded) for every delivery.
-    while delivered.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let cpu_after = args.server_pid.and_then(proc::cpu_time);
-    tokio::time::sleep(Duration::from_millis(200)).await; // stragglers, duplicates
-    for reader in &readers {
+    Ok(())
+}
+
+/// What all the sessions saw, together.
+struct Seen {
+    unique: u64,
+    duplicated: u64,
+    cross_account: u64,
+    wrong_channel: u64,
+    last_receipt_ns: u64,
+    latency_ms: Percentiles,
+}
+
+/// Stops the readers and adds up what they saw.
+fn tally(sessions: &Connected) -> Seen {
+    for reader in &sessions.readers {
         reader.abort();
     }
-
     let mut latencies = Vec::new();
-    let (mut unique, mut duplicated, mut cross, mut last_receipt) = (0u64, 0u64, 0u64, 0u64);
-    for sink in &received {
+    let mut seen = Seen {
+        unique: 0,
+        duplicated: 0,
+        cross_account: 0,
+        wrong_channel: 0,
+        last_receipt_ns: 0,
+        latency_ms: Percentiles::default(),
+    };
+    for sink in &sessions.received {
         let sink = sink.lock().expect("a reader panicked");
-        let mut seen: HashMap<u64, ()> = HashMap::with_capacity(sink.seqs.len());
+        let mut seqs = HashSet::with_capacity(sink.seqs.len());
         for seq in &sink.seqs {
-            if seen.insert(*seq, ()).is_some() {
-                duplicated += 1;
+            if !seqs.insert(*seq) {
+                seen.duplicated += 1;
             }
         }
-        unique += seen.len() as u64;
-        cross += sink.cross_account;
+        seen.unique += seqs.len() as u64;
+        seen.cross_account += sink.cross_account;
+        seen.wrong_channel += sink.wrong_channel;
         latencies.extend_from_slice(&sink.latencies_ns);
-        last_receipt = last_receipt.max(sink.last_receipt_ns);
+        seen.last_receipt_ns = seen.last_receipt_ns.max(sink.last_receipt_ns);
     }
-    let deliveries = delivered.load(Ordering::Relaxed);
-    // First publish to last receipt.
-    let span = (last_receipt as f64 / 1e9 - first_publish.as_secs_f64()).max(1e-9);
-    Ok(Report {
-        connections,
-        accounts,
-        events: args.events,
-        in_flight: args.in_flight,
-        payload_bytes: args.payload_bytes,
-        connect_seconds,
-        connects_per_sec: connections as f64 / connect_seconds.max(1e-9),
-        expected_deliveries: expected,
-        deliveries,
-        deliveries_per_sec: deliveries as f64 / span,
-        latency_ms: percentiles(&mut latencies),
-        lost: expected.saturating_sub(unique),
-        duplicated,
-        cross_account: cross,
-        server_rss_per_idle_connection_bytes: match (rss_before, rss_idle) {
-            (Some(before), Some(idle)) => {
-                Some(idle.saturating_sub(before) / connections.max(1) as u64)
-            }
-            _ => None,
-        },
-        server_cpu_per_delivery_us: match (cpu_before, cpu_after) {
-            (Some(before), Some(after)) if deliveries > 0 => {
-                Some((after - before).as_secs_f64() * 1e6 / deliveries as f64)
-            }
-            _ => None,
-        },
-    })
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-/// A WebSocket connection from `source` (a loopback address), through the welcome frame.
-async fn connect(addr: SocketAddr, source: IpAddr, token: &str) -> Result<Ws, String> {
-    let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    // Binding picks a port by searching the ones in use, which slows as they fill up; a plain
-    // connect picks one per destination, cheaply. So bind only for the extra source addresses.
-    if source != IpAddr::V4(Ipv4Addr::LOCALHOST) {
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .map_err(|e| format!("bind {source}: {e}"))?;
-    }
-    let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
-    let url = format!("ws://{addr}/ws?token={token}");
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
-        .await
-        .map_err(|e| e.to_string())?;
-    match ws.next().await {
-        Some(Ok(Message::Text(text))) if text.contains(r#""type":"welcome""#) => Ok(ws),
-        other => Err(format!("expected a welcome frame, got {other:?}")),
-    }
-}
-
-/// tungstenite's defaults suit one busy connection: a 128 KiB read buffer, which it zero-fills
-/// up to its capacity on every read. Ten thousand of them made the tool spend its core on
-/// page faults and memset during connects, and the connect time measured the tool. Events are a
-/// few hundred bytes; 4 KiB reads and eager writes are plenty.
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+    seen.latency_ms = percentiles(&mut latencies);
+    seen
 }
 
 /// The event the tool publishes to `account_id` (its `account`th): stamped with the time since
@@ -441,102 +570,6 @@ pub fn publish(
         .timeout(timeout)
 }
 
-/// One of the tool's sessions: where it records what it reads, and until when.
-pub struct Reader {
-    pub account: usize,
-    pub started: Instant,
-    pub sink: Arc<Mutex<Received>>,
-    pub delivered: Arc<AtomicU64>,
-    pub deadline: Instant,
-}
-
-impl Reader {
-    /// Connects (holding one of `connecting`'s permits meanwhile, so that connects come in
-    /// waves the server can take), says on `ready` whether it could, then reads its events.
-    pub async fn run(
-        self,
-        connecting: Arc<Semaphore>,
-        addr: SocketAddr,
-        source: IpAddr,
-        token: String,
-        ready: tokio::sync::mpsc::Sender<Result<(), String>>,
-    ) {
-        let Ok(permit) = connecting.acquire_owned().await else {
-            return;
-        };
-        let ws = match connect(addr, source, &token).await {
-            Ok(ws) => ws,
-            Err(e) => {
-                let _ = ready.send(Err(format!("{addr}: {e}"))).await;
-                return;
-            }
-        };
-        drop(permit);
-        let _ = ready.send(Ok(())).await;
-        read_events(
-            ws,
-            self.account,
-            self.started,
-            self.sink,
-            self.delivered,
-            self.deadline,
-        )
-        .await;
-    }
-}
-
-/// Waits until `connections` sessions have said they are connected.
-pub async fn connected(
-    ready: &mut tokio::sync::mpsc::Receiver<Result<(), String>>,
-    connections: usize,
-    deadline: Instant,
-) -> Result<(), String> {
-    for _ in 0..connections {
-        match tokio::time::timeout_at(deadline.into(), ready.recv()).await {
-            Ok(Some(Ok(()))) => {}
-            Ok(Some(Err(e))) => return Err(format!("a session failed to connect: {e}")),
-            _ => return Err("connecting took longer than --timeout".into()),
-        }
-    }
-    Ok(())
-}
-
-/// Reads until aborted or the deadline: records each event's sequence number and latency.
-async fn read_events(
-    mut ws: Ws,
-    account: usize,
-    started: Instant,
-    sink: Arc<Mutex<Received>>,
-    delivered: Arc<AtomicU64>,
-    deadline: Instant,
-) {
-    // One timer for the whole read, not one per frame: the tool shares its core with ten
-    // thousand readers and must not become what it measures.
-    let read = async {
-        while let Some(Ok(message)) = ws.next().await {
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let Ok(frame) = serde_json::from_str::<Frame>(text.as_str()) else {
-                continue;
-            };
-            let (Some(seq), Some(data), "event") = (frame.seq, frame.data, frame.kind) else {
-                continue;
-            };
-            let now = started.elapsed().as_nanos() as u64;
-            let mut sink = sink.lock().expect("a reader panicked");
-            sink.seqs.push(seq);
-            sink.latencies_ns.push(now.saturating_sub(data.t));
-            sink.last_receipt_ns = now;
-            if data.a != account {
-                sink.cross_account += 1;
-            }
-            delivered.fetch_add(1, Ordering::Relaxed);
-        }
-    };
-    let _ = tokio::time::timeout_at(deadline.into(), read).await;
-}
-
 pub fn percentiles(samples: &mut [u64]) -> Percentiles {
     if samples.is_empty() {
         return Percentiles::default();
@@ -557,17 +590,19 @@ pub fn percentiles(samples: &mut [u64]) -> Percentiles {
 /// The reports as a readable table.
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::from(
-        "connections  connect s  conn/s   deliveries  deliv/s     p50 ms  p90 ms  p99 ms  max ms  lost  dup  cross  RSS/idle conn  CPU/delivery\n",
+        "transport  connections  connect s  conn/s   deliveries  deliv/s     p50 ms  p90 ms  p99 ms  max ms  lost  dup  cross  wrong ch  RSS/idle conn  CPU/delivery  CPU/event\n",
     );
     for r in reports {
         let rss = r
             .server_rss_per_idle_connection_bytes
             .map_or("-".into(), |b| format!("{:.1} KiB", b as f64 / 1024.0));
-        let cpu = r
-            .server_cpu_per_delivery_us
-            .map_or("-".into(), |us| format!("{us:.2} µs"));
+        let us = |v: Option<f64>| v.map_or("-".into(), |us| format!("{us:.2} µs"));
         out.push_str(&format!(
-            "{:>11}  {:>9.2}  {:>7.0}  {:>10}  {:>10.0}  {:>6.1}  {:>6.1}  {:>6.1}  {:>6.1}  {:>4}  {:>3}  {:>5}  {:>13}  {:>12}\n",
+            "{:>9}  {:>11}  {:>9.2}  {:>7.0}  {:>10}  {:>10.0}  {:>6.1}  {:>6.1}  {:>6.1}  {:>6.1}  {:>4}  {:>3}  {:>5}  {:>8}  {:>13}  {:>12}  {:>9}\n",
+            match r.transport {
+                Transport::Ws => "ws",
+                Transport::Sse => "sse",
+            },
             r.connections,
             r.connect_seconds,
             r.connects_per_sec,
@@ -580,8 +615,10 @@ pub fn table(reports: &[Report]) -> String {
             r.lost,
             r.duplicated,
             r.cross_account,
+            r.wrong_channel,
             rss,
-            cpu
+            us(r.server_cpu_per_delivery_us),
+            us(r.server_cpu_per_event_us),
         ));
     }
     out
