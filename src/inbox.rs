@@ -117,12 +117,17 @@ pub fn emit(
             data: data.get(),
         },
     )?;
-    Ok(RoomEvent {
+    Ok(stored_event(seq, user, event, data))
+}
+
+/// The event just stored under `seq`, for the broker.
+pub fn stored_event(seq: u64, user: Option<&UserId>, event: &str, data: &RawValue) -> RoomEvent {
+    RoomEvent {
         seq,
         user: user.cloned(),
         frame: event_frame(seq, event, data),
         handed: Some(Handed::stored_ago(Duration::ZERO)),
-    })
+    }
 }
 
 /// One of our own views, serialized once as event data (never parsed back).
