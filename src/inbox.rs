@@ -339,7 +339,14 @@ pub fn send(
         Some(integration) => {
             let id = random_id("whk");
             let payload = outbound_payload(&added.message, &conversation, &integration.external_id);
-            deliveries::create(conn, &id, &integration.id, &added.message.id, &payload)?;
+            deliveries::create(
+                conn,
+                deliveries::Kind::Reply,
+                &id,
+                &integration.id,
+                &added.message.id,
+                &payload,
+            )?;
             Some(id)
         }
         None => None,

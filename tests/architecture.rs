@@ -37,6 +37,7 @@ const MODULE_LAYERS: &[(&str, &str)] = &[
     ("outbox", "services"),
     ("inbox", "services"),
     ("outbound", "services"),
+    ("presence_webhooks", "services"),
     ("retention", "services"),
     ("socket_io", "adapters"),
     ("cluster", "adapters"),
