@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{config, eventually, token, unique, Db, TestServer};
+use crate::cluster::Redis;
+use crate::common::process::{Process, Switchboard};
+use crate::common::{config, eventually, token, unique, Api, Db, TestServer};
 use switchboard::auth::signature::StandardSignatures;
 use switchboard::config::{PresenceWebhook, Secret};
 
@@ -322,4 +324,95 @@ async fn a_presence_integration_needs_a_url_and_no_external_id() {
         let message = answer["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains(&format!("`{field}`")), "{answer}");
     }
+}
+
+/// A node of a three-node cluster on PostgreSQL and the test's Redis, its deliveries scanned
+/// for often (a dead node's are taken over soon).
+fn cluster_node(db: &Db, redis: &Redis) -> (Process, Api) {
+    Switchboard::new()
+        .keys()
+        .database(db.url())
+        .cluster(&redis.url())
+        // Room for twenty users to reconnect one after another within it.
+        .env("SWITCHBOARD_PRESENCE_GRACE", "2s")
+        .env("SWITCHBOARD_OUTBOUND_ALLOW_PRIVATE", "true")
+        .env("SWITCHBOARD_OUTBOUND_SCAN_INTERVAL", "500ms")
+        .env("SWITCHBOARD_OUTBOUND_RETRY_BASE", "200ms")
+        .serve()
+}
+
+/// Three nodes: a user with tabs on two nodes is one presence; a node killed with `kill -9`
+/// takes its only user offline once, within the cluster's record lifetime (15 s, swept every
+/// 5 s); twenty users moving from one node to another within the grace (a reconnect storm)
+/// send nothing. The receiver checks the order, generations and ids of every user's webhooks.
+#[actix_web::test]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
+async fn in_a_cluster_each_transition_is_sent_once_across_a_node_kill_and_a_reconnect_storm() {
+    let db = Db::postgres();
+    let redis = Redis::start();
+    let mut nodes: Vec<(Process, Api)> = (0..3).map(|_| cluster_node(&db, &redis)).collect();
+    let account = unique("presence");
+    // The account's own integration (a global receiver would be every test server's on this
+    // shared database, and those without one would fail its deliveries).
+    let receiver = Receiver::start("not yet known");
+    let (status, created) = nodes[0]
+        .1
+        .admin(
+            reqwest::Method::POST,
+            "/api/v1/integrations",
+            Some(json!({"provider": "presence", "account_id": account,
+                        "outbound_url": receiver.url})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    *receiver.secret.lock().unwrap() = created["outbound_secret"].as_str().unwrap().to_owned();
+
+    // One user, tabs on two nodes: online once; one tab closing changes nothing.
+    let (on_first, _) = nodes[0].1.connect(&token(&account, "multi")).await;
+    let (_on_second, _) = nodes[1].1.connect(&token(&account, "multi")).await;
+    receiver.until(&account, "multi", 1).await;
+    drop(on_first);
+
+    // The only tab of another user is on the node that dies.
+    let (doomed_tab, _) = nodes[2].1.connect(&token(&account, "doomed")).await;
+    receiver.until(&account, "doomed", 1).await;
+    nodes[2].0.signal("KILL");
+    drop(doomed_tab);
+    let waited = std::time::Instant::now();
+    eventually("the dead node's user offline", Duration::from_secs(40), || async {
+        match receiver.of(&account, "doomed").len() {
+            2 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    assert!(waited.elapsed() < Duration::from_secs(25), "{waited:?}");
+
+    // The storm: twenty users leave node 0 and come back on node 1 at once.
+    let users: Vec<String> = (0..20).map(|i| format!("storm{i}")).collect();
+    let mut tabs = Vec::new();
+    for user in &users {
+        tabs.push(nodes[0].1.connect(&token(&account, user)).await.0);
+    }
+    for user in &users {
+        receiver.until(&account, user, 1).await;
+    }
+    drop(tabs);
+    let mut back = Vec::new();
+    for user in &users {
+        back.push(nodes[1].1.connect(&token(&account, user)).await.0);
+    }
+    // Well past the grace, and a sweep of the survivors' records.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    for user in &users {
+        assert_eq!(receiver.check(&account, user).len(), 1, "{user}: no flapping");
+    }
+    assert_eq!(receiver.check(&account, "multi").len(), 1, "one presence");
+    let doomed = receiver.check(&account, "doomed");
+    assert_eq!(doomed.len(), 2, "offline exactly once: {doomed:?}");
+    nodes.truncate(2);
 }
