@@ -382,12 +382,16 @@ async fn in_a_cluster_each_transition_is_sent_once_across_a_node_kill_and_a_reco
     nodes[2].0.signal("KILL");
     drop(doomed_tab);
     let waited = std::time::Instant::now();
-    eventually("the dead node's user offline", Duration::from_secs(40), || async {
-        match receiver.of(&account, "doomed").len() {
-            2 => Ok(()),
-            n => Err(n),
-        }
-    })
+    eventually(
+        "the dead node's user offline",
+        Duration::from_secs(40),
+        || async {
+            match receiver.of(&account, "doomed").len() {
+                2 => Ok(()),
+                n => Err(n),
+            }
+        },
+    )
     .await;
     assert!(waited.elapsed() < Duration::from_secs(25), "{waited:?}");
 
@@ -409,7 +413,11 @@ async fn in_a_cluster_each_transition_is_sent_once_across_a_node_kill_and_a_reco
     tokio::time::sleep(Duration::from_secs(6)).await;
 
     for user in &users {
-        assert_eq!(receiver.check(&account, user).len(), 1, "{user}: no flapping");
+        assert_eq!(
+            receiver.check(&account, user).len(),
+            1,
+            "{user}: no flapping"
+        );
     }
     assert_eq!(receiver.check(&account, "multi").len(), 1, "one presence");
     let doomed = receiver.check(&account, "doomed");
