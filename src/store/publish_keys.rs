@@ -30,7 +30,7 @@ pub struct Found {
     pub expired: HashSet<(String, String)>,
 }
 
-/// The records of `keys`, one statement per [`CHUNK`] keys: those recorded since `since_ms`
+/// The records of `keys`, one statement per account and [`CHUNK`] keys: those recorded since `since_ms`
 /// (live) and older ones (expired, to be replaced).
 pub fn find_many(
     conn: &mut DbConnection,
@@ -38,27 +38,29 @@ pub fn find_many(
     since_ms: i64,
 ) -> Result<Found, StoreError> {
     let mut found = Found::default();
-    let wanted: HashSet<(&str, &str)> = keys.iter().map(|k| (k.account, k.key)).collect();
-    for chunk in keys.chunks(CHUNK) {
-        let names: Vec<&str> = chunk.iter().map(|k| k.key).collect();
-        let records: Vec<(String, String, i64, i64)> = publish_keys::table
-            .select((
-                publish_keys::account_id,
-                publish_keys::idempotency_key,
-                publish_keys::seq,
-                publish_keys::created_at,
-            ))
-            .filter(publish_keys::idempotency_key.eq_any(names))
-            .load(conn)?;
-        for (account, key, seq, created_at) in records {
-            // Another account's key of the same name is none of this batch's business.
-            if !wanted.contains(&(account.as_str(), key.as_str())) {
-                continue;
-            }
-            if created_at >= since_ms {
-                found.live.insert((account, key), seq as u64);
-            } else {
-                found.expired.insert((account, key));
+    // Per account, so that each lookup is a range of the primary key (account, key).
+    let mut by_account: HashMap<&str, Vec<&str>> = HashMap::new();
+    for k in keys {
+        by_account.entry(k.account).or_default().push(k.key);
+    }
+    for (account, names) in by_account {
+        for chunk in names.chunks(CHUNK) {
+            let records: Vec<(String, i64, i64)> = publish_keys::table
+                .select((
+                    publish_keys::idempotency_key,
+                    publish_keys::seq,
+                    publish_keys::created_at,
+                ))
+                .filter(publish_keys::account_id.eq(account))
+                .filter(publish_keys::idempotency_key.eq_any(chunk))
+                .load(conn)?;
+            for (key, seq, created_at) in records {
+                let id = (account.to_owned(), key);
+                if created_at >= since_ms {
+                    found.live.insert(id, seq as u64);
+                } else {
+                    found.expired.insert(id);
+                }
             }
         }
     }
