@@ -119,12 +119,17 @@ pub fn emit(
             data: data.get(),
         },
     )?;
-    Ok(RoomEvent {
+    Ok(stored_event(seq, user, event, data))
+}
+
+/// The event just stored under `seq`, for the broker.
+pub fn stored_event(seq: u64, user: Option<&UserId>, event: &str, data: &RawValue) -> RoomEvent {
+    RoomEvent {
         seq,
         user: user.cloned(),
         frame: event_frame(seq, event, data),
         handed: Some(Handed::stored_ago(Duration::ZERO)),
-    })
+    }
 }
 
 /// One of our own views, serialized once as event data (never parsed back).
@@ -336,7 +341,14 @@ pub fn send(
         Some(integration) => {
             let id = random_id("whk");
             let payload = outbound_payload(&added.message, &conversation, &integration.external_id);
-            deliveries::create(conn, &id, &integration.id, &added.message.id, &payload)?;
+            deliveries::create(
+                conn,
+                deliveries::Kind::Reply,
+                &id,
+                &integration.id,
+                &added.message.id,
+                &payload,
+            )?;
             Some(id)
         }
         None => None,

@@ -43,6 +43,8 @@
 //!   [`actors::service::Service`]).
 //! - [`inbox`] — conversations and messages as persisted, sequenced events.
 //! - [`outbound`] — replies handed to the application by signed, retried webhooks.
+//! - [`presence_webhooks`] — `user.online` / `user.offline` recorded once per transition and
+//!   sent through the outbound deliveries.
 //! - [`retention`] — how long events are kept.
 //!
 //! **Engine** — moving events to sessions.
@@ -82,6 +84,7 @@ pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod outbox;
+pub mod presence_webhooks;
 pub mod protocol;
 pub mod publisher;
 pub mod requests;

@@ -38,6 +38,7 @@ const MODULE_LAYERS: &[(&str, &str)] = &[
     ("outbox", "services"),
     ("inbox", "services"),
     ("outbound", "services"),
+    ("presence_webhooks", "services"),
     ("retention", "services"),
     ("ws", "adapters"),
     ("sse", "adapters"),

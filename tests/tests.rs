@@ -24,6 +24,7 @@ mod outbound_cluster;
 mod outbox;
 mod persistence;
 mod pipelining;
+mod presence_webhooks;
 mod resume;
 mod socket_io;
 mod sse;

@@ -75,6 +75,8 @@ pub struct AppState {
     pub demo_minter: Option<JwtConfig>,
     /// When set, `/metrics` needs it as a bearer token.
     pub metrics_token: Option<Secret>,
+    /// The outbound dispatcher (its deliveries: replies and presence webhooks).
+    pub dispatcher: actix::Recipient<crate::commit::Dispatch>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
@@ -145,6 +147,10 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .route("/{id}", web::delete().to(notifications::delete)),
     )
     .route("/api/v1/presence", web::get().to(presence::online))
+    .route(
+        "/api/v1/presence/deliveries",
+        web::get().to(presence::global_deliveries),
+    )
     .route("/api/v1/events", web::get().to(events::poll))
     .route(
         "/webhooks/facebook",
