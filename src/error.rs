@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::auth::signature::SignatureError;
 use crate::auth::throttle::{whole_seconds, Refused};
 use crate::auth::TokenError;
+use crate::channel::ChannelsError;
 use crate::json::JsonError;
 use crate::metrics;
 use crate::protocol::SinceError;
@@ -79,6 +80,13 @@ pub enum ApiError {
     Signature(SignatureError),
     #[error(transparent)]
     Since(SinceError),
+    /// The channels asked for on connecting: a bad name, too many, or one the token does not
+    /// allow.
+    #[error(transparent)]
+    Channels(#[from] ChannelsError),
+    /// The user was revoked after this token was issued (control API).
+    #[error("this token was revoked; get a new one from your application")]
+    TokenRevoked,
     /// The events after the resume point are no longer all kept.
     #[error(
         "events after {since} are no longer kept (the oldest is {oldest_seq}); reload the state"
@@ -192,6 +200,8 @@ impl ApiError {
             Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
+            Self::Channels(e) => e.code(),
+            Self::TokenRevoked => "token-revoked",
             Self::ResumeFailed { .. } => "resume-failed",
             Self::UnknownIntegration => "unknown-integration",
             Self::VerifyToken(_) => "verify-token-mismatch",
@@ -213,8 +223,11 @@ impl ResponseError for ApiError {
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::Signature(_)
+            | Self::TokenRevoked
             | Self::InvalidMetricsToken => StatusCode::UNAUTHORIZED,
             Self::UserTokenForbidden | Self::VerifyToken(_) => StatusCode::FORBIDDEN,
+            Self::Channels(ChannelsError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            Self::Channels(_) => StatusCode::BAD_REQUEST,
             Self::InvalidBody(_)
             | Self::InvalidField { .. }
             | Self::InvalidQuery(_)
@@ -247,6 +260,7 @@ impl ResponseError for ApiError {
         let status = self.status_code();
         match self {
             Self::Token(_)
+            | Self::TokenRevoked
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::UserTokenForbidden

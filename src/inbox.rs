@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use crate::channel::Channel;
 use crate::commit::Changes;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
@@ -108,11 +109,23 @@ pub fn emit(
     event: &str,
     data: &RawValue,
 ) -> Result<RoomEvent, StoreError> {
+    emit_to(conn, account, (user, None), event, data)
+}
+
+/// [`emit`], for the sessions that follow a channel (of those, the user's when `user` is set).
+pub fn emit_to(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    (user, channel): (Option<&UserId>, Option<&Channel>),
+    event: &str,
+    data: &RawValue,
+) -> Result<RoomEvent, StoreError> {
     let seq = events::append(
         conn,
         &NewEvent {
             account,
             user,
+            channel,
             event,
             data: data.get(),
         },
@@ -120,7 +133,8 @@ pub fn emit(
     Ok(RoomEvent {
         seq,
         user: user.cloned(),
-        frame: event_frame(seq, event, data),
+        channel: channel.cloned(),
+        frame: event_frame(seq, channel.map(Channel::as_str), event, data),
         handed: Some(Handed::stored_ago(Duration::ZERO)),
     })
 }

@@ -55,7 +55,8 @@
 //! **Base** — what everything may use.
 //! - [`config`] — every setting, read and validated once into [`config::Config`];
 //!   development-mode keys.
-//! - [`ids`] — `AccountId`, `UserId`, `SessionId` newtypes.
+//! - [`ids`] — `AccountId`, `UserId`, `SessionId` newtypes; [`channel`] — channel names and
+//!   the token's grant of them.
 //! - [`auth`] — verifying application-issued JWTs (the only source of identity), with failed
 //!   authentications limited per client address; minting development tokens; which pages may
 //!   open a socket (the `Origin` check).
@@ -67,6 +68,7 @@ pub mod actors;
 pub mod api;
 pub mod auth;
 pub mod bench;
+pub mod channel;
 pub mod cli;
 pub mod cluster;
 pub mod commit;

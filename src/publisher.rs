@@ -24,6 +24,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::broker::{Broker, Replayed};
+use crate::channel::Channel;
 use crate::commit;
 use crate::config::PublishQueue;
 use crate::event::{Handed, RoomEvent};
@@ -41,6 +42,8 @@ pub const PACING_MAX: Duration = Duration::from_millis(250);
 pub struct Request {
     pub account: AccountId,
     pub user: Option<UserId>,
+    /// When set, only the sessions following this channel receive it.
+    pub channel: Option<Channel>,
     pub event: String,
     pub data: Box<RawValue>,
     /// A retry with the same key gets the first publish's answer and stores nothing.
@@ -292,10 +295,10 @@ fn store_one(
             return Ok(Outcome::Replayed(seq));
         }
     }
-    let event = inbox::emit(
+    let event = inbox::emit_to(
         conn,
         account,
-        request.user.as_ref(),
+        (request.user.as_ref(), request.channel.as_ref()),
         &request.event,
         &request.data,
     )?;

@@ -23,6 +23,7 @@ const LAYERS: [&str; 7] = [
 /// Each top-level module's layer.
 const MODULE_LAYERS: &[(&str, &str)] = &[
     ("ids", "base"),
+    ("channel", "base"),
     ("config", "base"),
     ("protocol", "base"),
     ("auth", "base"),

@@ -10,6 +10,7 @@ mod architecture;
 mod auth;
 mod bad_input;
 mod browser_side;
+mod channels;
 mod cli;
 mod cluster;
 mod conversations;

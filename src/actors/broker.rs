@@ -20,6 +20,7 @@ use bytestring::ByteString;
 use super::peers::Peers;
 use super::room::{self, Fail, Failure, Members, PresenceChanged, Room, Shutdown};
 use super::session::{Backlog, Deliver, Framing, FromRoom};
+use crate::channel::Channel;
 use crate::config::Presence;
 use crate::event::RoomEvent;
 use crate::ids::{AccountId, SessionId, UserId};
@@ -46,6 +47,31 @@ pub struct Join {
     /// Dropped once the room has told the session where it stands (joined, or refused): a
     /// WebSocket handshake waits for it, so that its answer and the welcome leave together.
     pub answered: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The channels the session follows from the start (checked against its token).
+    pub channels: Vec<Channel>,
+}
+
+/// A session follows a channel from now on (`follow`), or stops. The room answers a follow with
+/// [`FromRoom::Subscribed`], through the session's mailbox, so that the answer comes before any
+/// event of the channel; a stop needs no answer (the broker hands the room every message of a
+/// session in order, so no event published after the session said so reaches it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Follow {
+    pub account: AccountId,
+    pub session: SessionId,
+    pub channel: Channel,
+    pub follow: bool,
+    /// For a follow: handed back with the answer (the client's `ref` and `since`).
+    pub request: Option<FollowRequest>,
+}
+
+/// What a `subscribe` frame asked beyond the channel, handed back to the session with the room's
+/// answer.
+#[derive(Debug, Clone, Default)]
+pub struct FollowRequest {
+    pub reference: Option<serde_json::Value>,
+    pub since: Option<u64>,
 }
 
 /// The server is shutting down: every session is told to close (1001, "reconnect"), in batches
@@ -102,11 +128,14 @@ pub struct Publish {
 pub struct Wait {
     pub account: AccountId,
     pub user: UserId,
+    /// The channels the long-poll follows: another channel's event does not wake it.
+    pub channels: Vec<Channel>,
     pub wake: tokio::sync::oneshot::Sender<()>,
 }
 
 struct Waiter {
     user: UserId,
+    channels: Vec<Channel>,
     wake: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -234,6 +263,16 @@ impl Handler<Join> for Broker {
     }
 }
 
+impl Handler<Follow> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, follow: Follow, _: &mut Context<Self>) {
+        if let Some(entry) = self.rooms.get(&follow.account) {
+            entry.room.do_send(follow);
+        }
+    }
+}
+
 impl Handler<Leave> for Broker {
     type Result = ();
 
@@ -257,8 +296,11 @@ impl Broker {
     /// Wakes the account's long-polls the event is for, and hands it to the account's room.
     fn deliver(&mut self, account: &AccountId, event: RoomEvent) {
         if let Some(waiters) = self.waiters.get_mut(account) {
-            let target = event.user.as_ref();
-            let woken = waiters.extract_if(.., |w| target.is_none_or(|t| *t == w.user));
+            let (target, channel) = (event.user.as_ref(), event.channel.as_ref());
+            let woken = waiters.extract_if(.., |w| {
+                target.is_none_or(|t| *t == w.user)
+                    && channel.is_none_or(|c| w.channels.contains(c))
+            });
             for waiter in woken {
                 // The long-poll reads the events itself; this only wakes it.
                 let _ = waiter.wake.send(());
@@ -520,6 +562,7 @@ impl Handler<Wait> for Broker {
         waiters.retain(|w| !w.wake.is_closed());
         waiters.push(Waiter {
             user: wait.user,
+            channels: wait.channels,
             wake: wait.wake,
         });
     }

@@ -1,4 +1,4 @@
-//! `GET /ws[?since=N]`: authenticate, then upgrade to a WebSocket served by a [`Session`] actor.
+//! `GET /ws[?since=N][&channels=a,b]`: authenticate, then upgrade to a WebSocket served by a [`Session`] actor.
 //!
 //! Every refusal happens here, before the upgrade, as an HTTP error with a JSON body — a browser
 //! or CLI client sees *why* (401 `token-expired`, 400 `invalid-since`, …) rather than a socket that
@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::AppState;
 use crate::actors::session::{self, Native, Session};
+use crate::channel::split_list;
 use crate::error::ApiError;
 use crate::protocol::{ResumePoint, SinceError};
 use crate::store::events;
@@ -18,6 +19,8 @@ use crate::store::events;
 #[derive(Deserialize)]
 struct ResumeQuery {
     since: Option<String>,
+    /// `a,b`: the channels to follow from the start.
+    channels: Option<String>,
 }
 
 pub async fn connect(
@@ -30,13 +33,17 @@ pub async fn connect(
     check_origin(&req, &state)?;
     let identity = super::extract::identity(&req)?;
     ws::handshake(&req).map_err(|_| ApiError::NotWebSocket)?;
-    let since = web::Query::<ResumeQuery>::from_query(req.query_string())
+    let query = web::Query::<ResumeQuery>::from_query(req.query_string())
         .map_err(|_| ApiError::Since(SinceError::Malformed))?
-        .into_inner()
+        .into_inner();
+    let since = query
         .since
         .map(|s| SinceError::parse(&Value::String(s)))
         .transpose()
         .map_err(ApiError::Since)?;
+    let channels = identity
+        .channels
+        .admit(split_list(query.channels.as_deref().unwrap_or_default()))?;
 
     // Only a resume point needs the database before the upgrade; otherwise the room knows the
     // account's sequence number (or reads it once, when it starts). One beyond retention is
@@ -61,7 +68,8 @@ pub async fn connect(
         since,
         state.sessions.clone(),
         Native::default(),
-    );
+    )
+    .with_channels(channels);
     session::start(session, &req)
         .await
         .map_err(|_| ApiError::NotWebSocket)

@@ -24,16 +24,17 @@ mod members;
 mod order;
 mod presence;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use actix::prelude::*;
 
 use std::sync::Arc;
 
-use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
+use super::broker::{Ephemeral, Follow, Join, Leave, OnlineUsers};
 use super::peers::Peers;
 use super::session::FromRoom;
+use crate::channel::Channel;
 use crate::config::Presence;
 use crate::event::{Pacing, RoomEvent};
 use crate::ids::{AccountId, SessionId, UserId};
@@ -64,6 +65,8 @@ pub struct Room {
     members: HashMap<SessionId, Member>,
     /// Each user's sessions (tabs), for events addressed to one user.
     tabs: HashMap<UserId, Vec<SessionId>>,
+    /// Each channel's followers, for channel events: none is looked for among all members.
+    channels: HashMap<Channel, HashSet<SessionId>>,
     /// Events that arrived before an earlier one.
     pending: Pending,
     /// Joins that came before the account's sequence number was known, in order.
@@ -106,6 +109,7 @@ impl Room {
             last_seq_known: last_seq.is_some(),
             members: HashMap::new(),
             tabs: HashMap::new(),
+            channels: HashMap::new(),
             pending: Pending::default(),
             waiting: Vec::new(),
             pacing: Pacing::default(),
@@ -184,6 +188,9 @@ impl Handler<Leave> for Room {
             let Some(member) = room.members.remove(&session) else {
                 return;
             };
+            for channel in &member.channels {
+                room.unindex(session, channel);
+            }
             let Some(tabs) = room.tabs.get_mut(&member.user) else {
                 return;
             };
@@ -193,6 +200,14 @@ impl Handler<Leave> for Room {
                 room.presence_here(member.user, false, ctx);
             }
         });
+    }
+}
+
+impl Handler<Follow> for Room {
+    type Result = ();
+
+    fn handle(&mut self, follow: Follow, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |room, _| room.follow(follow));
     }
 }
 

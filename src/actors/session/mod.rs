@@ -9,6 +9,7 @@
 //!
 //! - [`wire`] — what a wire provides; [`native`] — the native one, on a WebSocket;
 //! - [`requests`] — the user's `send`, `read`, `typing` and `presence` frames;
+//! - [`channels`] — the channels it follows: on connecting, `subscribe` and `unsubscribe`;
 //! - [`lifetime`] — the token's expiry on a live connection, and its refresh in place;
 //! - [`replay`] — resuming after a reconnect (`?since=` or a `resume` frame): replaying what was
 //!   missed, merged with live events by sequence number;
@@ -19,6 +20,7 @@
 //! actix-web-actors is deprecated upstream in favour of actix-ws; it is used only by the native
 //! wire, the Socket.IO WebSocket transport and `api::ws`, so moving off it touches those only.
 
+mod channels;
 mod lifetime;
 mod native;
 mod replay;
@@ -34,7 +36,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use tokio::sync::oneshot;
 
-use super::broker::{Broker, Join, Leave};
+use super::broker::{Broker, FollowRequest, Join, Leave};
 use super::service::{SendRequest, Service};
 use crate::auth::throttle::Authenticator;
 use crate::auth::Identity;
@@ -72,6 +74,13 @@ pub enum FromRoom {
     /// The room cannot take the session now (it cannot read the database): close with 1011, so
     /// the client comes back with backoff.
     Unavailable,
+    /// The session follows `channel` from now on: its events after `seq` are delivered (the
+    /// answer to a `subscribe`, which `request` was).
+    Subscribed {
+        channel: crate::channel::Channel,
+        seq: u64,
+        request: FollowRequest,
+    },
     /// Event `seq` was not queued for this session, which is replaying history: the replay
     /// reads it from the database (see [`Backlog::reserve_stored`]).
     Missed { seq: u64 },
@@ -118,6 +127,7 @@ pub struct Session<W: Wire> {
     shared: Arc<Shared>,
     limits: requests::Limits,
     resume: replay::Resume,
+    following: channels::Following,
     lifetime: lifetime::Lifetime,
     /// Bytes written for the client that the transport has not yet taken.
     backlog: Arc<transport::Backlog>,
@@ -156,6 +166,7 @@ impl<W: Wire> Session<W> {
             seen_seq,
             limits: requests::Limits::new(shared.frames_per_second),
             resume: replay::Resume::new(since),
+            following: channels::Following::default(),
             lifetime: lifetime::Lifetime::default(),
             shared,
             backlog,
@@ -275,6 +286,14 @@ impl<W: Wire> Session<W> {
             Ok(ClientFrame::Resume { since }) => self.on_resume(&since, ctx),
             Ok(ClientFrame::Presence { reference }) => self.on_presence(reference, ctx),
             Ok(ClientFrame::Auth { token, reference }) => self.on_auth(&token, reference, ctx),
+            Ok(ClientFrame::Subscribe {
+                channel,
+                since,
+                reference,
+            }) => self.on_subscribe(&channel, since, reference, ctx),
+            Ok(ClientFrame::Unsubscribe { channel, reference }) => {
+                self.on_unsubscribe(&channel, reference, ctx)
+            }
             Err(error) => self.send_error(ctx, &error),
         }
     }
@@ -336,6 +355,7 @@ impl<W: Wire> Session<W> {
     /// an address (its transport gives it one, or it has started).
     fn join(&self) -> impl FnOnce(Addr<Self>, Option<oneshot::Sender<()>>) -> Join {
         let (session, seen_seq, backlog) = (self.id, self.seen_seq, self.backlog.clone());
+        let channels = self.following.channels.clone();
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
         move |address, answered| Join {
             session,
@@ -347,6 +367,7 @@ impl<W: Wire> Session<W> {
             notices: address.recipient(),
             backlog,
             answered,
+            channels,
         }
     }
 }
@@ -361,6 +382,11 @@ impl<W: Wire> Handler<FromRoom> for Session<W> {
             FromRoom::TooManySessions => session.close(ctx, Close::TooManySessions),
             FromRoom::Unavailable => session.close(ctx, Close::ServerError),
             FromRoom::Missed { seq } => session.missed(seq, ctx),
+            FromRoom::Subscribed {
+                channel,
+                seq,
+                request,
+            } => session.subscribed(channel, seq, request, ctx),
             FromRoom::Fail => panic!("session failing on request"),
         });
     }
