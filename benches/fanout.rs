@@ -97,6 +97,7 @@ fn fan_out(c: &mut Criterion) {
                         backlog: Arc::new(Backlog::new(usize::MAX)),
                         answered: None,
                         channels: Vec::new(),
+                        connected_at: 0,
                     });
                 }
                 done.notified().await;

@@ -8,6 +8,7 @@
 //! [`signature`] verifies and makes the signatures of webhooks, the other way a caller proves
 //! who it is. Base layer: uses `config`, `ids` and `channel` only.
 
+pub mod revoked;
 pub mod signature;
 pub mod throttle;
 
@@ -67,6 +68,9 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("the token's `{claim}` claim {reason}")]
     InvalidClaim { claim: String, reason: String },
+    /// The application revoked the user at or after the token was issued (control API).
+    #[error("this token was revoked; get a new one from your application")]
+    Revoked,
 }
 
 impl TokenError {
@@ -86,6 +90,7 @@ impl TokenError {
             Self::WrongIssuer => "invalid-issuer",
             Self::MissingClaim(_) => "missing-claim",
             Self::InvalidClaim { .. } => "invalid-claim",
+            Self::Revoked => "token-revoked",
         }
     }
 }

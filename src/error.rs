@@ -84,9 +84,7 @@ pub enum ApiError {
     /// allow.
     #[error(transparent)]
     Channels(#[from] ChannelsError),
-    /// The user was revoked after this token was issued (control API).
-    #[error("this token was revoked; get a new one from your application")]
-    TokenRevoked,
+
     /// The events after the resume point are no longer all kept.
     #[error(
         "events after {since} are no longer kept (the oldest is {oldest_seq}); reload the state"
@@ -201,7 +199,6 @@ impl ApiError {
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
             Self::Channels(e) => e.code(),
-            Self::TokenRevoked => "token-revoked",
             Self::ResumeFailed { .. } => "resume-failed",
             Self::UnknownIntegration => "unknown-integration",
             Self::VerifyToken(_) => "verify-token-mismatch",
@@ -223,7 +220,6 @@ impl ResponseError for ApiError {
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::Signature(_)
-            | Self::TokenRevoked
             | Self::InvalidMetricsToken => StatusCode::UNAUTHORIZED,
             Self::UserTokenForbidden | Self::VerifyToken(_) => StatusCode::FORBIDDEN,
             Self::Channels(ChannelsError::Forbidden(_)) => StatusCode::FORBIDDEN,
@@ -260,7 +256,6 @@ impl ResponseError for ApiError {
         let status = self.status_code();
         match self {
             Self::Token(_)
-            | Self::TokenRevoked
             | Self::MissingApiKey
             | Self::InvalidApiKey
             | Self::UserTokenForbidden

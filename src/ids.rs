@@ -102,6 +102,14 @@ impl SessionId {
         // The OS random source failing is not something a server can carry on from.
         Self(getrandom::u64().expect("the OS random number generator failed"))
     }
+
+    /// A session id as shown (16 hex digits); `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 16)
+            .then(|| u64::from_str_radix(s, 16).ok())
+            .flatten()
+            .map(Self)
+    }
 }
 
 impl fmt::Display for SessionId {

@@ -41,7 +41,7 @@
 //!   [`actors::service::Service`]).
 //! - [`inbox`] — conversations and messages as persisted, sequenced events.
 //! - [`outbound`] — replies handed to the application by signed, retried webhooks.
-//! - [`retention`] — how long events are kept.
+//! - [`retention`] — how long events are kept; [`revocation`] — revoked users, on every node.
 //!
 //! **Engine** — moving events to sessions.
 //! - [`event`] — the event as it is delivered (serialized once) and its pacing ticket.
@@ -87,6 +87,7 @@ pub mod protocol;
 pub mod publisher;
 pub mod requests;
 pub mod retention;
+pub mod revocation;
 pub mod scheduling;
 pub mod server;
 pub mod socket_io;

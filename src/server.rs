@@ -98,6 +98,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = start_metrics(&node);
     let (broker, cluster) = start_broker(&config, &store, &node);
     let state = start_services(&config, store, broker.clone(), cluster, metrics, &node);
+    // Before serving anyone: a token revoked before a restart stays refused.
+    crate::revocation::Revoker::start(
+        state.store.clone(),
+        broker.clone(),
+        state.authenticator.revoked().clone(),
+    )
+    .await?;
     let draining = state.draining.clone();
     let max_publish_bytes = config.max_publish_bytes;
     let body_deadline = http::body::BodyDeadline::new(&config.edge);
@@ -222,6 +229,7 @@ fn start_services(
         origins: config.allowed_origins.clone(),
     });
     web::Data::new(AppState {
+        node: node.to_owned(),
         cluster,
         metrics,
         authenticator,

@@ -91,6 +91,7 @@ fn fan_out_shares_one_serialized_event() {
                 backlog: Arc::new(Backlog::new(usize::MAX)),
                 answered: Some(answered),
                 channels: Vec::new(),
+                connected_at: 0,
             });
         }
         // Every join answered (the room's start-up read done) before counting.

@@ -39,6 +39,7 @@ const MODULE_LAYERS: &[(&str, &str)] = &[
     ("inbox", "services"),
     ("outbound", "services"),
     ("retention", "services"),
+    ("revocation", "services"),
     ("socket_io", "adapters"),
     ("cluster", "adapters"),
     ("webhooks", "adapters"),

@@ -13,6 +13,7 @@ mod browser_side;
 mod channels;
 mod cli;
 mod cluster;
+mod control;
 mod conversations;
 mod delivery;
 mod docs;

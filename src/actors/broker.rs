@@ -49,6 +49,58 @@ pub struct Join {
     pub answered: Option<tokio::sync::oneshot::Sender<()>>,
     /// The channels the session follows from the start (checked against its token).
     pub channels: Vec<Channel>,
+    /// For the control API: since when (milliseconds since the Unix epoch).
+    pub connected_at: i64,
+}
+
+/// Closes live sessions of an account with 4005 (the control API): a user's, or one session.
+/// Answers how many were told.
+#[derive(Message, Clone)]
+#[rtype(result = "usize")]
+pub struct Revoke {
+    pub account: AccountId,
+    pub user: Option<UserId>,
+    pub session: Option<SessionId>,
+}
+
+impl Revoke {
+    pub fn user(account: AccountId, user: UserId) -> Self {
+        Self {
+            account,
+            user: Some(user),
+            session: None,
+        }
+    }
+}
+
+/// One live session, as the control API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub user_id: String,
+    /// `websocket` or `socket.io`.
+    pub transport: &'static str,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: i64,
+    pub channels: Vec<String>,
+    /// Bytes written for the client and not yet taken by it.
+    pub queued_bytes: usize,
+}
+
+/// The live sessions of an account on this node (one user's, with `user`).
+#[derive(Message, Clone)]
+#[rtype(result = "Vec<SessionInfo>")]
+pub struct ListSessions {
+    pub account: AccountId,
+    pub user: Option<UserId>,
+}
+
+/// The users of an account with a live session on this node that follows `channel`.
+#[derive(Message, Clone)]
+#[rtype(result = "Vec<String>")]
+pub struct ChannelUsers {
+    pub account: AccountId,
+    pub channel: Channel,
 }
 
 /// A session follows a channel from now on (`follow`), or stops. The room answers a follow with
@@ -260,6 +312,48 @@ impl Handler<Join> for Broker {
         });
         entry.members += 1;
         entry.room.do_send(join);
+    }
+}
+
+impl Handler<Revoke> for Broker {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, revoke: Revoke, _: &mut Context<Self>) -> Self::Result {
+        let room = self.rooms.get(&revoke.account).map(|e| e.room.clone());
+        Box::pin(async move {
+            match room {
+                Some(room) => room.send(revoke).await.unwrap_or(0),
+                None => 0,
+            }
+        })
+    }
+}
+
+impl Handler<ListSessions> for Broker {
+    type Result = ResponseFuture<Vec<SessionInfo>>;
+
+    fn handle(&mut self, list: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        let room = self.rooms.get(&list.account).map(|e| e.room.clone());
+        Box::pin(async move {
+            match room {
+                Some(room) => room.send(list).await.unwrap_or_default(),
+                None => Vec::new(),
+            }
+        })
+    }
+}
+
+impl Handler<ChannelUsers> for Broker {
+    type Result = ResponseFuture<Vec<String>>;
+
+    fn handle(&mut self, query: ChannelUsers, _: &mut Context<Self>) -> Self::Result {
+        let room = self.rooms.get(&query.account).map(|e| e.room.clone());
+        Box::pin(async move {
+            match room {
+                Some(room) => room.send(query).await.unwrap_or_default(),
+                None => Vec::new(),
+            }
+        })
     }
 }
 

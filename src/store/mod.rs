@@ -13,6 +13,7 @@ pub mod events;
 pub mod integrations;
 pub mod notifications;
 pub mod publish_keys;
+pub mod revocations;
 pub mod schema;
 
 use std::time::Duration;

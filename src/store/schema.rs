@@ -24,6 +24,7 @@ diesel::table! {
         account_id -> Text,
         user_id -> Text,
         revoked_at -> BigInt,
+        recorded_at -> BigInt,
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::super::broker::{Follow, Join};
+use super::super::broker::{Follow, Join, SessionInfo};
 use super::super::session::{frame_size, Backlog, Deliver, Framing, FromRoom, Reservation};
 use super::Room;
 use crate::channel::Channel;
@@ -63,6 +63,26 @@ pub(super) struct Member {
     deliver: Recipient<Deliver>,
     pub(super) notices: Recipient<FromRoom>,
     backlog: Arc<Backlog>,
+    /// Since when (milliseconds since the Unix epoch), for the control API.
+    connected_at: i64,
+}
+
+impl Member {
+    /// What the control API shows of it.
+    pub(super) fn info(&self, id: SessionId) -> SessionInfo {
+        SessionInfo {
+            session_id: id.to_string(),
+            user_id: self.user.as_str().to_owned(),
+            transport: self.framing.transport(),
+            connected_at: self.connected_at,
+            channels: self
+                .channels
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+            queued_bytes: self.backlog.queued(),
+        }
+    }
 }
 
 impl Member {
@@ -249,6 +269,7 @@ impl Room {
                 deliver: join.deliver,
                 notices: join.notices.clone(),
                 backlog: join.backlog,
+                connected_at: join.connected_at,
             },
         );
         if first_tab && returning.is_none() {

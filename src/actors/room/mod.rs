@@ -31,7 +31,9 @@ use actix::prelude::*;
 
 use std::sync::Arc;
 
-use super::broker::{Ephemeral, Follow, Join, Leave, OnlineUsers};
+use super::broker::{
+    ChannelUsers, Ephemeral, Follow, Join, Leave, ListSessions, OnlineUsers, Revoke, SessionInfo,
+};
 use super::peers::Peers;
 use super::session::FromRoom;
 use crate::channel::Channel;
@@ -200,6 +202,54 @@ impl Handler<Leave> for Room {
                 room.presence_here(member.user, false, ctx);
             }
         });
+    }
+}
+
+impl Handler<Revoke> for Room {
+    type Result = usize;
+
+    fn handle(&mut self, revoke: Revoke, _: &mut Context<Self>) -> usize {
+        let by_user = revoke.user.as_ref().and_then(|user| self.tabs.get(user));
+        let ids: Vec<SessionId> = match (by_user, revoke.session) {
+            (Some(tabs), _) => tabs.clone(),
+            (None, Some(session)) if revoke.user.is_none() => vec![session],
+            _ => Vec::new(),
+        };
+        let mut told = 0;
+        for id in ids {
+            if let Some(member) = self.members.get(&id) {
+                member.notices.do_send(FromRoom::Revoked);
+                told += 1;
+            }
+        }
+        told
+    }
+}
+
+impl Handler<ListSessions> for Room {
+    type Result = MessageResult<ListSessions>;
+
+    fn handle(&mut self, list: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        let mut sessions: Vec<SessionInfo> = (self.members.iter())
+            .filter(|(_, m)| list.user.as_ref().is_none_or(|user| m.user == *user))
+            .map(|(id, member)| member.info(*id))
+            .collect();
+        sessions.sort_by_key(|s| s.connected_at);
+        MessageResult(sessions)
+    }
+}
+
+impl Handler<ChannelUsers> for Room {
+    type Result = MessageResult<ChannelUsers>;
+
+    fn handle(&mut self, query: ChannelUsers, _: &mut Context<Self>) -> Self::Result {
+        let mut users: Vec<String> = (self.channels.get(&query.channel).into_iter().flatten())
+            .filter_map(|id| self.members.get(id))
+            .map(|member| member.user.as_str().to_owned())
+            .collect();
+        users.sort();
+        users.dedup();
+        MessageResult(users)
     }
 }
 

@@ -81,6 +81,9 @@ pub enum FromRoom {
         seq: u64,
         request: FollowRequest,
     },
+    /// The application revoked the session's user, or the session (control API): close with
+    /// 4005.
+    Revoked,
     /// Event `seq` was not queued for this session, which is replaying history: the replay
     /// reads it from the database (see [`Backlog::reserve_stored`]).
     Missed { seq: u64 },
@@ -368,6 +371,7 @@ impl<W: Wire> Session<W> {
             backlog,
             answered,
             channels,
+            connected_at: crate::store::now_ms(),
         }
     }
 }
@@ -382,6 +386,7 @@ impl<W: Wire> Handler<FromRoom> for Session<W> {
             FromRoom::TooManySessions => session.close(ctx, Close::TooManySessions),
             FromRoom::Unavailable => session.close(ctx, Close::ServerError),
             FromRoom::Missed { seq } => session.missed(seq, ctx),
+            FromRoom::Revoked => session.close(ctx, Close::Revoked),
             FromRoom::Subscribed {
                 channel,
                 seq,
