@@ -344,6 +344,8 @@ struct MintedClaims<'a> {
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    channels: &'a [&'a str],
 }
 
 /// Why a development token cannot be minted.
@@ -362,6 +364,17 @@ pub fn mint(
     user: &UserId,
     ttl: Duration,
 ) -> Result<String, MintError> {
+    mint_following(config, account, user, ttl, &[])
+}
+
+/// [`mint`], with a `channels` claim (names and `prefix*` patterns).
+pub fn mint_following(
+    config: &JwtConfig,
+    account: &AccountId,
+    user: &UserId,
+    ttl: Duration,
+    channels: &[&str],
+) -> Result<String, MintError> {
     let JwtKey::Secret(secret) = &config.key else {
         return Err(MintError::NoSecret);
     };
@@ -373,6 +386,7 @@ pub fn mint(
         exp: now + ttl.as_secs(),
         iss: config.issuer.as_deref(),
         aud: config.audience.as_deref(),
+        channels,
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

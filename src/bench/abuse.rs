@@ -154,6 +154,7 @@ async fn open_sessions(
         .map_err(|e| e.to_string())?;
         let reader = Reader {
             account,
+            channel: None,
             started,
             sink: sink.clone(),
             delivered: delivered.clone(),

@@ -70,6 +70,11 @@ pub struct BenchArgs {
     /// Publishes per second (default: as fast as `--in-flight` allows).
     #[arg(long)]
     rate: Option<f64>,
+    /// Channels: each session follows one of `K` channels of its account (`bench:0`…), and each
+    /// event is published to one of them in turn; deliveries to a session that does not follow
+    /// the event's channel are counted (`wrong channel`: there must be none).
+    #[arg(long)]
+    channels: Option<usize>,
     /// Bytes of padding in each event's data.
     #[arg(long, default_value_t = 200)]
     payload_bytes: usize,
@@ -129,6 +134,12 @@ pub struct Report {
     pub cross_account: u64,
     pub server_rss_per_idle_connection_bytes: Option<u64>,
     pub server_cpu_per_delivery_us: Option<f64>,
+    /// Channels the sessions were spread over (`--channels`), if any.
+    pub channels: Option<usize>,
+    /// Deliveries of a channel's event to a session that does not follow it.
+    pub wrong_channel: u64,
+    /// Server CPU time per publish, from the first publish to the last receipt.
+    pub server_cpu_per_publish_us: Option<f64>,
 }
 
 /// What a connection's reader saw.
@@ -137,6 +148,7 @@ struct Received {
     seqs: Vec<u64>,
     latencies_ns: Vec<u64>,
     cross_account: u64,
+    wrong_channel: u64,
     /// Nanoseconds since the bench started, at the last receipt.
     last_receipt_ns: u64,
 }
@@ -155,6 +167,9 @@ struct FrameData {
     t: u64,
     /// The account it was published for.
     a: usize,
+    /// The channel it was published to (`--channels`).
+    #[serde(default)]
+    c: Option<usize>,
 }
 
 pub fn run(config: &Config, args: BenchArgs) -> Result<String, String> {
@@ -239,18 +254,26 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
     let (ready_tx, mut ready_rx) =
         tokio::sync::mpsc::channel::<Result<(), String>>(connections.max(1));
     // Tokens first: minting them is the tool's work, not the server's, and stays off the clock.
+    let grant: &[&str] = if args.channels.is_some() {
+        &["bench:*"]
+    } else {
+        &[]
+    };
     let tokens = (0..connections)
         .map(|i| {
             let user = (i / accounts) / args.tabs.max(1);
-            auth::mint(
+            auth::mint_following(
                 &config.jwt,
                 &AccountId::new(&account_name(i % accounts)).expect("bench ids are valid"),
                 &UserId::new(&format!("user-{user}")).expect("bench ids are valid"),
                 args.timeout + Duration::from_secs(60),
+                grant,
             )
             .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Session i follows channel (i / accounts) % K of its account.
+    let channel_of = |i: usize| args.channels.map(|k| (i / accounts) % k.max(1));
     let connect_start = Instant::now();
     let mut readers = Vec::with_capacity(connections);
     for ((i, sink), token) in received.iter().enumerate().zip(tokens) {
@@ -259,6 +282,7 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / PER_SOURCE_ADDRESS) as u8));
         let reader = Reader {
             account,
+            channel: channel_of(i),
             started,
             sink: sink.clone(),
             delivered: delivered.clone(),
@@ -284,10 +308,20 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
     let client = reqwest::Client::new();
     let publish_url = format!("{}/api/v1/publish", args.url.trim_end_matches('/'));
     let pad = "x".repeat(args.payload_bytes);
-    let members: Vec<u64> = (0..accounts)
-        .map(|a| (connections / accounts + usize::from(a < connections % accounts)) as u64)
-        .collect();
-    let expected: u64 = (0..args.events).map(|e| members[e % accounts]).sum();
+    // Who receives event e: its account's sessions (those following its channel, with channels).
+    let audience = |e: usize| -> (usize, Option<usize>) {
+        (
+            e % accounts,
+            args.channels.map(|k| (e / accounts) % k.max(1)),
+        )
+    };
+    let mut members: HashMap<(usize, Option<usize>), u64> = HashMap::new();
+    for i in 0..connections {
+        *members.entry((i % accounts, channel_of(i))).or_default() += 1;
+    }
+    let expected: u64 = (0..args.events)
+        .map(|e| members.get(&audience(e)).copied().unwrap_or(0))
+        .sum();
     let interval = args
         .rate
         .map(|r| Duration::from_secs_f64(1.0 / r.max(0.001)));
@@ -304,8 +338,12 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
             .acquire_owned()
             .await
             .expect("semaphore open");
-        let account = e % accounts;
-        let event = bench_event(&account_name(account), account, started, &pad);
+        let (account, channel) = audience(e);
+        let mut event = bench_event(&account_name(account), account, started, &pad);
+        if let Some(c) = channel {
+            event["channel"] = json!(format!("bench:{c}"));
+            event["data"]["c"] = json!(c);
+        }
         let request = publish(&client, &publish_url, config, args.timeout, event);
         publishes.push(tokio::spawn(async move {
             let answer = request.send().await;
@@ -332,6 +370,7 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
 
     let mut latencies = Vec::new();
     let (mut unique, mut duplicated, mut cross, mut last_receipt) = (0u64, 0u64, 0u64, 0u64);
+    let mut wrong_channel = 0;
     for sink in &received {
         let sink = sink.lock().expect("a reader panicked");
         let mut seen: HashMap<u64, ()> = HashMap::with_capacity(sink.seqs.len());
@@ -342,6 +381,7 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
         }
         unique += seen.len() as u64;
         cross += sink.cross_account;
+        wrong_channel += sink.wrong_channel;
         latencies.extend_from_slice(&sink.latencies_ns);
         last_receipt = last_receipt.max(sink.last_receipt_ns);
     }
@@ -375,13 +415,27 @@ async fn scenario(config: &Config, args: &BenchArgs, connections: usize) -> Resu
             }
             _ => None,
         },
+        channels: args.channels,
+        wrong_channel,
+        server_cpu_per_publish_us: match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if args.events > 0 => {
+                Some((after - before).as_secs_f64() * 1e6 / args.events as f64)
+            }
+            _ => None,
+        },
     })
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// A WebSocket connection from `source` (a loopback address), through the welcome frame.
-async fn connect(addr: SocketAddr, source: IpAddr, token: &str) -> Result<Ws, String> {
+/// A WebSocket connection from `source` (a loopback address), following `channel` (`bench:N`)
+/// when given, through the welcome frame.
+async fn connect(
+    addr: SocketAddr,
+    source: IpAddr,
+    token: &str,
+    channel: Option<usize>,
+) -> Result<Ws, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     // Binding picks a port by searching the ones in use, which slows as they fill up; a plain
     // connect picks one per destination, cheaply. So bind only for the extra source addresses.
@@ -391,7 +445,8 @@ async fn connect(addr: SocketAddr, source: IpAddr, token: &str) -> Result<Ws, St
             .map_err(|e| format!("bind {source}: {e}"))?;
     }
     let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
-    let url = format!("ws://{addr}/ws?token={token}");
+    let follow = channel.map_or(String::new(), |c| format!("&channels=bench:{c}"));
+    let url = format!("ws://{addr}/ws?token={token}{follow}");
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
         .await
         .map_err(|e| e.to_string())?;
@@ -443,6 +498,8 @@ fn publish(
 /// One of the tool's sessions: where it records what it reads, and until when.
 struct Reader {
     account: usize,
+    /// The channel it follows (`--channels`).
+    channel: Option<usize>,
     started: Instant,
     sink: Arc<Mutex<Received>>,
     delivered: Arc<AtomicU64>,
@@ -463,7 +520,7 @@ impl Reader {
         let Ok(permit) = connecting.acquire_owned().await else {
             return;
         };
-        let ws = match connect(addr, source, &token).await {
+        let ws = match connect(addr, source, &token, self.channel).await {
             Ok(ws) => ws,
             Err(e) => {
                 let _ = ready.send(Err(e)).await;
@@ -474,7 +531,7 @@ impl Reader {
         let _ = ready.send(Ok(())).await;
         read_events(
             ws,
-            self.account,
+            (self.account, self.channel),
             self.started,
             self.sink,
             self.delivered,
@@ -503,7 +560,7 @@ async fn connected(
 /// Reads until aborted or the deadline: records each event's sequence number and latency.
 async fn read_events(
     mut ws: Ws,
-    account: usize,
+    (account, channel): (usize, Option<usize>),
     started: Instant,
     sink: Arc<Mutex<Received>>,
     delivered: Arc<AtomicU64>,
@@ -529,6 +586,9 @@ async fn read_events(
             sink.last_receipt_ns = now;
             if data.a != account {
                 sink.cross_account += 1;
+            }
+            if data.c.is_some() && data.c != channel {
+                sink.wrong_channel += 1;
             }
             delivered.fetch_add(1, Ordering::Relaxed);
         }
@@ -556,7 +616,7 @@ fn percentiles(samples: &mut [u64]) -> Percentiles {
 /// The reports as a readable table.
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::from(
-        "connections  connect s  conn/s   deliveries  deliv/s     p50 ms  p90 ms  p99 ms  max ms  lost  dup  cross  RSS/idle conn  CPU/delivery\n",
+        "connections  connect s  conn/s   deliveries  deliv/s     p50 ms  p90 ms  p99 ms  max ms  lost  dup  cross  RSS/idle conn  CPU/delivery  CPU/publish  channels  wrong channel\n",
     );
     for r in reports {
         let rss = r
@@ -565,8 +625,12 @@ pub fn table(reports: &[Report]) -> String {
         let cpu = r
             .server_cpu_per_delivery_us
             .map_or("-".into(), |us| format!("{us:.2} µs"));
+        let per_publish = r
+            .server_cpu_per_publish_us
+            .map_or("-".into(), |us| format!("{us:.0} µs"));
+        let channels = r.channels.map_or("-".into(), |k| k.to_string());
         out.push_str(&format!(
-            "{:>11}  {:>9.2}  {:>7.0}  {:>10}  {:>10.0}  {:>6.1}  {:>6.1}  {:>6.1}  {:>6.1}  {:>4}  {:>3}  {:>5}  {:>13}  {:>12}\n",
+            "{:>11}  {:>9.2}  {:>7.0}  {:>10}  {:>10.0}  {:>6.1}  {:>6.1}  {:>6.1}  {:>6.1}  {:>4}  {:>3}  {:>5}  {:>13}  {:>12}  {:>11}  {:>8}  {:>13}\n",
             r.connections,
             r.connect_seconds,
             r.connects_per_sec,
@@ -580,7 +644,10 @@ pub fn table(reports: &[Report]) -> String {
             r.duplicated,
             r.cross_account,
             rss,
-            cpu
+            cpu,
+            per_publish,
+            channels,
+            r.wrong_channel
         ));
     }
     out
