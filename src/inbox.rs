@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use crate::channel::Channel;
 use crate::commit::Changes;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
@@ -110,24 +111,42 @@ pub fn emit(
     event: &str,
     data: &RawValue,
 ) -> Result<RoomEvent, StoreError> {
+    emit_to(conn, account, (user, None), event, data)
+}
+
+/// [`emit`], for the sessions that follow a channel (of those, the user's when `user` is set).
+pub fn emit_to(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    (user, channel): (Option<&UserId>, Option<&Channel>),
+    event: &str,
+    data: &RawValue,
+) -> Result<RoomEvent, StoreError> {
     let seq = events::append(
         conn,
         &NewEvent {
             account,
             user,
+            channel,
             event,
             data: data.get(),
         },
     )?;
-    Ok(stored_event(seq, user, event, data))
+    Ok(stored_event(seq, (user, channel), event, data))
 }
 
 /// The event just stored under `seq`, for the broker.
-pub fn stored_event(seq: u64, user: Option<&UserId>, event: &str, data: &RawValue) -> RoomEvent {
+pub fn stored_event(
+    seq: u64,
+    (user, channel): (Option<&UserId>, Option<&Channel>),
+    event: &str,
+    data: &RawValue,
+) -> RoomEvent {
     RoomEvent {
         seq,
         user: user.cloned(),
-        frame: event_frame(seq, event, data),
+        channel: channel.cloned(),
+        frame: event_frame(seq, channel.map(Channel::as_str), event, data),
         handed: Some(Handed::stored_ago(Duration::ZERO)),
     }
 }

@@ -8,9 +8,11 @@
 //! - `/api/v1/integrations…`, `/api/v1/webhooks/stats` — admin ([`integrations`]).
 //! - `/api/v1/conversations…` — the inbox for users ([`conversations`]).
 //! - `/api/v1/notifications…` — [`notifications`]; `/api/v1/presence` — [`presence`].
+//! - `/api/v1/accounts/{account}/…` — the control API: revoke, inspect ([`control`]).
 //! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`webhooks`]; what they mean:
 //!   [`crate::webhooks`]).
 
+pub mod control;
 pub mod conversations;
 pub mod demo;
 pub mod events;
@@ -42,6 +44,8 @@ use crate::store::Store;
 
 /// What every request handler shares.
 pub struct AppState {
+    /// This node's id, as the control API shows it.
+    pub node: String,
     /// Set in cluster mode.
     pub cluster: Option<crate::cluster::Cluster>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -145,6 +149,21 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .route("/read-all", web::post().to(notifications::mark_all_read))
             .route("/{id}/read", web::post().to(notifications::mark_read))
             .route("/{id}", web::delete().to(notifications::delete)),
+    )
+    .service(
+        web::scope("/api/v1/accounts/{account}")
+            .route("/users/{user}/revoke", web::post().to(control::revoke_user))
+            .route(
+                "/sessions/{session}/revoke",
+                web::post().to(control::revoke_session),
+            )
+            .route("/sessions", web::get().to(control::sessions))
+            .route("/online", web::get().to(control::online))
+            .route(
+                "/channels/{channel}/online",
+                web::get().to(control::channel_online),
+            )
+            .route("/events", web::get().to(control::stored_events)),
     )
     .route("/api/v1/presence", web::get().to(presence::online))
     .route(
