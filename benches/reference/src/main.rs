@@ -6,7 +6,8 @@
 //! (`{"type":"event","seq":…,"event":…,"data":…}`), hands it to a `tokio::sync::broadcast`
 //! channel and answers at once. Each connection writes every event waiting for it and flushes
 //! once (`--per-event-flush` flushes after each event instead, as a plain `ws.send` loop does).
-//! One thread, like a Switchboard server pinned to one core.
+//! One thread, like a Switchboard server pinned to one core; `--threads N` runs tokio's
+//! multi-thread runtime with N workers instead, the yardstick for a server on N cores.
 //!
 //! ```sh
 //! cargo build --release --manifest-path benches/reference/Cargo.toml
@@ -42,20 +43,31 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mut addr: SocketAddr = "127.0.0.1:8080".parse().expect("a valid address");
     let mut per_event_flush = false;
-    for arg in args.by_ref() {
+    let mut threads = 1;
+    const USAGE: &str = "usage: broadcast-reference [ADDR] [--per-event-flush] [--threads N]";
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--per-event-flush" => per_event_flush = true,
-            other => {
-                addr = other
-                    .parse()
-                    .expect("usage: broadcast-reference [ADDR] [--per-event-flush]")
+            "--threads" => {
+                threads = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| *n > 0)
+                    .expect(USAGE)
             }
+            other => addr = other.parse().expect(USAGE),
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .expect("a runtime");
+    let runtime = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_io()
+            .build(),
+    }
+    .expect("a runtime");
     runtime.block_on(serve(addr, per_event_flush));
 }
 
