@@ -1079,7 +1079,7 @@ fn token_following_orders(account: &str, user: &str) -> String {
         jsonwebtoken::Algorithm::HS256,
         &key,
         json!({ "sub": user, "account_id": account, "exp": now + 3600, "iat": now - 5,
-                "channels": ["order:*"] }),
+                "channels": ["order:*"], "publish": ["order:*"] }),
     )
 }
 
@@ -1122,6 +1122,20 @@ async fn channel_events_cross_nodes_and_a_revoked_user_is_closed_and_refused_on_
             (&answer["seq"], &json!("order:1"))
         );
     }
+    // A user's ephemeral message to the channel reaches its followers on the other nodes too.
+    let carol = token_following_orders(&account, "carol");
+    let url = format!("{}?token={carol}&channels=order:1", nodes[2].ws_url());
+    let mut carol = nodes[2].try_connect(url).await.expect("connected");
+    assert_eq!(carol.next_json().await["type"], "welcome");
+    tabs[0]
+        .send_text(r#"{"type":"publish","channel":"order:1","event":"viewing","data":{"at":1}}"#)
+        .await;
+    let message = carol.next_json().await;
+    assert_eq!(
+        message,
+        json!({"type": "event", "channel": "order:1", "event": "viewing", "data": {"at": 1},
+               "user_id": "alice"})
+    );
 
     // Revoked through one node: closed on every node, refused by every node.
     let path = format!("/api/v1/accounts/{account}/users/alice/revoke");
