@@ -352,8 +352,8 @@ struct MintedClaims<'a> {
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    channels: &'a [&'a str],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    channels: &'a [String],
 }
 
 /// Why a development token cannot be minted.
@@ -372,16 +372,16 @@ pub fn mint(
     user: &UserId,
     ttl: Duration,
 ) -> Result<String, MintError> {
-    mint_following(config, account, user, ttl, &[])
+    mint_with_channels(config, account, user, ttl, &[])
 }
 
-/// [`mint`], with a `channels` claim (names and `prefix*` patterns).
-pub fn mint_following(
+/// [`mint`], with a `channels` claim: the channel names and `prefix*` patterns it allows.
+pub fn mint_with_channels(
     config: &JwtConfig,
     account: &AccountId,
     user: &UserId,
     ttl: Duration,
-    channels: &[&str],
+    channels: &[String],
 ) -> Result<String, MintError> {
     let JwtKey::Secret(secret) = &config.key else {
         return Err(MintError::NoSecret);

@@ -50,6 +50,8 @@ pub enum ApiError {
     NotWebSocket,
     #[error("no such endpoint")]
     NotFound,
+    #[error("{}", crate::actors::session::TOKEN_MISMATCH)]
+    TokenMismatch,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{}", Refused::TooManyFailures { retry_after: *retry_after })]
@@ -189,6 +191,7 @@ impl ApiError {
             Self::InvalidMetricsToken => "invalid-metrics-token",
             Self::NotWebSocket => "not-websocket",
             Self::NotFound => "not-found",
+            Self::TokenMismatch => "token-mismatch",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::DemoOff => "demo-off",
             Self::OriginNotAllowed => "origin-not-allowed",
@@ -221,7 +224,9 @@ impl ResponseError for ApiError {
             | Self::InvalidApiKey
             | Self::Signature(_)
             | Self::InvalidMetricsToken => StatusCode::UNAUTHORIZED,
-            Self::UserTokenForbidden | Self::VerifyToken(_) => StatusCode::FORBIDDEN,
+            Self::UserTokenForbidden | Self::VerifyToken(_) | Self::TokenMismatch => {
+                StatusCode::FORBIDDEN
+            }
             Self::Channels(ChannelsError::Forbidden(_)) => StatusCode::FORBIDDEN,
             Self::Channels(_) => StatusCode::BAD_REQUEST,
             Self::InvalidBody(_)

@@ -103,12 +103,11 @@ impl SessionId {
         Self(getrandom::u64().expect("the OS random number generator failed"))
     }
 
-    /// A session id as shown (16 hex digits); `None` for anything else.
-    pub fn parse(s: &str) -> Option<Self> {
-        (s.len() == 16)
-            .then(|| u64::from_str_radix(s, 16).ok())
+    /// A session id as [`fmt::Display`] writes it (16 hexadecimal digits), or `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit());
+        hex.then(|| u64::from_str_radix(text, 16).ok().map(Self))
             .flatten()
-            .map(Self)
     }
 }
 

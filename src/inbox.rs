@@ -30,7 +30,9 @@ use crate::commit::Changes;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
 use crate::protocol::{event_frame, ECHO_METADATA_PREFIX};
-use crate::store::conversations::{self, Conversation, Message, NewMessage};
+use crate::store::conversations::{
+    self, Conversation, Direction, Message, MessageStatus, NewMessage,
+};
 use crate::store::events::{self, NewEvent};
 use crate::store::{deliveries, integrations, now_ms, DbConnection, StoreError};
 
@@ -130,13 +132,23 @@ pub fn emit_to(
             data: data.get(),
         },
     )?;
-    Ok(RoomEvent {
+    Ok(stored_event(seq, (user, channel), event, data))
+}
+
+/// The event just stored under `seq`, for the broker.
+pub fn stored_event(
+    seq: u64,
+    (user, channel): (Option<&UserId>, Option<&Channel>),
+    event: &str,
+    data: &RawValue,
+) -> RoomEvent {
+    RoomEvent {
         seq,
         user: user.cloned(),
         channel: channel.cloned(),
         frame: event_frame(seq, channel.map(Channel::as_str), event, data),
         handed: Some(Handed::stored_ago(Duration::ZERO)),
-    })
+    }
 }
 
 /// One of our own views, serialized once as event data (never parsed back).
@@ -324,9 +336,9 @@ pub fn send(
         .as_ref()
         .is_some_and(|i| i.outbound_url.is_some());
     let (direction, status) = match (conversation.is_external(), forward) {
-        (false, _) => ("internal", "sent"),
-        (true, true) => ("outbound", "pending"),
-        (true, false) => ("outbound", "not-forwarded"),
+        (false, _) => (Direction::Internal, MessageStatus::Sent),
+        (true, true) => (Direction::Outbound, MessageStatus::Pending),
+        (true, false) => (Direction::Outbound, MessageStatus::NotForwarded),
     };
     let added = add_message(
         conn,
@@ -348,7 +360,14 @@ pub fn send(
         Some(integration) => {
             let id = random_id("whk");
             let payload = outbound_payload(&added.message, &conversation, &integration.external_id);
-            deliveries::create(conn, &id, &integration.id, &added.message.id, &payload)?;
+            deliveries::create(
+                conn,
+                deliveries::Kind::Reply,
+                &id,
+                &integration.id,
+                &added.message.id,
+                &payload,
+            )?;
             Some(id)
         }
         None => None,

@@ -18,6 +18,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 
 use super::peers::Peers;
+use super::presence_hook::PresenceHook;
 use super::room::{self, Fail, Failure, Members, PresenceChanged, Room, Shutdown};
 use super::session::{Backlog, Deliver, Framing, FromRoom};
 use crate::channel::Channel;
@@ -219,6 +220,9 @@ pub enum FromPeers {
         account: AccountId,
         user: UserId,
         online: bool,
+        /// When Redis decided it (microseconds); `None` when this node decided it alone (Redis
+        /// was unreachable).
+        decided: Option<i64>,
     },
     /// Events of the account (of every account, for `None`) may not have reached this node:
     /// its rooms read them from the database — unless they have every event up to `head`.
@@ -249,6 +253,9 @@ pub struct Broker {
     store: Store,
     /// The other nodes, in cluster mode.
     peers: Option<Arc<dyn Peers>>,
+    /// Told of presence decisions: by the rooms alone, by the broker (for every node's
+    /// decisions) in cluster mode.
+    presence_hook: Option<Arc<dyn PresenceHook>>,
     presence: Presence,
     /// Sessions (tabs) one user may have open at once.
     max_sessions_per_user: usize,
@@ -269,12 +276,19 @@ impl Broker {
         Self {
             store,
             peers,
+            presence_hook: None,
             presence,
             max_sessions_per_user,
             rooms: HashMap::new(),
             waiters: HashMap::new(),
             checking_heads: false,
         }
+    }
+
+    /// Tells `hook` of every presence decision this node hears of.
+    pub fn with_presence_hook(mut self, hook: Option<Arc<dyn PresenceHook>>) -> Self {
+        self.presence_hook = hook;
+        self
     }
 }
 
@@ -305,7 +319,8 @@ impl Handler<Join> for Broker {
                         self.presence,
                         self.max_sessions_per_user,
                         self.peers.clone(),
-                    );
+                    )
+                    .with_presence_hook(self.presence_hook.clone());
                     Supervisor::start(move |_| room)
                 },
                 members: 0,
@@ -512,7 +527,11 @@ impl Handler<FromPeers> for Broker {
                 account,
                 user,
                 online,
+                decided,
             } => {
+                if let Some(hook) = &self.presence_hook {
+                    hook.decided(&account, &user, online, decided);
+                }
                 if let Some(entry) = self.rooms.get(&account) {
                     entry.room.do_send(PresenceChanged { user, online });
                 }

@@ -71,7 +71,7 @@ pub async fn token(
     let account = field("account_id", AccountId::new(&body.account_id))?;
     let user = field("user_id", UserId::new(&body.user_id))?;
     // The demo's order panel follows `order:<id>` channels.
-    let token = auth::mint_following(jwt, &account, &user, TOKEN_TTL, &["order:*"])
+    let token = auth::mint_with_channels(jwt, &account, &user, TOKEN_TTL, &["order:*".to_owned()])
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok().json(json!({ "token": token, "expires_in": TOKEN_TTL.as_secs() })))
 }

@@ -167,10 +167,13 @@ fn typed(wire: ChannelMessage) -> Result<Admitted, Refusal> {
             account: a,
             user: u,
             online,
+            decided,
         } => Admitted::News(FromPeers::Presence {
             account: account(&a)?,
             user: user(&u)?,
             online,
+            // Digits, as the scripts write them; anything else is as good as none.
+            decided: decided.and_then(|d| d.parse().ok()),
         }),
         ChannelMessage::CatchUp {
             account: a, head, ..

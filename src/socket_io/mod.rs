@@ -287,7 +287,7 @@ fn serve(
     link: Arc<Link>,
 ) -> Result<HttpResponse, Refusal> {
     let max = state.sessions.max_frame_bytes;
-    session::serve(socket, req, &[], max, link.backlog.clone()).map_err(|_| Refusal::NotWebSocket)
+    crate::ws::serve(socket, req, &[], max, link.backlog.clone()).map_err(|_| Refusal::NotWebSocket)
 }
 
 /// A connection whose client has not connected a session by the handshake timeout is closed.

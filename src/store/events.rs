@@ -45,23 +45,35 @@ pub struct Reader<'a> {
     pub unchanneled: bool,
 }
 
+/// Most rows in one multi-row insert: SQLite binds at most 32,766 parameters in one statement
+/// (999 before 3.32), and an event row binds six.
+pub const INSERT_CHUNK: usize = 150;
+
 /// Takes the account's next sequence number. Call inside [`super::write`] for the account, whose
 /// row lock makes the numbers gap-free and strictly increasing.
 pub fn next_seq(conn: &mut DbConnection, account: &AccountId) -> Result<u64, StoreError> {
-    let seq: i64 = TakeSeq {
-        account: account.as_str(),
-    }
-    .get_result(conn)?;
-    Ok(seq as u64)
+    take_seqs(conn, account, 1)
 }
 
-/// `UPDATE account_sequences SET last_seq = last_seq + 1 WHERE account_id = ? RETURNING
+/// Takes the account's next `n` sequence numbers in one statement and returns the first (the
+/// others follow it). Call inside [`super::write`] for the account, as [`next_seq`].
+pub fn take_seqs(conn: &mut DbConnection, account: &AccountId, n: u64) -> Result<u64, StoreError> {
+    let last: i64 = TakeSeq {
+        account: account.as_str(),
+        n: n as i64,
+    }
+    .get_result(conn)?;
+    Ok(last as u64 + 1 - n)
+}
+
+/// `UPDATE account_sequences SET last_seq = last_seq + ? WHERE account_id = ? RETURNING
 /// last_seq`, as a statement of its own. Diesel never keeps the statements of its `update`
 /// builder prepared (their SQL varies with the changeset), so written with it this was parsed
 /// and prepared afresh for every event — a tenth of the publish path. This one is prepared once
 /// per connection and kept.
 struct TakeSeq<'a> {
     account: &'a str,
+    n: i64,
 }
 
 impl QueryId for TakeSeq<'_> {
@@ -71,11 +83,14 @@ impl QueryId for TakeSeq<'_> {
 
 impl<DB> QueryFragment<DB> for TakeSeq<'_>
 where
-    DB: Backend + HasSqlType<Text>,
+    DB: Backend + HasSqlType<Text> + HasSqlType<BigInt>,
     str: ToSql<Text, DB>,
+    i64: ToSql<BigInt, DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("UPDATE account_sequences SET last_seq = last_seq + 1 WHERE account_id = ");
+        out.push_sql("UPDATE account_sequences SET last_seq = last_seq + ");
+        out.push_bind_param::<BigInt, i64>(&self.n)?;
+        out.push_sql(" WHERE account_id = ");
         out.push_bind_param::<Text, str>(self.account)?;
         out.push_sql(" RETURNING last_seq");
         Ok(())
@@ -91,19 +106,61 @@ impl<Conn> RunQueryDsl<Conn> for TakeSeq<'_> {}
 /// Stores the event under the account's next sequence number and returns that number. Call
 /// inside [`super::write`] for the event's account.
 pub fn append(conn: &mut DbConnection, new: &NewEvent<'_>) -> Result<u64, StoreError> {
-    let seq = next_seq(conn, new.account)?;
-    diesel::insert_into(events::table)
-        .values((
-            events::account_id.eq(new.account.as_str()),
-            events::seq.eq(seq as i64),
-            events::user_id.eq(new.user.map(UserId::as_str)),
-            events::event.eq(new.event),
-            events::data.eq(new.data),
-            events::created_at.eq(super::now_ms()),
-            events::channel.eq(new.channel.map(Channel::as_str)),
-        ))
-        .execute(conn)?;
-    Ok(seq)
+    Ok(append_many(conn, std::slice::from_ref(new))?[0])
+}
+
+/// Stores the events, each under its account's next sequence number in the order given, and
+/// returns their numbers in that order: one sequence step per account and one insert per
+/// [`INSERT_CHUNK`] events, however many events. Call inside [`super::write_accounts`] for
+/// every account among them.
+pub fn append_many(conn: &mut DbConnection, new: &[NewEvent<'_>]) -> Result<Vec<u64>, StoreError> {
+    let mut counts: Vec<(&AccountId, u64)> = Vec::new();
+    for event in new {
+        match counts.iter_mut().find(|(a, _)| *a == event.account) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((event.account, 1)),
+        }
+    }
+    let mut next: Vec<(&AccountId, u64)> = Vec::with_capacity(counts.len());
+    for (account, n) in counts {
+        next.push((account, take_seqs(conn, account, n)?));
+    }
+    let seqs: Vec<u64> = new
+        .iter()
+        .map(|event| {
+            let (_, seq) = next
+                .iter_mut()
+                .find(|(a, _)| *a == event.account)
+                .expect("every account was counted");
+            *seq += 1;
+            *seq - 1
+        })
+        .collect();
+    let now = super::now_ms();
+    for (events, seqs) in new.chunks(INSERT_CHUNK).zip(seqs.chunks(INSERT_CHUNK)) {
+        let rows: Vec<_> = events
+            .iter()
+            .zip(seqs)
+            .map(|(e, seq)| {
+                (
+                    events::account_id.eq(e.account.as_str()),
+                    events::seq.eq(*seq as i64),
+                    events::user_id.eq(e.user.map(UserId::as_str)),
+                    events::event.eq(e.event),
+                    events::data.eq(e.data),
+                    events::created_at.eq(now),
+                    events::channel.eq(e.channel.map(Channel::as_str)),
+                )
+            })
+            .collect();
+        let insert = diesel::insert_into(events::table).values(rows);
+        // Diesel's multi-backend connection cannot batch inserts; each backend can.
+        match conn {
+            DbConnection::Postgres(c) => insert.execute(c)?,
+            DbConnection::Sqlite(c) => insert.execute(c)?,
+        };
+    }
+    Ok(seqs)
 }
 
 /// The account's last sequence number; 0 before its first event.

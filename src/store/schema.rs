@@ -101,6 +101,18 @@ diesel::table! {
         updated_at -> BigInt,
         leased_by -> Nullable<Text>,
         leased_until -> BigInt,
+        kind -> Text,
+    }
+}
+
+diesel::table! {
+    presence_state (account_id, user_id) {
+        account_id -> Text,
+        user_id -> Text,
+        online -> Bool,
+        generation -> BigInt,
+        decided -> BigInt,
+        updated_at -> BigInt,
     }
 }
 

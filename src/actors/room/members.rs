@@ -260,6 +260,9 @@ impl Room {
         join.notices
             .do_send(FromRoom::Joined { seq: self.last_seq });
         let first_tab = !self.tabs.contains_key(&join.user);
+        if first_tab {
+            self.tell_hook(&join.user, true);
+        }
         let returning = self.leaving.remove(&join.user);
         if let Some(timer) = returning {
             // Back within the grace (a reload): never went offline.

@@ -35,6 +35,7 @@ use super::broker::{
     ChannelUsers, Ephemeral, Follow, Join, Leave, ListSessions, OnlineUsers, Revoke, SessionInfo,
 };
 use super::peers::Peers;
+use super::presence_hook::PresenceHook;
 use super::session::FromRoom;
 use crate::channel::Channel;
 use crate::config::Presence;
@@ -90,6 +91,8 @@ pub struct Room {
     presence_batching: bool,
     /// In cluster mode, presence is decided across nodes, by the peers.
     peers: Option<Arc<dyn Peers>>,
+    /// Told of the presence decisions this room makes (alone, without peers).
+    presence_hook: Option<Arc<dyn PresenceHook>>,
 }
 
 impl Room {
@@ -122,7 +125,14 @@ impl Room {
             leaving: HashMap::new(),
             presence_changes: Vec::new(),
             presence_batching: false,
+            presence_hook: None,
         }
+    }
+
+    /// Tells `hook` of the presence decisions this room makes.
+    pub fn with_presence_hook(mut self, hook: Option<Arc<dyn PresenceHook>>) -> Self {
+        self.presence_hook = hook;
+        self
     }
 
     /// Runs room code so that a panic in it — a bug — stops the room instead of unwinding

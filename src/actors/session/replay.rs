@@ -176,7 +176,10 @@ impl<W: Wire> Session<W> {
                 .collect(),
         };
         let text = self.wire.frame(&welcome);
-        self.write_framed(text, ctx);
+        // A client that starts afresh resumes from here; one replaying, from its last event.
+        if self.reserve(ctx, text.len()) {
+            self.wire.send_at(ctx, text, (!resumed).then_some(seq));
+        }
         self.lifetime.welcomed = true;
         self.check_token(ctx);
     }
@@ -262,7 +265,7 @@ impl<W: Wire> Session<W> {
                 let written = &mut self.resume.written_through;
                 *written = Some(written.map_or(seq, |w| w.max(seq)));
             }
-            self.wire.send(ctx, frame);
+            self.wire.send_at(ctx, frame, seq);
         }
     }
 
