@@ -1105,9 +1105,10 @@ async fn channel_events_cross_nodes_and_a_revoked_user_is_closed_and_refused_on_
         assert_eq!(client.next_json().await["type"], "welcome");
         tabs.push(client);
     }
-    let (mut bob, _) = nodes[2]
+    let (mut bob, bob_welcome) = nodes[2]
         .connect(&token_following_orders(&account, "bob"))
         .await;
+    let bob_session = bob_welcome["session_id"].as_str().unwrap().to_owned();
 
     // A channel event published on one node reaches its followers on every node, only them.
     let body = json!({"account_id": account, "channel": "order:1", "event": "paid", "data": 1});
@@ -1158,4 +1159,14 @@ async fn channel_events_cross_nodes_and_a_revoked_user_is_closed_and_refused_on_
     }
     let sentinel = nodes[0].sentinel(&account, None).await;
     bob.expect_sentinel(sentinel).await;
+
+    // One session revoked through another node than its own: that node closes it.
+    let path = format!("/api/v1/accounts/{account}/sessions/{}/revoke", bob_session);
+    let (status, body) = nodes[0].admin(Method::POST, &path, None).await;
+    assert_eq!(
+        (status, &body["closed_here"]),
+        (200, &json!(false)),
+        "{body}"
+    );
+    assert_eq!(bob.expect_close().await, 4005);
 }
