@@ -83,7 +83,7 @@ impl Revoker {
         }
         self.reading = true;
         self.refreshes += 1;
-        let prune = self.refreshes % PRUNE_EVERY == 0;
+        let prune = self.refreshes.is_multiple_of(PRUNE_EVERY);
         let store = self.store.clone();
         let (after, sessions_after) = (self.newest - OVERLAP_MS, self.sessions_newest - OVERLAP_MS);
         let read = async move {
