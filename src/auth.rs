@@ -107,6 +107,9 @@ pub struct Identity {
     pub issued_at: Option<u64>,
     /// The channels the session may follow (the `channels` claim; none without it).
     pub channels: Arc<ChannelGrant>,
+    /// The channels the user may send ephemeral messages to (the `publish` claim; none without
+    /// it).
+    pub publish: Arc<ChannelGrant>,
 }
 
 /// Verifies tokens with the configured key, algorithm, issuer and audience. Private to `auth`:
@@ -172,7 +175,8 @@ impl Verifier {
             user,
             expires_at,
             issued_at,
-            channels: Arc::new(channels_claim(&claims)?),
+            channels: Arc::new(grant_claim(&claims, CHANNELS_CLAIM)?),
+            publish: Arc::new(grant_claim(&claims, PUBLISH_CLAIM)?),
         })
     }
 
@@ -224,13 +228,17 @@ fn token_error(kind: &ErrorKind, expected: Algorithm) -> TokenError {
 /// The claim that lists the channels a session may follow.
 pub const CHANNELS_CLAIM: &str = "channels";
 
-/// The `channels` claim: an array of names and `prefix*` patterns (see [`ChannelGrant`]).
-fn channels_claim(claims: &HashMap<String, Value>) -> Result<ChannelGrant, TokenError> {
+/// The claim that lists the channels a user may send ephemeral messages to.
+pub const PUBLISH_CLAIM: &str = "publish";
+
+/// A `channels` or `publish` claim: an array of names and `prefix*` patterns (see
+/// [`ChannelGrant`]).
+fn grant_claim(claims: &HashMap<String, Value>, name: &str) -> Result<ChannelGrant, TokenError> {
     let invalid = |reason: String| TokenError::InvalidClaim {
-        claim: CHANNELS_CLAIM.into(),
+        claim: name.into(),
         reason,
     };
-    let entries = match claims.get(CHANNELS_CLAIM) {
+    let entries = match claims.get(name) {
         None | Some(Value::Null) => return Ok(ChannelGrant::default()),
         Some(Value::Array(entries)) => entries,
         Some(_) => return Err(invalid("must be an array of strings".into())),

@@ -1,7 +1,8 @@
 //! Revoked users on every node: the revocations stored in the database, copied into this node's
 //! [`Revoked`] (which the authenticator consults for every token) when the server starts and
 //! again every [`REFRESH`], and the live sessions of a user another node revoked closed here
-//! (4005) as soon as this node reads it. The control API revokes on its own node at once.
+//! (4005) as soon as this node reads it; likewise single sessions closed through another node.
+//! The control API revokes on its own node at once.
 //!
 //! Services layer: uses `store`, `auth` and the broker's messages.
 
@@ -12,7 +13,7 @@ use actix::prelude::*;
 
 use crate::actors::broker::{Broker, Revoke};
 use crate::auth::revoked::Revoked;
-use crate::ids::{AccountId, UserId};
+use crate::ids::{AccountId, SessionId, UserId};
 use crate::metrics;
 use crate::store::revocations::{self, Revocation};
 use crate::store::{Store, StoreError};
@@ -32,8 +33,18 @@ pub struct Revoker {
     revoked: Arc<Revoked>,
     /// The newest `recorded_at` read.
     newest: i64,
+    /// The newest `recorded_at` of a session to close read (sessions closed before the node
+    /// started are not its own).
+    sessions_newest: i64,
+    /// Refreshes done: every [`PRUNE_EVERY`]th also deletes old session rows.
+    refreshes: u64,
     reading: bool,
 }
+
+/// Session rows older than this are deleted: every node has read them long before.
+const SESSION_ROWS_KEPT_MS: i64 = 3_600_000;
+/// How many refreshes apart the session rows are pruned.
+const PRUNE_EVERY: u64 = 60;
 
 impl Revoker {
     /// Reads every stored revocation into `revoked` — before the node serves anyone, so a token
@@ -59,6 +70,8 @@ impl Revoker {
             broker,
             revoked,
             newest,
+            sessions_newest: crate::store::now_ms(),
+            refreshes: 0,
             reading: false,
         }
         .start())
@@ -69,17 +82,29 @@ impl Revoker {
             return;
         }
         self.reading = true;
+        self.refreshes += 1;
+        let prune = self.refreshes.is_multiple_of(PRUNE_EVERY);
         let store = self.store.clone();
-        let after = self.newest - OVERLAP_MS;
+        let (after, sessions_after) = (self.newest - OVERLAP_MS, self.sessions_newest - OVERLAP_MS);
         let read = async move {
             store
-                .run(move |conn| revocations::recorded_after(conn, after, PAGE))
+                .run(move |conn| {
+                    if prune {
+                        let before = crate::store::now_ms() - SESSION_ROWS_KEPT_MS;
+                        revocations::prune_sessions(conn, before)?;
+                    }
+                    let sessions =
+                        revocations::sessions_recorded_after(conn, sessions_after, PAGE)?;
+                    let users = revocations::recorded_after(conn, after, PAGE)?;
+                    Ok::<_, StoreError>((users, sessions))
+                })
                 .await
         };
         ctx.spawn(read.into_actor(self).map(|rows, revoker, ctx| {
             revoker.reading = false;
             match rows {
-                Ok(rows) => {
+                Ok((rows, sessions)) => {
+                    revoker.close_sessions(sessions);
                     let full = rows.len() as i64 == PAGE;
                     let newest = apply(&revoker.revoked, rows, Some(&revoker.broker));
                     revoker.newest = newest.unwrap_or(revoker.newest).max(revoker.newest);
@@ -95,6 +120,25 @@ impl Revoker {
                 }
             }
         }));
+    }
+}
+
+impl Revoker {
+    /// Closes the sessions the control API revoked on any node, where they are this node's.
+    fn close_sessions(&mut self, sessions: Vec<(String, String, i64)>) {
+        for (session, account, recorded_at) in sessions {
+            self.sessions_newest = self.sessions_newest.max(recorded_at);
+            let (Some(session), Ok(account)) =
+                (SessionId::parse(&session), AccountId::new(&account))
+            else {
+                continue;
+            };
+            self.broker.do_send(Revoke {
+                account,
+                user: None,
+                session: Some(session),
+            });
+        }
     }
 }
 

@@ -330,3 +330,66 @@ async fn socket_io_clients_follow_channels_and_recover_them() {
         "{refused}"
     );
 }
+
+#[actix_web::test]
+async fn a_user_whose_token_allows_it_sends_ephemeral_messages_to_a_channels_other_followers() {
+    let db = crate::common::Db::sqlite();
+    let server = TestServer::on(&db);
+    let account = unique("chm");
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    let publisher = sign(
+        jsonwebtoken::Algorithm::HS256,
+        &key,
+        json!({ "sub": "alice", "account_id": account, "exp": now() + 3600,
+                "channels": ["doc:*"], "publish": ["doc:*"] }),
+    );
+    let (mut alice, _) = connect_following(&server, &publisher, "doc:7").await;
+    let reader = token_with(&account, "bob", &["doc:*"]);
+    let (mut bob, _) = connect_following(&server, &reader, "doc:7").await;
+    let (mut carol, _) =
+        connect_following(&server, &token_with(&account, "carol", &["doc:*"]), "doc:8").await;
+
+    alice
+        .send_text(r#"{"type":"publish","channel":"doc:7","event":"cursor","data":{"line":3}}"#)
+        .await;
+    let message = bob.next_json().await;
+    assert_eq!(
+        message,
+        json!({"type": "event", "channel": "doc:7", "event": "cursor", "data": {"line": 3},
+               "user_id": "alice"})
+    );
+    // Not stored, not for the sender, not for another channel's followers.
+    let sentinel = server.sentinel(&account, None).await;
+    for client in [&mut alice, &mut carol, &mut bob] {
+        client.expect_sentinel(sentinel).await;
+    }
+
+    // A token without `publish` for the channel, a bad channel, a bad event name: refused.
+    let cases = [
+        (
+            false,
+            r#"{"type":"publish","channel":"doc:7","event":"x"}"#,
+            "channel-forbidden",
+        ),
+        (
+            true,
+            r#"{"type":"publish","channel":"doc 7","event":"x"}"#,
+            "invalid-channel",
+        ),
+        (
+            true,
+            r#"{"type":"publish","channel":"doc:7","event":"a b"}"#,
+            "invalid-frame",
+        ),
+    ];
+    for (as_alice, frame, code) in cases {
+        let client = if as_alice { &mut alice } else { &mut bob };
+        client.send_text(frame).await;
+        let answer = client.next_json().await;
+        assert_eq!(
+            (&answer["type"], &answer["code"]),
+            (&json!("error"), &json!(code)),
+            "{frame}"
+        );
+    }
+}

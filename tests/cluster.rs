@@ -1079,7 +1079,7 @@ fn token_following_orders(account: &str, user: &str) -> String {
         jsonwebtoken::Algorithm::HS256,
         &key,
         json!({ "sub": user, "account_id": account, "exp": now + 3600, "iat": now - 5,
-                "channels": ["order:*"] }),
+                "channels": ["order:*"], "publish": ["order:*"] }),
     )
 }
 
@@ -1105,9 +1105,10 @@ async fn channel_events_cross_nodes_and_a_revoked_user_is_closed_and_refused_on_
         assert_eq!(client.next_json().await["type"], "welcome");
         tabs.push(client);
     }
-    let (mut bob, _) = nodes[2]
+    let (mut bob, bob_welcome) = nodes[2]
         .connect(&token_following_orders(&account, "bob"))
         .await;
+    let bob_session = bob_welcome["session_id"].as_str().unwrap().to_owned();
 
     // A channel event published on one node reaches its followers on every node, only them.
     let body = json!({"account_id": account, "channel": "order:1", "event": "paid", "data": 1});
@@ -1122,6 +1123,20 @@ async fn channel_events_cross_nodes_and_a_revoked_user_is_closed_and_refused_on_
             (&answer["seq"], &json!("order:1"))
         );
     }
+    // A user's ephemeral message to the channel reaches its followers on the other nodes too.
+    let carol = token_following_orders(&account, "carol");
+    let url = format!("{}?token={carol}&channels=order:1", nodes[2].ws_url());
+    let mut carol = nodes[2].try_connect(url).await.expect("connected");
+    assert_eq!(carol.next_json().await["type"], "welcome");
+    tabs[0]
+        .send_text(r#"{"type":"publish","channel":"order:1","event":"viewing","data":{"at":1}}"#)
+        .await;
+    let message = carol.next_json().await;
+    assert_eq!(
+        message,
+        json!({"type": "event", "channel": "order:1", "event": "viewing", "data": {"at": 1},
+               "user_id": "alice"})
+    );
 
     // Revoked through one node: closed on every node, refused by every node.
     let path = format!("/api/v1/accounts/{account}/users/alice/revoke");
@@ -1144,4 +1159,14 @@ async fn channel_events_cross_nodes_and_a_revoked_user_is_closed_and_refused_on_
     }
     let sentinel = nodes[0].sentinel(&account, None).await;
     bob.expect_sentinel(sentinel).await;
+
+    // One session revoked through another node than its own: that node closes it.
+    let path = format!("/api/v1/accounts/{account}/sessions/{}/revoke", bob_session);
+    let (status, body) = nodes[0].admin(Method::POST, &path, None).await;
+    assert_eq!(
+        (status, &body["closed_here"]),
+        (200, &json!(false)),
+        "{body}"
+    );
+    assert_eq!(bob.expect_close().await, 4005);
 }

@@ -144,7 +144,7 @@ on_each_backend! {
         // One session revoked by id: that one closes, the other tab of the account stays.
         let path = format!("{base}/sessions/{}/revoke", welcome["session_id"].as_str().unwrap());
         let (status, body) = server.admin(Method::POST, &path, None).await;
-        assert_eq!((status, &body["closed"]), (200, &json!(true)), "{body}");
+        assert_eq!((status, &body["closed_here"]), (200, &json!(true)), "{body}");
         assert_eq!(following.expect_close().await, 4005);
         let sentinel = server.sentinel(&account, None).await;
         plain.expect_sentinel(sentinel).await;

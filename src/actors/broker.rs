@@ -157,6 +157,8 @@ pub struct Ephemeral {
     pub users: Option<Vec<UserId>>,
     /// The user the frame is about, who need not hear it.
     pub except: Option<UserId>,
+    /// When set, only the sessions following this channel (of `users`) hear it.
+    pub channel: Option<Channel>,
     pub frame: ByteString,
 }
 

@@ -6,7 +6,8 @@
 //! - `POST /api/v1/accounts/{account}/users/{user}/revoke` — stored, so every node and every
 //!   restart refuses the user's earlier tokens; this node closes their sessions at once, the
 //!   others within [`crate::revocation::REFRESH`].
-//! - `POST /api/v1/accounts/{account}/sessions/{session}/revoke`
+//! - `POST /api/v1/accounts/{account}/sessions/{session}/revoke` — closed here at once; in a
+//!   cluster, also stored, and closed by the node that holds it within a second.
 //! - `GET /api/v1/accounts/{account}/sessions[?user_id=]`, `…/online`,
 //!   `…/channels/{channel}/online`, `…/events?since=&limit=`
 
@@ -74,16 +75,24 @@ pub async fn revoke_session(
     let (account, session) = path.into_inner();
     let account = self::account(&account)?;
     let id = SessionId::parse(&session).ok_or(ApiError::NoSuch("session"))?;
+    if state.cluster.is_some() {
+        // Another node may hold it: each reads this within a second and closes its own.
+        let (a, s) = (account.clone(), session.clone());
+        state
+            .store
+            .run(move |conn| revocations::revoke_session(conn, &a, &s))
+            .await?;
+    }
     let revoke = Revoke {
         account,
         user: None,
         session: Some(id),
     };
-    let closed = state.broker.send(revoke).await.map_err(broker_failed)?;
-    if closed == 0 {
+    let closed = state.broker.send(revoke).await.map_err(broker_failed)? > 0;
+    if !closed && state.cluster.is_none() {
         return Err(ApiError::NoSuch("session"));
     }
-    Ok(HttpResponse::Ok().json(json!({ "session_id": session, "closed": true })))
+    Ok(HttpResponse::Ok().json(json!({ "session_id": session, "closed_here": closed })))
 }
 
 #[derive(Deserialize)]

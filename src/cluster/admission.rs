@@ -20,7 +20,7 @@ use crate::actors::broker::{Ephemeral, FromPeers};
 use crate::channel::Channel;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{AccountId, UserId};
-use crate::protocol::{check_event_name, ephemeral_frame, event_frame};
+use crate::protocol::{channel_message_frame, check_event_name, ephemeral_frame, event_frame};
 
 /// Largest message accepted from the channel: well above any event the publish API or a webhook
 /// can store with the default limits. A larger one is dropped (its event, if it was one, is
@@ -151,14 +151,18 @@ fn typed(wire: ChannelMessage) -> Result<Admitted, Refusal> {
             except,
             frame,
             ..
-        } => Admitted::News(FromPeers::Ephemeral(Ephemeral {
-            account: account(&a)?,
-            users: users
-                .map(|users| users.iter().map(|u| user(u)).collect())
-                .transpose()?,
-            except: except.as_deref().map(user).transpose()?,
-            frame: ephemeral_frame_from(frame)?,
-        })),
+        } => {
+            let (frame, channel) = ephemeral_frame_from(frame)?;
+            Admitted::News(FromPeers::Ephemeral(Ephemeral {
+                account: account(&a)?,
+                users: users
+                    .map(|users| users.iter().map(|u| user(u)).collect())
+                    .transpose()?,
+                except: except.as_deref().map(user).transpose()?,
+                channel,
+                frame,
+            }))
+        }
         ChannelMessage::Presence {
             account: a,
             user: u,
@@ -194,6 +198,9 @@ struct PeerFrame<'a> {
     event: Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
+    /// A channel message's sender.
+    #[serde(default, borrow)]
+    user_id: Option<Cow<'a, str>>,
 }
 
 impl<'a> PeerFrame<'a> {
@@ -224,15 +231,26 @@ fn event_frame_from(seq: u64, frame: &RawValue) -> Result<(ByteString, Option<Ch
     Ok((event_frame(seq, name, &parsed.event, parsed.data), channel))
 }
 
-/// An ephemeral frame (no sequence number), built from the peer's.
-fn ephemeral_frame_from(frame: &RawValue) -> Result<ByteString, Refusal> {
+/// An ephemeral frame (no sequence number), built from the peer's: a channel message keeps its
+/// channel and sender, checked.
+fn ephemeral_frame_from(frame: &RawValue) -> Result<(ByteString, Option<Channel>), Refusal> {
     let parsed = PeerFrame::parse(frame)?;
     if parsed.seq.is_some() {
         return Err(Refusal::BadFrame);
     }
     let data: serde_json::Value =
         serde_json::from_str(parsed.data.get()).map_err(|_| Refusal::BadFrame)?;
-    Ok(ephemeral_frame(&parsed.event, &data))
+    match (parsed.channel.as_deref(), parsed.user_id.as_deref()) {
+        (None, _) => Ok((ephemeral_frame(&parsed.event, &data), None)),
+        (Some(channel), Some(user)) => {
+            let channel = Channel::new(channel).map_err(|_| Refusal::BadFrame)?;
+            let user = UserId::new(user).map_err(|_| Refusal::BadId)?;
+            let frame =
+                channel_message_frame(channel.as_str(), &parsed.event, &data, user.as_str());
+            Ok((frame, Some(channel)))
+        }
+        (Some(_), None) => Err(Refusal::BadFrame),
+    }
 }
 
 /// The account a message names, read loosely (`{"<kind>":{"account":"…",…}}`) from one this

@@ -76,6 +76,14 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref")]
         reference: Option<Value>,
     },
+    /// An ephemeral message to a channel's other followers, where the token's `publish` claim
+    /// allows it; not stored, not answered.
+    Publish {
+        channel: String,
+        event: String,
+        #[serde(default)]
+        data: Option<Value>,
+    },
     /// Stop following a channel; answered by `unsubscribed`.
     Unsubscribe {
         channel: String,
@@ -95,6 +103,7 @@ const CLIENT_FRAME_TYPES: &[&str] = &[
     "auth",
     "subscribe",
     "unsubscribe",
+    "publish",
 ];
 
 /// Why a client frame was refused; answered with an `error` frame, the connection stays open.
@@ -104,7 +113,7 @@ pub enum FrameError {
     MalformedJson,
     #[error("the frame must be a JSON object with a string \"type\"")]
     MissingType,
-    #[error("unknown frame type; known types: ping, send, read, typing, resume, presence, auth, subscribe, unsubscribe")]
+    #[error("unknown frame type; known types: ping, send, read, typing, resume, presence, auth, subscribe, unsubscribe, publish")]
     UnknownType,
     #[error("invalid frame: {0}")]
     Invalid(String),
@@ -349,19 +358,41 @@ pub fn event_frame(seq: u64, channel: Option<&str>, event: &str, data: &RawValue
         .into()
 }
 
-/// An ephemeral event — presence, typing — delivered live and never stored: it has no `seq`.
-pub fn ephemeral_frame(event: &str, data: &Value) -> ByteString {
-    #[derive(Serialize)]
-    struct Ephemeral<'a> {
-        #[serde(rename = "type")]
-        kind: &'static str,
-        event: &'a str,
-        data: &'a Value,
-    }
+#[derive(Serialize)]
+struct Ephemeral<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    event: &'a str,
+    data: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<&'a str>,
+}
+
+/// A user's ephemeral message to a channel: `{"type":"event","channel":…,"event":…,"data":…,
+/// "user_id":…}` — who sent it comes from their token, never from the message.
+pub fn channel_message_frame(channel: &str, event: &str, data: &Value, user: &str) -> ByteString {
     let frame = Ephemeral {
         kind: "event",
+        channel: Some(channel),
         event,
         data,
+        user_id: Some(user),
+    };
+    serde_json::to_string(&frame)
+        .expect("ephemeral frames always serialize")
+        .into()
+}
+
+/// An ephemeral event — presence, typing — delivered live and never stored: it has no `seq`.
+pub fn ephemeral_frame(event: &str, data: &Value) -> ByteString {
+    let frame = Ephemeral {
+        kind: "event",
+        channel: None,
+        event,
+        data,
+        user_id: None,
     };
     serde_json::to_string(&frame)
         .expect("ephemeral frames always serialize")
@@ -550,6 +581,8 @@ mod tests {
                 "since",
                 "token",
                 "channel",
+                "event",
+                "data",
                 "other",
             ]),
             json(),

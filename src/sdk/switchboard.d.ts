@@ -146,6 +146,8 @@ export class Client {
   presence(): Promise<string[]>;
   /** Follows a channel the token allows; answers a function that stops it. */
   subscribe<T = any>(channel: string, handler: (data: T, frame: EventFrame<T>) => void): () => void;
+  /** An ephemeral message to a channel's other followers (the token's `publish` claim must allow it). */
+  publish(channel: string, event: string, data?: unknown): void;
   /** Stops `handler` (every handler of the channel, without one). */
   unsubscribe(channel: string, handler?: (...args: any[]) => void): void;
   rest<T = any>(method: string, path: string, body?: unknown): Promise<T>;

@@ -191,6 +191,14 @@ export class Client {
     }
   }
 
+  /**
+   * Sends an ephemeral message to a channel's other followers, where the token's `publish` claim
+   * allows it (live only: dropped when not connected; never stored).
+   */
+  publish(channel, event, data) {
+    if (this.isOpen()) this.link.post({ type: "publish", channel, event, data });
+  }
+
   /** Asks the connection to follow a channel; a refusal drops it and tells the app. */
   follow(name) {
     this.link.request({ type: "subscribe", channel: name }).catch((e) => {

@@ -198,7 +198,7 @@ fn native_name(emit: &str) -> &str {
 
 /// Whether the native protocol answers frames of this type (with their `ref`).
 fn answers(kind: &str) -> bool {
-    !matches!(kind, "typing" | "resume")
+    !matches!(kind, "typing" | "resume" | "publish")
 }
 
 /// `emit(name, {…})` as the native frame `{"type": name, …, "ref": ack}`. A `ref` of the

@@ -1,10 +1,10 @@
 //! Users revoked through the control API: when (their tokens issued at or before it are
 //! refused), and when each row was written, for the nodes that read what changed since they
-//! last looked.
+//! last looked; and single sessions closed through it, for the node that holds each.
 
 use diesel::prelude::*;
 
-use super::schema::user_revocations;
+use super::schema::{session_revocations, user_revocations};
 use super::{DbConnection, StoreError};
 use crate::ids::{AccountId, UserId};
 
@@ -64,4 +64,53 @@ pub fn recorded_after(
         .order(user_revocations::recorded_at.asc())
         .limit(limit)
         .load(conn)?)
+}
+
+/// Records that `session` of `account` is to be closed, by whichever node holds it.
+pub fn revoke_session(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    session: &str,
+) -> Result<(), StoreError> {
+    let known = session_revocations::table
+        .filter(session_revocations::session_id.eq(session))
+        .count()
+        .get_result::<i64>(conn)?;
+    if known == 0 {
+        diesel::insert_into(session_revocations::table)
+            .values((
+                session_revocations::session_id.eq(session),
+                session_revocations::account_id.eq(account.as_str()),
+                session_revocations::recorded_at.eq(super::now_ms()),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// Sessions to close recorded after `after` (milliseconds): (session, account, recorded_at),
+/// oldest first; at most `limit`.
+pub fn sessions_recorded_after(
+    conn: &mut DbConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    Ok(session_revocations::table
+        .filter(session_revocations::recorded_at.gt(after))
+        .order(session_revocations::recorded_at.asc())
+        .select((
+            session_revocations::session_id,
+            session_revocations::account_id,
+            session_revocations::recorded_at,
+        ))
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// Deletes the sessions to close recorded before `before` (milliseconds).
+pub fn prune_sessions(conn: &mut DbConnection, before: i64) -> Result<usize, StoreError> {
+    Ok(diesel::delete(
+        session_revocations::table.filter(session_revocations::recorded_at.lt(before)),
+    )
+    .execute(conn)?)
 }

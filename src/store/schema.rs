@@ -20,6 +20,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    session_revocations (session_id) {
+        session_id -> Text,
+        account_id -> Text,
+        recorded_at -> BigInt,
+    }
+}
+
+diesel::table! {
     user_revocations (account_id, user_id) {
         account_id -> Text,
         user_id -> Text,

@@ -231,3 +231,23 @@ test("a ws parameter that names another origin is ignored: the token goes to thi
     elsewhere.close();
   }
 });
+
+test("the order panel shows the followed order's events, and no other order's", async () => {
+  const account = `orders-${RUN}`;
+  const [alice, bob] = [await openDemo({ account, user: "alice" }), await openDemo({ account, user: "bob" })];
+  await Promise.all([waitStatus(alice, "open"), waitStatus(bob, "open")]);
+  await alice.fill("#order input[name=id]", "1042");
+  await alice.click("#order button");
+  await alice.waitForFunction(() => window.switchboard.link.followed?.has("order:1042"), null, { timeout: WAIT });
+
+  await server.publish(account, "order-shipped", { marker: `other-${RUN}` }, "order:7");
+  await server.publish(account, "order-paid", { marker: `mine-${RUN}` }, "order:1042");
+  await alice.waitForSelector(`#order-events li:has-text("mine-${RUN}")`, { timeout: WAIT });
+  const panel = await alice.$$eval("#order-events li", (items) => items.map((i) => i.textContent));
+  assert.ok(!panel.some((t) => t.includes(`other-${RUN}`)), "another order's event in the panel");
+  // Bob follows no order: the next account event is the first he sees.
+  await server.publish(account, "hello", { marker: `all-${RUN}` });
+  await bob.waitForSelector(`#events li:has-text("all-${RUN}")`, { timeout: WAIT });
+  assert.ok(!(await eventTexts(bob)).some((t) => t.includes(`mine-${RUN}`)), "bob got the order's event");
+  await Promise.all([alice.context().close(), bob.context().close()]);
+});

@@ -77,11 +77,11 @@ export class Server {
     rmSync(this.dir, { recursive: true, force: true });
   }
 
-  async publish(account, event, data) {
+  async publish(account, event, data, channel) {
     const response = await fetch(`${this.base}/api/v1/publish`, {
       method: "POST",
       headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
-      body: JSON.stringify({ account_id: account, event, data }),
+      body: JSON.stringify({ account_id: account, event, data, ...(channel ? { channel } : {}) }),
     });
     const body = await response.text();
     assert.equal(response.status, 200, body);

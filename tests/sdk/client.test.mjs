@@ -396,6 +396,10 @@ test("channels: subscribe follows on every connection, hands the channel's event
   second.frame({ type: "event", seq: 8, channel: "order:7", event: "paid", data: { n: 8 } });
   assert.deepEqual(got, [[6, 6], [8, 8]]);
 
+  // An ephemeral message goes out as a `publish` frame.
+  client.publish("order:7", "viewing", { at: 1 });
+  assert.deepEqual(second.sent.at(-1), { type: "publish", channel: "order:7", event: "viewing", data: { at: 1 } });
+
   // Stopped: the channel is left, and its events no longer reach the handler.
   stop();
   const unsubscribe = second.sent.find((f) => f.type === "unsubscribe");

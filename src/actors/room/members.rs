@@ -150,6 +150,21 @@ impl Room {
         }
     }
 
+    /// Sends an ephemeral frame to the followers of `channel`, except `except`'s sessions.
+    pub(super) fn send_to_channel(
+        &self,
+        frame: &ByteString,
+        channel: &Channel,
+        except: Option<&UserId>,
+    ) {
+        let framed = Framed::new(frame);
+        for id in self.channels.get(channel).into_iter().flatten() {
+            if let Some(member) = self.members.get(id).filter(|m| Some(&m.user) != except) {
+                member.offer(&framed, None, None);
+            }
+        }
+    }
+
     pub(super) fn fan_out(&mut self, event: &RoomEvent) {
         if let Some(handed) = &event.handed {
             self.pacing.pace(handed);

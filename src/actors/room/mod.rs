@@ -439,12 +439,15 @@ impl Handler<Ephemeral> for Room {
     type Result = ();
 
     fn handle(&mut self, ephemeral: Ephemeral, ctx: &mut Context<Self>) {
-        self.guarded(ctx, |room, _| {
-            room.send_ephemeral(
+        self.guarded(ctx, |room, _| match &ephemeral.channel {
+            Some(channel) => {
+                room.send_to_channel(&ephemeral.frame, channel, ephemeral.except.as_ref())
+            }
+            None => room.send_ephemeral(
                 &ephemeral.frame,
                 ephemeral.users.as_deref(),
                 ephemeral.except.as_ref(),
-            )
+            ),
         });
     }
 }

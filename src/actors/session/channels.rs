@@ -13,9 +13,11 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{Session, Wire};
-use crate::actors::broker::{Follow, FollowRequest};
+use crate::actors::broker::{Ephemeral, Follow, FollowRequest};
 use crate::channel::{Channel, ChannelsError, MAX_CHANNELS_PER_SESSION};
-use crate::protocol::{ServerFrame, SinceError};
+use crate::protocol::{
+    channel_message_frame, check_event_name, FrameError, ServerFrame, SinceError,
+};
 
 /// What the session follows.
 #[derive(Default)]
@@ -194,6 +196,42 @@ impl<W: Wire> Session<W> {
             since,
         };
         self.write(ctx, &frame);
+    }
+
+    /// A `publish` frame: an ephemeral message to the channel's followers (other than this
+    /// user), where the token's `publish` claim allows it. At most
+    /// [`super::requests::CHANNEL_MESSAGES_PER_SECOND`] a second are forwarded; the rest are dropped.
+    pub(super) fn on_channel_message(
+        &mut self,
+        name: &str,
+        event: &str,
+        data: Option<Value>,
+        ctx: &mut W::Context,
+    ) {
+        let channel = match Channel::new(name) {
+            Ok(channel) => channel,
+            Err(e) => return self.channel_error(ctx, &ChannelsError::Invalid(e), None),
+        };
+        if !self.identity.publish.allows(&channel) {
+            return self.channel_error(ctx, &ChannelsError::Forbidden(channel), None);
+        }
+        if let Err(reason) = check_event_name(event) {
+            let error = FrameError::Invalid(format!("event: {reason}"));
+            return self.write(ctx, &ServerFrame::error(&error));
+        }
+        if self.limits.publish.check().is_err() {
+            return;
+        }
+        let data = data.unwrap_or(Value::Null);
+        let user = self.identity.user.clone();
+        let frame = channel_message_frame(channel.as_str(), event, &data, user.as_str());
+        self.shared.broker.do_send(Ephemeral {
+            account: self.identity.account.clone(),
+            users: None,
+            except: Some(user),
+            channel: Some(channel),
+            frame,
+        });
     }
 
     /// A fresh token took over: the channels it no longer allows are left, and the client told.

@@ -324,6 +324,11 @@ impl<W: Wire> Session<W> {
                 since,
                 reference,
             }) => self.on_subscribe(&channel, since, reference, ctx),
+            Ok(ClientFrame::Publish {
+                channel,
+                event,
+                data,
+            }) => self.on_channel_message(&channel, &event, data, ctx),
             Ok(ClientFrame::Unsubscribe { channel, reference }) => {
                 self.on_unsubscribe(&channel, reference, ctx)
             }

@@ -20,6 +20,9 @@ use crate::protocol::{ephemeral_frame, Close, ServerFrame};
 /// `typing` frames forwarded per session: one per this interval; the rest are dropped.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Ephemeral channel messages (`publish`) forwarded per session and second; the rest are dropped.
+pub(super) const CHANNEL_MESSAGES_PER_SECOND: u32 = 10;
+
 /// Frames over the rate, within one heartbeat interval, after which the client is taken for
 /// abusive and the session closed (1008).
 const ABUSE_LIMIT: u32 = 100;
@@ -31,6 +34,8 @@ pub(super) struct Limits {
     /// Frames refused since the last heartbeat.
     pub(super) frames_refused: u32,
     typing: DefaultDirectRateLimiter,
+    /// Ephemeral channel messages (`publish`).
+    pub(super) publish: DefaultDirectRateLimiter,
 }
 
 impl Limits {
@@ -46,6 +51,9 @@ impl Limits {
             typing: RateLimiter::direct(
                 Quota::with_period(TYPING_INTERVAL).expect("a positive interval"),
             ),
+            publish: RateLimiter::direct(Quota::per_second(per_second(
+                CHANNEL_MESSAGES_PER_SECOND,
+            ))),
         }
     }
 }
@@ -177,6 +185,7 @@ impl<W: Wire> Session<W> {
                 account,
                 users: audience,
                 except: Some(user),
+                channel: None,
                 frame: ephemeral_frame("typing", &data),
             });
             Ok::<_, Refused>(())
