@@ -630,7 +630,9 @@ class Connection {
     this.polling = controller;
     this.later(() => this.open(), this.options.wsRetryWhilePollingMs);
     const canStream = typeof ReadableStream === "function" && typeof TextDecoder === "function";
-    if (this.options.sse && canStream) this.streamLoop(controller, this.lastError);
+    // Why the WebSocket is not used: the reason of the fallback's status, whichever it is.
+    this.fallbackReason = this.lastError;
+    if (this.options.sse && canStream) this.streamLoop(controller);
     else this.pollLoop(controller);
   }
 
@@ -640,7 +642,7 @@ class Connection {
    * After `pollAfterFailures` streams in a row that never said welcome (a proxy that buffers or
    * cuts them), long-poll takes over.
    */
-  async streamLoop(controller, why) {
+  async streamLoop(controller) {
     let failures = 0;
     let unwelcomed = 0;
     while (this.polling === controller && !this.closed) {
@@ -665,8 +667,7 @@ class Connection {
       if (stream.welcomed) failures = unwelcomed = 0;
       else if (!TOKEN_CODES.has(reason.code) && reason.code !== "server-unreachable") unwelcomed++;
       if (unwelcomed >= this.options.pollAfterFailures) {
-        // What the app is told while polling: why the WebSocket is not used.
-        this.lastError = why;
+        this.lastError = this.fallbackReason;
         return this.pollLoop(controller);
       }
       this.setError(reason);
@@ -739,13 +740,13 @@ class Connection {
         stream.welcomed = true;
         stream.session = frame.session_id;
         this.attempt = 0;
-        this.lastError = null;
+        this.lastError = this.fallbackReason;
         if (this.lastSeq === null) {
           this.lastSeq = frame.seq;
           this.sink.receive({ kind: "start", seq: frame.seq });
         }
         this.watchStream(stream, frame.client_timeout_ms ?? this.options.clientTimeoutMs);
-        this.setStatus("streaming", null);
+        this.setStatus("streaming", this.lastError);
         return undefined;
       case "event":
         this.deliver(frame);
