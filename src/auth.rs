@@ -310,6 +310,8 @@ struct MintedClaims<'a> {
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    channels: &'a [String],
 }
 
 /// Why a development token cannot be minted.
@@ -328,6 +330,17 @@ pub fn mint(
     user: &UserId,
     ttl: Duration,
 ) -> Result<String, MintError> {
+    mint_with_channels(config, account, user, ttl, &[])
+}
+
+/// [`mint`], with a `channels` claim: the channel names and `prefix*` patterns it allows.
+pub fn mint_with_channels(
+    config: &JwtConfig,
+    account: &AccountId,
+    user: &UserId,
+    ttl: Duration,
+    channels: &[String],
+) -> Result<String, MintError> {
     let JwtKey::Secret(secret) = &config.key else {
         return Err(MintError::NoSecret);
     };
@@ -339,6 +352,7 @@ pub fn mint(
         exp: now + ttl.as_secs(),
         iss: config.issuer.as_deref(),
         aud: config.audience.as_deref(),
+        channels,
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

@@ -29,7 +29,9 @@ use crate::commit::Changes;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
 use crate::protocol::{event_frame, ECHO_METADATA_PREFIX};
-use crate::store::conversations::{self, Conversation, Message, NewMessage};
+use crate::store::conversations::{
+    self, Conversation, Direction, Message, MessageStatus, NewMessage,
+};
 use crate::store::events::{self, NewEvent};
 use crate::store::{deliveries, integrations, now_ms, DbConnection, StoreError};
 
@@ -310,9 +312,9 @@ pub fn send(
         .as_ref()
         .is_some_and(|i| i.outbound_url.is_some());
     let (direction, status) = match (conversation.is_external(), forward) {
-        (false, _) => ("internal", "sent"),
-        (true, true) => ("outbound", "pending"),
-        (true, false) => ("outbound", "not-forwarded"),
+        (false, _) => (Direction::Internal, MessageStatus::Sent),
+        (true, true) => (Direction::Outbound, MessageStatus::Pending),
+        (true, false) => (Direction::Outbound, MessageStatus::NotForwarded),
     };
     let added = add_message(
         conn,

@@ -12,7 +12,6 @@
 //! - [`server`] — builds the store, the actors and the app; used by the binary and the tests.
 //! - [`cli`], [`logging`] and [`scheduling`] — the binary's command line, log set-up and the
 //!   scheduling policy of its threads.
-//! - [`bench`] — `switchboard bench`, the load tool that measures a running server.
 //!
 //! **HTTP** — routes and the one mapping of errors to responses.
 //! - [`api`] — HTTP routes: `/ws`, the publish API, integrations (admin), conversations (users),
@@ -69,7 +68,6 @@
 pub mod actors;
 pub mod api;
 pub mod auth;
-pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod commit;

@@ -8,7 +8,8 @@
 //! - `/api/v1/integrations…`, `/api/v1/webhooks/stats` — admin ([`integrations`]).
 //! - `/api/v1/conversations…` — the inbox for users ([`conversations`]).
 //! - `/api/v1/notifications…` — [`notifications`]; `/api/v1/presence` — [`presence`].
-//! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`crate::webhooks`]).
+//! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`webhooks`]; what they mean:
+//!   [`crate::webhooks`]).
 
 pub mod conversations;
 pub mod demo;
@@ -21,6 +22,7 @@ pub mod presence;
 pub mod publish;
 pub mod sdk;
 pub mod sse;
+pub mod webhooks;
 pub mod ws;
 
 use std::sync::Arc;
@@ -37,8 +39,6 @@ use crate::config::{Demo, JwtConfig, Origins, Secret};
 use crate::error::ApiError;
 use crate::publisher::Publisher;
 use crate::store::Store;
-use crate::webhooks::{self, facebook, generic, zalo};
-use std::collections::HashMap;
 
 /// What every request handler shares.
 pub struct AppState {
@@ -65,7 +65,7 @@ pub struct AppState {
     /// What an integration's `outbound_url` may point at.
     pub outbound_addresses: crate::outbound::address::Policy,
     pub publisher: Publisher,
-    pub webhooks: webhooks::Webhooks,
+    pub webhooks: crate::webhooks::Webhooks,
     /// Longest wait a long-poll may ask for.
     pub long_poll_max: Duration,
     pub demo: Demo,
@@ -146,10 +146,19 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     )
     .route("/api/v1/presence", web::get().to(presence::online))
     .route("/api/v1/events", web::get().to(events::poll))
-    .route("/webhooks/facebook", web::get().to(facebook_handshake))
-    .route("/webhooks/facebook", web::post().to(facebook_receive))
-    .route("/webhooks/zalo", web::post().to(zalo_receive))
-    .route("/webhooks/generic/{id}", web::post().to(generic_receive))
+    .route(
+        "/webhooks/facebook",
+        web::get().to(webhooks::facebook_handshake),
+    )
+    .route(
+        "/webhooks/facebook",
+        web::post().to(webhooks::facebook_receive),
+    )
+    .route("/webhooks/zalo", web::post().to(webhooks::zalo_receive))
+    .route(
+        "/webhooks/generic/{id}",
+        web::post().to(webhooks::generic_receive),
+    )
     .default_service(web::to(not_found));
 }
 
@@ -204,40 +213,4 @@ async fn socket_io_post(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(crate::socket_io::post(query, payload, state.socket_io.clone()).await?)
-}
-
-/// `GET /webhooks/facebook`: the subscription handshake.
-async fn facebook_handshake(
-    query: web::Query<HashMap<String, String>>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(facebook::handshake(query, &state.webhooks).await?)
-}
-
-/// `POST /webhooks/facebook`
-async fn facebook_receive(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(facebook::receive(req, payload, &state.webhooks).await?)
-}
-
-/// `POST /webhooks/zalo`
-async fn zalo_receive(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(zalo::receive(req, payload, &state.webhooks).await?)
-}
-
-/// `POST /webhooks/generic/{integration_id}`
-async fn generic_receive(
-    req: HttpRequest,
-    path: web::Path<String>,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(generic::receive(req, path, payload, &state.webhooks).await?)
 }
