@@ -19,14 +19,14 @@ use crate::common::{self, now, token, unique, Api, Db, TestServer, JWT_SECRET, W
 
 /// What an event stream carries, one block (up to a blank line) at a time.
 #[derive(Debug, Clone, PartialEq)]
-enum Item {
+pub(crate) enum Item {
     Retry(u64),
     Comment(String),
     Event { id: Option<u64>, data: Value },
 }
 
 /// An event stream read by hand.
-struct EventStream {
+pub(crate) struct EventStream {
     stream: TcpStream,
     /// Bytes read and not yet de-chunked.
     raw: Vec<u8>,
@@ -40,7 +40,7 @@ struct EventStream {
 type Refused = (u16, Value);
 
 impl EventStream {
-    async fn open(
+    pub(crate) async fn open(
         addr: SocketAddr,
         target: &str,
         headers: &[(&str, &str)],
@@ -142,7 +142,7 @@ impl EventStream {
     }
 
     /// The next block, or `None` once the stream has ended.
-    async fn next_item(&mut self) -> Option<Item> {
+    pub(crate) async fn next_item(&mut self) -> Option<Item> {
         loop {
             self.dechunk();
             if let Some(end) = self.text.find("\n\n") {

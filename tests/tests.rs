@@ -25,6 +25,7 @@ mod outbox;
 mod persistence;
 mod pipelining;
 mod resume;
+mod rotation;
 mod socket_io;
 mod sse;
 mod users;
