@@ -294,6 +294,14 @@ async fn refusals_come_before_the_stream_as_http_errors_with_their_codes() {
             "{target}: {body}"
         );
     }
+    // An empty Last-Event-ID is none: the query's resume point decides (here, one ahead).
+    let target = format!("/sse?token={good}&since=99");
+    let refused = EventStream::open(server.addr, &target, &[("Last-Event-ID", "")]).await;
+    let (status, body) = refused.err().expect("refused");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("since-in-future"))
+    );
     // The header, for clients that can set one, and the query are both fine.
     let mut stream = EventStream::open(server.addr, "/sse", &[("Authorization", &bearer)])
         .await
