@@ -314,6 +314,20 @@ pub struct Settings {
     #[arg(long, env = "SWITCHBOARD_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 
+    /// Where every account's `user.online` / `user.offline` webhooks go, unless the account has a
+    /// presence integration of its own (docs/webhooks.md, "Presence webhooks").
+    #[arg(long, env = "SWITCHBOARD_PRESENCE_WEBHOOK_URL")]
+    pub presence_webhook_url: Option<String>,
+
+    /// The Standard Webhooks secret (`whsec_…`) that signs the global presence webhooks;
+    /// required with `SWITCHBOARD_PRESENCE_WEBHOOK_URL`. Prefer the environment variable.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_PRESENCE_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub presence_webhook_secret: Option<String>,
+
     /// Consume the PostgreSQL outbox (docs/outbox.md): in `SWITCHBOARD_OUTBOX_URL`'s database, or
     /// Switchboard's own when that is unset [default: on when `SWITCHBOARD_OUTBOX_URL` is set].
     #[arg(long, env = "SWITCHBOARD_OUTBOX")]
@@ -499,6 +513,14 @@ pub struct WebhookConfig {
     pub max_body_bytes: usize,
     /// Replay window of generic (Standard Webhooks) timestamps.
     pub tolerance: Duration,
+}
+
+/// The receiver of every account's presence webhooks that has none of its own.
+#[derive(Debug, Clone)]
+pub struct PresenceWebhook {
+    /// Checked against the outbound address policy at each attempt, as an `outbound_url` is.
+    pub url: String,
+    pub secret: Secret,
 }
 
 /// Outbound webhooks (replies handed to the application).
@@ -725,6 +747,8 @@ pub struct Config {
     pub edge: EdgeLimits,
     /// When set, `/metrics` needs it as a bearer token.
     pub metrics_token: Option<Secret>,
+    /// The global receiver of presence webhooks, if any.
+    pub presence_webhook: Option<PresenceWebhook>,
     /// Set when some keys were generated for development rather than configured.
     pub dev_mode: Option<DevMode>,
     pub demo: Demo,
@@ -833,6 +857,7 @@ impl Config {
             max_pending_connections: settings.max_pending_connections,
         };
         let metrics_token = metrics_token(&settings)?;
+        let presence_webhook = presence_webhook(&settings)?;
         let webhooks = WebhookConfig {
             facebook_verify_token: settings.facebook_verify_token.clone().map(Secret::new),
             max_body_bytes: settings.max_webhook_bytes,
@@ -895,6 +920,7 @@ impl Config {
             allowed_origins: allowed_origins(settings.allowed_origins.as_deref(), &dev_mode)?,
             edge,
             metrics_token,
+            presence_webhook,
             demo: demo(settings.demo, &dev_mode),
             dev_mode,
         })
@@ -953,6 +979,30 @@ fn metrics_token(settings: &Settings) -> Result<Option<Secret>, ConfigError> {
             format!("must be at least {MIN_API_KEY_BYTES} bytes"),
         )),
         token => Ok(token.map(Secret::new)),
+    }
+}
+
+/// The global presence receiver: a URL and a secret of at least 16 bytes, or neither.
+fn presence_webhook(settings: &Settings) -> Result<Option<PresenceWebhook>, ConfigError> {
+    match (
+        settings.presence_webhook_url.clone(),
+        settings.presence_webhook_secret.clone(),
+    ) {
+        (None, None) => Ok(None),
+        (Some(url), Some(secret)) if secret.len() >= MIN_API_KEY_BYTES => {
+            Ok(Some(PresenceWebhook {
+                url,
+                secret: Secret::new(secret),
+            }))
+        }
+        (Some(_), _) => Err(invalid(
+            "SWITCHBOARD_PRESENCE_WEBHOOK_SECRET",
+            format!("required with SWITCHBOARD_PRESENCE_WEBHOOK_URL, at least {MIN_API_KEY_BYTES} bytes"),
+        )),
+        (None, Some(_)) => Err(invalid(
+            "SWITCHBOARD_PRESENCE_WEBHOOK_URL",
+            "required with SWITCHBOARD_PRESENCE_WEBHOOK_SECRET",
+        )),
     }
 }
 

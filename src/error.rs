@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::auth::signature::SignatureError;
 use crate::auth::throttle::{whole_seconds, Refused};
 use crate::auth::TokenError;
+use crate::channel::ChannelsError;
 use crate::json::JsonError;
 use crate::metrics;
 use crate::protocol::SinceError;
@@ -81,6 +82,11 @@ pub enum ApiError {
     Signature(SignatureError),
     #[error(transparent)]
     Since(SinceError),
+    /// The channels asked for on connecting: a bad name, too many, or one the token does not
+    /// allow.
+    #[error(transparent)]
+    Channels(#[from] ChannelsError),
+
     /// The events after the resume point are no longer all kept.
     #[error(
         "events after {since} are no longer kept (the oldest is {oldest_seq}); reload the state"
@@ -195,6 +201,7 @@ impl ApiError {
             Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
+            Self::Channels(e) => e.code(),
             Self::ResumeFailed { .. } => "resume-failed",
             Self::UnknownIntegration => "unknown-integration",
             Self::VerifyToken(_) => "verify-token-mismatch",
@@ -220,6 +227,8 @@ impl ResponseError for ApiError {
             Self::UserTokenForbidden | Self::VerifyToken(_) | Self::TokenMismatch => {
                 StatusCode::FORBIDDEN
             }
+            Self::Channels(ChannelsError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            Self::Channels(_) => StatusCode::BAD_REQUEST,
             Self::InvalidBody(_)
             | Self::InvalidField { .. }
             | Self::InvalidQuery(_)

@@ -25,6 +25,7 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use crate::channel::Channel;
 use crate::commit::Changes;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
@@ -110,21 +111,44 @@ pub fn emit(
     event: &str,
     data: &RawValue,
 ) -> Result<RoomEvent, StoreError> {
+    emit_to(conn, account, (user, None), event, data)
+}
+
+/// [`emit`], for the sessions that follow a channel (of those, the user's when `user` is set).
+pub fn emit_to(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    (user, channel): (Option<&UserId>, Option<&Channel>),
+    event: &str,
+    data: &RawValue,
+) -> Result<RoomEvent, StoreError> {
     let seq = events::append(
         conn,
         &NewEvent {
             account,
             user,
+            channel,
             event,
             data: data.get(),
         },
     )?;
-    Ok(RoomEvent {
+    Ok(stored_event(seq, (user, channel), event, data))
+}
+
+/// The event just stored under `seq`, for the broker.
+pub fn stored_event(
+    seq: u64,
+    (user, channel): (Option<&UserId>, Option<&Channel>),
+    event: &str,
+    data: &RawValue,
+) -> RoomEvent {
+    RoomEvent {
         seq,
         user: user.cloned(),
-        frame: event_frame(seq, event, data),
+        channel: channel.cloned(),
+        frame: event_frame(seq, channel.map(Channel::as_str), event, data),
         handed: Some(Handed::stored_ago(Duration::ZERO)),
-    })
+    }
 }
 
 /// One of our own views, serialized once as event data (never parsed back).
@@ -336,7 +360,14 @@ pub fn send(
         Some(integration) => {
             let id = random_id("whk");
             let payload = outbound_payload(&added.message, &conversation, &integration.external_id);
-            deliveries::create(conn, &id, &integration.id, &added.message.id, &payload)?;
+            deliveries::create(
+                conn,
+                deliveries::Kind::Reply,
+                &id,
+                &integration.id,
+                &added.message.id,
+                &payload,
+            )?;
             Some(id)
         }
         None => None,

@@ -43,7 +43,9 @@
 //!   [`actors::service::Service`]).
 //! - [`inbox`] — conversations and messages as persisted, sequenced events.
 //! - [`outbound`] — replies handed to the application by signed, retried webhooks.
-//! - [`retention`] — how long events are kept.
+//! - [`presence_webhooks`] — `user.online` / `user.offline` recorded once per transition and
+//!   sent through the outbound deliveries.
+//! - [`retention`] — how long events are kept; [`revocation`] — revoked users, on every node.
 //!
 //! **Engine** — moving events to sessions.
 //! - [`event`] — the event as it is delivered (serialized once) and its pacing ticket.
@@ -57,7 +59,8 @@
 //! **Base** — what everything may use.
 //! - [`config`] — every setting, read and validated once into [`config::Config`];
 //!   development-mode keys.
-//! - [`ids`] — `AccountId`, `UserId`, `SessionId` newtypes.
+//! - [`ids`] — `AccountId`, `UserId`, `SessionId` newtypes; [`channel`] — channel names and
+//!   the token's grant of them.
 //! - [`auth`] — verifying application-issued JWTs (the only source of identity), with failed
 //!   authentications limited per client address; minting development tokens; which pages may
 //!   open a socket (the `Origin` check).
@@ -68,6 +71,7 @@
 pub mod actors;
 pub mod api;
 pub mod auth;
+pub mod channel;
 pub mod cli;
 pub mod cluster;
 pub mod commit;
@@ -82,10 +86,12 @@ pub mod logging;
 pub mod metrics;
 pub mod outbound;
 pub mod outbox;
+pub mod presence_webhooks;
 pub mod protocol;
 pub mod publisher;
 pub mod requests;
 pub mod retention;
+pub mod revocation;
 pub mod scheduling;
 pub mod server;
 pub mod socket_io;

@@ -15,6 +15,7 @@
 //! passed: a publisher that outruns a room's fan-out is slowed to its pace rather than piling
 //! events up in the server, which is what keeps delivery latency flat under load.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -24,13 +25,16 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::broker::{Broker, Replayed};
+use crate::channel::Channel;
 use crate::commit;
 use crate::config::PublishQueue;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{AccountId, UserId};
 use crate::inbox;
 use crate::store::connection::DbConnection;
-use crate::store::{self, now_ms, publish_keys, Store, StoreError};
+use crate::store::events::{self, NewEvent};
+use crate::store::publish_keys::{self, Key};
+use crate::store::{self, now_ms, Store, StoreError};
 
 /// Most publishes stored in one transaction.
 const MAX_BATCH: usize = 512;
@@ -41,6 +45,8 @@ pub const PACING_MAX: Duration = Duration::from_millis(250);
 pub struct Request {
     pub account: AccountId,
     pub user: Option<UserId>,
+    /// When set, only the sessions following this channel receive it.
+    pub channel: Option<Channel>,
     pub event: String,
     pub data: Box<RawValue>,
     /// A retry with the same key gets the first publish's answer and stores nothing.
@@ -227,11 +233,9 @@ impl BatchWriter {
         let stored = self.store.connection().and_then(|mut conn| {
             let accounts: Vec<AccountId> =
                 batch.iter().map(|j| j.request.account.clone()).collect();
+            let requests: Vec<&Request> = batch.iter().map(|j| &j.request).collect();
             store::write_accounts(&mut conn, &accounts, |conn| {
-                batch
-                    .iter()
-                    .map(|job| store_one(conn, &job.request, keys_since))
-                    .collect::<Result<Vec<_>, StoreError>>()
+                store_batch(conn, &requests, keys_since)
             })
         });
         match stored {
@@ -279,28 +283,77 @@ impl BatchWriter {
     }
 }
 
-/// Stores one publish — unless its idempotency key was used within the window (earlier in this
-/// same transaction included), which answers with that publish's sequence number instead.
-fn store_one(
+/// What becomes of one publish of a batch.
+enum Plan {
+    /// Its key was used before this batch: that publish's sequence number.
+    Replay(u64),
+    /// Its key was used by an earlier publish of this batch: that one's place among the new.
+    SameAs(usize),
+    /// Stored: its place among the new events.
+    New(usize),
+}
+
+/// Stores a batch of publishes in a few statements — its keys looked up in one, one sequence
+/// step per account, one multi-row insert of events and one of keys — and answers each in
+/// order. A publish whose idempotency key was used within the window (earlier in this batch
+/// included) is answered with that publish's sequence number instead of being stored.
+fn store_batch(
     conn: &mut DbConnection,
-    request: &Request,
+    requests: &[&Request],
     keys_since: i64,
-) -> Result<Outcome, StoreError> {
-    let account = &request.account;
-    if let Some(key) = &request.idempotency_key {
-        if let Some(seq) = publish_keys::find(conn, account, key, keys_since)? {
-            return Ok(Outcome::Replayed(seq));
+) -> Result<Vec<Outcome>, StoreError> {
+    fn key_of<'r>(r: &'r Request) -> Option<Key<'r>> {
+        r.idempotency_key.as_deref().map(|key| Key {
+            account: r.account.as_str(),
+            key,
+        })
+    }
+    let keys: Vec<Key<'_>> = requests.iter().filter_map(|r| key_of(r)).collect();
+    let found = publish_keys::find_many(conn, &keys, keys_since)?;
+    let mut fresh: HashMap<Key<'_>, usize> = HashMap::new();
+    let mut new_events = Vec::new();
+    let mut plans = Vec::with_capacity(requests.len());
+    for request in requests {
+        let key = key_of(request);
+        let plan = match &key {
+            Some(k) => match found.live.get(&(k.account.to_owned(), k.key.to_owned())) {
+                Some(seq) => Plan::Replay(*seq),
+                None => match fresh.get(k) {
+                    Some(i) => Plan::SameAs(*i),
+                    None => Plan::New(new_events.len()),
+                },
+            },
+            None => Plan::New(new_events.len()),
+        };
+        if let Plan::New(i) = plan {
+            if let Some(k) = key {
+                fresh.insert(k, i);
+            }
+            new_events.push(NewEvent {
+                account: &request.account,
+                user: request.user.as_ref(),
+                channel: request.channel.as_ref(),
+                event: &request.event,
+                data: request.data.get(),
+            });
         }
+        plans.push(plan);
     }
-    let event = inbox::emit(
-        conn,
-        account,
-        request.user.as_ref(),
-        &request.event,
-        &request.data,
-    )?;
-    if let Some(key) = &request.idempotency_key {
-        publish_keys::remember(conn, account, key, event.seq)?;
-    }
-    Ok(Outcome::Stored(event))
+    let seqs = events::append_many(conn, &new_events)?;
+    let remembered: Vec<(Key<'_>, u64)> = fresh.into_iter().map(|(k, i)| (k, seqs[i])).collect();
+    publish_keys::remember_many(conn, &remembered, &found.expired)?;
+    Ok(plans
+        .into_iter()
+        .zip(requests)
+        .map(|(plan, request)| match plan {
+            Plan::Replay(seq) => Outcome::Replayed(seq),
+            Plan::SameAs(i) => Outcome::Replayed(seqs[i]),
+            Plan::New(i) => Outcome::Stored(inbox::stored_event(
+                seqs[i],
+                (request.user.as_ref(), request.channel.as_ref()),
+                &request.event,
+                &request.data,
+            )),
+        })
+        .collect())
 }

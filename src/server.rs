@@ -10,6 +10,7 @@ use actix_web::{web, App};
 
 use crate::actors::broker::{Broker, Drain};
 use crate::actors::peers::Peers;
+use crate::actors::presence_hook::PresenceHook;
 use crate::actors::session;
 use crate::api::{self, AppState};
 use crate::auth::throttle::Authenticator;
@@ -19,6 +20,7 @@ use crate::config::{Config, Demo};
 use crate::ids::random_id;
 use crate::inbox::SendRate;
 use crate::outbound::{address, Dispatcher};
+use crate::presence_webhooks::PresenceWebhooks;
 use crate::publisher::Publisher;
 use crate::requests::Requests;
 use crate::retention::Pruner;
@@ -96,8 +98,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map_err(|_| StoreError::Cancelled)??;
     let node = random_id("node")[..13].to_owned();
     let metrics = start_metrics(&node);
-    let (broker, cluster) = start_broker(&config, &store, &node);
+    let presence_hook = PresenceWebhooks::start(
+        store.clone(),
+        config.presence_webhook.is_some(),
+        config.cluster.is_none(),
+        config.presence.grace,
+    );
+    let (broker, cluster) = start_broker(&config, &store, &node, presence_hook.clone());
     let state = start_services(&config, store, broker.clone(), cluster, metrics, &node);
+    presence_hook.dispatch_to(state.dispatcher.clone());
+    // Before serving anyone: a token revoked before a restart stays refused.
+    crate::revocation::Revoker::start(
+        state.store.clone(),
+        broker.clone(),
+        state.authenticator.revoked().clone(),
+    )
+    .await?;
     let draining = state.draining.clone();
     let max_publish_bytes = config.max_publish_bytes;
     let body_deadline = http::body::BodyDeadline::new(&config.edge);
@@ -156,7 +172,12 @@ fn start_metrics(node: &str) -> metrics_exporter_prometheus::PrometheusHandle {
 }
 
 /// Starts the broker, and in cluster mode the cluster as its peers.
-fn start_broker(config: &Config, store: &Store, node: &str) -> (Addr<Broker>, Option<Cluster>) {
+fn start_broker(
+    config: &Config,
+    store: &Store,
+    node: &str,
+    presence_hook: Arc<PresenceWebhooks>,
+) -> (Addr<Broker>, Option<Cluster>) {
     let mut cluster = None;
     let broker = Broker::create(|ctx| {
         cluster = config
@@ -172,6 +193,7 @@ fn start_broker(config: &Config, store: &Store, node: &str) -> (Addr<Broker>, Op
             config.max_sessions_per_user,
             peers,
         )
+        .with_presence_hook(Some(presence_hook as Arc<dyn PresenceHook>))
     });
     (broker, cluster)
 }
@@ -186,7 +208,14 @@ fn start_services(
     metrics: metrics_exporter_prometheus::PrometheusHandle,
     node: &str,
 ) -> web::Data<AppState> {
-    let dispatcher = Dispatcher::new(store.clone(), broker.clone(), config.outbound, node).start();
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        broker.clone(),
+        config.outbound,
+        config.presence_webhook.clone(),
+        node,
+    )
+    .start();
     Pruner::new(store.clone(), config.retention).start();
 
     let publisher = Publisher::start(
@@ -208,7 +237,8 @@ fn start_services(
         &config.jwt,
         config.auth_failures_per_minute,
     ));
-    let commits = Committer::new(store.clone(), broker.clone(), dispatcher.recipient());
+    let dispatcher = dispatcher.recipient();
+    let commits = Committer::new(store.clone(), broker.clone(), dispatcher.clone());
     let sends = Arc::new(SendRate::new(config.sends_per_second));
     let requests = Requests::new(commits.clone(), store.clone(), sends.clone());
     let sessions = shared_by_sessions(config, &store, &broker, requests, &authenticator);
@@ -222,6 +252,7 @@ fn start_services(
         origins: config.allowed_origins.clone(),
     });
     web::Data::new(AppState {
+        node: node.to_owned(),
         cluster,
         metrics,
         authenticator,
@@ -246,6 +277,7 @@ fn start_services(
         allowed_origins: config.allowed_origins.clone(),
         demo_minter: (config.demo == Demo::WithTokens).then(|| config.jwt.clone()),
         metrics_token: config.metrics_token.clone(),
+        dispatcher,
         webhooks: Webhooks {
             stats: Default::default(),
             store: store.clone(),

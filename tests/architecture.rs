@@ -24,6 +24,7 @@ const LAYERS: [&str; 7] = [
 /// Each top-level module's layer.
 const MODULE_LAYERS: &[(&str, &str)] = &[
     ("ids", "base"),
+    ("channel", "base"),
     ("config", "base"),
     ("protocol", "base"),
     ("auth", "base"),
@@ -38,9 +39,11 @@ const MODULE_LAYERS: &[(&str, &str)] = &[
     ("outbox", "services"),
     ("inbox", "services"),
     ("outbound", "services"),
+    ("presence_webhooks", "services"),
     ("retention", "services"),
     ("ws", "adapters"),
     ("sse", "adapters"),
+    ("revocation", "services"),
     ("socket_io", "adapters"),
     ("cluster", "adapters"),
     ("webhooks", "adapters"),

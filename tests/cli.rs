@@ -210,6 +210,43 @@ async fn the_bench_tool_measures_a_running_server() {
     assert!(svg.starts_with("<svg") && svg.contains("deliveries per second"));
 }
 
+/// `switchboard bench` over event streams, with channels and events to random accounts: each event
+/// reaches only its channel's followers in its account — 16 sessions over 2 accounts and 4
+/// channels, so 2 per event — and none is lost, repeated or misdelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_tool_measures_channels_over_event_streams() {
+    let db = crate::common::Db::sqlite();
+    let server = crate::common::TestServer::on(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let bench = Switchboard::new()
+        .in_dir(dir.path())
+        .keys()
+        .args(["bench", "--url", &format!("http://{}", server.addr)])
+        .args([
+            "--transport",
+            "sse",
+            "--connections",
+            "16",
+            "--accounts",
+            "2",
+        ])
+        .args(["--channels", "4", "--target", "random", "--events", "40"])
+        .args(["--timeout", "60s"])
+        .args([OsStr::new("--json"), report.as_os_str()]);
+    let table = run_to_success(bench).await;
+    assert!(table.contains("wrong ch"), "{table}");
+    let reports: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = &reports[0];
+    assert_eq!(r["transport"], "sse");
+    assert_eq!(r["expected_deliveries"], 40 * 2, "{r}");
+    assert_eq!(r["deliveries"], r["expected_deliveries"], "{r}");
+    for count in ["lost", "duplicated", "cross_account", "wrong_channel"] {
+        assert_eq!(r[count], 0, "{count}: {r}");
+    }
+}
+
 /// `switchboard bench --abuse`, short: a few sessions receive events with and without the attacker
 /// beside them, against the server binary; none is lost, and the report says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,6 +154,49 @@ on_each_backend! {
     }
 }
 
+on_each_backend! {
+    async fn a_burst_of_keyed_publishes_is_stored_once_per_key_with_gap_free_numbers(db) {
+        // Many publishes at once, so that the publisher stores them in large batches (one
+        // transaction of several accounts, more rows than one insert statement takes on SQLite),
+        // each key sent twice: both answers are one event's, and each account's events are
+        // numbered 1, 2, 3, … without a gap.
+        let server = std::sync::Arc::new(TestServer::on(&db));
+        let accounts: Vec<String> = (0..3).map(|_| unique("burst")).collect();
+        let requests = (0..450).map(|i| {
+            let server = server.clone();
+            let account = accounts[i % 3].clone();
+            let key = format!("k{}", (i / 3) % 75);
+            tokio::spawn(async move {
+                let body = json!({"account_id": account, "event": "burst", "data": {"i": i}});
+                let (status, replayed, answer) = publish_with_key(&server, &key, &body).await;
+                assert_eq!(status, 200, "{answer}");
+                (account, key, replayed, answer["seq"].as_u64().unwrap())
+            })
+        });
+        let answers = futures_util::future::join_all(requests).await;
+        let mut seqs: std::collections::HashMap<(String, String), Vec<(bool, u64)>> =
+            Default::default();
+        for answer in answers {
+            let (account, key, replayed, seq) = answer.unwrap();
+            seqs.entry((account, key)).or_default().push((replayed, seq));
+        }
+        for account in &accounts {
+            let mut stored: Vec<u64> = Vec::new();
+            for ((a, key), answers) in &seqs {
+                if a != account {
+                    continue;
+                }
+                assert_eq!(answers.len(), 2, "{key}: {answers:?}");
+                assert_eq!(answers[0].1, answers[1].1, "{key}: one event: {answers:?}");
+                assert_eq!(answers.iter().filter(|(r, _)| !r).count(), 1, "{answers:?}");
+                stored.push(answers[0].1);
+            }
+            stored.sort();
+            assert_eq!(stored, (1..=75).collect::<Vec<u64>>(), "{account}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_malformed_idempotency_key_is_refused() {
     let db = crate::common::Db::sqlite();

@@ -14,6 +14,7 @@
 
 pub mod broker;
 pub mod peers;
+pub mod presence_hook;
 pub mod room;
 pub mod service;
 pub mod session;

@@ -26,8 +26,9 @@ pub struct IntegrationView<'a> {
     enabled: bool,
     disabled_at: Option<i64>,
     created_at: i64,
-    /// Where this integration's provider posts.
-    webhook_path: String,
+    /// Where this integration's provider posts; none for a presence integration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_path: Option<String>,
 }
 
 impl<'a> From<&'a Integration> for IntegrationView<'a> {
@@ -43,8 +44,9 @@ impl<'a> From<&'a Integration> for IntegrationView<'a> {
             disabled_at: i.disabled_at,
             created_at: i.created_at,
             webhook_path: match Provider::parse(&i.provider) {
-                Some(Provider::Generic) => format!("/webhooks/generic/{}", i.id),
-                _ => format!("/webhooks/{}", i.provider),
+                Some(Provider::Generic) => Some(format!("/webhooks/generic/{}", i.id)),
+                Some(Provider::Presence) => None,
+                _ => Some(format!("/webhooks/{}", i.provider)),
             },
         }
     }
@@ -54,7 +56,8 @@ impl<'a> From<&'a Integration> for IntegrationView<'a> {
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     provider: String,
-    external_id: String,
+    /// Required, except for presence integrations (whose external id is their account's id).
+    external_id: Option<String>,
     account_id: String,
     /// Facebook app secret or Zalo OA secret key; generated for generic integrations.
     secret: Option<String>,
@@ -70,9 +73,11 @@ fn inbound_secret(
 ) -> Result<(String, bool), ApiError> {
     match (provider, given) {
         (Some(Provider::Generic), None) => Ok((generate_secret(), true)),
-        (Some(Provider::Generic), Some(_)) => Err(ApiError::InvalidField {
+        // Nothing posts to a presence integration: its inbound secret is never used or shown.
+        (Some(Provider::Presence), None) => Ok((generate_secret(), false)),
+        (Some(Provider::Generic | Provider::Presence), Some(_)) => Err(ApiError::InvalidField {
             field: "secret",
-            reason: "generic integrations get a generated secret; leave it out".into(),
+            reason: "generic and presence integrations get a generated secret; leave it out".into(),
         }),
         (_, Some(secret)) if secret.len() >= 8 => Ok((secret, false)),
         (_, _) => Err(ApiError::InvalidField {
@@ -94,11 +99,34 @@ pub async fn create(
     let Some(provider) = Provider::parse(&request.provider) else {
         return Err(ApiError::InvalidField {
             field: "provider",
-            reason: "must be facebook, zalo or generic".into(),
+            reason: "must be facebook, zalo, generic or presence".into(),
         });
     };
     let account = field("account_id", AccountId::new(&request.account_id))?;
-    field("external_id", check_id(&request.external_id))?;
+    let external_id = match (provider, request.external_id) {
+        (Provider::Presence, None) => account.as_str().to_owned(),
+        (Provider::Presence, Some(_)) => {
+            return Err(ApiError::InvalidField {
+                field: "external_id",
+                reason: "a presence integration's external id is its account's id; leave it out"
+                    .into(),
+            })
+        }
+        (_, Some(id)) => id,
+        (_, None) => {
+            return Err(ApiError::InvalidField {
+                field: "external_id",
+                reason: "required".into(),
+            })
+        }
+    };
+    field("external_id", check_id(&external_id))?;
+    if provider == Provider::Presence && request.outbound_url.is_none() {
+        return Err(ApiError::InvalidField {
+            field: "outbound_url",
+            reason: "required for presence (where the webhooks go)".into(),
+        });
+    }
     if provider == Provider::Zalo && request.app_id.is_none() {
         return Err(ApiError::InvalidField {
             field: "app_id",
@@ -121,7 +149,7 @@ pub async fn create(
                 &NewIntegration {
                     id: &id,
                     provider: provider.as_str(),
-                    external_id: &request.external_id,
+                    external_id: &external_id,
                     account_id: account.as_str(),
                     secret: &secret_for_db,
                     app_id: request.app_id.as_deref(),

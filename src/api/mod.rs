@@ -8,9 +8,11 @@
 //! - `/api/v1/integrations…`, `/api/v1/webhooks/stats` — admin ([`integrations`]).
 //! - `/api/v1/conversations…` — the inbox for users ([`conversations`]).
 //! - `/api/v1/notifications…` — [`notifications`]; `/api/v1/presence` — [`presence`].
+//! - `/api/v1/accounts/{account}/…` — the control API: revoke, inspect ([`control`]).
 //! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`webhooks`]; what they mean:
 //!   [`crate::webhooks`]).
 
+pub mod control;
 pub mod conversations;
 pub mod demo;
 pub mod events;
@@ -42,6 +44,8 @@ use crate::store::Store;
 
 /// What every request handler shares.
 pub struct AppState {
+    /// This node's id, as the control API shows it.
+    pub node: String,
     /// Set in cluster mode.
     pub cluster: Option<crate::cluster::Cluster>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -75,6 +79,8 @@ pub struct AppState {
     pub demo_minter: Option<JwtConfig>,
     /// When set, `/metrics` needs it as a bearer token.
     pub metrics_token: Option<Secret>,
+    /// The outbound dispatcher (its deliveries: replies and presence webhooks).
+    pub dispatcher: actix::Recipient<crate::commit::Dispatch>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
@@ -86,26 +92,44 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .error_handler(|error, _| ApiError::from(error).into()),
     )
     .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::from(error).into()))
-    .route("/ws", web::get().to(ws::connect))
-    .route("/sse", web::get().to(sse::connect))
-    .route(
-        "/api/v1/sessions/{session_id}/auth",
-        web::post().to(sse::refresh),
-    )
-    .service(
-        web::resource(["/socket.io/", "/socket.io"])
-            .route(web::get().to(socket_io_get))
-            .route(web::post().to(socket_io_post))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .route("/healthz", web::get().to(health::alive))
-    .route("/readyz", web::get().to(health::ready))
-    .route("/metrics", web::get().to(health::metrics))
-    .route("/sdk/switchboard.js", web::get().to(sdk::script))
-    .route("/sdk/switchboard.d.ts", web::get().to(sdk::types))
-    .route("/demo", web::get().to(demo::page))
-    .route("/demo/token", web::post().to(demo::token))
-    .service(
+    .configure(connections)
+    .configure(operations)
+    .configure(server_api)
+    .configure(user_api)
+    .configure(provider_webhooks)
+    .default_service(web::to(not_found));
+}
+
+/// Where clients connect: `/ws`, `/sse` (and its token refresh), `/socket.io/`.
+fn connections(cfg: &mut web::ServiceConfig) {
+    cfg.route("/ws", web::get().to(ws::connect))
+        .route("/sse", web::get().to(sse::connect))
+        .route(
+            "/api/v1/sessions/{session_id}/auth",
+            web::post().to(sse::refresh),
+        )
+        .service(
+            web::resource(["/socket.io/", "/socket.io"])
+                .route(web::get().to(socket_io_get))
+                .route(web::post().to(socket_io_post))
+                .default_service(web::to(method_not_allowed)),
+        );
+}
+
+/// Health, metrics, the SDK and the demo.
+fn operations(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::alive))
+        .route("/readyz", web::get().to(health::ready))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/sdk/switchboard.js", web::get().to(sdk::script))
+        .route("/sdk/switchboard.d.ts", web::get().to(sdk::types))
+        .route("/demo", web::get().to(demo::page))
+        .route("/demo/token", web::post().to(demo::token));
+}
+
+/// What the application's backend calls, with the server API key.
+fn server_api(cfg: &mut web::ServiceConfig) {
+    cfg.service(
         web::resource("/api/v1/publish")
             .route(web::post().to(publish::publish))
             .default_service(web::to(method_not_allowed)),
@@ -127,6 +151,29 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
         web::get().to(integrations::webhook_stats),
     )
     .service(
+        web::scope("/api/v1/accounts/{account}")
+            .route("/users/{user}/revoke", web::post().to(control::revoke_user))
+            .route(
+                "/sessions/{session}/revoke",
+                web::post().to(control::revoke_session),
+            )
+            .route("/sessions", web::get().to(control::sessions))
+            .route("/online", web::get().to(control::online))
+            .route(
+                "/channels/{channel}/online",
+                web::get().to(control::channel_online),
+            )
+            .route("/events", web::get().to(control::stored_events)),
+    )
+    .route(
+        "/api/v1/presence/deliveries",
+        web::get().to(presence::global_deliveries),
+    );
+}
+
+/// What users' clients call, with their tokens.
+fn user_api(cfg: &mut web::ServiceConfig) {
+    cfg.service(
         web::scope("/api/v1/conversations")
             .route("", web::get().to(conversations::list))
             .route("", web::post().to(conversations::open))
@@ -145,8 +192,12 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .route("/{id}", web::delete().to(notifications::delete)),
     )
     .route("/api/v1/presence", web::get().to(presence::online))
-    .route("/api/v1/events", web::get().to(events::poll))
-    .route(
+    .route("/api/v1/events", web::get().to(events::poll));
+}
+
+/// What Facebook, Zalo and other systems post.
+fn provider_webhooks(cfg: &mut web::ServiceConfig) {
+    cfg.route(
         "/webhooks/facebook",
         web::get().to(webhooks::facebook_handshake),
     )
@@ -158,8 +209,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     .route(
         "/webhooks/generic/{id}",
         web::post().to(webhooks::generic_receive),
-    )
-    .default_service(web::to(not_found));
+    );
 }
 
 /// A JSON body that may be left out (then the defaults apply) but, when given, must parse: a

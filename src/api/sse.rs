@@ -1,4 +1,4 @@
-//! `GET /sse[?since=N]`: authenticate, then answer with an event stream served by a session on
+//! `GET /sse[?since=N][&channels=a,b]`: authenticate, then answer with an event stream served by a session on
 //! the Server-Sent Events wire ([`crate::sse`]); and `POST /api/v1/sessions/{id}/auth`, which
 //! hands such a live session a fresh token.
 //!
@@ -11,7 +11,7 @@ use actix_web::http::header::{self, HeaderName};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::extract::User;
-use super::ws::{check_origin, check_resume_point, parse_since, since_in_query};
+use super::ws::{channels_in_query, check_origin, check_resume_point, parse_since, since_in_query};
 use super::AppState;
 use crate::actors::session::Session;
 use crate::error::ApiError;
@@ -41,11 +41,12 @@ pub async fn connect(
         ))?,
         None => since_in_query(&req)?,
     };
+    let channels = channels_in_query(&req, &identity)?;
     let seen_seq = check_resume_point(&state, &identity, since).await?;
     let peer = crate::auth::throttle::peer(&req);
     let shared = state.sessions.clone();
     let stream = crate::sse::start(&state.streams, |wire| {
-        Session::new(identity, peer, seen_seq, since, shared, wire)
+        Session::new(identity, peer, seen_seq, since, shared, wire).with_channels(channels)
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")

@@ -1,4 +1,4 @@
-//! `GET /ws[?since=N]`: authenticate, then upgrade to a WebSocket served by a [`Session`] actor.
+//! `GET /ws[?since=N][&channels=a,b]`: authenticate, then upgrade to a WebSocket served by a [`Session`] actor.
 //!
 //! Every refusal happens here, before the upgrade, as an HTTP error with a JSON body — a browser
 //! or CLI client sees *why* (401 `token-expired`, 400 `invalid-since`, …) rather than a socket that
@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::AppState;
 use crate::actors::session::Session;
 use crate::auth::Identity;
+use crate::channel::{split_list, Channel};
 use crate::error::ApiError;
 use crate::protocol::{ResumePoint, SinceError};
 use crate::store::events;
@@ -20,6 +21,8 @@ use crate::ws::{self as transport, Native};
 #[derive(Deserialize)]
 struct ResumeQuery {
     since: Option<String>,
+    /// `a,b`: the channels to follow from the start.
+    channels: Option<String>,
 }
 
 pub async fn connect(
@@ -33,6 +36,7 @@ pub async fn connect(
     let identity = super::extract::identity(&req)?;
     ws::handshake(&req).map_err(|_| ApiError::NotWebSocket)?;
     let since = since_in_query(&req)?;
+    let channels = channels_in_query(&req, &identity)?;
     let seen_seq = check_resume_point(&state, &identity, since).await?;
 
     let session = Session::new(
@@ -42,7 +46,8 @@ pub async fn connect(
         since,
         state.sessions.clone(),
         Native::default(),
-    );
+    )
+    .with_channels(channels);
     transport::start(session, &req)
         .await
         .map_err(|_| ApiError::NotWebSocket)
@@ -55,6 +60,17 @@ pub fn since_in_query(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
         .into_inner()
         .since;
     parse_since(since)
+}
+
+/// The channels of `?channels=a,b` to follow from the start, each allowed by the token's grant.
+pub fn channels_in_query(req: &HttpRequest, identity: &Identity) -> Result<Vec<Channel>, ApiError> {
+    let list = web::Query::<ResumeQuery>::from_query(req.query_string())
+        .map_err(|_| ApiError::Since(SinceError::Malformed))?
+        .into_inner()
+        .channels;
+    Ok(identity
+        .channels
+        .admit(split_list(list.as_deref().unwrap_or_default()))?)
 }
 
 /// A resume point as the client wrote it, checked to be a sequence number.

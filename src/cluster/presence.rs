@@ -9,7 +9,8 @@
 //! Keys (one Redis, not Redis Cluster — the scripts compute keys):
 //! - `switchboard:presence:<["account","user"]>` — hash of node → expiry (Unix ms);
 //! - `switchboard:online:<account>` — set of the account's users with any record;
-//! - `switchboard:presence-expiry` — sorted set of `<node> <["account","user"]>` by expiry.
+//! - `switchboard:presence-expiry` — sorted set of `<node> <["account","user"]>` by expiry;
+//! - `switchboard:presence-decided` — the stamp of the last decision (see [`DECIDED`]).
 
 use std::time::Duration;
 
@@ -26,6 +27,22 @@ pub const REFRESH: Duration = Duration::from_secs(5);
 const REFRESH_BATCH: usize = 500;
 /// Expired records swept per script call.
 const SWEEP_BATCH: usize = 500;
+
+/// Stamps a decision with Redis's clock, in microseconds, strictly increasing (a decision in the
+/// same microsecond as the last, or a clock set back, gets the last one's stamp plus one). A
+/// string of digits: Lua's numbers are doubles, exact to 2^53, and `cjson` would print them
+/// with 14 digits.
+const DECIDED: &str = r#"
+local function decided()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local last = tonumber(redis.call('GET', 'switchboard:presence-decided') or '0')
+  if now <= last then now = last + 1 end
+  local stamp = string.format('%.0f', now)
+  redis.call('SET', 'switchboard:presence-decided', stamp)
+  return stamp
+end
+"#;
 
 /// Marks users online on `node` until `ARGV[2]`; publishes `online` for each who had no live
 /// record anywhere. ARGV: now, expires, node, then (pair, account, user) per user.
@@ -46,7 +63,8 @@ for i = 4, #ARGV, 3 do
   if not live then
     came = came + 1
     redis.call('PUBLISH', 'switchboard:events',
-      cjson.encode({presence = {account = account, user = user, online = true}}))
+      cjson.encode({presence = {account = account, user = user, online = true,
+      decided = decided()}}))
   end
 end
 return came
@@ -66,7 +84,8 @@ end
 redis.call('DEL', key)
 redis.call('SREM', 'switchboard:online:' .. account, user)
 redis.call('PUBLISH', 'switchboard:events',
-  cjson.encode({presence = {account = account, user = user, online = false}}))
+  cjson.encode({presence = {account = account, user = user, online = false,
+  decided = decided()}}))
 return 1
 "#;
 
@@ -95,7 +114,8 @@ for _, member in ipairs(expired) do
       local ids = cjson.decode(pair)
       redis.call('SREM', 'switchboard:online:' .. ids[1], ids[2])
       redis.call('PUBLISH', 'switchboard:events',
-        cjson.encode({presence = {account = ids[1], user = ids[2], online = false}}))
+        cjson.encode({presence = {account = ids[1], user = ids[2], online = false,
+          decided = decided()}}))
       gone = gone + 1
     end
   end
@@ -113,9 +133,9 @@ pub struct Scripts {
 impl Default for Scripts {
     fn default() -> Self {
         Self {
-            up: Script::new(UP),
-            down: Script::new(DOWN),
-            sweep: Script::new(SWEEP),
+            up: Script::new(&format!("{DECIDED}{UP}")),
+            down: Script::new(&format!("{DECIDED}{DOWN}")),
+            sweep: Script::new(&format!("{DECIDED}{SWEEP}")),
         }
     }
 }

@@ -301,6 +301,7 @@ impl Relay {
                 account,
                 user,
                 online,
+                decided: None,
             });
         }
     }

@@ -50,6 +50,10 @@ pub enum ChannelMessage<'a> {
         #[serde(borrow)]
         user: Cow<'a, str>,
         online: bool,
+        /// When Redis decided it: microseconds of its clock, as a string of digits (Lua's
+        /// numbers would lose digits), strictly increasing per user.
+        #[serde(borrow, default)]
+        decided: Option<Cow<'a, str>>,
     },
     /// Events of the account (of every account, for `None`) may not have reached the other
     /// nodes — the node could not relay them, or a publish was answered as an idempotent replay
@@ -107,16 +111,18 @@ mod tests {
     #[test]
     fn presence_from_lua_cjson_is_understood() {
         // What the presence scripts' `cjson.encode` produces (it escapes `/`).
-        let text = r#"{"presence":{"online":false,"user":"a\/b","account":"acme"}}"#;
+        let text = r#"{"presence":{"online":false,"user":"a\/b","account":"acme","decided":"1764960000123456"}}"#;
         let wire: ChannelMessage = serde_json::from_str(text).unwrap();
         let ChannelMessage::Presence {
             account,
             user,
             online,
+            decided,
         } = wire
         else {
             panic!("not presence");
         };
         assert_eq!((&*account, &*user, online), ("acme", "a/b", false));
+        assert_eq!(decided.as_deref(), Some("1764960000123456"));
     }
 }

@@ -11,11 +11,11 @@ use super::address::{Policy, Resolver};
 use crate::actors::broker::Broker;
 use crate::auth::signature;
 use crate::commit;
-use crate::config::OutboundConfig;
+use crate::config::{OutboundConfig, PresenceWebhook};
 use crate::ids::AccountId;
 use crate::inbox;
-use crate::store::deliveries::{self, Delivery, Outcome, Status};
-use crate::store::integrations::{self, Integration};
+use crate::store::deliveries::{self, Delivery, Kind, Outcome, Status};
+use crate::store::integrations;
 use crate::store::{self, conversations, now_ms, Store, StoreError};
 
 /// Longest wait between two attempts.
@@ -33,6 +33,15 @@ enum Failure {
     Request(String),
 }
 
+/// Where one delivery goes, and how it is signed.
+struct Receiver {
+    url: Option<String>,
+    secret: String,
+    disabled: bool,
+    /// The account whose message's status follows the delivery's (replies only).
+    account: Option<AccountId>,
+}
+
 /// What this node's attempts share.
 pub(super) struct Attempts {
     store: Store,
@@ -42,6 +51,8 @@ pub(super) struct Attempts {
     policy: Policy,
     /// This node's name, written into the leases it takes.
     node: String,
+    /// Where presence webhooks of accounts without a presence integration go.
+    global_presence: Option<PresenceWebhook>,
 }
 
 impl Attempts {
@@ -49,6 +60,7 @@ impl Attempts {
         store: Store,
         broker: Addr<Broker>,
         config: OutboundConfig,
+        global_presence: Option<PresenceWebhook>,
         node: &str,
     ) -> Self {
         let policy = Policy {
@@ -72,6 +84,7 @@ impl Attempts {
             config,
             policy,
             node: node.to_owned(),
+            global_presence,
         }
     }
 
@@ -120,24 +133,17 @@ impl Attempts {
 
     /// One attempt at a delivery this node has claimed; returns when to try again, if at all.
     pub(super) async fn attempt(&self, delivery: Delivery) -> Option<Duration> {
-        let integration_id = delivery.integration_id.clone();
-        let integration = match self
-            .store
-            .run(move |conn| integrations::get(conn, &integration_id))
-            .await
-        {
-            Ok(integration) => integration,
+        let receiver = match self.receiver(&delivery).await {
+            Ok(receiver) => receiver,
             Err(e) => {
                 // The claim runs out, and a scan takes the delivery again.
                 log::error!("outbound delivery={}: {e}", delivery.id);
                 return None;
             }
         };
-        let result = match &integration {
-            None => Err(Failure::Final("its integration no longer exists".into())),
-            Some(i) if i.disabled_at.is_some() => {
-                Err(Failure::Final("integration disabled".into()))
-            }
+        let result = match &receiver {
+            None => Err(Failure::Final("its receiver no longer exists".into())),
+            Some(r) if r.disabled => Err(Failure::Final("integration disabled".into())),
             Some(_)
                 if now_ms().saturating_add(millis(self.config.timeout))
                     >= delivery.leased_until =>
@@ -150,14 +156,40 @@ impl Attempts {
                 );
                 return None;
             }
-            Some(i) => self.send(i, &delivery).await,
+            Some(r) => self.send(r, &delivery).await,
         };
-        let account = integration.map(|i| i.account_id);
+        let account = receiver.and_then(|r| r.account);
         self.record(delivery, account, result).await
     }
 
-    async fn send(&self, integration: &Integration, delivery: &Delivery) -> Result<(), Failure> {
-        let Some(url) = &integration.outbound_url else {
+    /// Where the delivery goes: its integration, or for a presence webhook without one, the
+    /// globally configured receiver.
+    async fn receiver(&self, delivery: &Delivery) -> Result<Option<Receiver>, StoreError> {
+        let presence = delivery.kind == Kind::Presence.as_str();
+        if presence && delivery.integration_id.is_empty() {
+            return Ok(self.global_presence.as_ref().map(|global| Receiver {
+                url: Some(global.url.clone()),
+                secret: global.secret.expose().to_owned(),
+                disabled: false,
+                account: None,
+            }));
+        }
+        let integration_id = delivery.integration_id.clone();
+        let integration = self
+            .store
+            .run(move |conn| integrations::get(conn, &integration_id))
+            .await?;
+        Ok(integration.map(|i| Receiver {
+            disabled: i.disabled_at.is_some(),
+            url: i.outbound_url,
+            secret: i.outbound_secret,
+            // A reply's final outcome is its message's status too; a presence webhook's is not.
+            account: (!presence).then_some(i.account_id),
+        }))
+    }
+
+    async fn send(&self, receiver: &Receiver, delivery: &Delivery) -> Result<(), Failure> {
+        let Some(url) = &receiver.url else {
             return Err(Failure::Final("the integration has no outbound_url".into()));
         };
         let url = self
@@ -166,7 +198,7 @@ impl Attempts {
             .map_err(|e| Failure::Final(format!("outbound_url refused: {e}")))?;
         let timestamp = now_ms() / 1000;
         let signature = signature::sign_standard(
-            &integration.outbound_secret,
+            &receiver.secret,
             &delivery.id,
             timestamp,
             delivery.payload.as_bytes(),

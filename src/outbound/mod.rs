@@ -1,6 +1,8 @@
 //! Outbound webhooks: a reply posted in Switchboard is handed to the application's backend (which
 //! forwards it to Facebook or Zalo — Switchboard never calls them) as a Standard Webhooks request
-//! signed with the integration's outbound secret, retried with exponential backoff.
+//! signed with the integration's outbound secret, retried with exponential backoff. Presence
+//! webhooks (`user.online` / `user.offline`, queued by `presence_webhooks`) are deliveries of
+//! another kind, sent the same way to the account's presence integration or the global receiver.
 //!
 //! Deliveries are rows (`store::deliveries`), so their state is visible through the admin API and
 //! survives a restart. Each outcome is also told to the account's sessions as a `message-status`
@@ -30,7 +32,7 @@ use actix::prelude::*;
 
 use crate::actors::broker::Broker;
 use crate::commit::Dispatch;
-use crate::config::OutboundConfig;
+use crate::config::{OutboundConfig, PresenceWebhook};
 use crate::store::deliveries::Delivery;
 use crate::store::Store;
 use attempt::Attempts;
@@ -55,10 +57,17 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// `node` names this node in the leases it takes.
-    pub fn new(store: Store, broker: Addr<Broker>, config: OutboundConfig, node: &str) -> Self {
+    /// `node` names this node in the leases it takes; `global_presence` receives the presence
+    /// webhooks of accounts without a presence integration.
+    pub fn new(
+        store: Store,
+        broker: Addr<Broker>,
+        config: OutboundConfig,
+        global_presence: Option<PresenceWebhook>,
+        node: &str,
+    ) -> Self {
         Self {
-            attempts: Arc::new(Attempts::new(store, broker, config, node)),
+            attempts: Arc::new(Attempts::new(store, broker, config, global_presence, node)),
             scan_interval: config.scan_interval,
             in_flight: HashSet::new(),
             scan_reserved: 0,

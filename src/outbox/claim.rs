@@ -117,15 +117,18 @@ impl Claimer {
             // Read after the locks are held: every row of these accounts that a node which held
             // them before has not deleted.
             let rows: Vec<Row> = diesel::sql_query(format!(
-                "SELECT id, account_id, user_id, channel, event, data::text AS data, \
-                        idempotency_key \
-                 FROM {table} \
+                "SELECT id, account_id, user_id, channel, event, \
+                        CASE WHEN octet_length(d.text) > $3 THEN NULL ELSE d.text END AS data, \
+                        octet_length(d.text)::bigint AS size, idempotency_key \
+                 FROM {table}, LATERAL (SELECT data::text AS text) d \
                  WHERE account_id = ANY($1) \
                    AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
                  ORDER BY xid, id LIMIT $2"
             ))
             .bind::<Array<Text>, _>(&taken)
             .bind::<BigInt, _>(self.batch)
+            // The size is checked here so that an oversized row's data is never read.
+            .bind::<BigInt, _>(i64::try_from(self.max_data).unwrap_or(i64::MAX))
             .load(conn)?;
             let outcomes = self.publish(&rows, publisher, block_on);
             let round = self.settle(conn, &rows, outcomes)?;

@@ -26,8 +26,13 @@ pub struct Row {
     pub channel: Option<String>,
     #[diesel(sql_type = Text)]
     pub event: String,
-    #[diesel(sql_type = Text)]
-    pub data: String,
+    /// The data as JSON text; `None` when it is larger than a publish may carry (the query
+    /// leaves it unread).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub data: Option<String>,
+    /// The data's size in bytes, as JSON text.
+    #[diesel(sql_type = BigInt)]
+    pub size: i64,
     #[diesel(sql_type = Nullable<Text>)]
     pub idempotency_key: Option<String>,
 }
@@ -66,14 +71,16 @@ impl Row {
             return Err(Refusal::Channel);
         }
         check_event_name(&self.event).map_err(Refusal::Event)?;
-        if self.data.len() > max_data {
-            return Err(Refusal::TooLarge {
-                size: self.data.len(),
-                max: max_data,
-            });
-        }
-        let data =
-            RawValue::from_string(self.data.clone()).map_err(|e| Refusal::Data(e.to_string()))?;
+        let data = match &self.data {
+            Some(data) if data.len() <= max_data => data,
+            _ => {
+                return Err(Refusal::TooLarge {
+                    size: usize::try_from(self.size).unwrap_or(usize::MAX),
+                    max: max_data,
+                })
+            }
+        };
+        let data = RawValue::from_string(data.clone()).map_err(|e| Refusal::Data(e.to_string()))?;
         let idempotency_key = match &self.idempotency_key {
             Some(key) if valid_key(key) => key.clone(),
             Some(_) => return Err(Refusal::IdempotencyKey),
@@ -82,6 +89,7 @@ impl Row {
         Ok(Request {
             account,
             user,
+            channel: None,
             event: self.event.clone(),
             data,
             idempotency_key: Some(idempotency_key),

@@ -30,10 +30,33 @@ pub struct Delivery {
     pub leased_by: Option<String>,
     /// Until when (ms) `leased_by` holds it; 0 when no node does.
     pub leased_until: i64,
+    /// `reply` or `presence` (see [`Kind`]).
+    pub kind: String,
 }
 
+/// What a delivery carries, by the name stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An outbound reply: `message_id` names the message, whose status follows the delivery's.
+    Reply,
+    /// A `user.online` / `user.offline` webhook; `integration_id` is the account's presence
+    /// integration, or empty for the globally configured receiver.
+    Presence,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reply => "reply",
+            Self::Presence => "presence",
+        }
+    }
+}
+
+/// Queues a delivery, due now. `message_id` is empty for a presence webhook.
 pub fn create(
     conn: &mut DbConnection,
+    kind: Kind,
     id: &str,
     integration_id: &str,
     message_id: &str,
@@ -42,6 +65,7 @@ pub fn create(
     let now = now_ms();
     diesel::insert_into(d::table)
         .values((
+            d::kind.eq(kind.as_str()),
             d::id.eq(id),
             d::integration_id.eq(integration_id),
             d::message_id.eq(message_id),
@@ -182,6 +206,19 @@ pub fn recent(
 ) -> Result<Vec<Delivery>, StoreError> {
     Ok(d::table
         .filter(d::integration_id.eq(integration_id))
+        .order(d::created_at.desc())
+        .limit(limit)
+        .load(conn)?)
+}
+
+/// The most recent presence deliveries to the globally configured receiver, newest first.
+pub fn recent_global_presence(
+    conn: &mut DbConnection,
+    limit: i64,
+) -> Result<Vec<Delivery>, StoreError> {
+    Ok(d::table
+        .filter(d::kind.eq(Kind::Presence.as_str()))
+        .filter(d::integration_id.eq(""))
         .order(d::created_at.desc())
         .limit(limit)
         .load(conn)?)

@@ -1,4 +1,5 @@
-//! Events: appending with the next sequence number of the account, and reading them back.
+//! Events: appending with the next sequence number of the account, and reading them back — as
+//! one user following some channels sees them, or all of them (the control API).
 
 use diesel::backend::Backend;
 use diesel::prelude::*;
@@ -8,12 +9,15 @@ use diesel::sql_types::{BigInt, HasSqlType, Text};
 
 use super::schema::{account_sequences, events};
 use super::{DbConnection, StoreError};
+use crate::channel::Channel;
 use crate::ids::{AccountId, UserId};
 
 /// An event about to be stored.
 pub struct NewEvent<'a> {
     pub account: &'a AccountId,
     pub user: Option<&'a UserId>,
+    /// When set, only the sessions following this channel receive it.
+    pub channel: Option<&'a Channel>,
     pub event: &'a str,
     /// JSON text.
     pub data: &'a str,
@@ -28,25 +32,48 @@ pub struct StoredEvent {
     pub event: String,
     pub data: String,
     pub created_at: i64,
+    pub channel: Option<String>,
 }
+
+/// Whose view of the account's events a read takes: a user's, following some channels.
+#[derive(Clone, Copy)]
+pub struct Reader<'a> {
+    pub user: &'a UserId,
+    /// Channel events are read for these channels only.
+    pub channels: &'a [Channel],
+    /// Whether events published to no channel are read too (not for one channel's history).
+    pub unchanneled: bool,
+}
+
+/// Most rows in one multi-row insert: SQLite binds at most 32,766 parameters in one statement
+/// (999 before 3.32), and an event row binds six.
+pub const INSERT_CHUNK: usize = 150;
 
 /// Takes the account's next sequence number. Call inside [`super::write`] for the account, whose
 /// row lock makes the numbers gap-free and strictly increasing.
 pub fn next_seq(conn: &mut DbConnection, account: &AccountId) -> Result<u64, StoreError> {
-    let seq: i64 = TakeSeq {
-        account: account.as_str(),
-    }
-    .get_result(conn)?;
-    Ok(seq as u64)
+    take_seqs(conn, account, 1)
 }
 
-/// `UPDATE account_sequences SET last_seq = last_seq + 1 WHERE account_id = ? RETURNING
+/// Takes the account's next `n` sequence numbers in one statement and returns the first (the
+/// others follow it). Call inside [`super::write`] for the account, as [`next_seq`].
+pub fn take_seqs(conn: &mut DbConnection, account: &AccountId, n: u64) -> Result<u64, StoreError> {
+    let last: i64 = TakeSeq {
+        account: account.as_str(),
+        n: n as i64,
+    }
+    .get_result(conn)?;
+    Ok(last as u64 + 1 - n)
+}
+
+/// `UPDATE account_sequences SET last_seq = last_seq + ? WHERE account_id = ? RETURNING
 /// last_seq`, as a statement of its own. Diesel never keeps the statements of its `update`
 /// builder prepared (their SQL varies with the changeset), so written with it this was parsed
 /// and prepared afresh for every event — a tenth of the publish path. This one is prepared once
 /// per connection and kept.
 struct TakeSeq<'a> {
     account: &'a str,
+    n: i64,
 }
 
 impl QueryId for TakeSeq<'_> {
@@ -56,11 +83,14 @@ impl QueryId for TakeSeq<'_> {
 
 impl<DB> QueryFragment<DB> for TakeSeq<'_>
 where
-    DB: Backend + HasSqlType<Text>,
+    DB: Backend + HasSqlType<Text> + HasSqlType<BigInt>,
     str: ToSql<Text, DB>,
+    i64: ToSql<BigInt, DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("UPDATE account_sequences SET last_seq = last_seq + 1 WHERE account_id = ");
+        out.push_sql("UPDATE account_sequences SET last_seq = last_seq + ");
+        out.push_bind_param::<BigInt, i64>(&self.n)?;
+        out.push_sql(" WHERE account_id = ");
         out.push_bind_param::<Text, str>(self.account)?;
         out.push_sql(" RETURNING last_seq");
         Ok(())
@@ -76,18 +106,61 @@ impl<Conn> RunQueryDsl<Conn> for TakeSeq<'_> {}
 /// Stores the event under the account's next sequence number and returns that number. Call
 /// inside [`super::write`] for the event's account.
 pub fn append(conn: &mut DbConnection, new: &NewEvent<'_>) -> Result<u64, StoreError> {
-    let seq = next_seq(conn, new.account)?;
-    diesel::insert_into(events::table)
-        .values((
-            events::account_id.eq(new.account.as_str()),
-            events::seq.eq(seq as i64),
-            events::user_id.eq(new.user.map(UserId::as_str)),
-            events::event.eq(new.event),
-            events::data.eq(new.data),
-            events::created_at.eq(super::now_ms()),
-        ))
-        .execute(conn)?;
-    Ok(seq)
+    Ok(append_many(conn, std::slice::from_ref(new))?[0])
+}
+
+/// Stores the events, each under its account's next sequence number in the order given, and
+/// returns their numbers in that order: one sequence step per account and one insert per
+/// [`INSERT_CHUNK`] events, however many events. Call inside [`super::write_accounts`] for
+/// every account among them.
+pub fn append_many(conn: &mut DbConnection, new: &[NewEvent<'_>]) -> Result<Vec<u64>, StoreError> {
+    let mut counts: Vec<(&AccountId, u64)> = Vec::new();
+    for event in new {
+        match counts.iter_mut().find(|(a, _)| *a == event.account) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((event.account, 1)),
+        }
+    }
+    let mut next: Vec<(&AccountId, u64)> = Vec::with_capacity(counts.len());
+    for (account, n) in counts {
+        next.push((account, take_seqs(conn, account, n)?));
+    }
+    let seqs: Vec<u64> = new
+        .iter()
+        .map(|event| {
+            let (_, seq) = next
+                .iter_mut()
+                .find(|(a, _)| *a == event.account)
+                .expect("every account was counted");
+            *seq += 1;
+            *seq - 1
+        })
+        .collect();
+    let now = super::now_ms();
+    for (events, seqs) in new.chunks(INSERT_CHUNK).zip(seqs.chunks(INSERT_CHUNK)) {
+        let rows: Vec<_> = events
+            .iter()
+            .zip(seqs)
+            .map(|(e, seq)| {
+                (
+                    events::account_id.eq(e.account.as_str()),
+                    events::seq.eq(*seq as i64),
+                    events::user_id.eq(e.user.map(UserId::as_str)),
+                    events::event.eq(e.event),
+                    events::data.eq(e.data),
+                    events::created_at.eq(now),
+                    events::channel.eq(e.channel.map(Channel::as_str)),
+                )
+            })
+            .collect();
+        let insert = diesel::insert_into(events::table).values(rows);
+        // Diesel's multi-backend connection cannot batch inserts; each backend can.
+        match conn {
+            DbConnection::Postgres(c) => insert.execute(c)?,
+            DbConnection::Sqlite(c) => insert.execute(c)?,
+        };
+    }
+    Ok(seqs)
 }
 
 /// The account's last sequence number; 0 before its first event.
@@ -140,11 +213,11 @@ pub fn after(
 
 type DbBackend = <DbConnection as Connection>::Backend;
 
-/// The account's events after `after` (up to `up_to`) that `user` may see: the account's, and
-/// those addressed to them; in sequence order.
+/// The account's events after `after` (up to `up_to`) that `reader` may see: the account's, and
+/// those addressed to them, of the channels they follow; in sequence order.
 fn visible_query<'a>(
     account: &'a AccountId,
-    user: &'a UserId,
+    reader: Reader<'a>,
     after: u64,
     up_to: Option<u64>,
 ) -> events::BoxedQuery<'a, DbBackend> {
@@ -154,27 +227,33 @@ fn visible_query<'a>(
         .filter(
             events::user_id
                 .is_null()
-                .or(events::user_id.eq(user.as_str())),
+                .or(events::user_id.eq(reader.user.as_str())),
         )
         .order(events::seq.asc())
         .into_boxed();
+    let names: Vec<&str> = reader.channels.iter().map(Channel::as_str).collect();
+    query = match (reader.unchanneled, names.is_empty()) {
+        (true, true) => query.filter(events::channel.is_null()),
+        (true, false) => query.filter(events::channel.is_null().or(events::channel.eq_any(names))),
+        (false, _) => query.filter(events::channel.eq_any(names)),
+    };
     if let Some(up_to) = up_to {
         query = query.filter(events::seq.le(up_to as i64));
     }
     query
 }
 
-/// The events after `after`, up to `up_to`, that `user` may see (the account's, and those
-/// addressed to them), in sequence order; at most `limit`.
+/// The events after `after`, up to `up_to`, that `reader` may see (the account's, those
+/// addressed to them, those of the channels they follow), in sequence order; at most `limit`.
 pub fn visible(
     conn: &mut DbConnection,
     account: &AccountId,
-    user: &UserId,
+    reader: Reader<'_>,
     after: u64,
     up_to: Option<u64>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    Ok(visible_query(account, user, after, up_to)
+    Ok(visible_query(account, reader, after, up_to)
         .limit(limit)
         .load(conn)?)
 }
@@ -193,18 +272,18 @@ pub struct Page {
     pub oldest: Option<u64>,
 }
 
-/// The events after `after`, up to `up_to`, that `user` may see: at most `max_rows`, and only as
-/// many as fit in `max_bytes` of data (but at least one). Their sizes are read first, so that a
-/// replay never holds more than that in memory, however large the events.
+/// The events after `after`, up to `up_to`, that `reader` may see: at most `max_rows`, and only
+/// as many as fit in `max_bytes` of data (but at least one). Their sizes are read first, so that
+/// a replay never holds more than that in memory, however large the events.
 pub fn page(
     conn: &mut DbConnection,
     account: &AccountId,
-    user: &UserId,
+    reader: Reader<'_>,
     (after, up_to): (u64, u64),
     max_rows: i64,
     max_bytes: usize,
 ) -> Result<Page, StoreError> {
-    let sizes: Vec<(i64, i32)> = visible_query(account, user, after, Some(up_to))
+    let sizes: Vec<(i64, i32)> = visible_query(account, reader, after, Some(up_to))
         .select((events::seq, octet_length(events::data)))
         .limit(max_rows)
         .load(conn)?;
@@ -223,7 +302,7 @@ pub fn page(
     };
     let rows = match fitting {
         0 => Vec::new(),
-        n => visible(conn, account, user, after, Some(covered), n as i64)?,
+        n => visible(conn, account, reader, after, Some(covered), n as i64)?,
     };
     let oldest: Option<i64> = events::table
         .filter(events::account_id.eq(account.as_str()))

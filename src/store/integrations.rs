@@ -15,6 +15,9 @@ pub enum Provider {
     Zalo,
     /// Any system, through Standard Webhooks.
     Generic,
+    /// Where the account's `user.online` / `user.offline` webhooks go (`outbound_url`, signed
+    /// with `outbound_secret`); its external id is the account's id. Receives nothing.
+    Presence,
 }
 
 impl Provider {
@@ -23,6 +26,7 @@ impl Provider {
             Self::Facebook => "facebook",
             Self::Zalo => "zalo",
             Self::Generic => "generic",
+            Self::Presence => "presence",
         }
     }
 
@@ -32,6 +36,7 @@ impl Provider {
             "facebook" => Some(Self::Facebook),
             "zalo" => Some(Self::Zalo),
             "generic" => Some(Self::Generic),
+            "presence" => Some(Self::Presence),
             _ => None,
         }
     }

@@ -12,7 +12,9 @@ pub mod deliveries;
 pub mod events;
 pub mod integrations;
 pub mod notifications;
+pub mod presence;
 pub mod publish_keys;
+pub mod revocations;
 pub mod schema;
 
 use std::time::Duration;

@@ -15,6 +15,16 @@ diesel::table! {
         event -> Text,
         data -> Text,
         created_at -> BigInt,
+        channel -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    user_revocations (account_id, user_id) {
+        account_id -> Text,
+        user_id -> Text,
+        revoked_at -> BigInt,
+        recorded_at -> BigInt,
     }
 }
 
@@ -91,6 +101,18 @@ diesel::table! {
         updated_at -> BigInt,
         leased_by -> Nullable<Text>,
         leased_until -> BigInt,
+        kind -> Text,
+    }
+}
+
+diesel::table! {
+    presence_state (account_id, user_id) {
+        account_id -> Text,
+        user_id -> Text,
+        online -> Bool,
+        generation -> BigInt,
+        decided -> BigInt,
+        updated_at -> BigInt,
     }
 }
 

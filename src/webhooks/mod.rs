@@ -355,7 +355,8 @@ impl Stats {
         let counter = match provider {
             Provider::Facebook => &self.facebook,
             Provider::Zalo => &self.zalo,
-            Provider::Generic => &self.generic,
+            // A presence integration receives nothing, so has no signature to refuse.
+            Provider::Generic | Provider::Presence => &self.generic,
         };
         crate::metrics::webhook_signature_failure(provider.as_str());
         let total = counter.fetch_add(1, Ordering::Relaxed) + 1;

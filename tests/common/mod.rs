@@ -224,6 +224,7 @@ pub fn config(db: &Db) -> Config {
             max_pending_connections: 4096,
         },
         metrics_token: None,
+        presence_webhook: None,
         dev_mode: None,
         demo: switchboard::config::Demo::Off,
     }

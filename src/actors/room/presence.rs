@@ -95,7 +95,10 @@ impl Room {
         match (&self.peers, online) {
             (Some(peers), _) => peers.presence(&self.account, &user, online),
             (None, true) => self.presence_changed(&user, true, ctx),
-            (None, false) => self.going_offline(user, ctx),
+            (None, false) => {
+                self.tell_hook(&user, false);
+                self.going_offline(user, ctx)
+            }
         }
     }
 
@@ -111,5 +114,14 @@ impl Room {
             }
         });
         self.leaving.insert(user, timer);
+    }
+
+    /// Alone (without peers), tells the presence hook that the user's first tab here opened
+    /// (a reload's included) or their last closed: the hook keeps its own grace, as this room
+    /// may close before its grace is over.
+    pub(super) fn tell_hook(&self, user: &UserId, online: bool) {
+        if let (None, Some(hook)) = (&self.peers, &self.presence_hook) {
+            hook.here(&self.account, user, online);
+        }
     }
 }

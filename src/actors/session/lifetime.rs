@@ -1,7 +1,8 @@
 //! The token's lifetime on a live connection. Connections last for days, so the token checked at
 //! the handshake must not keep working after it expires: the session warns the client shortly
 //! before (`token-expiring`), takes a fresh token in place (`auth`) when it names the same
-//! account and user, and closes with 4002 when none came in time.
+//! account and user (its `channels` claim then replaces the old one, and channels it no longer
+//! allows are left), and closes with 4002 when none came in time.
 
 use serde_json::Value;
 
@@ -59,13 +60,15 @@ impl<W: Wire> Session<W> {
         if fresh.account != self.identity.account || fresh.user != self.identity.user {
             return false;
         }
-        self.identity.expires_at = fresh.expires_at;
+        self.identity = fresh.clone();
         self.lifetime.warned = false;
         let answer = ServerFrame::Authenticated {
             reference,
             expires_at: fresh.expires_at,
         };
         self.write(ctx, &answer);
+        // The new token's grant is the one that holds from now on.
+        self.narrow_channels(ctx);
         true
     }
 

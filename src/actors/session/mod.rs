@@ -13,6 +13,7 @@
 //!   its client takes them, so a client that does not read is closed at a bound instead of
 //!   growing the server's memory;
 //! - [`requests`] — the user's `send`, `read`, `typing` and `presence` frames;
+//! - [`channels`] — the channels it follows: on connecting, `subscribe` and `unsubscribe`;
 //! - [`lifetime`] — the token's expiry on a live connection, and its refresh in place;
 //! - [`replay`] — resuming after a reconnect (`?since=` or a `resume` frame): replaying what was
 //!   missed, merged with live events by sequence number.
@@ -21,6 +22,7 @@
 //! never actix-web or a transport.
 
 mod backlog;
+mod channels;
 mod lifetime;
 mod replay;
 mod requests;
@@ -34,7 +36,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use tokio::sync::oneshot;
 
-use super::broker::{Broker, Join, Leave};
+use super::broker::{Broker, FollowRequest, Join, Leave};
 use super::service::{SendRequest, Service};
 use crate::auth::throttle::Authenticator;
 use crate::auth::Identity;
@@ -72,6 +74,16 @@ pub enum FromRoom {
     /// The room cannot take the session now (it cannot read the database): close with 1011, so
     /// the client comes back with backoff.
     Unavailable,
+    /// The session follows `channel` from now on: its events after `seq` are delivered (the
+    /// answer to a `subscribe`, which `request` was).
+    Subscribed {
+        channel: crate::channel::Channel,
+        seq: u64,
+        request: FollowRequest,
+    },
+    /// The application revoked the session's user, or the session (control API): close with
+    /// 4005.
+    Revoked,
     /// Event `seq` was not queued for this session, which is replaying history: the replay
     /// reads it from the database (see [`Backlog::reserve_stored`]).
     Missed { seq: u64 },
@@ -118,6 +130,7 @@ pub struct Session<W: Wire> {
     shared: Arc<Shared>,
     limits: requests::Limits,
     resume: replay::Resume,
+    following: channels::Following,
     lifetime: lifetime::Lifetime,
     /// Bytes written for the client that the transport has not yet taken.
     backlog: Arc<Backlog>,
@@ -156,6 +169,7 @@ impl<W: Wire> Session<W> {
             seen_seq,
             limits: requests::Limits::new(shared.frames_per_second),
             resume: replay::Resume::new(since),
+            following: channels::Following::default(),
             lifetime: lifetime::Lifetime::default(),
             shared,
             backlog,
@@ -305,6 +319,14 @@ impl<W: Wire> Session<W> {
             Ok(ClientFrame::Resume { since }) => self.on_resume(&since, ctx),
             Ok(ClientFrame::Presence { reference }) => self.on_presence(reference, ctx),
             Ok(ClientFrame::Auth { token, reference }) => self.on_auth(&token, reference, ctx),
+            Ok(ClientFrame::Subscribe {
+                channel,
+                since,
+                reference,
+            }) => self.on_subscribe(&channel, since, reference, ctx),
+            Ok(ClientFrame::Unsubscribe { channel, reference }) => {
+                self.on_unsubscribe(&channel, reference, ctx)
+            }
             Err(error) => self.send_error(ctx, &error),
         }
     }
@@ -369,6 +391,7 @@ impl<W: Wire> Session<W> {
     /// an address (its transport gives it one, or it has started).
     fn join(&self) -> impl FnOnce(Addr<Self>, Option<oneshot::Sender<()>>) -> Join {
         let (session, seen_seq, backlog) = (self.id, self.seen_seq, self.backlog.clone());
+        let channels = self.following.channels.clone();
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
         move |address, answered| Join {
             session,
@@ -380,6 +403,8 @@ impl<W: Wire> Session<W> {
             notices: address.recipient(),
             backlog,
             answered,
+            channels,
+            connected_at: crate::store::now_ms(),
         }
     }
 }
@@ -394,6 +419,12 @@ impl<W: Wire> Handler<FromRoom> for Session<W> {
             FromRoom::TooManySessions => session.close(ctx, Close::TooManySessions),
             FromRoom::Unavailable => session.close(ctx, Close::ServerError),
             FromRoom::Missed { seq } => session.missed(seq, ctx),
+            FromRoom::Revoked => session.close(ctx, Close::Revoked),
+            FromRoom::Subscribed {
+                channel,
+                seq,
+                request,
+            } => session.subscribed(channel, seq, request, ctx),
             FromRoom::Fail => panic!("session failing on request"),
         });
     }

@@ -1,0 +1,2 @@
+DROP TABLE presence_state;
+ALTER TABLE outbound_deliveries DROP COLUMN kind;
