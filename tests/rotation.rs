@@ -120,11 +120,10 @@ struct Soak {
     ready: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-impl Soak {
-    fn welcomed(&mut self) {
-        if let Some(ready) = self.ready.take() {
-            let _ = ready.send(());
-        }
+/// Tells the test that the client's first session has said welcome (once).
+fn welcomed(ready: &mut Option<tokio::sync::oneshot::Sender<()>>) {
+    if let Some(ready) = ready.take() {
+        let _ = ready.send(());
     }
 }
 
@@ -159,13 +158,7 @@ async fn websocket(mut soak: Soak, until: Instant) -> Soak {
         url.push_str(&format!("&since={last}"));
     }
     let mut client: Client = api.try_connect(url).await.expect("a WebSocket");
-    let mut welcomed = false;
     loop {
-        if welcomed {
-            if let Some(ready) = soak.ready.take() {
-                let _ = ready.send(());
-            }
-        }
         let wait = until.saturating_duration_since(Instant::now());
         match client.receive(wait).await {
             Received::TimedOut => break, // dropped abruptly
@@ -181,7 +174,7 @@ async fn websocket(mut soak: Soak, until: Instant) -> Soak {
                 client.send_text(&auth.to_string()).await;
             }
             Received::Json(frame) if frame["type"] == "authenticated" => seen.refreshed += 1,
-            Received::Json(frame) if frame["type"] == "welcome" => welcomed = true,
+            Received::Json(frame) if frame["type"] == "welcome" => welcomed(&mut soak.ready),
             Received::Json(frame) => seen.event(&frame),
         }
     }
@@ -208,9 +201,7 @@ async fn event_stream(mut soak: Soak, until: Instant) -> Soak {
         match frame["type"].as_str() {
             Some("welcome") => {
                 session = frame["session_id"].as_str().unwrap().to_owned();
-                if let Some(ready) = soak.ready.take() {
-                    let _ = ready.send(());
-                }
+                welcomed(&mut soak.ready);
             }
             Some("token-expiring") => {
                 let path = format!("/api/v1/sessions/{session}/auth");
@@ -240,9 +231,7 @@ async fn socket_io(mut soak: Soak, until: Instant) -> Soak {
     }
     let (mut socket, connected) = EngineSocket::connect(api, &auth).await;
     soak.pid = Some(connected["pid"].clone());
-    if let Some(ready) = soak.ready.take() {
-        let _ = ready.send(());
-    }
+    welcomed(&mut soak.ready);
     loop {
         let wait = until.saturating_duration_since(Instant::now());
         let Ok(packet) = tokio::time::timeout(wait, socket.next_packet()).await else {
@@ -275,7 +264,7 @@ async fn socket_io(mut soak: Soak, until: Instant) -> Soak {
 
 async fn long_poll(mut soak: Soak, until: Instant) -> Soak {
     // It asks from the account's start (0) the first time.
-    soak.welcomed();
+    welcomed(&mut soak.ready);
     let (api, token, seen) = (&soak.api, &mut soak.token, &mut soak.seen);
     let mut since = seen.last().unwrap_or(0);
     while Instant::now() < until {
