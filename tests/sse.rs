@@ -19,14 +19,14 @@ use crate::common::{self, now, token, unique, Api, Db, TestServer, JWT_SECRET, W
 
 /// What an event stream carries, one block (up to a blank line) at a time.
 #[derive(Debug, Clone, PartialEq)]
-enum Item {
+pub(crate) enum Item {
     Retry(u64),
     Comment(String),
     Event { id: Option<u64>, data: Value },
 }
 
 /// An event stream read by hand.
-struct EventStream {
+pub(crate) struct EventStream {
     stream: TcpStream,
     /// Bytes read and not yet de-chunked.
     raw: Vec<u8>,
@@ -40,7 +40,7 @@ struct EventStream {
 type Refused = (u16, Value);
 
 impl EventStream {
-    async fn open(
+    pub(crate) async fn open(
         addr: SocketAddr,
         target: &str,
         headers: &[(&str, &str)],
@@ -142,7 +142,7 @@ impl EventStream {
     }
 
     /// The next block, or `None` once the stream has ended.
-    async fn next_item(&mut self) -> Option<Item> {
+    pub(crate) async fn next_item(&mut self) -> Option<Item> {
         loop {
             self.dechunk();
             if let Some(end) = self.text.find("\n\n") {
@@ -294,6 +294,14 @@ async fn refusals_come_before_the_stream_as_http_errors_with_their_codes() {
             "{target}: {body}"
         );
     }
+    // An empty Last-Event-ID is none: the query's resume point decides (here, one ahead).
+    let target = format!("/sse?token={good}&since=99");
+    let refused = EventStream::open(server.addr, &target, &[("Last-Event-ID", "")]).await;
+    let (status, body) = refused.err().expect("refused");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("since-in-future"))
+    );
     // The header, for clients that can set one, and the query are both fine.
     let mut stream = EventStream::open(server.addr, "/sse", &[("Authorization", &bearer)])
         .await
@@ -444,13 +452,18 @@ async fn a_heartbeat_comment_comes_every_interval_and_a_reading_client_is_kept()
     assert_eq!(stream.next_event().await.0, Some(seq));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_stops_reading_is_ended_at_the_bound_with_a_close_event() {
+/// A server with a small bound, bob (a WebSocket, watching presence) and carol, an event stream
+/// with a small window that reads her welcome and nothing more: events are published until bob
+/// sees carol's session end.
+async fn stalled_until_ended(
+    interval: Duration,
+) -> (TestServer, String, crate::common::Client, EventStream) {
     let db = Db::sqlite();
     let mut config = common::config(&db);
     config.max_queued_bytes = 128 << 10;
     config.max_publish_bytes = 1 << 20;
     config.presence.grace = Duration::from_millis(50);
+    config.heartbeat.interval = interval;
     let server = TestServer::start(config);
     let account = unique("sse-slow");
     let (mut bob, _) = server.connect(&token(&account, "bob")).await;
@@ -460,13 +473,12 @@ async fn a_client_that_stops_reading_is_ended_at_the_bound_with_a_close_event() 
         .await
         .unwrap();
     carol.welcome().await;
-    // Carol reads nothing more; bob, of the same account, watches her go offline.
     let pad = "x".repeat(16 << 10);
-    let mut offline = false;
     for i in 0..2000 {
         let seq = server
             .publish(&account, None, "bulk", json!({"i": i, "pad": pad}))
             .await;
+        let mut offline = false;
         loop {
             let frame = bob.next_json().await;
             offline |= went_offline(&frame, "carol");
@@ -475,18 +487,40 @@ async fn a_client_that_stops_reading_is_ended_at_the_bound_with_a_close_event() 
             }
         }
         if offline {
-            break;
+            return (server, account, bob, carol);
         }
     }
-    assert!(offline, "carol's session was never ended");
-    // Carol reads again: what was queued for her, then why it ended.
+    panic!("carol's session was never ended");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_ended_at_the_bound_with_a_close_event() {
+    let (server, account, mut bob, mut carol) = stalled_until_ended(Duration::from_secs(5)).await;
+    // Carol reads again at once: what was queued for her, then why it ended.
     let close = carol.close().await;
     assert_eq!(
         close,
         json!({"type": "close", "code": 4001, "name": "slow-consumer", "reason": "slow consumer", "reconnect": true})
     );
+    // Bob, of the same account, went on receiving throughout, and still does.
     let seq = server.publish(&account, None, "after", json!({})).await;
     assert_eq!(bob.next_event().await.0, seq);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_ended_stream_left_untaken_past_the_stall_limit_is_dropped_and_the_connection_cut()
+{
+    let interval = Duration::from_millis(500);
+    let (_server, _, _, mut carol) = stalled_until_ended(interval).await;
+    // Carol reads again only well past the stall limit (a heartbeat interval; a time that must
+    // pass): she gets what the kernel and the HTTP layer held, not the rest, nor the close.
+    tokio::time::sleep(interval * 4).await;
+    while let Some(item) = carol.next_item().await {
+        if let Item::Event { data, .. } = item {
+            assert_ne!(data["type"], "close", "the rest was written after all");
+        }
+    }
+    assert!(!carol.ended, "the stream was cut, not ended");
 }
 
 fn went_offline(frame: &Value, user: &str) -> bool {

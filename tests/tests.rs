@@ -28,6 +28,7 @@ mod persistence;
 mod pipelining;
 mod presence_webhooks;
 mod resume;
+mod rotation;
 mod socket_io;
 mod sse;
 mod users;

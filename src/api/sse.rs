@@ -30,7 +30,9 @@ pub async fn connect(
     }
     check_origin(&req, &state)?;
     let identity = super::extract::identity(&req)?;
-    let since = match req.headers().get(LAST_EVENT_ID) {
+    // An empty one says no event was received (some clients send it so): the query decides.
+    let header = req.headers().get(LAST_EVENT_ID).filter(|v| !v.is_empty());
+    let since = match header {
         Some(value) => parse_since(Some(
             value
                 .to_str()

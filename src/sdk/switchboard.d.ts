@@ -1,6 +1,7 @@
 // Types for switchboard.js, served beside it at /sdk/switchboard.d.ts.
 
-export type Status = "connecting" | "open" | "reconnecting" | "polling" | "closed";
+/** `streaming`: on a Server-Sent Events stream (the WebSocket failed); `polling`: on long-poll. */
+export type Status = "connecting" | "open" | "reconnecting" | "streaming" | "polling" | "closed";
 
 /** Why the client is not (or no longer) connected: a server error code or one of the SDK's. */
 export interface Failure {
@@ -34,12 +35,16 @@ export interface Options {
   backoffBaseMs?: number;
   backoffMaxMs?: number;
   pollAfterFailures?: number;
+  /** Try an event stream (SSE) before long-poll when the WebSocket keeps failing. */
+  sse?: boolean;
   wsRetryWhilePollingMs?: number;
   pollTimeoutS?: number;
   heartbeatIntervalMs?: number;
   clientTimeoutMs?: number;
   /** The WebSocket path, `/ws` by default. */
   wsPath?: string;
+  /** The event-stream path, `/sse` by default. */
+  ssePath?: string;
   /** For tests and non-browser runtimes. */
   WebSocket?: typeof WebSocket;
   fetch?: typeof fetch;
@@ -99,7 +104,7 @@ export const DEFAULTS: Readonly<
   Required<
     Omit<
       Options,
-      "getToken" | "since" | "shared" | "wsPath" | "WebSocket" | "fetch" | "random" | "SharedWorker" | "locks" | "BroadcastChannel"
+      "getToken" | "since" | "shared" | "wsPath" | "ssePath" | "WebSocket" | "fetch" | "random" | "SharedWorker" | "locks" | "BroadcastChannel"
     >
   >
 >;
@@ -153,3 +158,6 @@ export class Client {
   rest<T = any>(method: string, path: string, body?: unknown): Promise<T>;
   close(): void;
 }
+
+/** An event stream's parser: fed text as it arrives, calls `onData` with each event's data. */
+export function eventStreamParser(onData: (data: string) => void): (text: string) => void;

@@ -4,8 +4,9 @@
 // It carries the server's guarantees to the page: it connects with a token from the app's own
 // backend, resumes from the last event it delivered after any interruption (so nothing is lost
 // or repeated), asks for a new token when the server says the old one expired, notices a dead
-// connection when pongs stop, backs off with full jitter, and falls back to long-polling when
-// WebSockets keep failing — telling the app at every step through `status`.
+// connection when pongs stop, backs off with full jitter, and falls back to a Server-Sent Events
+// stream when WebSockets keep failing — and to long-polling when that fails too — telling the app
+// at every step through `status`.
 //
 // With `shared: true`, the tabs of one browser that talk to the same server as the same account
 // and user share one connection: it lives in a SharedWorker (this very module, when the page
@@ -22,9 +23,14 @@ export const DEFAULTS = Object.freeze({
   /** First reconnect delay ceiling, ms; doubled per failed attempt up to `backoffMaxMs`. */
   backoffBaseMs: 500,
   backoffMaxMs: 30000,
-  /** Consecutive WebSocket failures before switching to long-poll. */
+  /**
+   * Consecutive WebSocket failures before falling back to an event stream (SSE); as many event
+   * streams that never said welcome before falling back to long-poll.
+   */
   pollAfterFailures: 3,
-  /** While polling, how often the WebSocket is tried again, ms. */
+  /** Whether to try an event stream (SSE) before long-poll. */
+  sse: true,
+  /** While on an event stream or polling, how often the WebSocket is tried again, ms. */
   wsRetryWhilePollingMs: 30000,
   /** How long a long-poll request waits on the server, s. */
   pollTimeoutS: 25,
@@ -473,6 +479,7 @@ class Connection {
     this.closed = true;
     this.clearTimers();
     this.stopHeartbeat();
+    this.stopStreamWatch();
     this.polling?.abort();
     this.polling = null;
     if (this.ws) {
@@ -566,11 +573,11 @@ class Connection {
     this.setError(reason);
     if (wsFault) this.wsFailures += 1;
     if (this.wsFailures >= this.options.pollAfterFailures && !this.polling) {
-      this.startPolling();
+      this.startFallback();
       return;
     }
     if (this.polling) {
-      // Already polling: try the WebSocket again later.
+      // Already on an event stream or polling: try the WebSocket again later.
       this.later(() => this.open(), this.options.wsRetryWhilePollingMs);
       return;
     }
@@ -697,15 +704,205 @@ class Connection {
     this.heartbeat = null;
   }
 
-  // --- long-poll -------------------------------------------------------------------------
+  // --- fallbacks: an event stream, then long-poll ----------------------------------------
 
-  startPolling() {
+  /** The WebSocket keeps failing while HTTP works: an event stream if it can be read, else polls. */
+  startFallback() {
+    // `polling` is the fallback under way, whichever it is: a welcome on the WebSocket ends it.
     const controller = new AbortController();
     this.polling = controller;
-    // `polling` is reported once the first answer came: from then on, nothing is missed.
     this.later(() => this.open(), this.options.wsRetryWhilePollingMs);
-    this.pollLoop(controller);
+    const canStream = typeof ReadableStream === "function" && typeof TextDecoder === "function";
+    // Why the WebSocket is not used: the reason of the fallback's status, whichever it is.
+    this.fallbackReason = this.lastError;
+    if (this.options.sse && canStream) this.streamLoop(controller);
+    else this.pollLoop(controller);
   }
+
+  /**
+   * Event streams (`GET /sse`), one after another, each resuming from the last event handed over.
+   * Its token travels in the `Authorization` header (fetch can set one, `EventSource` cannot).
+   * After `pollAfterFailures` streams in a row that never said welcome (a proxy that buffers or
+   * cuts them), long-poll takes over.
+   */
+  async streamLoop(controller) {
+    let failures = 0;
+    let unwelcomed = 0;
+    while (this.polling === controller && !this.closed) {
+      const stream = { welcomed: false, session: null, attempt: new AbortController() };
+      const stop = () => stream.attempt.abort();
+      controller.signal.addEventListener("abort", stop);
+      let reason;
+      try {
+        reason = await this.stream(stream);
+      } catch (e) {
+        if (controller.signal.aborted) return;
+        reason = { code: "server-unreachable", message: String(e?.message ?? e) };
+      } finally {
+        controller.signal.removeEventListener("abort", stop);
+        stream.attempt.abort();
+        this.stopStreamWatch();
+      }
+      if (this.polling !== controller || this.closed) return;
+      if (reason === null) continue;
+      // A stream that never said welcome, for a reason a new token or the server's coming back
+      // would not cure: the network (or the server) does not carry event streams.
+      if (stream.welcomed) failures = unwelcomed = 0;
+      else if (!TOKEN_CODES.has(reason.code) && reason.code !== "server-unreachable") unwelcomed++;
+      if (unwelcomed >= this.options.pollAfterFailures) {
+        this.lastError = this.fallbackReason;
+        return this.pollLoop(controller);
+      }
+      this.setError(reason);
+      this.setStatus("reconnecting", reason);
+      await new Promise((resolve) => this.later(resolve, backoffDelay(failures++, this.options, this.random)));
+    }
+  }
+
+  /**
+   * One event stream, read to its end; answers why it ended (`{code, message}`), or null to
+   * reconnect at once (a refused resume point, a fresh token its session could not take).
+   */
+  async stream(stream) {
+    const url = new URL(this.options.ssePath ?? "/sse", this.base);
+    if (this.lastSeq !== null) url.searchParams.set("since", String(this.lastSeq));
+    // The channels followed, as on a long-poll: the stream's replay covers them.
+    if (this.followed.size > 0) url.searchParams.set("channels", [...this.followed].join(","));
+    const response = await this.fetch(url, {
+      headers: { authorization: `Bearer ${await this.currentToken()}`, accept: "text/event-stream" },
+      signal: stream.attempt.signal,
+      cache: "no-store",
+    });
+    if (!response.ok) {
+      const error = await errorOf(response);
+      if (SINCE_CODES.has(error.code)) {
+        this.resumeRefused(error);
+        return null;
+      }
+      if (CHANNEL_CODES.has(error.code)) {
+        // A fresh token no longer allows one: the stream goes on without them.
+        this.followed.clear();
+        return null;
+      }
+      if (TOKEN_CODES.has(error.code)) this.token = null;
+      return { code: error.code, message: error.message };
+    }
+    const type = response.headers.get("content-type") ?? "";
+    if (!response.body || !type.startsWith("text/event-stream")) {
+      return { code: "sse-failed", message: "the event stream could not be read" };
+    }
+    this.watchStream(stream, this.options.clientTimeoutMs);
+    let ended = { code: "connection-lost", message: "the event stream ended" };
+    const parse = eventStreamParser((data) => {
+      const why = this.streamFrame(stream, data);
+      if (why !== undefined) ended = why;
+    });
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    try {
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        this.lastHeard = Date.now();
+        parse(decoder.decode(value, { stream: true }));
+      }
+    } catch (e) {
+      if (stream.timedOut) return { code: "heartbeat-timeout", message: "nothing from the server" };
+      if (stream.attempt.signal.aborted && stream.refreshed) return null;
+      throw e;
+    }
+    return ended;
+  }
+
+  /**
+   * One frame of an event stream. Answers why the stream is ending when it is its `close` frame
+   * (undefined otherwise).
+   */
+  streamFrame(stream, data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return undefined;
+    }
+    switch (frame.type) {
+      case "welcome":
+        stream.welcomed = true;
+        stream.session = frame.session_id;
+        this.attempt = 0;
+        this.lastError = this.fallbackReason;
+        if (this.lastSeq === null) {
+          this.lastSeq = frame.seq;
+          this.sink.receive({ kind: "start", seq: frame.seq });
+        }
+        this.watchStream(stream, frame.client_timeout_ms ?? this.options.clientTimeoutMs);
+        this.setStatus("streaming", this.lastError);
+        return undefined;
+      case "event":
+        this.deliver(frame);
+        return undefined;
+      case "resume-failed":
+        this.resumeFailed(frame.seq, frame);
+        return undefined;
+      case "token-expiring":
+        this.refreshStream(stream);
+        return undefined;
+      case "subscribed":
+        this.followed.add(frame.channel);
+        return undefined;
+      case "unsubscribed":
+        this.followed.delete(frame.channel);
+        if (frame.reason) this.sink.receive({ kind: "unsubscribed", frame });
+        return undefined;
+      case "close": {
+        const reason = closeReason({ code: frame.code, reason: frame.reason });
+        if (TOKEN_CODES.has(reason.code)) this.token = null;
+        return reason;
+      }
+      default:
+        return undefined;
+    }
+  }
+
+  /**
+   * The stream's session asks for a fresh token: it is handed over REST. A session the server no
+   * longer holds there (another node, say) is left for a new stream with the fresh token.
+   */
+  async refreshStream(stream) {
+    try {
+      this.token = null;
+      const token = await this.currentToken();
+      if (stream.attempt.signal.aborted || !stream.session) return;
+      const response = await this.fetch(
+        new URL(`/api/v1/sessions/${encodeURIComponent(stream.session)}/auth`, this.base),
+        { method: "POST", headers: { authorization: `Bearer ${token}` } },
+      );
+      if (response.status === 404) {
+        stream.refreshed = true;
+        stream.attempt.abort();
+      }
+    } catch {
+      // Not refreshed: the server ends the stream at expiry (4002), and the next one asks again.
+    }
+  }
+
+  /** Gives up on a stream from which nothing came for `timeoutMs` (a comment every interval). */
+  watchStream(stream, timeoutMs) {
+    this.stopStreamWatch();
+    this.lastHeard = Date.now();
+    this.streamWatch = setInterval(() => {
+      if (Date.now() - this.lastHeard <= timeoutMs) return;
+      stream.timedOut = true;
+      stream.attempt.abort();
+    }, Math.max(100, Math.floor(timeoutMs / 4)));
+  }
+
+  stopStreamWatch() {
+    clearInterval(this.streamWatch);
+    this.streamWatch = null;
+  }
+
+  // --- long-poll -------------------------------------------------------------------------
 
   async pollLoop(controller) {
     let failures = 0;
@@ -1469,6 +1666,28 @@ if (
   globalThis.name.startsWith(GROUP_PREFIX)
 ) {
   serveSharedWorker(globalThis);
+}
+
+/**
+ * An event stream's parser: fed text as it arrives, it calls `onData` with each event's data (its
+ * `data:` lines joined), as `EventSource` would; comments, ids and `retry:` are read past.
+ */
+export function eventStreamParser(onData) {
+  let buffer = "";
+  let data = [];
+  return (text) => {
+    buffer += text;
+    const lines = buffer.split(/\r\n|\r|\n/);
+    buffer = lines.pop();
+    for (const line of lines) {
+      if (line === "") {
+        if (data.length > 0) onData(data.join("\n"));
+        data = [];
+      } else if (line.startsWith("data:")) {
+        data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+      }
+    }
+  };
 }
 
 function closeReason(event) {

@@ -18,18 +18,18 @@
 //!
 //! Uses the engine's session (its `Wire` contract, `Backlog`), `auth`, `ids` and `protocol`.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::web::Bytes;
 use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
 use futures_util::Stream;
-use tokio::sync::mpsc;
 
 use crate::actors::session::{frame_size, Backlog, Framing, Session, Wire};
 use crate::auth::Identity;
@@ -56,24 +56,68 @@ enum Out {
     Raw { bytes: Bytes, counted: usize },
 }
 
+/// What the session has queued for its stream: pushed by the wire, taken by the response body.
+/// While the session lives, its backlog bounds it. Once the session has ended, what its client
+/// has not taken within the stall limit is dropped and the connection cut, as a WebSocket's is
+/// reset: a client that keeps its window shut must not hold it for as long as it likes.
+#[derive(Default)]
+struct Queue {
+    items: Mutex<VecDeque<Out>>,
+    /// The session has ended: the stream ends after what is queued.
+    ended: AtomicBool,
+    /// What was left was dropped: the stream fails, and actix-http drops the connection.
+    cut: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Out>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, out: Out) {
+        if !self.ended.load(Ordering::SeqCst) {
+            self.lock().push_back(out);
+            self.waker.wake();
+        }
+    }
+
+    /// The session has ended; what is left is given `patience` to be taken.
+    fn end(self: &Arc<Self>, patience: Duration) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.waker.wake();
+        if self.lock().is_empty() {
+            return;
+        }
+        let queue = self.clone();
+        actix::spawn(async move {
+            actix::clock::sleep(patience).await;
+            if !queue.lock().is_empty() {
+                queue.cut.store(true, Ordering::SeqCst);
+                queue.lock().clear();
+                queue.waker.wake();
+            }
+        });
+    }
+}
+
 /// The wire of a session on an event stream.
 pub struct Sse {
-    /// `None` once the session has stopped: the stream then ends after what is queued.
-    out: Option<mpsc::UnboundedSender<Out>>,
+    out: Arc<Queue>,
     /// Set by the stream each time it yields bytes, taken by the heartbeat.
     took: Arc<AtomicBool>,
     /// The live streams of this server, which this one leaves when its session stops.
     streams: Arc<Streams>,
     /// The session's id, once it has one.
     id: Option<SessionId>,
+    /// How long what is left when the session ends may wait to be taken (its stall limit).
+    patience: Duration,
 }
 
 impl Sse {
     fn push(&mut self, out: Out) {
-        if let Some(sender) = &self.out {
-            // The stream is gone (the client left): the session hears so through `Gone`.
-            let _ = sender.send(out);
-        }
+        // Should the stream be gone (the client left), the session hears so through `Gone`.
+        self.out.push(out);
     }
 }
 
@@ -128,7 +172,7 @@ impl Wire for Sse {
     }
 
     fn stopped(&mut self) {
-        self.out = None;
+        self.out.end(self.patience);
         if let Some(id) = self.id {
             self.streams.left(id);
         }
@@ -189,27 +233,30 @@ impl Streams {
 pub fn start(
     streams: &Arc<Streams>,
     make: impl FnOnce(Sse) -> Session<Sse>,
-) -> impl Stream<Item = Result<Bytes, Infallible>> + 'static {
-    let (sender, receiver) = mpsc::unbounded_channel();
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + 'static {
+    let queue = Arc::new(Queue::default());
     let retry = format!("retry: {RETRY_MS}\n\n");
-    let _ = sender.send(Out::Raw {
+    queue.push(Out::Raw {
         bytes: Bytes::from(retry),
         counted: 0,
     });
     let took = Arc::new(AtomicBool::new(false));
     let wire = Sse {
-        out: Some(sender),
+        out: queue.clone(),
         took: took.clone(),
         streams: streams.clone(),
         id: None,
+        patience: Duration::ZERO,
     };
     let mut session = make(wire);
     let (id, backlog) = (session.id(), session.backlog());
-    session.wire_mut().id = Some(id);
+    let wire = session.wire_mut();
+    wire.id = Some(id);
+    wire.patience = backlog.stall_limit().unwrap_or(Duration::from_secs(1));
     let address = session.start();
     streams.lock().insert(id, address.clone());
     EventStream {
-        out: receiver,
+        out: queue,
         rest: Vec::new(),
         backlog,
         took,
@@ -221,7 +268,7 @@ pub fn start(
 /// backlog as actix-http takes it (it takes the next piece once it has written the last into
 /// its buffer, up to its own bound).
 struct EventStream {
-    out: mpsc::UnboundedReceiver<Out>,
+    out: Arc<Queue>,
     /// The rest of the frame being yielded, last piece first, with what each uncounts.
     rest: Vec<(Bytes, usize)>,
     backlog: Arc<Backlog>,
@@ -248,19 +295,45 @@ impl EventStream {
     }
 }
 
+impl EventStream {
+    /// The next item queued; `None` when there is none for now (woken when there is).
+    fn next_out(&self, cx: &mut std::task::Context<'_>) -> Option<Out> {
+        if let Some(out) = self.out.lock().pop_front() {
+            return Some(out);
+        }
+        // Registered before looking again: a push in between wakes it.
+        self.out.waker.register(cx.waker());
+        self.out.lock().pop_front()
+    }
+}
+
 impl Stream for EventStream {
-    type Item = Result<Bytes, Infallible>;
+    type Item = Result<Bytes, std::io::Error>;
 
     fn poll_next(
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Self::Item>> {
+        if self.out.cut.load(Ordering::SeqCst) {
+            let stalled = std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took nothing of what was left after its session ended",
+            );
+            return Poll::Ready(Some(Err(stalled)));
+        }
         let (bytes, counted) = match self.rest.pop() {
             Some(piece) => piece,
-            None => match self.out.poll_recv(cx) {
-                Poll::Ready(Some(out)) => self.split(out),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+            None => match self.next_out(cx) {
+                Some(out) => self.split(out),
+                None if self.out.ended.load(Ordering::SeqCst) => {
+                    // Ended after the last look: what it queued before ending is taken first.
+                    let last = self.out.lock().pop_front();
+                    match last {
+                        Some(out) => self.split(out),
+                        None => return Poll::Ready(None),
+                    }
+                }
+                None => return Poll::Pending,
             },
         };
         self.backlog.taken(counted);

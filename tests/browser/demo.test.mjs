@@ -155,33 +155,45 @@ test("a server restart while events are published: reconnecting, then every even
   await page.context().close();
 });
 
-test("a WebSocket route that refuses the upgrade: the page falls back to long-poll and still gets events", async () => {
-  const account = `blocked-${RUN}`;
-  const page = await openDemo({ account, user: "alice", ws: "/ws-blocked", pollAfter: "2", backoffMs: "50" });
-  await waitStatus(page, "polling");
-  const reason = await page.textContent("#reason");
-  assert.match(reason, /websocket-failed/);
+for (const [fallback, query] of [
+  ["an event stream", {}],
+  ["long-poll, where event streams are blocked too", { sse: "/sse-blocked" }],
+]) {
+  const status = query.sse ? "polling" : "streaming";
+  test(`a WebSocket route that refuses the upgrade: the page falls back to ${fallback} and still gets events`, async () => {
+    const account = `blocked-${status}-${RUN}`;
+    const page = await openDemo({ account, user: "alice", ws: "/ws-blocked", pollAfter: "2", backoffMs: "50", ...query });
+    await waitStatus(page, status);
+    const reason = await page.textContent("#reason");
+    assert.match(reason, /websocket-failed/);
 
-  await publish(account, "order-paid", { marker: `polled-${RUN}` });
-  await page.waitForSelector(`#events li:has-text("polled-${RUN}")`, { timeout: WAIT });
-  // The REST parts of the page work too.
-  await page.fill('#dm input[name="to"]', "bob");
-  await page.fill('#dm input[name="text"]', "sent while polling");
-  await page.click("#dm button");
-  await page.waitForSelector('#messages li:has-text("sent while polling")', { timeout: WAIT });
-  assert.equal(await page.evaluate(() => window.switchboard.status), "polling");
-  await page.context().close();
-});
+    await publish(account, "order-paid", { marker: `${status}-${RUN}` });
+    await page.waitForSelector(`#events li:has-text("${status}-${RUN}")`, { timeout: WAIT });
+    // The REST parts of the page work too.
+    await page.fill('#dm input[name="to"]', "bob");
+    await page.fill('#dm input[name="text"]', `sent while ${status}`);
+    await page.click("#dm button");
+    await page.waitForSelector(`#messages li:has-text("sent while ${status}")`, { timeout: WAIT });
+    assert.equal(await page.evaluate(() => window.switchboard.status), status);
+    await page.context().close();
+  });
+}
 
 test("a resume point ahead of the server is dropped: resume-failed with its code, then a fresh connection", async () => {
   const account = `ahead-${RUN}`;
   const page = await openDemo({ account, user: "alice" });
   await waitStatus(page, "open");
   // A client that kept a resume point from another history (a restored database, say): on the
-  // WebSocket it gets a welcome; with the WebSocket blocked, it long-polls. Either way once.
-  for (const [wsPath, settled] of [["/ws", "open"], ["/ws-blocked", "polling"]]) {
+  // WebSocket it gets a welcome; with the WebSocket blocked, an event stream, or it long-polls.
+  // Each way once.
+  const ways = [
+    ["/ws", true, "open"],
+    ["/ws-blocked", true, "streaming"],
+    ["/ws-blocked", false, "polling"],
+  ];
+  for (const [wsPath, sse, settled] of ways) {
     const seen = await page.evaluate(
-      async ({ account, wsPath, settled, wait }) => {
+      async ({ account, wsPath, sse, settled, wait }) => {
         const { connect } = await import("/sdk/switchboard.js");
         const getToken = async () => {
           const response = await fetch("/demo/token", {
@@ -191,7 +203,7 @@ test("a resume point ahead of the server is dropped: resume-failed with its code
           });
           return (await response.json()).token;
         };
-        const client = connect(location.origin, { getToken, since: 1000000, wsPath, pollAfterFailures: 1, backoffBaseMs: 50 });
+        const client = connect(location.origin, { getToken, since: 1000000, wsPath, sse, pollAfterFailures: 1, backoffBaseMs: 50 });
         const failures = [];
         client.on("resume-failed", (frame) => failures.push(`${frame.code} since ${frame.since}`));
         try {
@@ -204,10 +216,10 @@ test("a resume point ahead of the server is dropped: resume-failed with its code
           client.close();
         }
       },
-      { account, wsPath, settled, wait: WAIT },
+      { account, wsPath, sse, settled, wait: WAIT },
     );
-    assert.deepEqual(seen.failures, ["since-in-future since 1000000"], wsPath);
-    assert.ok(seen.lastSeq < 1000000, `${wsPath}: resumed from ${seen.lastSeq}`);
+    assert.deepEqual(seen.failures, ["since-in-future since 1000000"], settled);
+    assert.ok(seen.lastSeq < 1000000, `${settled}: resumed from ${seen.lastSeq}`);
   }
   await page.context().close();
 });

@@ -1,12 +1,12 @@
 // Unit tests of the SDK's own logic — backoff, resume, token refresh, dead-connection detection,
-// the long-poll fallback — with Node's test runner: `node --test tests/sdk/`. The network is
+// the event-stream and long-poll fallbacks — with Node's test runner: `node --test tests/sdk/`. The network is
 // replaced by a scripted WebSocket and fetch; the browser tests (tests/browser) run the same
 // module against a real server.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { backoffDelay, connect, tokenExpiry, DEFAULTS } from "../../src/sdk/switchboard.js";
-import { json, jwt, network, tick, tokenOf, until, welcome } from "./fakes.mjs";
+import { backoffDelay, connect, eventStreamParser, tokenExpiry, DEFAULTS } from "../../src/sdk/switchboard.js";
+import { eventStreams, json, jwt, network, tick, tokenOf, until, welcome } from "./fakes.mjs";
 
 test("backoff: full jitter under a ceiling that doubles per attempt up to the maximum", () => {
   const options = { backoffBaseMs: 500, backoffMaxMs: 30000 };
@@ -366,6 +366,122 @@ test("resume-failed for history that is gone carries its code too", async (t) =>
   net.sockets[0].frame(welcome(1041, { resumed: false, since: 2 }));
   net.sockets[0].frame({ type: "resume-failed", since: 2, oldest_seq: 900, seq: 1041 });
   assert.equal(failures[0].code, "resume-failed");
+  client.close();
+});
+
+test("the event-stream parser hands over each event's data, across chunks, past comments and ids", () => {
+  const got = [];
+  const parse = eventStreamParser((data) => got.push(data));
+  parse("retry: 2000\n\nid: 4\ndata: {\"a\"");
+  parse(":1}\n\n: ping\n\n");
+  parse("data: x\r\ndata: y\r\n\r\n");
+  assert.deepEqual(got, ['{"a":1}', "x\ny"]);
+});
+
+/** A network whose WebSocket fails, with event streams at `/sse` and REST answers beside them. */
+function streamingNetwork(answer) {
+  const sse = eventStreams(answer);
+  const rest = [];
+  const net = network();
+  const fetch = async (url, init = {}) => {
+    url = new URL(url);
+    if (url.pathname === "/sse") return sse.open(url, init);
+    if (url.pathname.startsWith("/api/v1/sessions/")) {
+      rest.push({ url, init });
+      return json(200, { type: "authenticated", expires_at: 4102444800 });
+    }
+    return net.fetch(url, init);
+  };
+  return { ...net, fetch, streams: sse.streams, rest };
+}
+
+test("repeated WebSocket failures switch to an event stream, which resumes and refreshes its token", async () => {
+  const net = streamingNetwork();
+  const tokens = [];
+  const client = connect("http://sb.test", {
+    getToken: () => {
+      tokens.push(`t${tokens.length + 1}`);
+      return tokens.at(-1);
+    },
+    random: () => 0,
+    pollAfterFailures: 2,
+    since: 7,
+    ...net,
+  });
+  const got = [];
+  client.on("tick", (d) => got.push(d.n));
+  for (let i = 1; i <= 2; i++) {
+    await until(() => net.sockets.length === i, `socket ${i}`);
+    net.sockets[i - 1].drop();
+  }
+  await until(() => net.streams.length === 1, "an event stream");
+  const first = net.streams[0];
+  // The token in the header, never in the URL; the resume point in `since`.
+  assert.equal(first.init.headers.authorization, "Bearer t1");
+  assert.equal(first.url.searchParams.get("token"), null);
+  assert.equal(first.url.searchParams.get("since"), "7");
+  first.event(welcome(9, { session_id: "00000000000000ab", resumed: true, since: 7 }));
+  await until(() => client.status === "streaming", "streaming");
+  first.event({ type: "event", seq: 8, event: "tick", data: { n: 8 } }, 8);
+  first.event({ type: "event", seq: 9, event: "tick", data: { n: 9 } }, 9);
+  await until(() => got.length === 2, "two events");
+
+  // The token is about to expire: a fresh one goes to the session over REST.
+  first.event({ type: "token-expiring", expires_at: 1 });
+  await until(() => net.rest.length === 1, "the refresh");
+  assert.equal(net.rest[0].url.pathname, "/api/v1/sessions/00000000000000ab/auth");
+  assert.equal(net.rest[0].init.headers.authorization, "Bearer t2");
+
+  // The server drops the stream: the next resumes from the last event, which is not repeated.
+  first.end();
+  await until(() => net.streams.length === 2, "a second stream");
+  assert.equal(net.streams[1].url.searchParams.get("since"), "9");
+  assert.equal(net.streams[1].init.headers.authorization, "Bearer t2");
+  net.streams[1].event(welcome(9, { session_id: "00000000000000ac", resumed: true, since: 9 }));
+  net.streams[1].event({ type: "event", seq: 9, event: "tick", data: { n: 9 } }, 9);
+  net.streams[1].event({ type: "event", seq: 10, event: "tick", data: { n: 10 } }, 10);
+  await until(() => got.length === 3, "the next event");
+  assert.deepEqual(got, [8, 9, 10]);
+  assert.equal(client.isOpen(), false, "commands go over REST");
+  client.close();
+});
+
+test("a close event with a token code makes the next stream ask for a fresh token", async () => {
+  const net = streamingNetwork();
+  let asked = 0;
+  const client = connect("http://sb.test", { getToken: () => `t${++asked}`, random: () => 0, pollAfterFailures: 1, ...net });
+  await until(() => net.sockets.length === 1, "a socket");
+  net.sockets[0].drop();
+  await until(() => net.streams.length === 1, "an event stream");
+  net.streams[0].event(welcome(3, { session_id: "00000000000000ab" }));
+  net.streams[0].event({ type: "close", code: 4002, name: "token-expired", reason: "token expired", reconnect: false });
+  net.streams[0].end();
+  await until(() => net.streams.length === 2, "a second stream");
+  assert.equal(client.lastError.code, "token-expired");
+  assert.equal(net.streams[1].init.headers.authorization, "Bearer t2");
+  client.close();
+});
+
+test("event streams that never say welcome (a buffering proxy) give way to long-poll", async () => {
+  const net = streamingNetwork(() => json(200, { not: "a stream" }));
+  let polls = 0;
+  const inner = net.fetch;
+  net.fetch = async (url, init = {}) => {
+    url = new URL(url);
+    if (url.pathname === "/api/v1/events" && url.searchParams.get("timeout") !== "0") {
+      polls++;
+      await tick(20);
+      return json(200, { events: [], since: 5 });
+    }
+    return inner(url, init);
+  };
+  const client = connect("http://sb.test", { getToken: () => "t", random: () => 0, pollAfterFailures: 2, ...net });
+  for (let i = 1; i <= 2; i++) {
+    await until(() => net.sockets.length === i, `socket ${i}`);
+    net.sockets[i - 1].drop();
+  }
+  await until(() => client.status === "polling", "polling");
+  assert.ok(polls >= 1);
   client.close();
 });
 

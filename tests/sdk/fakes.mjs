@@ -42,6 +42,8 @@ export function network({ probe = () => json(200, { events: [], since: 0 }), pol
   const fetch = async (url, init = {}) => {
     url = new URL(url);
     fetches.push({ url, init });
+    // A server without event streams, unless a test serves them (`eventStreams`).
+    if (url.pathname === "/sse") return json(404, { error: { code: "not-found", message: "no such endpoint" } });
     const zeroWait = url.searchParams.get("timeout") === "0";
     return zeroWait || !poll ? probe(url, init) : poll(url, init);
   };
@@ -183,4 +185,39 @@ export function sharedWorkers(serve, runtime) {
   /** Shuts every port, so that nothing keeps the test process alive. */
   const shut = () => ports.forEach((port) => port.close());
   return { SharedWorker, workers: scopes, shut };
+}
+
+/**
+ * Event streams (`GET /sse`) the client opens, each a response the test writes to: `event(frame,
+ * id)`, `comment()`, `end()`. `answer(url, init)` may return a response of its own instead (a
+ * refusal), or undefined for a stream.
+ */
+export function eventStreams(answer = () => undefined) {
+  const streams = [];
+  const open = (url, init) => {
+    const given = answer(url, init);
+    if (given) return given;
+    let controller;
+    const body = new ReadableStream({ start: (c) => (controller = c) });
+    const encoder = new TextEncoder();
+    const write = (text) => controller.enqueue(encoder.encode(text));
+    const stream = {
+      url,
+      init,
+      event: (frame, id) => write(`${id === undefined ? "" : `id: ${id}\n`}data: ${JSON.stringify(frame)}\n\n`),
+      comment: () => write(": ping\n\n"),
+      end: () => controller.close(),
+    };
+    init.signal?.addEventListener("abort", () => {
+      try {
+        controller.error(Object.assign(new Error("aborted"), { name: "AbortError" }));
+      } catch {
+        // Already ended.
+      }
+    });
+    streams.push(stream);
+    write("retry: 2000\n\n");
+    return new Response(body, { status: 200, headers: { "content-type": "text/event-stream" } });
+  };
+  return { streams, open };
 }
