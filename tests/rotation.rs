@@ -1,5 +1,5 @@
 //! Tokens that rotate on every transport, under churn: a compressed soak. Tokens live 5 s (the
-//! server warns 2 s before expiry); events are published every 100 ms for 30 s; one client per
+//! server warns 2 s before expiry); events are published every 400 ms for two minutes; one client per
 //! transport — WebSocket (`auth` frame), Server-Sent Events (`POST /api/v1/sessions/{id}/auth`),
 //! Socket.IO over a WebSocket (`auth` emit) and long-poll (each request carries a token fresh
 //! enough) — drops its connection at random moments and comes back after a random pause,
@@ -19,7 +19,7 @@ use crate::sse::{EventStream, Item};
 
 const TOKEN_LIFE: u64 = 5;
 const EVENTS: u64 = 300;
-const EVERY: Duration = Duration::from_millis(100);
+const EVERY: Duration = Duration::from_millis(400);
 
 fn token_for(account: &str, user: &str) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
