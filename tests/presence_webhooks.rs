@@ -249,6 +249,30 @@ async fn a_user_goes_online_and_offline_once_each_and_a_reload_sends_nothing() {
     assert!(listed.iter().all(|d| d["kind"] == "presence"), "{listed:?}");
 }
 
+/// A single node that stops with a user online (its sessions do not survive it) sends their
+/// offline once — before it stops, or when it starts again — and the next online is the next
+/// generation: the generations live in the database.
+#[actix_web::test]
+async fn a_restarted_node_takes_its_users_offline_once_and_generations_go_on() {
+    let receiver = Receiver::start(SECRET);
+    let db = Db::sqlite();
+    let account = unique("acct");
+    let user_token = token(&account, "cy");
+    let first = server_for(&db, &receiver);
+    let (tab, _) = first.connect(&user_token).await;
+    receiver.until(&account, "cy", 1).await;
+    drop(first);
+    drop(tab);
+
+    let second = server_for(&db, &receiver);
+    let hooks = receiver.until(&account, "cy", 2).await;
+    assert!(!hooks[1].online, "{hooks:?}");
+    let (_back, _) = second.connect(&user_token).await;
+    receiver.until(&account, "cy", 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.check(&account, "cy").len(), 3);
+}
+
 /// An account's own presence integration receives its webhooks, signed with its outbound
 /// secret, and lists them; another account's users send it nothing.
 #[actix_web::test]

@@ -102,6 +102,7 @@ diesel::table! {
         online -> Bool,
         generation -> BigInt,
         decided -> BigInt,
+        alone -> Bool,
         updated_at -> BigInt,
     }
 }
