@@ -96,6 +96,8 @@ fn fan_out(c: &mut Criterion) {
                         notices: counter.recipient(),
                         backlog: Arc::new(Backlog::new(usize::MAX)),
                         answered: None,
+                        channels: Vec::new(),
+                        connected_at: 0,
                     });
                 }
                 done.notified().await;
@@ -114,7 +116,8 @@ fn fan_out(c: &mut Criterion) {
                             event: RoomEvent {
                                 seq,
                                 user: None,
-                                frame: event_frame(seq, "new-message", &data),
+                                channel: None,
+                                frame: event_frame(seq, None, "new-message", &data),
                                 handed: None,
                             },
                         });

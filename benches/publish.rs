@@ -47,6 +47,7 @@ fn publish(c: &mut Criterion) {
                             publisher.publish(Request {
                                 account: account.clone(),
                                 user: None,
+                                channel: None,
                                 event: "bench".into(),
                                 data: data(),
                                 idempotency_key: None,

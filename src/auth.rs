@@ -6,12 +6,14 @@
 //! through [`throttle::Authenticator`], which limits failures per client address.
 //!
 //! [`signature`] verifies and makes the signatures of webhooks, the other way a caller proves
-//! who it is. Base layer: uses `config` and `ids` only.
+//! who it is. Base layer: uses `config`, `ids` and `channel` only.
 
+pub mod revoked;
 pub mod signature;
 pub mod throttle;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::HttpRequest;
@@ -21,6 +23,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::channel::ChannelGrant;
 use crate::config::{JwtConfig, JwtKey, Origins};
 use crate::ids::{AccountId, UserId};
 
@@ -65,6 +68,9 @@ pub enum TokenError {
     MissingClaim(String),
     #[error("the token's `{claim}` claim {reason}")]
     InvalidClaim { claim: String, reason: String },
+    /// The application revoked the user at or after the token was issued (control API).
+    #[error("this token was revoked; get a new one from your application")]
+    Revoked,
 }
 
 impl TokenError {
@@ -84,6 +90,7 @@ impl TokenError {
             Self::WrongIssuer => "invalid-issuer",
             Self::MissingClaim(_) => "missing-claim",
             Self::InvalidClaim { .. } => "invalid-claim",
+            Self::Revoked => "token-revoked",
         }
     }
 }
@@ -95,6 +102,11 @@ pub struct Identity {
     pub user: UserId,
     /// Seconds since the Unix epoch.
     pub expires_at: u64,
+    /// When the token was issued (`iat`, seconds since the Unix epoch), if it says: a user's
+    /// revocation refuses the tokens issued before it.
+    pub issued_at: Option<u64>,
+    /// The channels the session may follow (the `channels` claim; none without it).
+    pub channels: Arc<ChannelGrant>,
 }
 
 /// Verifies tokens with the configured key, algorithm, issuer and audience. Private to `auth`:
@@ -154,10 +166,13 @@ impl Verifier {
             .get("exp")
             .and_then(Value::as_u64)
             .ok_or_else(|| TokenError::MissingClaim("exp".into()))?;
+        let issued_at = claims.get("iat").and_then(Value::as_u64);
         Ok(Identity {
             account,
             user,
             expires_at,
+            issued_at,
+            channels: Arc::new(channels_claim(&claims)?),
         })
     }
 
@@ -204,6 +219,25 @@ fn token_error(kind: &ErrorKind, expected: Algorithm) -> TokenError {
         }
         _ => TokenError::Malformed,
     }
+}
+
+/// The claim that lists the channels a session may follow.
+pub const CHANNELS_CLAIM: &str = "channels";
+
+/// The `channels` claim: an array of names and `prefix*` patterns (see [`ChannelGrant`]).
+fn channels_claim(claims: &HashMap<String, Value>) -> Result<ChannelGrant, TokenError> {
+    let invalid = |reason: String| TokenError::InvalidClaim {
+        claim: CHANNELS_CLAIM.into(),
+        reason,
+    };
+    let entries = match claims.get(CHANNELS_CLAIM) {
+        None | Some(Value::Null) => return Ok(ChannelGrant::default()),
+        Some(Value::Array(entries)) => entries,
+        Some(_) => return Err(invalid("must be an array of strings".into())),
+    };
+    let names: Option<Vec<&str>> = entries.iter().map(Value::as_str).collect();
+    let names = names.ok_or_else(|| invalid("must be an array of strings".into()))?;
+    ChannelGrant::from_claim(names).map_err(invalid)
 }
 
 /// Ids may be JSON strings or integers (many apps number their accounts).
@@ -310,6 +344,8 @@ struct MintedClaims<'a> {
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    channels: &'a [String],
 }
 
 /// Why a development token cannot be minted.
@@ -328,6 +364,17 @@ pub fn mint(
     user: &UserId,
     ttl: Duration,
 ) -> Result<String, MintError> {
+    mint_with_channels(config, account, user, ttl, &[])
+}
+
+/// [`mint`], with a `channels` claim: the channel names and `prefix*` patterns it allows.
+pub fn mint_with_channels(
+    config: &JwtConfig,
+    account: &AccountId,
+    user: &UserId,
+    ttl: Duration,
+    channels: &[String],
+) -> Result<String, MintError> {
     let JwtKey::Secret(secret) = &config.key else {
         return Err(MintError::NoSecret);
     };
@@ -339,6 +386,7 @@ pub fn mint(
         exp: now + ttl.as_secs(),
         iss: config.issuer.as_deref(),
         aud: config.audience.as_deref(),
+        channels,
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),

@@ -1,8 +1,11 @@
 //! The command line: `serve` (the default), `token` to mint a development token, `keys` to show
-//! the development keys. Settings come from flags or environment variables (see [`Settings`]).
+//! the development keys, and `bench` / `bench-outbox`, which run the load tool — a binary of its
+//! own, `switchboard-bench`, so the server links none of it. Settings come from flags or
+//! environment variables (see [`Settings`]).
 
+use std::ffi::OsString;
 use std::io::Write;
-use std::process::ExitCode;
+use std::process::{Command as Process, ExitCode};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -37,13 +40,25 @@ enum Command {
         /// How long the token is valid.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// The channels it allows following (names and `prefix*` patterns, comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<String>,
     },
     /// Show the development-mode keys (generating them if they do not exist yet).
     Keys,
-    /// Measure a running server: N WebSocket connections, M publishes (see docs/performance.md).
-    Bench(crate::bench::BenchArgs),
-    /// Measure a running server's outbox consumer (docs/outbox.md).
-    BenchOutbox(crate::bench::outbox::OutboxBenchArgs),
+    /// Measure a running server: N WebSocket connections, M publishes (see docs/performance.md);
+    /// runs `switchboard-bench` with these arguments (`switchboard bench --help` shows them).
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Measure a running server's outbox consumer (docs/outbox.md); runs `switchboard-bench outbox`.
+    #[command(disable_help_flag = true)]
+    BenchOutbox {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -59,18 +74,49 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let config = Config::load(cli.settings).map_err(|e| e.to_string())?;
+    let load = move || Config::load(cli.settings).map_err(|e| e.to_string());
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config),
-        Command::Token { account, user, ttl } => {
+        Command::Serve => serve(load()?),
+        Command::Token {
+            account,
+            user,
+            ttl,
+            channels,
+        } => {
+            let config = load()?;
             let account = AccountId::new(&account).map_err(|e| format!("--account {e}"))?;
             let user = UserId::new(&user).map_err(|e| format!("--user {e}"))?;
-            let token = auth::mint(&config.jwt, &account, &user, ttl).map_err(|e| e.to_string())?;
+            let token = auth::mint_with_channels(&config.jwt, &account, &user, ttl, &channels)
+                .map_err(|e| e.to_string())?;
             print(&token)
         }
-        Command::Keys => keys(&config),
-        Command::Bench(args) => print(&crate::bench::run(&config, args)?),
-        Command::BenchOutbox(args) => print(&crate::bench::outbox::run(&config, args)?),
+        Command::Keys => keys(&load()?),
+        Command::Bench { args } => bench(args),
+        Command::BenchOutbox { mut args } => {
+            args.insert(0, "outbox".into());
+            bench(args)
+        }
+    }
+}
+
+/// Runs the load tool: `switchboard-bench` beside this binary (where `cargo build` puts both),
+/// else on the `PATH`. It reads the same environment.
+fn bench(args: Vec<OsString>) -> Result<(), String> {
+    const TOOL: &str = "switchboard-bench";
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(TOOL))
+        .filter(|path| path.is_file());
+    let program = beside.map_or_else(|| OsString::from(TOOL), OsString::from);
+    let status = Process::new(&program).args(args).status().map_err(|e| {
+        format!(
+            "cannot run {TOOL} ({e}); it is built beside switchboard by `cargo build --release`"
+        )
+    })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{TOOL} failed ({status})"))
     }
 }
 

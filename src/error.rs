@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::auth::signature::SignatureError;
 use crate::auth::throttle::{whole_seconds, Refused};
 use crate::auth::TokenError;
+use crate::channel::ChannelsError;
 use crate::json::JsonError;
 use crate::metrics;
 use crate::protocol::SinceError;
@@ -49,6 +50,8 @@ pub enum ApiError {
     NotWebSocket,
     #[error("no such endpoint")]
     NotFound,
+    #[error("{}", crate::actors::session::TOKEN_MISMATCH)]
+    TokenMismatch,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{}", Refused::TooManyFailures { retry_after: *retry_after })]
@@ -79,6 +82,11 @@ pub enum ApiError {
     Signature(SignatureError),
     #[error(transparent)]
     Since(SinceError),
+    /// The channels asked for on connecting: a bad name, too many, or one the token does not
+    /// allow.
+    #[error(transparent)]
+    Channels(#[from] ChannelsError),
+
     /// The events after the resume point are no longer all kept.
     #[error(
         "events after {since} are no longer kept (the oldest is {oldest_seq}); reload the state"
@@ -183,6 +191,7 @@ impl ApiError {
             Self::InvalidMetricsToken => "invalid-metrics-token",
             Self::NotWebSocket => "not-websocket",
             Self::NotFound => "not-found",
+            Self::TokenMismatch => "token-mismatch",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::DemoOff => "demo-off",
             Self::OriginNotAllowed => "origin-not-allowed",
@@ -192,6 +201,7 @@ impl ApiError {
             Self::DemoTokensOff => "demo-tokens-off",
             Self::Signature(e) => e.code(),
             Self::Since(e) => e.code(),
+            Self::Channels(e) => e.code(),
             Self::ResumeFailed { .. } => "resume-failed",
             Self::UnknownIntegration => "unknown-integration",
             Self::VerifyToken(_) => "verify-token-mismatch",
@@ -214,7 +224,11 @@ impl ResponseError for ApiError {
             | Self::InvalidApiKey
             | Self::Signature(_)
             | Self::InvalidMetricsToken => StatusCode::UNAUTHORIZED,
-            Self::UserTokenForbidden | Self::VerifyToken(_) => StatusCode::FORBIDDEN,
+            Self::UserTokenForbidden | Self::VerifyToken(_) | Self::TokenMismatch => {
+                StatusCode::FORBIDDEN
+            }
+            Self::Channels(ChannelsError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            Self::Channels(_) => StatusCode::BAD_REQUEST,
             Self::InvalidBody(_)
             | Self::InvalidField { .. }
             | Self::InvalidQuery(_)

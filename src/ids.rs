@@ -102,6 +102,13 @@ impl SessionId {
         // The OS random source failing is not something a server can carry on from.
         Self(getrandom::u64().expect("the OS random number generator failed"))
     }
+
+    /// A session id as [`fmt::Display`] writes it (16 hexadecimal digits), or `None`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.len() == 16 && text.bytes().all(|b| b.is_ascii_hexdigit());
+        hex.then(|| u64::from_str_radix(text, 16).ok().map(Self))
+            .flatten()
+    }
 }
 
 impl fmt::Display for SessionId {

@@ -25,11 +25,14 @@ use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use crate::channel::Channel;
 use crate::commit::Changes;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{random_id, AccountId, UserId};
 use crate::protocol::{event_frame, ECHO_METADATA_PREFIX};
-use crate::store::conversations::{self, Conversation, Message, NewMessage};
+use crate::store::conversations::{
+    self, Conversation, Direction, Message, MessageStatus, NewMessage,
+};
 use crate::store::events::{self, NewEvent};
 use crate::store::{deliveries, integrations, now_ms, DbConnection, StoreError};
 
@@ -108,24 +111,42 @@ pub fn emit(
     event: &str,
     data: &RawValue,
 ) -> Result<RoomEvent, StoreError> {
+    emit_to(conn, account, (user, None), event, data)
+}
+
+/// [`emit`], for the sessions that follow a channel (of those, the user's when `user` is set).
+pub fn emit_to(
+    conn: &mut DbConnection,
+    account: &AccountId,
+    (user, channel): (Option<&UserId>, Option<&Channel>),
+    event: &str,
+    data: &RawValue,
+) -> Result<RoomEvent, StoreError> {
     let seq = events::append(
         conn,
         &NewEvent {
             account,
             user,
+            channel,
             event,
             data: data.get(),
         },
     )?;
-    Ok(stored_event(seq, user, event, data))
+    Ok(stored_event(seq, (user, channel), event, data))
 }
 
 /// The event just stored under `seq`, for the broker.
-pub fn stored_event(seq: u64, user: Option<&UserId>, event: &str, data: &RawValue) -> RoomEvent {
+pub fn stored_event(
+    seq: u64,
+    (user, channel): (Option<&UserId>, Option<&Channel>),
+    event: &str,
+    data: &RawValue,
+) -> RoomEvent {
     RoomEvent {
         seq,
         user: user.cloned(),
-        frame: event_frame(seq, event, data),
+        channel: channel.cloned(),
+        frame: event_frame(seq, channel.map(Channel::as_str), event, data),
         handed: Some(Handed::stored_ago(Duration::ZERO)),
     }
 }
@@ -315,9 +336,9 @@ pub fn send(
         .as_ref()
         .is_some_and(|i| i.outbound_url.is_some());
     let (direction, status) = match (conversation.is_external(), forward) {
-        (false, _) => ("internal", "sent"),
-        (true, true) => ("outbound", "pending"),
-        (true, false) => ("outbound", "not-forwarded"),
+        (false, _) => (Direction::Internal, MessageStatus::Sent),
+        (true, true) => (Direction::Outbound, MessageStatus::Pending),
+        (true, false) => (Direction::Outbound, MessageStatus::NotForwarded),
     };
     let added = add_message(
         conn,

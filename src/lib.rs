@@ -12,7 +12,6 @@
 //! - [`server`] — builds the store, the actors and the app; used by the binary and the tests.
 //! - [`cli`], [`logging`] and [`scheduling`] — the binary's command line, log set-up and the
 //!   scheduling policy of its threads.
-//! - [`bench`] — `switchboard bench`, the load tool that measures a running server.
 //!
 //! **HTTP** — routes and the one mapping of errors to responses.
 //! - [`api`] — HTTP routes: `/ws`, the publish API, integrations (admin), conversations (users),
@@ -23,7 +22,10 @@
 //! - [`http`] — the app on actix-http, with each WebSocket's socket handed to its session once
 //!   the `101` is written; what a client may hold before it has proved anything.
 //!
-//! **Adapters** — other wires and other systems.
+//! **Adapters** — the transports and other systems.
+//! - [`ws`] — the WebSocket transport: the native wire of a session, and the socket handed to it
+//!   once the `101` is written.
+//! - [`sse`] — Server-Sent Events: a session's frames as an event stream.
 //! - [`socket_io`] — `/socket.io/`: Socket.IO clients, as a second wire of the same sessions;
 //!   given [`socket_io::SocketIo`], knows nothing of the HTTP layer's state.
 //! - [`cluster`] — several nodes on one PostgreSQL and one Redis (`REDIS_URL`); implements the
@@ -43,7 +45,7 @@
 //! - [`outbound`] — replies handed to the application by signed, retried webhooks.
 //! - [`presence_webhooks`] — `user.online` / `user.offline` recorded once per transition and
 //!   sent through the outbound deliveries.
-//! - [`retention`] — how long events are kept.
+//! - [`retention`] — how long events are kept; [`revocation`] — revoked users, on every node.
 //!
 //! **Engine** — moving events to sessions.
 //! - [`event`] — the event as it is delivered (serialized once) and its pacing ticket.
@@ -57,7 +59,8 @@
 //! **Base** — what everything may use.
 //! - [`config`] — every setting, read and validated once into [`config::Config`];
 //!   development-mode keys.
-//! - [`ids`] — `AccountId`, `UserId`, `SessionId` newtypes.
+//! - [`ids`] — `AccountId`, `UserId`, `SessionId` newtypes; [`channel`] — channel names and
+//!   the token's grant of them.
 //! - [`auth`] — verifying application-issued JWTs (the only source of identity), with failed
 //!   authentications limited per client address; minting development tokens; which pages may
 //!   open a socket (the `Origin` check).
@@ -68,7 +71,7 @@
 pub mod actors;
 pub mod api;
 pub mod auth;
-pub mod bench;
+pub mod channel;
 pub mod cli;
 pub mod cluster;
 pub mod commit;
@@ -88,8 +91,11 @@ pub mod protocol;
 pub mod publisher;
 pub mod requests;
 pub mod retention;
+pub mod revocation;
 pub mod scheduling;
 pub mod server;
 pub mod socket_io;
+pub mod sse;
 pub mod store;
 pub mod webhooks;
+pub mod ws;

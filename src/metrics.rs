@@ -9,6 +9,7 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 const CONNECTIONS: &str = "switchboard_connections";
+const SESSIONS: &str = "switchboard_sessions";
 const ROOMS: &str = "switchboard_rooms";
 const DELIVERIES: &str = "switchboard_deliveries_total";
 const EVENTS_PUBLISHED: &str = "switchboard_events_published_total";
@@ -59,7 +60,11 @@ pub fn install(node: &str) -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_gauge!(CONNECTIONS, "Open WebSocket sessions on this node.");
+    describe_gauge!(
+        CONNECTIONS,
+        "Open sessions on this node, every transport (WebSocket, Socket.IO, SSE)."
+    );
+    describe_gauge!(SESSIONS, "Open sessions on this node, by transport.");
     describe_gauge!(ROOMS, "Accounts with a live room on this node.");
     describe_counter!(DELIVERIES, "Event frames queued for sessions.");
     describe_counter!(EVENTS_PUBLISHED, "Events stored by this node.");
@@ -122,12 +127,15 @@ fn describe() {
     );
 }
 
-pub fn session_opened() {
+/// `transport`: `ws`, `socket.io` or `sse`.
+pub fn session_opened(transport: &'static str) {
     gauge!(CONNECTIONS).increment(1.0);
+    gauge!(SESSIONS, "transport" => transport).increment(1.0);
 }
 
-pub fn session_closed() {
+pub fn session_closed(transport: &'static str) {
     gauge!(CONNECTIONS).decrement(1.0);
+    gauge!(SESSIONS, "transport" => transport).decrement(1.0);
 }
 
 pub fn room_opened() {

@@ -25,6 +25,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::actors::broker::{Broker, Replayed};
+use crate::channel::Channel;
 use crate::commit;
 use crate::config::PublishQueue;
 use crate::event::{Handed, RoomEvent};
@@ -44,6 +45,8 @@ pub const PACING_MAX: Duration = Duration::from_millis(250);
 pub struct Request {
     pub account: AccountId,
     pub user: Option<UserId>,
+    /// When set, only the sessions following this channel receive it.
+    pub channel: Option<Channel>,
     pub event: String,
     pub data: Box<RawValue>,
     /// A retry with the same key gets the first publish's answer and stores nothing.
@@ -329,6 +332,7 @@ fn store_batch(
             new_events.push(NewEvent {
                 account: &request.account,
                 user: request.user.as_ref(),
+                channel: request.channel.as_ref(),
                 event: &request.event,
                 data: request.data.get(),
             });
@@ -346,7 +350,7 @@ fn store_batch(
             Plan::SameAs(i) => Outcome::Replayed(seqs[i]),
             Plan::New(i) => Outcome::Stored(inbox::stored_event(
                 seqs[i],
-                request.user.as_ref(),
+                (request.user.as_ref(), request.channel.as_ref()),
                 &request.event,
                 &request.data,
             )),

@@ -107,6 +107,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (broker, cluster) = start_broker(&config, &store, &node, presence_hook.clone());
     let state = start_services(&config, store, broker.clone(), cluster, metrics, &node);
     presence_hook.dispatch_to(state.dispatcher.clone());
+    // Before serving anyone: a token revoked before a restart stays refused.
+    crate::revocation::Revoker::start(
+        state.store.clone(),
+        broker.clone(),
+        state.authenticator.revoked().clone(),
+    )
+    .await?;
     let draining = state.draining.clone();
     let max_publish_bytes = config.max_publish_bytes;
     let body_deadline = http::body::BodyDeadline::new(&config.edge);
@@ -245,6 +252,7 @@ fn start_services(
         origins: config.allowed_origins.clone(),
     });
     web::Data::new(AppState {
+        node: node.to_owned(),
         cluster,
         metrics,
         authenticator,
@@ -256,6 +264,7 @@ fn start_services(
         store: store.clone(),
         broker,
         sessions,
+        streams: Default::default(),
         socket_io,
         commits: commits.clone(),
         sends,
@@ -331,6 +340,8 @@ fn cors() -> actix_cors::Cors {
         .allowed_headers([
             actix_web::http::header::AUTHORIZATION,
             actix_web::http::header::CONTENT_TYPE,
+            // A cross-origin `EventSource` sends it when it reconnects.
+            crate::api::sse::LAST_EVENT_ID,
         ])
         .max_age(3600)
 }

@@ -90,6 +90,8 @@ fn fan_out_shares_one_serialized_event() {
                 notices: recipient.recipient(),
                 backlog: Arc::new(Backlog::new(usize::MAX)),
                 answered: Some(answered),
+                channels: Vec::new(),
+                connected_at: 0,
             });
         }
         // Every join answered (the room's start-up read done) before counting.
@@ -104,7 +106,8 @@ fn fan_out_shares_one_serialized_event() {
             event: RoomEvent {
                 seq: 1,
                 user: None,
-                frame: event_frame(1, "big", &data),
+                channel: None,
+                frame: event_frame(1, None, "big", &data),
                 handed: None,
             },
         });

@@ -6,8 +6,9 @@
 //! The layers, lowest first (a module may use its own layer and those below it):
 //! base (ids, config, protocol, auth, json, metrics) → store → engine (event, actors) →
 //! services (commit, requests, publisher, outbox, inbox, outbound, retention) → adapters
-//! (socket_io, cluster, webhooks) → http (api, error, http) → wiring (server, cli, main, logging,
-//! scheduling, bench).
+//! (ws, sse, socket_io, cluster, webhooks) → http (api, error, http) → wiring (server, cli, main,
+//! logging, scheduling). The load tool is a crate of its own (`bench/`), over the library's
+//! public API.
 //!
 //! Exceptions would be listed in [`ALLOWED_UPWARD`] and [`KNOTS`]; both are empty now and are to
 //! stay so (an entry that is no longer needed fails the test too). Comments are not read (a doc
@@ -23,6 +24,7 @@ const LAYERS: [&str; 7] = [
 /// Each top-level module's layer.
 const MODULE_LAYERS: &[(&str, &str)] = &[
     ("ids", "base"),
+    ("channel", "base"),
     ("config", "base"),
     ("protocol", "base"),
     ("auth", "base"),
@@ -39,6 +41,9 @@ const MODULE_LAYERS: &[(&str, &str)] = &[
     ("outbound", "services"),
     ("presence_webhooks", "services"),
     ("retention", "services"),
+    ("ws", "adapters"),
+    ("sse", "adapters"),
+    ("revocation", "services"),
     ("socket_io", "adapters"),
     ("cluster", "adapters"),
     ("webhooks", "adapters"),
@@ -51,7 +56,6 @@ const MODULE_LAYERS: &[(&str, &str)] = &[
     ("crate", "wiring"),
     ("logging", "wiring"),
     ("scheduling", "wiring"),
-    ("bench", "wiring"),
 ];
 
 /// Arrows up the layers allowed, module to module: none (kept for the test's own self-check).
@@ -392,5 +396,50 @@ fn the_check_finds_a_planted_upward_arrow_and_a_planted_cycle() {
             "store -> api is allowed but no longer there: remove it from ALLOWED_UPWARD",
             "the cycle ids, store is no longer there as listed: update KNOTS",
         ],
+    );
+}
+
+/// Crates only the HTTP layer and the transports (adapters) may use: the engine knows no
+/// transport, so a new one (Server-Sent Events, say) is a wire of the same session.
+const TRANSPORT_CRATES: [&str; 3] = ["actix_web", "actix_web_actors", "actix_http"];
+
+/// The engine's files that name a transport crate, with the crate. (`auth`, below it, reads a
+/// token from an actix-web request: the request is where a token comes from.)
+fn transport_users(files: &[(String, String)]) -> Vec<String> {
+    let engine = LAYERS.iter().position(|l| *l == "engine").unwrap();
+    let mut found = Vec::new();
+    for (path, text) in files {
+        if layer(&module_of(path)) != engine {
+            continue;
+        }
+        let code = code(text);
+        for name in TRANSPORT_CRATES {
+            let named = code.match_indices(name).any(|(at, _)| {
+                let before = code[..at].bytes().last();
+                let after = code.as_bytes().get(at + name.len());
+                !before.is_some_and(is_ident) && !after.is_some_and(|c| is_ident(*c))
+            });
+            if named {
+                found.push(format!("{path} uses {name}"));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_engine_uses_no_http_or_websocket_crate() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    source_files(&src, &src, &mut files);
+    assert_eq!(transport_users(&files), Vec::<String>::new());
+    // The check itself finds one.
+    let planted = [(
+        "actors/session/mod.rs".to_owned(),
+        "use actix_web_actors::ws;\nuse my_actix_web2::x;".to_owned(),
+    )];
+    assert_eq!(
+        transport_users(&planted),
+        ["actors/session/mod.rs uses actix_web_actors"]
     );
 }

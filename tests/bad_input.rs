@@ -25,7 +25,9 @@ async fn bad_frames_get_error_frames_and_the_connection_carries_on() {
     let cases = [
         ("{not json", "malformed-json"),
         ("[1,2]", "missing-type"),
-        (r#"{"type":"subscribe","room":"globex"}"#, "unknown-type"),
+        (r#"{"type":"join","room":"globex"}"#, "unknown-type"),
+        // A channel is subscribed by name in the token's account: there is no `room` to name.
+        (r#"{"type":"subscribe","room":"globex"}"#, "invalid-frame"),
         (r#"{"type":"ping","unexpected":true}"#, "invalid-frame"),
     ];
     for (text, code) in cases {

@@ -1070,3 +1070,78 @@ async fn nodes_reach_a_redis_that_takes_tls_and_a_password() {
         (seq, "tick".to_owned(), json!("over TLS"))
     );
 }
+
+/// A token for `user` of `account` issued a few seconds ago, following `order:*`.
+fn token_following_orders(account: &str, user: &str) -> String {
+    let key = jsonwebtoken::EncodingKey::from_secret(crate::common::JWT_SECRET.as_bytes());
+    let now = crate::common::now();
+    crate::common::sign(
+        jsonwebtoken::Algorithm::HS256,
+        &key,
+        json!({ "sub": user, "account_id": account, "exp": now + 3600, "iat": now - 5,
+                "channels": ["order:*"] }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(switchboard_postgres),
+    ignore = "needs PostgreSQL: set SWITCHBOARD_TEST_DATABASE_URL"
+)]
+async fn channel_events_cross_nodes_and_a_revoked_user_is_closed_and_refused_on_every_node() {
+    let db = Db::postgres();
+    let redis = Redis::start();
+    let nodes = [
+        Node::start(&db, &redis).await,
+        Node::start(&db, &redis).await,
+        Node::start(&db, &redis).await,
+    ];
+    let account = unique("cluster-revoke");
+    let alice = token_following_orders(&account, "alice");
+    let mut tabs = Vec::new();
+    for node in &nodes {
+        let url = format!("{}?token={alice}&channels=order:1", node.ws_url());
+        let mut client = node.try_connect(url).await.expect("connected");
+        assert_eq!(client.next_json().await["type"], "welcome");
+        tabs.push(client);
+    }
+    let (mut bob, _) = nodes[2]
+        .connect(&token_following_orders(&account, "bob"))
+        .await;
+
+    // A channel event published on one node reaches its followers on every node, only them.
+    let body = json!({"account_id": account, "channel": "order:1", "event": "paid", "data": 1});
+    let (status, answer) = nodes[1]
+        .publish_raw(Some(&format!("Bearer {API_KEY}")), body.to_string())
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    for tab in &mut tabs {
+        let frame = tab.next_json().await;
+        assert_eq!(
+            (&frame["seq"], &frame["channel"]),
+            (&answer["seq"], &json!("order:1"))
+        );
+    }
+
+    // Revoked through one node: closed on every node, refused by every node.
+    let path = format!("/api/v1/accounts/{account}/users/alice/revoke");
+    let (status, body) = nodes[0].admin(Method::POST, &path, None).await;
+    assert_eq!(status, 200, "{body}");
+    for tab in &mut tabs {
+        assert_eq!(tab.expect_close().await, 4005);
+    }
+    for node in &nodes {
+        let url = format!("{}?token={alice}", node.ws_url());
+        match node.try_connect(url).await {
+            Err((status, body)) => {
+                assert_eq!(
+                    (status, &body["error"]["code"]),
+                    (401, &json!("token-revoked"))
+                )
+            }
+            Ok(_) => panic!("a revoked token was taken"),
+        }
+    }
+    let sentinel = nodes[0].sentinel(&account, None).await;
+    bob.expect_sentinel(sentinel).await;
+}

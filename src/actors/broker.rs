@@ -21,6 +21,7 @@ use super::peers::Peers;
 use super::presence_hook::PresenceHook;
 use super::room::{self, Fail, Failure, Members, PresenceChanged, Room, Shutdown};
 use super::session::{Backlog, Deliver, Framing, FromRoom};
+use crate::channel::Channel;
 use crate::config::Presence;
 use crate::event::RoomEvent;
 use crate::ids::{AccountId, SessionId, UserId};
@@ -47,6 +48,83 @@ pub struct Join {
     /// Dropped once the room has told the session where it stands (joined, or refused): a
     /// WebSocket handshake waits for it, so that its answer and the welcome leave together.
     pub answered: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The channels the session follows from the start (checked against its token).
+    pub channels: Vec<Channel>,
+    /// For the control API: since when (milliseconds since the Unix epoch).
+    pub connected_at: i64,
+}
+
+/// Closes live sessions of an account with 4005 (the control API): a user's, or one session.
+/// Answers how many were told.
+#[derive(Message, Clone)]
+#[rtype(result = "usize")]
+pub struct Revoke {
+    pub account: AccountId,
+    pub user: Option<UserId>,
+    pub session: Option<SessionId>,
+}
+
+impl Revoke {
+    pub fn user(account: AccountId, user: UserId) -> Self {
+        Self {
+            account,
+            user: Some(user),
+            session: None,
+        }
+    }
+}
+
+/// One live session, as the control API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub session_id: String,
+    pub user_id: String,
+    /// `websocket` or `socket.io`.
+    pub transport: &'static str,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: i64,
+    pub channels: Vec<String>,
+    /// Bytes written for the client and not yet taken by it.
+    pub queued_bytes: usize,
+}
+
+/// The live sessions of an account on this node (one user's, with `user`).
+#[derive(Message, Clone)]
+#[rtype(result = "Vec<SessionInfo>")]
+pub struct ListSessions {
+    pub account: AccountId,
+    pub user: Option<UserId>,
+}
+
+/// The users of an account with a live session on this node that follows `channel`.
+#[derive(Message, Clone)]
+#[rtype(result = "Vec<String>")]
+pub struct ChannelUsers {
+    pub account: AccountId,
+    pub channel: Channel,
+}
+
+/// A session follows a channel from now on (`follow`), or stops. The room answers a follow with
+/// [`FromRoom::Subscribed`], through the session's mailbox, so that the answer comes before any
+/// event of the channel; a stop needs no answer (the broker hands the room every message of a
+/// session in order, so no event published after the session said so reaches it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Follow {
+    pub account: AccountId,
+    pub session: SessionId,
+    pub channel: Channel,
+    pub follow: bool,
+    /// For a follow: handed back with the answer (the client's `ref` and `since`).
+    pub request: Option<FollowRequest>,
+}
+
+/// What a `subscribe` frame asked beyond the channel, handed back to the session with the room's
+/// answer.
+#[derive(Debug, Clone, Default)]
+pub struct FollowRequest {
+    pub reference: Option<serde_json::Value>,
+    pub since: Option<u64>,
 }
 
 /// The server is shutting down: every session is told to close (1001, "reconnect"), in batches
@@ -103,11 +181,14 @@ pub struct Publish {
 pub struct Wait {
     pub account: AccountId,
     pub user: UserId,
+    /// The channels the long-poll follows: another channel's event does not wake it.
+    pub channels: Vec<Channel>,
     pub wake: tokio::sync::oneshot::Sender<()>,
 }
 
 struct Waiter {
     user: UserId,
+    channels: Vec<Channel>,
     wake: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -249,6 +330,58 @@ impl Handler<Join> for Broker {
     }
 }
 
+impl Handler<Revoke> for Broker {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, revoke: Revoke, _: &mut Context<Self>) -> Self::Result {
+        let room = self.rooms.get(&revoke.account).map(|e| e.room.clone());
+        Box::pin(async move {
+            match room {
+                Some(room) => room.send(revoke).await.unwrap_or(0),
+                None => 0,
+            }
+        })
+    }
+}
+
+impl Handler<ListSessions> for Broker {
+    type Result = ResponseFuture<Vec<SessionInfo>>;
+
+    fn handle(&mut self, list: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        let room = self.rooms.get(&list.account).map(|e| e.room.clone());
+        Box::pin(async move {
+            match room {
+                Some(room) => room.send(list).await.unwrap_or_default(),
+                None => Vec::new(),
+            }
+        })
+    }
+}
+
+impl Handler<ChannelUsers> for Broker {
+    type Result = ResponseFuture<Vec<String>>;
+
+    fn handle(&mut self, query: ChannelUsers, _: &mut Context<Self>) -> Self::Result {
+        let room = self.rooms.get(&query.account).map(|e| e.room.clone());
+        Box::pin(async move {
+            match room {
+                Some(room) => room.send(query).await.unwrap_or_default(),
+                None => Vec::new(),
+            }
+        })
+    }
+}
+
+impl Handler<Follow> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, follow: Follow, _: &mut Context<Self>) {
+        if let Some(entry) = self.rooms.get(&follow.account) {
+            entry.room.do_send(follow);
+        }
+    }
+}
+
 impl Handler<Leave> for Broker {
     type Result = ();
 
@@ -272,8 +405,11 @@ impl Broker {
     /// Wakes the account's long-polls the event is for, and hands it to the account's room.
     fn deliver(&mut self, account: &AccountId, event: RoomEvent) {
         if let Some(waiters) = self.waiters.get_mut(account) {
-            let target = event.user.as_ref();
-            let woken = waiters.extract_if(.., |w| target.is_none_or(|t| *t == w.user));
+            let (target, channel) = (event.user.as_ref(), event.channel.as_ref());
+            let woken = waiters.extract_if(.., |w| {
+                target.is_none_or(|t| *t == w.user)
+                    && channel.is_none_or(|c| w.channels.contains(c))
+            });
             for waiter in woken {
                 // The long-poll reads the events itself; this only wakes it.
                 let _ = waiter.wake.send(());
@@ -539,6 +675,7 @@ impl Handler<Wait> for Broker {
         waiters.retain(|w| !w.wake.is_closed());
         waiters.push(Waiter {
             user: wait.user,
+            channels: wait.channels,
             wake: wait.wake,
         });
     }

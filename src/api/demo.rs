@@ -70,7 +70,8 @@ pub async fn token(
     let body: TokenRequest = crate::json::from_slice(&body)?;
     let account = field("account_id", AccountId::new(&body.account_id))?;
     let user = field("user_id", UserId::new(&body.user_id))?;
-    let token = auth::mint(jwt, &account, &user, TOKEN_TTL)
+    // The demo's order panel follows `order:<id>` channels.
+    let token = auth::mint_with_channels(jwt, &account, &user, TOKEN_TTL, &["order:*".to_owned()])
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok().json(json!({ "token": token, "expires_in": TOKEN_TTL.as_secs() })))
 }

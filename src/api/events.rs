@@ -1,4 +1,4 @@
-//! `GET /api/v1/events?since=N&timeout=S` (user JWT): the long-poll fallback for a client whose
+//! `GET /api/v1/events?since=N&timeout=S[&channels=a,b]` (user JWT): the long-poll fallback for a client whose
 //! WebSocket is blocked. It answers at once with the events after N the user may see, or waits
 //! up to S seconds for the next one — woken by the broker when one is published, never by
 //! polling the database — and answers with the same event frames, in the same order.
@@ -13,6 +13,7 @@ use super::extract::User;
 use super::{json_text, list_json, AppState};
 use crate::actors::broker::Wait;
 use crate::auth::Identity;
+use crate::channel::{split_list, Channel};
 use crate::error::ApiError;
 use crate::event::RoomEvent;
 use crate::protocol::{ResumePoint, SinceError};
@@ -26,18 +27,31 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(25);
 #[derive(Deserialize)]
 pub struct PollQuery {
     since: Option<String>,
+    /// `a,b`: the channels whose events are read besides the account's and the user's own.
+    channels: Option<String>,
     /// Seconds.
     timeout: Option<String>,
 }
 
 /// The events after `since`, checked against retention.
-async fn read(state: &AppState, user: &Identity, since: u64) -> Result<Vec<RoomEvent>, ApiError> {
+async fn read(
+    state: &AppState,
+    user: &Identity,
+    channels: &[Channel],
+    since: u64,
+) -> Result<Vec<RoomEvent>, ApiError> {
     let (account, who) = (user.account.clone(), user.user.clone());
+    let channels = channels.to_vec();
     let (oldest, last, rows) = state
         .store
         .run(move |conn| {
             let (oldest, last) = events::history(conn, &account)?;
-            let rows = events::visible(conn, &account, &who, since, None, PAGE)?;
+            let reader = events::Reader {
+                user: &who,
+                channels: &channels,
+                unchanneled: true,
+            };
+            let rows = events::visible(conn, &account, reader, since, None, PAGE)?;
             Ok::<_, ApiError>((oldest, last, rows))
         })
         .await?;
@@ -62,6 +76,9 @@ pub async fn poll(
     query: web::Query<PollQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
+    let channels = user
+        .channels
+        .admit(split_list(query.channels.as_deref().unwrap_or_default()))?;
     let Some(since) = query.since else {
         // A client starting out (its WebSocket blocked from the first) asks where "now" is,
         // rather than being handed the account's whole history.
@@ -88,12 +105,13 @@ pub async fn poll(
     state.broker.do_send(Wait {
         account: user.account.clone(),
         user: user.user.clone(),
+        channels: channels.clone(),
         wake,
     });
-    let mut found = read(&state, &user, since).await?;
+    let mut found = read(&state, &user, &channels, since).await?;
     if found.is_empty() && !wait.is_zero() {
         if let Ok(Ok(())) = actix_web::rt::time::timeout(wait, woken).await {
-            found = read(&state, &user, since).await?;
+            found = read(&state, &user, &channels, since).await?;
         }
     }
     let next = found.last().map_or(since, |e| e.seq);

@@ -1,14 +1,18 @@
 //! The HTTP surface: routes, shared state, and the request extractors' error handling.
 //!
 //! - `GET /ws` — the WebSocket endpoint ([`ws`]); `/socket.io/` — the same for Socket.IO clients
-//!   ([`crate::socket_io`]).
+//!   ([`crate::socket_io`]); `GET /sse` — the same as an event stream, and
+//!   `POST /api/v1/sessions/{id}/auth`, its token refresh ([`sse`]).
 //! - `POST /api/v1/publish` — the server-side publish API ([`publish`]).
 //! - `GET /api/v1/events` — the long-poll fallback ([`events`]).
 //! - `/api/v1/integrations…`, `/api/v1/webhooks/stats` — admin ([`integrations`]).
 //! - `/api/v1/conversations…` — the inbox for users ([`conversations`]).
 //! - `/api/v1/notifications…` — [`notifications`]; `/api/v1/presence` — [`presence`].
-//! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`crate::webhooks`]).
+//! - `/api/v1/accounts/{account}/…` — the control API: revoke, inspect ([`control`]).
+//! - `/webhooks/{facebook,zalo,generic/{id}}` — provider webhooks ([`webhooks`]; what they mean:
+//!   [`crate::webhooks`]).
 
+pub mod control;
 pub mod conversations;
 pub mod demo;
 pub mod events;
@@ -19,6 +23,8 @@ pub mod notifications;
 pub mod presence;
 pub mod publish;
 pub mod sdk;
+pub mod sse;
+pub mod webhooks;
 pub mod ws;
 
 use std::sync::Arc;
@@ -35,11 +41,11 @@ use crate::config::{Demo, JwtConfig, Origins, Secret};
 use crate::error::ApiError;
 use crate::publisher::Publisher;
 use crate::store::Store;
-use crate::webhooks::{self, facebook, generic, zalo};
-use std::collections::HashMap;
 
 /// What every request handler shares.
 pub struct AppState {
+    /// This node's id, as the control API shows it.
+    pub node: String,
     /// Set in cluster mode.
     pub cluster: Option<crate::cluster::Cluster>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -52,6 +58,8 @@ pub struct AppState {
     pub store: Store,
     pub broker: Addr<Broker>,
     pub sessions: Arc<session::Shared>,
+    /// The live event-stream sessions, for their token refreshes.
+    pub streams: Arc<crate::sse::Streams>,
     /// Socket.IO clients' Engine.IO connections, and what the adapter needs to serve them.
     pub socket_io: Arc<crate::socket_io::SocketIo>,
     /// The one commit path: write, hand the events to the broker, dispatch.
@@ -61,7 +69,7 @@ pub struct AppState {
     /// What an integration's `outbound_url` may point at.
     pub outbound_addresses: crate::outbound::address::Policy,
     pub publisher: Publisher,
-    pub webhooks: webhooks::Webhooks,
+    pub webhooks: crate::webhooks::Webhooks,
     /// Longest wait a long-poll may ask for.
     pub long_poll_max: Duration,
     pub demo: Demo,
@@ -85,6 +93,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
     )
     .app_data(web::QueryConfig::default().error_handler(|error, _| ApiError::from(error).into()))
     .route("/ws", web::get().to(ws::connect))
+    .route("/sse", web::get().to(sse::connect))
+    .route(
+        "/api/v1/sessions/{session_id}/auth",
+        web::post().to(sse::refresh),
+    )
     .service(
         web::resource(["/socket.io/", "/socket.io"])
             .route(web::get().to(socket_io_get))
@@ -137,16 +150,40 @@ pub fn routes(cfg: &mut web::ServiceConfig, max_publish_bytes: usize) {
             .route("/{id}/read", web::post().to(notifications::mark_read))
             .route("/{id}", web::delete().to(notifications::delete)),
     )
+    .service(
+        web::scope("/api/v1/accounts/{account}")
+            .route("/users/{user}/revoke", web::post().to(control::revoke_user))
+            .route(
+                "/sessions/{session}/revoke",
+                web::post().to(control::revoke_session),
+            )
+            .route("/sessions", web::get().to(control::sessions))
+            .route("/online", web::get().to(control::online))
+            .route(
+                "/channels/{channel}/online",
+                web::get().to(control::channel_online),
+            )
+            .route("/events", web::get().to(control::stored_events)),
+    )
     .route("/api/v1/presence", web::get().to(presence::online))
     .route(
         "/api/v1/presence/deliveries",
         web::get().to(presence::global_deliveries),
     )
     .route("/api/v1/events", web::get().to(events::poll))
-    .route("/webhooks/facebook", web::get().to(facebook_handshake))
-    .route("/webhooks/facebook", web::post().to(facebook_receive))
-    .route("/webhooks/zalo", web::post().to(zalo_receive))
-    .route("/webhooks/generic/{id}", web::post().to(generic_receive))
+    .route(
+        "/webhooks/facebook",
+        web::get().to(webhooks::facebook_handshake),
+    )
+    .route(
+        "/webhooks/facebook",
+        web::post().to(webhooks::facebook_receive),
+    )
+    .route("/webhooks/zalo", web::post().to(webhooks::zalo_receive))
+    .route(
+        "/webhooks/generic/{id}",
+        web::post().to(webhooks::generic_receive),
+    )
     .default_service(web::to(not_found));
 }
 
@@ -201,40 +238,4 @@ async fn socket_io_post(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     Ok(crate::socket_io::post(query, payload, state.socket_io.clone()).await?)
-}
-
-/// `GET /webhooks/facebook`: the subscription handshake.
-async fn facebook_handshake(
-    query: web::Query<HashMap<String, String>>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(facebook::handshake(query, &state.webhooks).await?)
-}
-
-/// `POST /webhooks/facebook`
-async fn facebook_receive(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(facebook::receive(req, payload, &state.webhooks).await?)
-}
-
-/// `POST /webhooks/zalo`
-async fn zalo_receive(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(zalo::receive(req, payload, &state.webhooks).await?)
-}
-
-/// `POST /webhooks/generic/{integration_id}`
-async fn generic_receive(
-    req: HttpRequest,
-    path: web::Path<String>,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    Ok(generic::receive(req, path, payload, &state.webhooks).await?)
 }

@@ -1,5 +1,5 @@
 //! `POST /api/v1/publish`: the application's backend hands Switchboard an event for an account
-//! (optionally for one user of it). The event is stored first — by the group-committing
+//! (optionally for one user of it, or for the sessions following a channel). The event is stored first — by the group-committing
 //! [`crate::publisher`] — then delivered.
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use super::extract::{Json, ServerKey};
 use super::AppState;
+use crate::channel::Channel;
 use crate::error::{field, ApiError};
 use crate::ids::{AccountId, UserId};
 use crate::protocol::check_event_name;
@@ -20,6 +21,8 @@ pub struct PublishRequest {
     account_id: String,
     #[serde(default)]
     user_id: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
     event: String,
     #[serde(default)]
     data: Option<Box<RawValue>>,
@@ -61,6 +64,11 @@ pub async fn publish(
         .as_deref()
         .map(|u| field("user_id", UserId::new(u)))
         .transpose()?;
+    let channel = request
+        .channel
+        .as_deref()
+        .map(|c| field("channel", Channel::new(c)))
+        .transpose()?;
     field("event", check_event_name(&request.event))?;
     let data = match request.data {
         Some(data) => data,
@@ -73,6 +81,7 @@ pub async fn publish(
         .publish(Request {
             account,
             user,
+            channel,
             event: request.event,
             data,
             idempotency_key,

@@ -69,6 +69,8 @@ pub fn peer(req: &HttpRequest) -> Option<IpAddr> {
 pub struct Authenticator {
     verifier: Verifier,
     failures: AuthFailures,
+    /// Users revoked, whose earlier tokens are refused.
+    revoked: std::sync::Arc<super::revoked::Revoked>,
 }
 
 impl Authenticator {
@@ -76,17 +78,26 @@ impl Authenticator {
         Self {
             verifier: Verifier::new(jwt),
             failures: AuthFailures::new(failures_per_minute),
+            revoked: Default::default(),
         }
+    }
+
+    /// The revoked users this authenticator refuses, for the service that keeps them current.
+    pub fn revoked(&self) -> &std::sync::Arc<super::revoked::Revoked> {
+        &self.revoked
     }
 
     /// A token from the client at `peer`: refused unverified while the address is over its
     /// allowance; a token that does not verify counts against it.
     pub fn verify(&self, peer: Option<IpAddr>, token: &str) -> Result<Identity, Refused> {
         self.check(peer)?;
-        self.verifier.verify(token).map_err(|e| {
+        let identity = self.verifier.verify(token).map_err(|e| {
             self.failed(peer);
             Refused::Token(e)
-        })
+        })?;
+        // A revoked token is the application's own, not a guess: it does not count as a failure.
+        self.revoked.check(&identity).map_err(Refused::Token)?;
+        Ok(identity)
     }
 
     /// A credential other than a token (the metrics token) that did not match counts against

@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use super::signing::{Key, Unsigned};
 use super::wire::ChannelMessage;
 use crate::actors::broker::{Ephemeral, FromPeers};
+use crate::channel::Channel;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{AccountId, UserId};
 use crate::protocol::{check_event_name, ephemeral_frame, event_frame};
@@ -131,13 +132,17 @@ fn typed(wire: ChannelMessage) -> Result<Admitted, Refusal> {
             ..
         } => Admitted::News(FromPeers::Event {
             account: account(&a)?,
-            event: RoomEvent {
-                seq,
-                user: u.as_deref().map(user).transpose()?,
-                frame: event_frame_from(seq, frame)?,
-                handed: Some(Handed::stored_ago(Duration::from_millis(
-                    crate::store::now_ms().saturating_sub(stored_ms).max(0) as u64,
-                ))),
+            event: {
+                let (frame, channel) = event_frame_from(seq, frame)?;
+                RoomEvent {
+                    seq,
+                    user: u.as_deref().map(user).transpose()?,
+                    channel,
+                    frame,
+                    handed: Some(Handed::stored_ago(Duration::from_millis(
+                        crate::store::now_ms().saturating_sub(stored_ms).max(0) as u64,
+                    ))),
+                }
             },
         }),
         ChannelMessage::Ephemeral {
@@ -182,6 +187,9 @@ struct PeerFrame<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
     seq: Option<u64>,
+    /// A channel event's channel (checked, and the frame rebuilt with it).
+    #[serde(default, borrow)]
+    channel: Option<Cow<'a, str>>,
     #[serde(borrow)]
     event: Cow<'a, str>,
     #[serde(borrow)]
@@ -198,14 +206,22 @@ impl<'a> PeerFrame<'a> {
     }
 }
 
-/// The event frame for sequence number `seq`, built from the peer's frame of that event.
-fn event_frame_from(seq: u64, frame: &RawValue) -> Result<ByteString, Refusal> {
+/// The event frame for sequence number `seq`, built from the peer's frame of that event, and the
+/// event's channel.
+fn event_frame_from(seq: u64, frame: &RawValue) -> Result<(ByteString, Option<Channel>), Refusal> {
     let parsed = PeerFrame::parse(frame)?;
     // Stored sequence numbers start at 1 and are `BIGINT`s.
     if parsed.seq != Some(seq) || seq == 0 || seq > i64::MAX as u64 {
         return Err(Refusal::BadFrame);
     }
-    Ok(event_frame(seq, &parsed.event, parsed.data))
+    let channel = parsed
+        .channel
+        .as_deref()
+        .map(Channel::new)
+        .transpose()
+        .map_err(|_| Refusal::BadFrame)?;
+    let name = channel.as_ref().map(Channel::as_str);
+    Ok((event_frame(seq, name, &parsed.event, parsed.data), channel))
 }
 
 /// An ephemeral frame (no sequence number), built from the peer's.

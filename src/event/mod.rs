@@ -3,7 +3,7 @@
 //! cluster, the long-poll API) build a [`RoomEvent`] and hand it to the broker; they need not
 //! know the actors.
 //!
-//! Engine layer: may use `ids`, `protocol`, `store::events` (a stored row) and `metrics`.
+//! Engine layer: may use `ids`, `channel`, `protocol`, `store::events` (a stored row) and `metrics`.
 
 mod handed;
 
@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 pub use handed::Handed;
 pub(crate) use handed::Pacing;
 
+use crate::channel::Channel;
 use crate::ids::UserId;
 use crate::protocol::event_frame;
 use crate::store::events;
@@ -24,6 +25,8 @@ pub struct RoomEvent {
     pub seq: u64,
     /// When set, only this user's sessions receive it.
     pub user: Option<UserId>,
+    /// When set, only the sessions following this channel receive it.
+    pub channel: Option<Channel>,
     pub frame: ByteString,
     /// Set for newly stored events (not for those read back from the database).
     pub handed: Option<Handed>,
@@ -36,8 +39,9 @@ impl RoomEvent {
     pub fn from_stored(row: events::StoredEvent) -> Option<Self> {
         let seq = row.seq as u64;
         let user = row.user_id.as_deref().map(UserId::new).transpose();
+        let channel = row.channel.as_deref().map(Channel::new).transpose();
         let data = RawValue::from_string(row.data);
-        let (Ok(user), Ok(data)) = (user, data) else {
+        let (Ok(user), Ok(channel), Ok(data)) = (user, channel, data) else {
             log::error!(
                 "stored event is malformed, skipped account={} seq={seq}",
                 row.account_id
@@ -46,8 +50,14 @@ impl RoomEvent {
         };
         Some(Self {
             seq,
+            frame: event_frame(
+                seq,
+                channel.as_ref().map(Channel::as_str),
+                &row.event,
+                &data,
+            ),
             user,
-            frame: event_frame(seq, &row.event, &data),
+            channel,
             handed: None,
         })
     }

@@ -35,7 +35,7 @@ use actix_web::web::{Bytes, BytesMut};
 use futures_util::future::{ready, Either, Ready};
 
 use self::admission::{Admission, Admitted, Requests, Ticket};
-use crate::actors::session::{Handover, Writer};
+use crate::ws::{Handover, Writer};
 
 /// `HttpServer`'s defaults.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -305,8 +305,8 @@ fn finish(
     outcome: &Outcome<'_>,
 ) -> Result<bool, StoreError> {
     let message_status = match outcome.status {
-        Status::Delivered => "forwarded",
-        Status::Failed => "failed",
+        Status::Delivered => conversations::MessageStatus::Forwarded,
+        Status::Failed => conversations::MessageStatus::Failed,
         Status::Pending => return deliveries::finish(conn, delivery, outcome),
     };
     let Some(account) = account else {

@@ -89,6 +89,7 @@ impl Row {
         Ok(Request {
             account,
             user,
+            channel: None,
             event: self.event.clone(),
             data,
             idempotency_key: Some(idempotency_key),

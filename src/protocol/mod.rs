@@ -67,11 +67,34 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref")]
         reference: Option<Value>,
     },
+    /// Follow a channel the token allows; answered by `subscribed` (or `error`). With `since`,
+    /// the channel's events after it are replayed first.
+    Subscribe {
+        channel: String,
+        #[serde(default)]
+        since: Option<Value>,
+        #[serde(default, rename = "ref")]
+        reference: Option<Value>,
+    },
+    /// Stop following a channel; answered by `unsubscribed`.
+    Unsubscribe {
+        channel: String,
+        #[serde(default, rename = "ref")]
+        reference: Option<Value>,
+    },
 }
 
 /// The client frame types this server knows, for telling "unknown" from "malformed".
 const CLIENT_FRAME_TYPES: &[&str] = &[
-    "ping", "send", "read", "typing", "resume", "presence", "auth",
+    "ping",
+    "send",
+    "read",
+    "typing",
+    "resume",
+    "presence",
+    "auth",
+    "subscribe",
+    "unsubscribe",
 ];
 
 /// Why a client frame was refused; answered with an `error` frame, the connection stays open.
@@ -81,7 +104,7 @@ pub enum FrameError {
     MalformedJson,
     #[error("the frame must be a JSON object with a string \"type\"")]
     MissingType,
-    #[error("unknown frame type; known types: ping, send, read, typing, resume, presence, auth")]
+    #[error("unknown frame type; known types: ping, send, read, typing, resume, presence, auth, subscribe, unsubscribe")]
     UnknownType,
     #[error("invalid frame: {0}")]
     Invalid(String),
@@ -149,6 +172,27 @@ pub enum ServerFrame<'a> {
         resumed: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
+        /// The channels the session follows (given on connecting).
+        channels: Vec<&'a str>,
+    },
+    /// Answer to `subscribe`: the channel's events after `seq` are delivered live; with `since`,
+    /// those after `since` are replayed first.
+    Subscribed {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        channel: &'a str,
+        seq: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
+    /// Answer to `unsubscribe`; or, with `reason`, the server ended the subscription (a fresh
+    /// token no longer allows the channel: `channel-forbidden`).
+    Unsubscribed {
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<Value>,
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
     },
     /// Answer to a `resume` frame that could be honoured: events after `since` follow.
     Resumed { since: u64, seq: u64 },
@@ -219,6 +263,8 @@ impl ServerFrame<'_> {
         match self {
             Self::Welcome { .. } => "welcome",
             Self::Resumed { .. } => "resumed",
+            Self::Subscribed { .. } => "subscribed",
+            Self::Unsubscribed { .. } => "unsubscribed",
             Self::ResumeFailed { .. } | Self::ResumeRefused { .. } => "resume-failed",
             Self::Pong { .. } => "pong",
             Self::TokenExpiring { .. } => "token-expiring",
@@ -236,6 +282,8 @@ impl ServerFrame<'_> {
             | Self::Authenticated { reference, .. }
             | Self::Ack { reference, .. }
             | Self::Presence { reference, .. }
+            | Self::Subscribed { reference, .. }
+            | Self::Unsubscribed { reference, .. }
             | Self::Error { reference, .. } => reference.as_ref(),
             _ => None,
         }
@@ -280,16 +328,19 @@ struct EventFrame<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     seq: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
     event: &'a str,
     data: &'a RawValue,
 }
 
-/// `{"type":"event","seq":…,"event":…,"data":…}`, built once per publish. `data` is embedded as
-/// the JSON text it was stored as, not parsed again.
-pub fn event_frame(seq: u64, event: &str, data: &RawValue) -> ByteString {
+/// `{"type":"event","seq":…,["channel":…,]"event":…,"data":…}`, built once per publish. `data`
+/// is embedded as the JSON text it was stored as, not parsed again.
+pub fn event_frame(seq: u64, channel: Option<&str>, event: &str, data: &RawValue) -> ByteString {
     let frame = EventFrame {
         kind: "event",
         seq,
+        channel,
         event,
         data,
     };
@@ -398,6 +449,9 @@ pub enum Close {
     TooManyFrames,
     /// The user already has as many sessions open as allowed.
     TooManySessions,
+    /// The application revoked the user (or this session) through the control API. Do not
+    /// reconnect with this token.
+    Revoked,
 }
 
 impl Close {
@@ -414,6 +468,7 @@ impl Close {
             Self::TokenRefused => "token-refused",
             Self::TooManyFrames => "too-many-frames",
             Self::TooManySessions => "too-many-sessions",
+            Self::Revoked => "revoked",
         }
     }
 
@@ -421,7 +476,7 @@ impl Close {
     pub fn reconnect(self) -> bool {
         !matches!(
             self,
-            Self::TokenExpired | Self::TokenRefused | Self::TooManySessions
+            Self::TokenExpired | Self::TokenRefused | Self::TooManySessions | Self::Revoked
         )
     }
 
@@ -437,6 +492,7 @@ impl Close {
             Self::TokenRefused => 4003,
             Self::TooManyFrames => 1008,
             Self::TooManySessions => 4004,
+            Self::Revoked => 4005,
         }
     }
 
@@ -452,6 +508,7 @@ impl Close {
             Self::TokenRefused => "token refused",
             Self::TooManyFrames => "too many frames",
             Self::TooManySessions => "too many sessions for this user",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -492,6 +549,7 @@ mod tests {
                 "up_to",
                 "since",
                 "token",
+                "channel",
                 "other",
             ]),
             json(),
@@ -574,8 +632,12 @@ mod tests {
     fn event_frame_embeds_data_verbatim() {
         let data = RawValue::from_string(r#"{"a":[1,2]}"#.into()).unwrap();
         assert_eq!(
-            &*event_frame(3, "new-message", &data),
+            &*event_frame(3, None, "new-message", &data),
             r#"{"type":"event","seq":3,"event":"new-message","data":{"a":[1,2]}}"#
+        );
+        assert_eq!(
+            &*event_frame(4, Some("order:7"), "paid", &data),
+            r#"{"type":"event","seq":4,"channel":"order:7","event":"paid","data":{"a":[1,2]}}"#
         );
     }
 }

@@ -199,14 +199,17 @@ pub fn ack(id: u64, frame: &str) -> ByteString {
 /// An event's native frame (`{"type":"event","seq":…,"event":…,"data":…}`) as an EVENT packet,
 /// `42["<event>",<data>,"<seq>"]`: the handler gets the data and then the sequence number — as a
 /// string, which is how socket.io-client recognises the offset it sends back to recover.
-/// Ephemeral events have no sequence number and so no last argument. `None` for a frame that is
-/// not an event frame (the room drops it).
+/// Ephemeral events have no sequence number and so no last argument. A channel event has
+/// `{"channel":"…"}` before the sequence number: `42["<event>",<data>,{"channel":"…"},"<seq>"]`.
+/// `None` for a frame that is not an event frame (the room drops it).
 pub fn event(native: &ByteString) -> Option<ByteString> {
     #[derive(Deserialize)]
     struct Event<'a> {
         #[serde(borrow)]
         event: Cow<'a, str>,
         seq: Option<u64>,
+        #[serde(default, borrow)]
+        channel: Option<Cow<'a, str>>,
         #[serde(borrow)]
         data: &'a RawValue,
     }
@@ -218,6 +221,12 @@ pub fn event(native: &ByteString) -> Option<ByteString> {
     packet.push_str(&name);
     packet.push(',');
     packet.push_str(event.data.get());
+    if let Some(channel) = event.channel {
+        packet.push_str(&format!(
+            ",{{\"channel\":{}}}",
+            serde_json::to_string(&channel).ok()?
+        ));
+    }
     if let Some(seq) = event.seq {
         packet.push_str(&format!(",\"{seq}\""));
     }
@@ -284,14 +293,16 @@ mod tests {
 
     #[test]
     fn events_carry_the_sequence_number_last_as_a_string() {
-        let native = crate::protocol::event_frame(
-            7,
-            "new-message",
-            &RawValue::from_string(r#"{"a":"\"q\""}"#.into()).unwrap(),
-        );
+        let data = RawValue::from_string(r#"{"a":"\"q\""}"#.into()).unwrap();
+        let native = crate::protocol::event_frame(7, None, "new-message", &data);
         assert_eq!(
             event(&native).as_deref(),
             Some(r#"42["new-message",{"a":"\"q\""},"7"]"#)
+        );
+        let native = crate::protocol::event_frame(8, Some("order:1"), "paid", &data);
+        assert_eq!(
+            event(&native).as_deref(),
+            Some(r#"42["paid",{"a":"\"q\""},{"channel":"order:1"},"8"]"#)
         );
         let typing = crate::protocol::ephemeral_frame("typing", &json!({"user_id": "u"}));
         assert_eq!(

@@ -55,6 +55,8 @@ export interface Options {
 export interface EventFrame<T = unknown> {
   type: "event";
   seq?: number;
+  /** Set for a channel's event. */
+  channel?: string;
   event: string;
   data: T;
 }
@@ -134,6 +136,7 @@ export class Client {
 
   on(event: "status", handler: (status: Status, reason: Failure | null) => void): this;
   on(event: "resume-failed", handler: (frame: ResumeFailure) => void): this;
+  on(event: "subscribe-failed", handler: (failure: { channel: string; code: string; message: string }) => void): this;
   on<T = any>(event: string, handler: (data: T, frame: EventFrame<T>) => void): this;
   off(event: string, handler: (...args: any[]) => void): this;
 
@@ -141,6 +144,10 @@ export class Client {
   markRead(conversationId: string, upTo?: string): Promise<unknown>;
   typing(conversationId: string): void;
   presence(): Promise<string[]>;
+  /** Follows a channel the token allows; answers a function that stops it. */
+  subscribe<T = any>(channel: string, handler: (data: T, frame: EventFrame<T>) => void): () => void;
+  /** Stops `handler` (every handler of the channel, without one). */
+  unsubscribe(channel: string, handler?: (...args: any[]) => void): void;
   rest<T = any>(method: string, path: string, body?: unknown): Promise<T>;
   close(): void;
 }

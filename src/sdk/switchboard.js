@@ -85,6 +85,8 @@ const TOKEN_CODES = new Set(["token-expired", "token-refused", "invalid-token", 
 
 /** Codes that refuse the resume point itself: asking again with it would be refused again. */
 const SINCE_CODES = new Set(["since-in-future", "invalid-since"]);
+/** Codes that refuse a channel: following it again would be refused again. */
+const CHANNEL_CODES = new Set(["channel-forbidden", "invalid-channel", "too-many-channels"]);
 
 /** Opens a client; see docs/sdk.md. */
 export function connect(url, options) {
@@ -105,6 +107,8 @@ export class Client {
     this.base = new URL(url, globalThis.location?.href);
     this.fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
     this.handlers = new Map();
+    /** The channels this client follows: name → its handlers. */
+    this.channels = new Map();
     this.status = "connecting";
     this.statusReason = null;
     /** The last failure: `{ code, message }`, or null. */
@@ -157,6 +161,43 @@ export class Client {
     const body = upTo ? { up_to: upTo } : {};
     if (this.isOpen()) return this.link.request({ type: "read", conversation_id: conversationId, ...body });
     return this.rest("POST", `/api/v1/conversations/${encodeURIComponent(conversationId)}/read`, body);
+  }
+
+  /**
+   * Follows a channel the token's `channels` claim allows: `handler(data, frame)` gets each of
+   * its events, from now on and across reconnects (which resume it with the rest). Answers a
+   * function that stops it. A channel the server refuses is dropped and `subscribe-failed` says
+   * why (`{channel, code, message}`).
+   */
+  subscribe(name, handler) {
+    const first = !this.channels.has(name);
+    if (first) this.channels.set(name, new Set());
+    this.channels.get(name).add(handler);
+    if (first && this.isOpen()) this.follow(name);
+    return () => this.unsubscribe(name, handler);
+  }
+
+  /** Stops `handler` (every handler, without one); the last one gone, the channel is left. */
+  unsubscribe(name, handler) {
+    const handlers = this.channels.get(name);
+    if (!handlers) return;
+    if (handler) handlers.delete(handler);
+    else handlers.clear();
+    if (handlers.size > 0) return;
+    this.channels.delete(name);
+    // A shared connection follows for every tab sharing it: another may still want it.
+    if (this.isOpen() && !this.shared) {
+      this.link.request({ type: "unsubscribe", channel: name }).catch(() => {});
+    }
+  }
+
+  /** Asks the connection to follow a channel; a refusal drops it and tells the app. */
+  follow(name) {
+    this.link.request({ type: "subscribe", channel: name }).catch((e) => {
+      if (!CHANNEL_CODES.has(e?.code) || !this.channels.has(name)) return;
+      this.channels.delete(name);
+      this.emit("subscribe-failed", { channel: name, code: e.code, message: e.message });
+    });
   }
 
   /** Tells the other participants this user is typing (live only: dropped when not connected). */
@@ -229,6 +270,14 @@ export class Client {
       case "resume-failed":
         this.lastSeq = message.seq;
         return this.emit("resume-failed", message.frame);
+      case "unsubscribed":
+        // The server ended it (a fresh token no longer allows it).
+        if (!this.channels.delete(message.frame.channel)) return;
+        return this.emit("subscribe-failed", {
+          channel: message.frame.channel,
+          code: message.frame.reason,
+          message: "the token no longer allows this channel",
+        });
       default:
         return;
     }
@@ -237,6 +286,11 @@ export class Client {
   /** The connection's state; `changed` says the connection reports it as news. */
   report({ status, reason, lastError }, changed) {
     const news = changed || status !== this.status;
+    if (status === "open" && this.status !== "open") {
+      // Followed again on every connection: the server answers one it follows already at once
+      // (a reconnect names those it followed, so its replay covers them).
+      for (const name of this.channels.keys()) this.follow(name);
+    }
     this.status = status;
     this.statusReason = reason;
     this.lastError = lastError;
@@ -257,6 +311,9 @@ export class Client {
     }
     this.emit(frame.event, frame.data, frame);
     this.emit("*", frame.data, frame);
+    if (typeof frame.channel === "string") {
+      for (const handler of this.channels.get(frame.channel) ?? []) this.call(handler, frame.data, frame);
+    }
   }
 
   // --- sharing ---------------------------------------------------------------------------
@@ -322,15 +379,17 @@ export class Client {
   // --- plumbing --------------------------------------------------------------------------
 
   emit(event, ...args) {
-    for (const handler of this.handlers.get(event) ?? []) {
-      try {
-        handler(...args);
-      } catch (e) {
-        // One broken handler must not stop the others, nor the client.
-        setTimeout(() => {
-          throw e;
-        });
-      }
+    for (const handler of this.handlers.get(event) ?? []) this.call(handler, ...args);
+  }
+
+  call(handler, ...args) {
+    try {
+      handler(...args);
+    } catch (e) {
+      // One broken handler must not stop the others, nor the client.
+      setTimeout(() => {
+        throw e;
+      });
     }
   }
 }
@@ -355,6 +414,8 @@ class Connection {
     this.lastError = reason;
     /** The last event handed to the sink: where a reconnect resumes from. */
     this.lastSeq = since;
+    /** Channels the server confirmed it follows: a reconnect names them, so its replay covers them. */
+    this.followed = new Set();
     this.token = token;
     /** The getToken call under way, which every caller meanwhile waits for. */
     this.asking = null;
@@ -429,6 +490,7 @@ class Connection {
     const ws = new URL(this.options.wsPath ?? "/ws", this.base);
     ws.protocol = ws.protocol === "https:" ? "wss:" : "ws:";
     if (this.lastSeq !== null) ws.searchParams.set("since", String(this.lastSeq));
+    if (this.followed.size > 0) ws.searchParams.set("channels", [...this.followed].join(","));
     let socket;
     try {
       // The token travels in the subprotocol header, never in the URL (which proxies log).
@@ -460,6 +522,12 @@ class Connection {
     // A refused upgrade is invisible to a browser (no status, no body): ask the same question
     // over HTTP to learn whether the token — or the resume point — is the problem.
     const reason = await this.probe();
+    if (CHANNEL_CODES.has(reason.code)) {
+      // A fresh token no longer allows one: connect without them; the client follows each again
+      // and hears which is refused.
+      this.followed.clear();
+      return this.failed(reason, false);
+    }
     if (SINCE_CODES.has(reason.code)) {
       this.resumeRefused(reason);
       return this.failed(reason, false);
@@ -472,7 +540,7 @@ class Connection {
     try {
       const since = this.lastSeq ?? 0;
       const response = await this.fetch(
-        new URL(`/api/v1/events?since=${since}&timeout=0`, this.base),
+        new URL(`/api/v1/events?since=${since}&timeout=0${this.channelsQuery()}`, this.base),
         { headers: { authorization: `Bearer ${this.token}` } },
       );
       if (response.ok) return { code: "websocket-failed", message: "the WebSocket could not be opened" };
@@ -521,6 +589,13 @@ class Connection {
         return this.resumeFailed(frame.seq, frame);
       case "token-expiring":
         return this.refreshInPlace(socket);
+      case "subscribed":
+        this.followed.add(frame.channel);
+        return this.answer(frame.ref, frame, null);
+      case "unsubscribed":
+        this.followed.delete(frame.channel);
+        if (frame.reason) this.sink.receive({ kind: "unsubscribed", frame });
+        return this.answer(frame.ref, frame, null);
       case "authenticated":
       case "ack":
       case "presence":
@@ -632,7 +707,7 @@ class Connection {
         const path =
           this.lastSeq === null
             ? "/api/v1/events"
-            : `/api/v1/events?since=${this.lastSeq}&timeout=${this.options.pollTimeoutS}`;
+            : `/api/v1/events?since=${this.lastSeq}&timeout=${this.options.pollTimeoutS}${this.channelsQuery()}`;
         const response = await this.fetch(new URL(path, this.base), {
           headers: { authorization: `Bearer ${await this.currentToken()}` },
           signal: controller.signal,
@@ -674,6 +749,12 @@ class Connection {
   }
 
   // --- requests and answers --------------------------------------------------------------
+
+  /** `&channels=…` for a long-poll: the channels followed. */
+  channelsQuery() {
+    if (this.followed.size === 0) return "";
+    return `&channels=${encodeURIComponent([...this.followed].join(","))}`;
+  }
 
   request(frame) {
     const ref = this.nextRef++;

@@ -41,6 +41,9 @@ use serde_json::Value;
 use crate::actors::session::{self, Session};
 use crate::auth::throttle::{peer, Authenticator, Refused};
 use crate::auth::{self, TokenError};
+use crate::channel::{
+    split_list, Channel, ChannelsError, InvalidChannel, MAX_CHANNELS_PER_SESSION,
+};
 use crate::config::{Handshakes, Origins, Secret};
 use crate::ids::AccountId;
 use crate::metrics;
@@ -284,7 +287,7 @@ fn serve(
     link: Arc<Link>,
 ) -> Result<HttpResponse, Refusal> {
     let max = state.sessions.max_frame_bytes;
-    session::serve(socket, req, &[], max, link.backlog.clone()).map_err(|_| Refusal::NotWebSocket)
+    crate::ws::serve(socket, req, &[], max, link.backlog.clone()).map_err(|_| Refusal::NotWebSocket)
 }
 
 /// A connection whose client has not connected a session by the handshake timeout is closed.
@@ -423,6 +426,11 @@ async fn connect(state: &SocketIo, link: &Arc<Link>, auth: Value) {
         }
     };
 
+    let channels = match channels_of(&auth, &identity) {
+        Ok(channels) => channels,
+        Err(refused) => return refuse(refused.code(), &refused.to_string()),
+    };
+
     // Recovering: the `pid` a session of this account gave, sent back with the last sequence
     // number seen as its offset. One given to another account's session is not honoured.
     let pid = auth
@@ -454,12 +462,30 @@ async fn connect(state: &SocketIo, link: &Arc<Link>, auth: Value) {
         since,
         state.sessions.clone(),
         wire,
-    );
+    )
+    .with_channels(channels);
     if let Some((error, since)) = refused {
         // Connected afresh (`socket.recovered` is false), and told why with `resume-failed`.
         session = session.with_refused_resume(error, since);
     }
     link.set_session(session.start());
+}
+
+/// The channels a CONNECT asks to follow: `auth.channels`, an array of names (or one string of
+/// names separated by commas), each allowed by the token.
+fn channels_of(auth: &Value, identity: &auth::Identity) -> Result<Vec<Channel>, ChannelsError> {
+    match auth.get("channels") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(list)) => identity.channels.admit(split_list(list)),
+        Some(Value::Array(names)) => {
+            if names.len() > MAX_CHANNELS_PER_SESSION * 2 {
+                return Err(ChannelsError::TooMany);
+            }
+            let names = names.iter().map(|name| name.as_str().unwrap_or(" "));
+            identity.channels.admit(names)
+        }
+        Some(_) => Err(ChannelsError::Invalid(InvalidChannel)),
+    }
 }
 
 /// What a CONNECT's recovery offset comes to, by the resume-point check every wire makes.

@@ -52,6 +52,7 @@ fn account_tag(account: &str) -> String {
 impl Wire for Engine {
     type Context = Context<Session<Self>>;
     const FRAMING: Framing = Framing::SocketIo;
+    const TRANSPORT: &'static str = "socket.io";
     const PING_BYTES: usize = packet::PING.len();
 
     fn frame(&mut self, frame: &ServerFrame) -> ByteString {

@@ -84,17 +84,93 @@ impl Conversation {
     }
 }
 
+/// Which way a message went, seen from the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// From a contact, through a provider's webhook.
+    Inbound,
+    /// To a contact: a reply from the account (through Switchboard or, echoed, the provider).
+    Outbound,
+    /// Between users of the account (a direct or group conversation).
+    Internal,
+}
+
+/// Where a message stands. An outbound one moves forward only, along pending → forwarded → sent
+/// → delivered → read, or ends `failed`; `not-forwarded` when its integration has no outbound
+/// URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageStatus {
+    /// An inbound message, stored.
+    Received,
+    /// Waiting for its outbound delivery to the application.
+    Pending,
+    NotForwarded,
+    /// Handed to the application (its outbound webhook answered 2xx).
+    Forwarded,
+    /// Gone out: the provider echoed it, or (internal) it is stored.
+    Sent,
+    Delivered,
+    Read,
+    /// Its outbound delivery was given up on.
+    Failed,
+}
+
+/// The stored names: what the API shows, what the database holds.
+macro_rules! stored_names {
+    ($type:ident { $($variant:ident => $name:literal),* $(,)? }) => {
+        impl $type {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name,)*
+                }
+            }
+        }
+
+        impl TryFrom<String> for $type {
+            type Error = String;
+
+            fn try_from(stored: String) -> Result<Self, String> {
+                match stored.as_str() {
+                    $($name => Ok(Self::$variant),)*
+                    _ => Err(format!("unknown {}: {stored:?}", stringify!($type))),
+                }
+            }
+        }
+    };
+}
+
+stored_names!(Direction {
+    Inbound => "inbound",
+    Outbound => "outbound",
+    Internal => "internal",
+});
+
+stored_names!(MessageStatus {
+    Received => "received",
+    Pending => "pending",
+    NotForwarded => "not-forwarded",
+    Forwarded => "forwarded",
+    Sent => "sent",
+    Delivered => "delivered",
+    Read => "read",
+    Failed => "failed",
+});
+
 #[derive(Debug, Clone, Queryable)]
 pub struct Message {
     pub id: String,
     pub conversation_id: String,
     pub account_id: String,
-    pub direction: String,
+    #[diesel(deserialize_as = String)]
+    pub direction: Direction,
     pub provider_message_id: Option<String>,
     pub sender_id: String,
     pub text: Option<String>,
     pub attachments: Option<String>,
-    pub status: String,
+    #[diesel(deserialize_as = String)]
+    pub status: MessageStatus,
     pub client_msg_id: Option<String>,
     pub ack_seq: Option<i64>,
     pub created_at: i64,
@@ -110,12 +186,12 @@ pub struct Message {
 pub struct MessageView<'a> {
     pub id: &'a str,
     pub conversation_id: &'a str,
-    pub direction: &'a str,
+    pub direction: Direction,
     pub provider_message_id: Option<&'a str>,
     pub sender_id: &'a str,
     pub text: Option<&'a str>,
     pub attachments: Option<&'a RawValue>,
-    pub status: &'a str,
+    pub status: MessageStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<&'a str>,
     pub created_at: i64,
@@ -131,12 +207,12 @@ impl Message {
         MessageView {
             id: &self.id,
             conversation_id: &self.conversation_id,
-            direction: &self.direction,
+            direction: self.direction,
             provider_message_id: self.provider_message_id.as_deref(),
             sender_id: &self.sender_id,
             text: self.text.as_deref(),
             attachments,
-            status: &self.status,
+            status: self.status,
             client_msg_id: self.client_msg_id.as_deref(),
             created_at: self.created_at,
         }
@@ -206,13 +282,13 @@ pub fn for_contact(
 
 pub struct NewMessage<'a> {
     pub conversation: &'a Conversation,
-    pub direction: &'a str,
+    pub direction: Direction,
     pub provider_message_id: Option<&'a str>,
     pub sender_id: &'a str,
     pub text: Option<&'a str>,
     /// JSON text.
     pub attachments: Option<&'a str>,
-    pub status: &'a str,
+    pub status: MessageStatus,
     pub client_msg_id: Option<&'a str>,
     pub created_at: i64,
 }
@@ -228,7 +304,7 @@ pub fn add_message(
         .text
         .map(|t| t.chars().take(PREVIEW_CHARS).collect::<String>())
         .or_else(|| new.attachments.map(|_| "[attachment]".to_owned()));
-    let unread = i64::from(new.direction == "inbound");
+    let unread = i64::from(new.direction == Direction::Inbound);
     let target = conversations::table.find(&new.conversation.id);
     // The row lock this takes (and the account's write lock around it) orders concurrent
     // writers: each message gets the next number, in commit order.
@@ -246,12 +322,12 @@ pub fn add_message(
             messages::id.eq(&id),
             messages::conversation_id.eq(&new.conversation.id),
             messages::account_id.eq(&new.conversation.account_id),
-            messages::direction.eq(new.direction),
+            messages::direction.eq(new.direction.as_str()),
             messages::provider_message_id.eq(new.provider_message_id),
             messages::sender_id.eq(new.sender_id),
             messages::text.eq(new.text),
             messages::attachments.eq(new.attachments),
-            messages::status.eq(new.status),
+            messages::status.eq(new.status.as_str()),
             messages::client_msg_id.eq(new.client_msg_id),
             messages::created_at.eq(new.created_at),
             messages::position.eq(position),
@@ -583,12 +659,12 @@ pub fn message(
 pub fn set_message_status(
     conn: &mut DbConnection,
     id: &str,
-    status: &str,
+    status: MessageStatus,
     provider_message_id: Option<&str>,
 ) -> Result<Message, StoreError> {
     let target = messages::table.find(id);
     diesel::update(target)
-        .set(messages::status.eq(status))
+        .set(messages::status.eq(status.as_str()))
         .execute(conn)?;
     if let Some(pid) = provider_message_id {
         diesel::update(target)
@@ -598,6 +674,22 @@ pub fn set_message_status(
     Ok(target.first(conn)?)
 }
 
+/// How far a contact got with the account's messages, as a provider reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Receipt {
+    Delivered,
+    Read,
+}
+
+impl Receipt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+        }
+    }
+}
+
 /// Marks the conversation's outbound messages up to `watermark` (ms) as `status` (delivered or
 /// read), never moving one backwards along pending → forwarded → sent → delivered → read;
 /// returns how many changed.
@@ -605,19 +697,20 @@ pub fn mark_outbound_up_to(
     conn: &mut DbConnection,
     conversation_id: &str,
     watermark: i64,
-    status: &str,
+    status: Receipt,
 ) -> Result<usize, StoreError> {
-    let earlier: &[&str] = match status {
-        "read" => &["pending", "forwarded", "sent", "delivered"],
-        _ => &["pending", "forwarded", "sent"],
+    use MessageStatus::{Delivered, Forwarded, Pending, Sent};
+    let (status, earlier): (MessageStatus, &[MessageStatus]) = match status {
+        Receipt::Read => (MessageStatus::Read, &[Pending, Forwarded, Sent, Delivered]),
+        Receipt::Delivered => (Delivered, &[Pending, Forwarded, Sent]),
     };
     Ok(diesel::update(
         messages::table
             .filter(messages::conversation_id.eq(conversation_id))
-            .filter(messages::direction.eq("outbound"))
+            .filter(messages::direction.eq(Direction::Outbound.as_str()))
             .filter(messages::created_at.le(watermark))
-            .filter(messages::status.eq_any(earlier)),
+            .filter(messages::status.eq_any(earlier.iter().map(|s| s.as_str()))),
     )
-    .set(messages::status.eq(status))
+    .set(messages::status.eq(status.as_str()))
     .execute(conn)?)
 }

@@ -1,4 +1,5 @@
-//! Events: appending with the next sequence number of the account, and reading them back.
+//! Events: appending with the next sequence number of the account, and reading them back — as
+//! one user following some channels sees them, or all of them (the control API).
 
 use diesel::backend::Backend;
 use diesel::prelude::*;
@@ -8,12 +9,15 @@ use diesel::sql_types::{BigInt, HasSqlType, Text};
 
 use super::schema::{account_sequences, events};
 use super::{DbConnection, StoreError};
+use crate::channel::Channel;
 use crate::ids::{AccountId, UserId};
 
 /// An event about to be stored.
 pub struct NewEvent<'a> {
     pub account: &'a AccountId,
     pub user: Option<&'a UserId>,
+    /// When set, only the sessions following this channel receive it.
+    pub channel: Option<&'a Channel>,
     pub event: &'a str,
     /// JSON text.
     pub data: &'a str,
@@ -28,6 +32,17 @@ pub struct StoredEvent {
     pub event: String,
     pub data: String,
     pub created_at: i64,
+    pub channel: Option<String>,
+}
+
+/// Whose view of the account's events a read takes: a user's, following some channels.
+#[derive(Clone, Copy)]
+pub struct Reader<'a> {
+    pub user: &'a UserId,
+    /// Channel events are read for these channels only.
+    pub channels: &'a [Channel],
+    /// Whether events published to no channel are read too (not for one channel's history).
+    pub unchanneled: bool,
 }
 
 /// Most rows in one multi-row insert: SQLite binds at most 32,766 parameters in one statement
@@ -134,6 +149,7 @@ pub fn append_many(conn: &mut DbConnection, new: &[NewEvent<'_>]) -> Result<Vec<
                     events::event.eq(e.event),
                     events::data.eq(e.data),
                     events::created_at.eq(now),
+                    events::channel.eq(e.channel.map(Channel::as_str)),
                 )
             })
             .collect();
@@ -197,11 +213,11 @@ pub fn after(
 
 type DbBackend = <DbConnection as Connection>::Backend;
 
-/// The account's events after `after` (up to `up_to`) that `user` may see: the account's, and
-/// those addressed to them; in sequence order.
+/// The account's events after `after` (up to `up_to`) that `reader` may see: the account's, and
+/// those addressed to them, of the channels they follow; in sequence order.
 fn visible_query<'a>(
     account: &'a AccountId,
-    user: &'a UserId,
+    reader: Reader<'a>,
     after: u64,
     up_to: Option<u64>,
 ) -> events::BoxedQuery<'a, DbBackend> {
@@ -211,27 +227,33 @@ fn visible_query<'a>(
         .filter(
             events::user_id
                 .is_null()
-                .or(events::user_id.eq(user.as_str())),
+                .or(events::user_id.eq(reader.user.as_str())),
         )
         .order(events::seq.asc())
         .into_boxed();
+    let names: Vec<&str> = reader.channels.iter().map(Channel::as_str).collect();
+    query = match (reader.unchanneled, names.is_empty()) {
+        (true, true) => query.filter(events::channel.is_null()),
+        (true, false) => query.filter(events::channel.is_null().or(events::channel.eq_any(names))),
+        (false, _) => query.filter(events::channel.eq_any(names)),
+    };
     if let Some(up_to) = up_to {
         query = query.filter(events::seq.le(up_to as i64));
     }
     query
 }
 
-/// The events after `after`, up to `up_to`, that `user` may see (the account's, and those
-/// addressed to them), in sequence order; at most `limit`.
+/// The events after `after`, up to `up_to`, that `reader` may see (the account's, those
+/// addressed to them, those of the channels they follow), in sequence order; at most `limit`.
 pub fn visible(
     conn: &mut DbConnection,
     account: &AccountId,
-    user: &UserId,
+    reader: Reader<'_>,
     after: u64,
     up_to: Option<u64>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    Ok(visible_query(account, user, after, up_to)
+    Ok(visible_query(account, reader, after, up_to)
         .limit(limit)
         .load(conn)?)
 }
@@ -250,18 +272,18 @@ pub struct Page {
     pub oldest: Option<u64>,
 }
 
-/// The events after `after`, up to `up_to`, that `user` may see: at most `max_rows`, and only as
-/// many as fit in `max_bytes` of data (but at least one). Their sizes are read first, so that a
-/// replay never holds more than that in memory, however large the events.
+/// The events after `after`, up to `up_to`, that `reader` may see: at most `max_rows`, and only
+/// as many as fit in `max_bytes` of data (but at least one). Their sizes are read first, so that
+/// a replay never holds more than that in memory, however large the events.
 pub fn page(
     conn: &mut DbConnection,
     account: &AccountId,
-    user: &UserId,
+    reader: Reader<'_>,
     (after, up_to): (u64, u64),
     max_rows: i64,
     max_bytes: usize,
 ) -> Result<Page, StoreError> {
-    let sizes: Vec<(i64, i32)> = visible_query(account, user, after, Some(up_to))
+    let sizes: Vec<(i64, i32)> = visible_query(account, reader, after, Some(up_to))
         .select((events::seq, octet_length(events::data)))
         .limit(max_rows)
         .load(conn)?;
@@ -280,7 +302,7 @@ pub fn page(
     };
     let rows = match fitting {
         0 => Vec::new(),
-        n => visible(conn, account, user, after, Some(covered), n as i64)?,
+        n => visible(conn, account, reader, after, Some(covered), n as i64)?,
     };
     let oldest: Option<i64> = events::table
         .filter(events::account_id.eq(account.as_str()))

@@ -14,6 +14,7 @@ pub mod integrations;
 pub mod notifications;
 pub mod presence;
 pub mod publish_keys;
+pub mod revocations;
 pub mod schema;
 
 use std::time::Duration;

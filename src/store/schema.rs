@@ -15,6 +15,16 @@ diesel::table! {
         event -> Text,
         data -> Text,
         created_at -> BigInt,
+        channel -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    user_revocations (account_id, user_id) {
+        account_id -> Text,
+        user_id -> Text,
+        revoked_at -> BigInt,
+        recorded_at -> BigInt,
     }
 }
 

@@ -7,12 +7,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
+    cpu_bound, header, ingest, millis, Direction, Inbound, Ingested, Receipt, Request,
+    WebhookError, Webhooks,
 };
 use crate::auth::signature::{self, SignatureError};
 use crate::protocol::ECHO_METADATA_PREFIX;
@@ -21,10 +21,11 @@ use crate::store::integrations::{self, Integration, Provider};
 const PROVIDER: Provider = Provider::Facebook;
 
 /// `GET /webhooks/facebook?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`
-pub async fn handshake(
-    query: web::Query<HashMap<String, String>>,
+/// Answers with the challenge to echo, as `text/plain`.
+pub fn handshake(
+    query: &HashMap<String, String>,
     hooks: &Webhooks,
-) -> Result<HttpResponse, WebhookError> {
+) -> Result<String, WebhookError> {
     let param = |name: &'static str| {
         query.get(name).ok_or(WebhookError::InvalidField {
             field: name,
@@ -50,9 +51,7 @@ pub async fn handshake(
     if !expected.matches(token) {
         return Err(WebhookError::VerifyToken("the verify token does not match"));
     }
-    Ok(HttpResponse::Ok()
-        .content_type("text/plain")
-        .body(challenge.clone()))
+    Ok(challenge.clone())
 }
 
 /// Most distinct pages one webhook may name: Facebook batches the events of an app's pages, and
@@ -170,11 +169,11 @@ fn items(page: &str, messaging: Vec<Messaging>) -> Result<Vec<Inbound>, WebhookE
             });
         } else if let Some((status, w)) = m
             .read
-            .map(|w| ("read", w))
-            .or(m.delivery.map(|w| ("delivered", w)))
+            .map(|w| (Receipt::Read, w))
+            .or(m.delivery.map(|w| (Receipt::Delivered, w)))
         {
             items.push(Inbound::Status {
-                receipt: format!("{status}:{contact_id}:{}", w.watermark),
+                receipt: format!("{}:{contact_id}:{}", status.as_str(), w.watermark),
                 contact_id,
                 status,
                 watermark: millis(Some(w.watermark))?,
@@ -211,16 +210,12 @@ fn verify_and_parse(
 }
 
 /// `POST /webhooks/facebook`
-pub async fn receive(
-    req: HttpRequest,
-    payload: web::Payload,
-    hooks: &Webhooks,
-) -> Result<HttpResponse, WebhookError> {
+pub async fn receive(req: impl Request, hooks: &Webhooks) -> Result<Ingested, WebhookError> {
     let stats = &hooks.stats;
     let Some(header) = header(&req, "x-hub-signature-256") else {
         return Err(stats.refused(PROVIDER, SignatureError::Missing));
     };
-    let body = read_body(payload, hooks.max_body_bytes).await?;
+    let body = req.body(hooks.max_body_bytes).await?;
 
     let pages = cpu_bound(stats, PROVIDER, &body, |body| page_ids(&body)).await?;
     let registered = hooks
@@ -237,7 +232,7 @@ pub async fn receive(
     })
     .await?;
 
-    let mut total = super::Ingested::default();
+    let mut total = Ingested::default();
     for (page, items) in by_page {
         let Some(integration) = registered.iter().find(|i| i.external_id == page) else {
             log::warn!("facebook webhook for an unknown page page={page}");
@@ -247,5 +242,5 @@ pub async fn receive(
         total.stored += ingested.stored;
         total.duplicates += ingested.duplicates;
     }
-    Ok(HttpResponse::Ok().json(total))
+    Ok(total)
 }

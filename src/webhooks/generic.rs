@@ -7,12 +7,12 @@
 //!
 //! Body: `{"type":"message","data":{"contact_id":"…","text":"…","attachments":[…],"sent_at":…}}`.
 
-use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
+    cpu_bound, header, ingest, millis, Direction, Inbound, Ingested, Request, WebhookError,
+    Webhooks,
 };
 use crate::auth::signature::{SignatureError, StandardSignatures};
 use crate::store::integrations::{self, Provider};
@@ -58,11 +58,10 @@ fn verify_and_parse(
 
 /// `POST /webhooks/generic/{integration_id}`
 pub async fn receive(
-    req: HttpRequest,
-    path: web::Path<String>,
-    payload: web::Payload,
+    req: impl Request,
+    integration_id: String,
     hooks: &Webhooks,
-) -> Result<HttpResponse, WebhookError> {
+) -> Result<Ingested, WebhookError> {
     let stats = &hooks.stats;
     let (Some(id), Some(timestamp), Some(signatures)) = (
         header(&req, "webhook-id"),
@@ -74,9 +73,8 @@ pub async fn receive(
     // Before the body is read: a list no sender needs is refused without reading it.
     let signatures =
         StandardSignatures::parse(&signatures).map_err(|e| stats.refused(PROVIDER, e))?;
-    let body = read_body(payload, hooks.max_body_bytes).await?;
+    let body = req.body(hooks.max_body_bytes).await?;
 
-    let integration_id = path.into_inner();
     let integration = hooks
         .store
         .run(move |conn| integrations::get(conn, &integration_id))
@@ -105,6 +103,5 @@ pub async fn receive(
         sent_at: millis(data.sent_at.or(sent))?,
         echo_of: None,
     };
-    let ingested = ingest(&hooks.commits, integration, vec![item]).await?;
-    Ok(HttpResponse::Ok().json(ingested))
+    ingest(&hooks.commits, integration, vec![item]).await
 }

@@ -4,22 +4,26 @@
 //! Each provider module ([`facebook`], [`zalo`], [`generic`]) finds the integration (the only way
 //! a webhook finds its account), verifies the signature over the raw body with that integration's
 //! secret alone — one MAC per request — and parses the payload into typed [`Inbound`] items;
-//! for a large body that work runs off the HTTP worker ([`cpu_bound`]). [`ingest`] then stores them in one short transaction — skipping
-//! any provider message id already ingested, so retries store and emit nothing — and the events
-//! are handed to the broker without waiting for delivery.
+//! for a large body that work runs off the HTTP worker ([`cpu_bound`]). [`ingest`] then stores
+//! them in one short transaction — skipping any provider message id already ingested, so retries
+//! store and emit nothing — and the events are handed to the broker without waiting for
+//! delivery.
 //!
 //! An adapter: uses the services' commit path, the store and the base layer, never the HTTP
-//! layer — the server hands it [`Webhooks`], and it refuses with its own [`WebhookError`].
+//! layer nor any HTTP library's types — the HTTP layer hands it each provider's [`Request`] and
+//! answers with what it returns, the server hands it [`Webhooks`], and it refuses with its own
+//! [`WebhookError`].
 
 pub mod error;
 pub mod facebook;
 pub mod generic;
 pub mod zalo;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix_web::web::{self, Bytes};
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -29,7 +33,7 @@ use crate::config::Secret;
 use crate::event::RoomEvent;
 use crate::ids::AccountId;
 use crate::inbox;
-use crate::store::conversations::{self, NewMessage};
+use crate::store::conversations::{self, Direction, MessageStatus, NewMessage, Receipt};
 use crate::store::integrations::{Integration, Provider};
 use crate::store::{now_ms, DbConnection, Store, StoreError};
 pub use error::WebhookError;
@@ -45,15 +49,6 @@ pub struct Webhooks {
     pub commits: Committer,
 }
 
-/// Who sent a message, seen from the account.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// From the contact.
-    Inbound,
-    /// From the page or OA itself (an echo of its own reply).
-    Outbound,
-}
-
 /// One thing a webhook reported, parsed and typed.
 #[derive(Debug, Clone)]
 pub enum Inbound {
@@ -62,6 +57,8 @@ pub enum Inbound {
         provider_message_id: String,
         contact_id: String,
         sender_id: String,
+        /// Inbound from the contact, or outbound from the page or OA itself (an echo of its
+        /// own reply).
         direction: Direction,
         text: Option<String>,
         /// JSON array.
@@ -75,7 +72,7 @@ pub enum Inbound {
     Status {
         receipt: String,
         contact_id: String,
-        status: &'static str,
+        status: Receipt,
         watermark: i64,
     },
     /// The contact followed or unfollowed the OA.
@@ -143,7 +140,7 @@ fn ingest_in(
                 integration,
                 account,
                 contact_id,
-                status,
+                *status,
                 *watermark,
             )?),
             Inbound::Follow {
@@ -195,16 +192,16 @@ fn message_in(
         }
     }
     let attachments = attachments.as_ref().map(Value::to_string);
-    let (direction, status) = match direction {
-        Direction::Inbound => ("inbound", "received"),
-        Direction::Outbound => ("outbound", "sent"),
+    let status = match direction {
+        Direction::Outbound => MessageStatus::Sent,
+        _ => MessageStatus::Received,
     };
     let added = inbox::add_message(
         conn,
         account,
         &NewMessage {
             conversation: &conversation,
-            direction,
+            direction: *direction,
             provider_message_id: Some(provider_message_id),
             sender_id,
             text: text.as_deref(),
@@ -233,8 +230,12 @@ fn echoed(
     else {
         return Ok(None);
     };
-    let message =
-        conversations::set_message_status(conn, &ours.id, "sent", Some(provider_message_id))?;
+    let message = conversations::set_message_status(
+        conn,
+        &ours.id,
+        MessageStatus::Sent,
+        Some(provider_message_id),
+    )?;
     Ok(Some(inbox::one_message_status(conn, account, &message)?))
 }
 
@@ -245,14 +246,14 @@ fn status_changed(
     integration: &Integration,
     account: &AccountId,
     contact_id: &str,
-    status: &str,
+    status: Receipt,
     watermark: i64,
 ) -> Result<RoomEvent, StoreError> {
     let conversation = conversations::for_contact(conn, integration, contact_id, watermark)?;
     conversations::mark_outbound_up_to(conn, &conversation.id, watermark, status)?;
     let data = json!({
         "conversation_id": conversation.id,
-        "status": status,
+        "status": status.as_str(),
         "watermark": watermark,
     });
     inbox::message_status(conn, account, data)
@@ -292,22 +293,20 @@ pub async fn ingest(
     Ok(ingested)
 }
 
-/// A request header as text, if present and readable.
-fn header(req: &actix_web::HttpRequest, name: &str) -> Option<String> {
-    req.headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// A provider's request, as the HTTP layer hands it over: its headers, and its body, read only
+/// once the headers have passed (a request without a signature is refused unread).
+pub trait Request {
+    /// A header as text, if present and readable.
+    fn header(&self, name: &str) -> Option<&str>;
+
+    /// The raw body (signatures are over the exact bytes): [`WebhookError::PayloadTooLarge`]
+    /// past `limit`, found before it is all read.
+    fn body(self, limit: usize) -> impl Future<Output = Result<Bytes, WebhookError>>;
 }
 
-/// Reads the raw body (signatures are over the exact bytes), refusing one over `limit` with 413
-/// before reading it all.
-pub async fn read_body(payload: web::Payload, limit: usize) -> Result<Bytes, WebhookError> {
-    payload
-        .to_bytes_limited(limit)
-        .await
-        .map_err(|_| WebhookError::PayloadTooLarge { limit })?
-        .map_err(|e| WebhookError::InvalidBody(e.to_string()))
+/// A header as an owned string.
+fn header(req: &impl Request, name: &str) -> Option<String> {
+    req.header(name).map(str::to_owned)
 }
 
 /// Bodies up to this size are verified and parsed on the HTTP worker, larger ones on the blocking
@@ -328,11 +327,13 @@ async fn cpu_bound<T: Send + 'static>(
         work(body.clone())
     } else {
         let body = body.clone();
-        web::block(move || work(body)).await.map_err(|_| {
-            WebhookError::Internal(format!(
-                "{provider} webhook: verifying the body did not finish"
-            ))
-        })?
+        tokio::task::spawn_blocking(move || work(body))
+            .await
+            .map_err(|_| {
+                WebhookError::Internal(format!(
+                    "{provider} webhook: verifying the body did not finish"
+                ))
+            })?
     };
     result.map_err(|e| match e {
         WebhookError::Signature(reason) => stats.refused(provider, reason),

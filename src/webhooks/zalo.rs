@@ -3,12 +3,12 @@
 //! two fields to find the integration and its key, verifies the signature over the raw bytes with
 //! that key alone (one MAC per request), and only then interprets the event.
 
-use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    cpu_bound, header, ingest, millis, read_body, Direction, Inbound, WebhookError, Webhooks,
+    cpu_bound, header, ingest, millis, Direction, Inbound, Ingested, Request, WebhookError,
+    Webhooks,
 };
 use crate::auth::signature::{self, SignatureError};
 use crate::store::integrations::{self, Provider};
@@ -108,7 +108,7 @@ fn parse(event: Event, at: i64) -> Result<Option<Inbound>, WebhookError> {
     );
     let contact_id = match direction {
         Direction::Inbound => sender.id.clone(),
-        Direction::Outbound => recipient.id,
+        _ => recipient.id,
     };
     Ok(Some(Inbound::Message {
         provider_message_id: message.msg_id,
@@ -136,16 +136,12 @@ fn envelope(body: &[u8]) -> Result<(String, String), WebhookError> {
 }
 
 /// `POST /webhooks/zalo`
-pub async fn receive(
-    req: HttpRequest,
-    payload: web::Payload,
-    hooks: &Webhooks,
-) -> Result<HttpResponse, WebhookError> {
+pub async fn receive(req: impl Request, hooks: &Webhooks) -> Result<Ingested, WebhookError> {
     let stats = &hooks.stats;
     let Some(header) = header(&req, "x-zevent-signature") else {
         return Err(stats.refused(PROVIDER, SignatureError::Missing));
     };
-    let body = read_body(payload, hooks.max_body_bytes).await?;
+    let body = req.body(hooks.max_body_bytes).await?;
     let (timestamp, oa_id) = cpu_bound(stats, PROVIDER, &body, |body| envelope(&body)).await?;
 
     let integration = hooks
@@ -164,6 +160,5 @@ pub async fn receive(
         Ok(parse(event, at)?.into_iter().collect::<Vec<Inbound>>())
     })
     .await?;
-    let ingested = ingest(&hooks.commits, integration, items).await?;
-    Ok(HttpResponse::Ok().json(ingested))
+    ingest(&hooks.commits, integration, items).await
 }

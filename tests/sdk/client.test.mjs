@@ -368,3 +368,60 @@ test("resume-failed for history that is gone carries its code too", async (t) =>
   assert.equal(failures[0].code, "resume-failed");
   client.close();
 });
+
+test("channels: subscribe follows on every connection, hands the channel's events to its handlers, and a reconnect resumes them without loss or repeat", async () => {
+  const net = network();
+  const client = connect("http://sb.test", { getToken: () => "t1", random: () => 0, ...net });
+  const got = [];
+  const stop = client.subscribe("order:7", (data, frame) => got.push([frame.seq, data.n]));
+  await until(() => net.sockets.length === 1, "the first socket");
+  const first = net.sockets[0];
+  assert.equal(first.url.searchParams.get("channels"), null);
+  first.frame(welcome(5));
+  await until(() => first.sent.some((f) => f.type === "subscribe"), "a subscribe");
+  const subscribe = first.sent.find((f) => f.type === "subscribe");
+  assert.equal(subscribe.channel, "order:7");
+  first.frame({ type: "subscribed", ref: subscribe.ref, channel: "order:7", seq: 5 });
+  first.frame({ type: "event", seq: 6, channel: "order:7", event: "paid", data: { n: 6 } });
+  first.frame({ type: "event", seq: 7, event: "other", data: { n: 7 } });
+  first.drop();
+
+  // The reconnect names the channel, so the replay after `since` covers it.
+  await until(() => net.sockets.length === 2, "a reconnect");
+  const second = net.sockets[1];
+  assert.equal(second.url.searchParams.get("since"), "7");
+  assert.equal(second.url.searchParams.get("channels"), "order:7");
+  second.frame(welcome(9, { resumed: true, since: 7, channels: ["order:7"] }));
+  second.frame({ type: "event", seq: 6, channel: "order:7", event: "paid", data: { n: 6 } }); // a repeat
+  second.frame({ type: "event", seq: 8, channel: "order:7", event: "paid", data: { n: 8 } });
+  assert.deepEqual(got, [[6, 6], [8, 8]]);
+
+  // Stopped: the channel is left, and its events no longer reach the handler.
+  stop();
+  const unsubscribe = second.sent.find((f) => f.type === "unsubscribe");
+  assert.equal(unsubscribe?.channel, "order:7");
+  second.frame({ type: "event", seq: 10, channel: "order:7", event: "paid", data: { n: 10 } });
+  assert.deepEqual(got, [[6, 6], [8, 8]]);
+  client.close();
+});
+
+test("channels: one the server refuses, or stops allowing, is dropped and the app told", async () => {
+  const net = network();
+  const client = connect("http://sb.test", { getToken: () => "t1", random: () => 0, ...net });
+  const failed = [];
+  client.on("subscribe-failed", (f) => failed.push([f.channel, f.code]));
+  client.subscribe("doc:1", () => {});
+  client.subscribe("order:1", () => {});
+  await until(() => net.sockets.length === 1, "the first socket");
+  const socket = net.sockets[0];
+  socket.frame(welcome(1));
+  await until(() => socket.sent.filter((f) => f.type === "subscribe").length === 2, "two subscribes");
+  const [doc, order] = socket.sent.filter((f) => f.type === "subscribe");
+  socket.frame({ type: "error", ref: doc.ref, code: "channel-forbidden", message: "no" });
+  socket.frame({ type: "subscribed", ref: order.ref, channel: "order:1", seq: 1 });
+  await until(() => failed.length === 1, "doc:1 refused");
+  socket.frame({ type: "unsubscribed", channel: "order:1", reason: "channel-forbidden" });
+  assert.deepEqual(failed, [["doc:1", "channel-forbidden"], ["order:1", "channel-forbidden"]]);
+  assert.deepEqual([...client.channels.keys()], []);
+  client.close();
+});

@@ -1,5 +1,6 @@
-//! The room's members: each session's delivery address, framing and backlog, how a frame is
-//! offered to one, and who joins.
+//! The room's members: each session's delivery address, framing, backlog and channels, how a
+//! frame is offered to one (to every member, one user's, or a channel's followers — found in the
+//! room's channel index, never by looking at every member), and who joins.
 //!
 //! Part of the room actor (engine layer): uses `event`, `protocol` and the session's messages.
 
@@ -8,9 +9,10 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytestring::ByteString;
 
-use super::super::broker::Join;
+use super::super::broker::{Follow, Join, SessionInfo};
 use super::super::session::{frame_size, Backlog, Deliver, Framing, FromRoom, Reservation};
 use super::Room;
+use crate::channel::Channel;
 use crate::event::{Handed, RoomEvent};
 use crate::ids::{SessionId, UserId};
 use crate::metrics;
@@ -55,10 +57,32 @@ impl<'a> Framed<'a> {
 
 pub(super) struct Member {
     pub(super) user: UserId,
+    /// The channels it follows, each also in the room's index [`Room::channels`].
+    pub(super) channels: Vec<Channel>,
     framing: Framing,
     deliver: Recipient<Deliver>,
     pub(super) notices: Recipient<FromRoom>,
     backlog: Arc<Backlog>,
+    /// Since when (milliseconds since the Unix epoch), for the control API.
+    connected_at: i64,
+}
+
+impl Member {
+    /// What the control API shows of it.
+    pub(super) fn info(&self, id: SessionId) -> SessionInfo {
+        SessionInfo {
+            session_id: id.to_string(),
+            user_id: self.user.as_str().to_owned(),
+            transport: self.framing.transport(),
+            connected_at: self.connected_at,
+            channels: self
+                .channels
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+            queued_bytes: self.backlog.queued(),
+        }
+    }
 }
 
 impl Member {
@@ -136,9 +160,22 @@ impl Room {
                 .get(id)
                 .is_some_and(|member| member.offer(&framed, Some(event.seq), event.handed.as_ref()))
         };
-        let delivered = match &event.user {
-            None => self.members.keys().filter(|id| deliver(id)).count(),
-            Some(user) => self
+        let delivered = match (&event.channel, &event.user) {
+            // Only the channel's followers are looked at, not the whole room: a publish to a
+            // channel costs work in proportion to its audience.
+            (Some(channel), user) => self
+                .channels
+                .get(channel)
+                .into_iter()
+                .flatten()
+                .filter(|id| {
+                    (user.as_ref())
+                        .is_none_or(|u| self.members.get(id).is_some_and(|m| m.user == *u))
+                })
+                .filter(|id| deliver(id))
+                .count(),
+            (None, None) => self.members.keys().filter(|id| deliver(id)).count(),
+            (None, Some(user)) => self
                 .tabs
                 .get(user)
                 .into_iter()
@@ -150,6 +187,45 @@ impl Room {
             metrics::delivered(delivered);
             if let Some(handed) = &event.handed {
                 handed.offered();
+            }
+        }
+    }
+
+    /// A member follows a channel, or stops; a follow is answered with the room's position, after
+    /// which every event of the channel reaches the member.
+    pub(super) fn follow(&mut self, follow: Follow) {
+        let Some(member) = self.members.get_mut(&follow.session) else {
+            return;
+        };
+        let followed = member.channels.contains(&follow.channel);
+        if follow.follow && !followed {
+            member.channels.push(follow.channel.clone());
+            self.channels
+                .entry(follow.channel.clone())
+                .or_default()
+                .insert(follow.session);
+        } else if !follow.follow && followed {
+            member.channels.retain(|c| *c != follow.channel);
+        }
+        let notices = member.notices.clone();
+        if !follow.follow && followed {
+            self.unindex(follow.session, &follow.channel);
+        }
+        if let Some(request) = follow.request.filter(|_| follow.follow) {
+            notices.do_send(FromRoom::Subscribed {
+                channel: follow.channel,
+                seq: self.last_seq,
+                request,
+            });
+        }
+    }
+
+    /// Takes `session` out of the channel's index (and the channel out, once nobody follows it).
+    pub(super) fn unindex(&mut self, session: SessionId, channel: &Channel) {
+        if let Some(followers) = self.channels.get_mut(channel) {
+            followers.remove(&session);
+            if followers.is_empty() {
+                self.channels.remove(channel);
             }
         }
     }
@@ -181,14 +257,22 @@ impl Room {
             .entry(join.user.clone())
             .or_default()
             .push(join.session);
+        for channel in &join.channels {
+            self.channels
+                .entry(channel.clone())
+                .or_default()
+                .insert(join.session);
+        }
         self.members.insert(
             join.session,
             Member {
                 user: join.user.clone(),
+                channels: join.channels,
                 framing: join.framing,
                 deliver: join.deliver,
                 notices: join.notices.clone(),
                 backlog: join.backlog,
+                connected_at: join.connected_at,
             },
         );
         if first_tab && returning.is_none() {

@@ -24,17 +24,20 @@ mod members;
 mod order;
 mod presence;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use actix::prelude::*;
 
 use std::sync::Arc;
 
-use super::broker::{Ephemeral, Join, Leave, OnlineUsers};
+use super::broker::{
+    ChannelUsers, Ephemeral, Follow, Join, Leave, ListSessions, OnlineUsers, Revoke, SessionInfo,
+};
 use super::peers::Peers;
 use super::presence_hook::PresenceHook;
 use super::session::FromRoom;
+use crate::channel::Channel;
 use crate::config::Presence;
 use crate::event::{Pacing, RoomEvent};
 use crate::ids::{AccountId, SessionId, UserId};
@@ -65,6 +68,8 @@ pub struct Room {
     members: HashMap<SessionId, Member>,
     /// Each user's sessions (tabs), for events addressed to one user.
     tabs: HashMap<UserId, Vec<SessionId>>,
+    /// Each channel's followers, for channel events: none is looked for among all members.
+    channels: HashMap<Channel, HashSet<SessionId>>,
     /// Events that arrived before an earlier one.
     pending: Pending,
     /// Joins that came before the account's sequence number was known, in order.
@@ -109,6 +114,7 @@ impl Room {
             last_seq_known: last_seq.is_some(),
             members: HashMap::new(),
             tabs: HashMap::new(),
+            channels: HashMap::new(),
             pending: Pending::default(),
             waiting: Vec::new(),
             pacing: Pacing::default(),
@@ -194,6 +200,9 @@ impl Handler<Leave> for Room {
             let Some(member) = room.members.remove(&session) else {
                 return;
             };
+            for channel in &member.channels {
+                room.unindex(session, channel);
+            }
             let Some(tabs) = room.tabs.get_mut(&member.user) else {
                 return;
             };
@@ -203,6 +212,62 @@ impl Handler<Leave> for Room {
                 room.presence_here(member.user, false, ctx);
             }
         });
+    }
+}
+
+impl Handler<Revoke> for Room {
+    type Result = usize;
+
+    fn handle(&mut self, revoke: Revoke, _: &mut Context<Self>) -> usize {
+        let by_user = revoke.user.as_ref().and_then(|user| self.tabs.get(user));
+        let ids: Vec<SessionId> = match (by_user, revoke.session) {
+            (Some(tabs), _) => tabs.clone(),
+            (None, Some(session)) if revoke.user.is_none() => vec![session],
+            _ => Vec::new(),
+        };
+        let mut told = 0;
+        for id in ids {
+            if let Some(member) = self.members.get(&id) {
+                member.notices.do_send(FromRoom::Revoked);
+                told += 1;
+            }
+        }
+        told
+    }
+}
+
+impl Handler<ListSessions> for Room {
+    type Result = MessageResult<ListSessions>;
+
+    fn handle(&mut self, list: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        let mut sessions: Vec<SessionInfo> = (self.members.iter())
+            .filter(|(_, m)| list.user.as_ref().is_none_or(|user| m.user == *user))
+            .map(|(id, member)| member.info(*id))
+            .collect();
+        sessions.sort_by_key(|s| s.connected_at);
+        MessageResult(sessions)
+    }
+}
+
+impl Handler<ChannelUsers> for Room {
+    type Result = MessageResult<ChannelUsers>;
+
+    fn handle(&mut self, query: ChannelUsers, _: &mut Context<Self>) -> Self::Result {
+        let mut users: Vec<String> = (self.channels.get(&query.channel).into_iter().flatten())
+            .filter_map(|id| self.members.get(id))
+            .map(|member| member.user.as_str().to_owned())
+            .collect();
+        users.sort();
+        users.dedup();
+        MessageResult(users)
+    }
+}
+
+impl Handler<Follow> for Room {
+    type Result = ();
+
+    fn handle(&mut self, follow: Follow, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |room, _| room.follow(follow));
     }
 }
 

@@ -277,6 +277,7 @@ mod tests {
         RoomEvent {
             seq,
             user: None,
+            channel: None,
             frame: "x".repeat(bytes).into(),
             handed: None,
         }

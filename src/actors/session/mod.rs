@@ -1,29 +1,31 @@
 //! A session: one client connection, as an actor.
 //!
-//! It joins its account's room through the broker as it starts (a `/ws` session just before,
-//! see [`transport::start`]) and leaves when it stops; it writes the frames its room delivers; it
-//! pings the client every heartbeat interval and closes a connection that stays silent past the
-//! timeout; it answers bad frames with an `error` frame and carries on. How frames reach the client is its [`Wire`]: the native protocol on a WebSocket
-//! ([`Native`]), or Socket.IO (the `socket_io` adapter) — the session's behaviour is the same on
-//! both. The rest lives beside this file:
+//! It joins its account's room through the broker as it starts (or just before, when its
+//! transport registers it first) and leaves when it stops; it writes the frames its room
+//! delivers; it pings the client every heartbeat interval and closes a connection that stays
+//! silent past the timeout; it answers bad frames with an `error` frame and carries on. How frames
+//! reach the client is its [`Wire`], which the transports implement as adapters — the native
+//! protocol on a WebSocket (`ws`), Socket.IO (`socket_io`) — the session's behaviour is the same
+//! on all of them, and it names none. The rest lives beside this file:
 //!
-//! - [`wire`] — what a wire provides; [`native`] — the native one, on a WebSocket;
+//! - [`wire`] — what a wire provides;
+//! - [`backlog`] — the count of bytes queued for the client, which every transport takes down as
+//!   its client takes them, so a client that does not read is closed at a bound instead of
+//!   growing the server's memory;
 //! - [`requests`] — the user's `send`, `read`, `typing` and `presence` frames;
+//! - [`channels`] — the channels it follows: on connecting, `subscribe` and `unsubscribe`;
 //! - [`lifetime`] — the token's expiry on a live connection, and its refresh in place;
 //! - [`replay`] — resuming after a reconnect (`?since=` or a `resume` frame): replaying what was
-//!   missed, merged with live events by sequence number;
-//! - [`transport`] — the WebSocket transport: the socket, once the HTTP layer hands it over
-//!   after the `101` (the `http` module), and the count of bytes queued for the client, so a client
-//!   that does not read is closed at a bound instead of growing the server's memory.
+//!   missed, merged with live events by sequence number.
 //!
-//! actix-web-actors is deprecated upstream in favour of actix-ws; it is used only by the native
-//! wire, the Socket.IO WebSocket transport and `api::ws`, so moving off it touches those only.
+//! Uses the broker, the `Service` port, `auth`, `config`, `event`, `protocol`, `store`, `metrics`;
+//! never actix-web or a transport.
 
+mod backlog;
+mod channels;
 mod lifetime;
-mod native;
 mod replay;
 mod requests;
-mod transport;
 mod wire;
 
 use std::net::IpAddr;
@@ -34,7 +36,7 @@ use actix::prelude::*;
 use bytestring::ByteString;
 use tokio::sync::oneshot;
 
-use super::broker::{Broker, Join, Leave};
+use super::broker::{Broker, FollowRequest, Join, Leave};
 use super::service::{SendRequest, Service};
 use crate::auth::throttle::Authenticator;
 use crate::auth::Identity;
@@ -44,8 +46,8 @@ use crate::ids::SessionId;
 use crate::metrics;
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 use crate::store::Store;
-pub use native::Native;
-pub use transport::{frame_size, serve, start, Backlog, Handover, Reservation, Writer};
+pub use backlog::{frame_size, Backlog, Reservation};
+pub use lifetime::TOKEN_MISMATCH;
 pub use wire::{Framing, Wire};
 
 /// A frame for the client, already serialized (the same bytes go to every recipient). `seq` is
@@ -72,6 +74,16 @@ pub enum FromRoom {
     /// The room cannot take the session now (it cannot read the database): close with 1011, so
     /// the client comes back with backoff.
     Unavailable,
+    /// The session follows `channel` from now on: its events after `seq` are delivered (the
+    /// answer to a `subscribe`, which `request` was).
+    Subscribed {
+        channel: crate::channel::Channel,
+        seq: u64,
+        request: FollowRequest,
+    },
+    /// The application revoked the session's user, or the session (control API): close with
+    /// 4005.
+    Revoked,
     /// Event `seq` was not queued for this session, which is replaying history: the replay
     /// reads it from the database (see [`Backlog::reserve_stored`]).
     Missed { seq: u64 },
@@ -118,15 +130,16 @@ pub struct Session<W: Wire> {
     shared: Arc<Shared>,
     limits: requests::Limits,
     resume: replay::Resume,
+    following: channels::Following,
     lifetime: lifetime::Lifetime,
     /// Bytes written for the client that the transport has not yet taken.
-    backlog: Arc<transport::Backlog>,
+    backlog: Arc<Backlog>,
     /// When the client last showed it is alive (any frame, pongs included).
     last_heard: Instant,
     /// Why the session ended, for the disconnect log line; set once it is closing.
     end_reason: Option<String>,
     /// The transport registered the session with its room before starting it (see
-    /// [`transport::start`]); otherwise the session does as it starts.
+    /// [`Session::join_before_start`]); otherwise the session does as it starts.
     joined_before_start: bool,
     wire: W,
 }
@@ -156,6 +169,7 @@ impl<W: Wire> Session<W> {
             seen_seq,
             limits: requests::Limits::new(shared.frames_per_second),
             resume: replay::Resume::new(since),
+            following: channels::Following::default(),
             lifetime: lifetime::Lifetime::default(),
             shared,
             backlog,
@@ -170,7 +184,37 @@ impl<W: Wire> Session<W> {
         self.end_reason.is_some()
     }
 
-    fn close(&mut self, ctx: &mut W::Context, close: Close) {
+    /// The session's id, as its welcome tells the client.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The count of bytes queued for the client, for the transport to take down.
+    pub fn backlog(&self) -> Arc<Backlog> {
+        self.backlog.clone()
+    }
+
+    /// The wire's own state, for the transport that implements it.
+    pub(crate) fn wire_mut(&mut self) -> &mut W {
+        &mut self.wire
+    }
+
+    /// For a transport that registers the session with its room before starting it, so that
+    /// the room's answer is in its mailbox when it starts: the request to send the broker once
+    /// the session has an address.
+    pub fn join_before_start(
+        &mut self,
+    ) -> impl FnOnce(Addr<Self>, Option<oneshot::Sender<()>>) -> Join {
+        self.joined_before_start = true;
+        self.join()
+    }
+
+    /// Ends the session for `close`, telling the client why on its wire.
+    pub(crate) fn close(&mut self, ctx: &mut W::Context, close: Close) {
         if self.closing() {
             return;
         }
@@ -208,7 +252,7 @@ impl<W: Wire> Session<W> {
     }
 
     /// Counts a frame with `payload` bytes; closes the session when the bound is passed.
-    fn reserve(&mut self, ctx: &mut W::Context, payload: usize) -> bool {
+    pub(crate) fn reserve(&mut self, ctx: &mut W::Context, payload: usize) -> bool {
         if self.closing() {
             return false;
         }
@@ -275,6 +319,14 @@ impl<W: Wire> Session<W> {
             Ok(ClientFrame::Resume { since }) => self.on_resume(&since, ctx),
             Ok(ClientFrame::Presence { reference }) => self.on_presence(reference, ctx),
             Ok(ClientFrame::Auth { token, reference }) => self.on_auth(&token, reference, ctx),
+            Ok(ClientFrame::Subscribe {
+                channel,
+                since,
+                reference,
+            }) => self.on_subscribe(&channel, since, reference, ctx),
+            Ok(ClientFrame::Unsubscribe { channel, reference }) => {
+                self.on_unsubscribe(&channel, reference, ctx)
+            }
             Err(error) => self.send_error(ctx, &error),
         }
     }
@@ -284,7 +336,7 @@ impl<W: Wire> Actor for Session<W> {
     type Context = W::Context;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        metrics::session_opened();
+        metrics::session_opened(W::TRANSPORT);
         log::info!(
             "connect account={} user={} session={}",
             self.identity.account,
@@ -296,6 +348,9 @@ impl<W: Wire> Actor for Session<W> {
             session.check_token(ctx);
             if session.closing() {
                 return;
+            }
+            if session.wire.heard_since_last_asked() {
+                session.last_heard = Instant::now();
             }
             if session.last_heard.elapsed() > session.shared.heartbeat.timeout {
                 session.close(ctx, Close::HeartbeatTimeout);
@@ -315,7 +370,7 @@ impl<W: Wire> Actor for Session<W> {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        metrics::session_closed();
+        metrics::session_closed(W::TRANSPORT);
         self.shared.broker.do_send(Leave {
             session: self.id,
             account: self.identity.account.clone(),
@@ -336,6 +391,7 @@ impl<W: Wire> Session<W> {
     /// an address (its transport gives it one, or it has started).
     fn join(&self) -> impl FnOnce(Addr<Self>, Option<oneshot::Sender<()>>) -> Join {
         let (session, seen_seq, backlog) = (self.id, self.seen_seq, self.backlog.clone());
+        let channels = self.following.channels.clone();
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
         move |address, answered| Join {
             session,
@@ -347,6 +403,8 @@ impl<W: Wire> Session<W> {
             notices: address.recipient(),
             backlog,
             answered,
+            channels,
+            connected_at: crate::store::now_ms(),
         }
     }
 }
@@ -361,6 +419,12 @@ impl<W: Wire> Handler<FromRoom> for Session<W> {
             FromRoom::TooManySessions => session.close(ctx, Close::TooManySessions),
             FromRoom::Unavailable => session.close(ctx, Close::ServerError),
             FromRoom::Missed { seq } => session.missed(seq, ctx),
+            FromRoom::Revoked => session.close(ctx, Close::Revoked),
+            FromRoom::Subscribed {
+                channel,
+                seq,
+                request,
+            } => session.subscribed(channel, seq, request, ctx),
             FromRoom::Fail => panic!("session failing on request"),
         });
     }

@@ -24,6 +24,7 @@
 //! of what is queued for it for a heartbeat interval ([`super::Backlog::stalled`]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use bytestring::ByteString;
@@ -31,6 +32,7 @@ use serde_json::Value;
 
 use super::{frame_size, Deliver, Framing, Session, Wire};
 use crate::actors::broker::CatchUp;
+use crate::channel::Channel;
 use crate::event::RoomEvent;
 use crate::metrics;
 use crate::protocol::{Close, ResumePoint, ServerFrame, SinceError};
@@ -76,6 +78,11 @@ pub(super) struct Resume {
 }
 
 impl Resume {
+    /// The room has taken the session in.
+    pub(super) fn joined(&self) -> bool {
+        self.joined_seq.is_some()
+    }
+
     pub(super) fn new(since: Option<u64>) -> Self {
         Self {
             since,
@@ -90,6 +97,12 @@ impl Resume {
 
 /// A replay under way: history read page by page, up to `through`.
 struct Replay {
+    /// The channels whose events are read (besides the account's and the user's own).
+    channels: Arc<[Channel]>,
+    /// A `subscribe` with `since`: up to the position given (the room's when it answered), only
+    /// this channel's events are read — the others were delivered live already; past it (the
+    /// target raised for live events dropped), everything the session follows.
+    narrow: Option<(Channel, u64)>,
     /// Every event the client may see up to here has been read (or was already with it).
     read_to: u64,
     /// Replays up to here: the room's position at joining, raised past live events dropped.
@@ -108,8 +121,10 @@ struct Replay {
 }
 
 impl Replay {
-    fn new(read_to: u64, through: u64) -> Self {
+    fn new(read_to: u64, through: u64, channels: Arc<[Channel]>) -> Self {
         Self {
+            channels,
+            narrow: None,
             read_to,
             through,
             ahead: VecDeque::new(),
@@ -123,10 +138,15 @@ impl Replay {
 }
 
 /// How the client asked: the answer differs (the welcome says it, or a `resumed` frame).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Asked {
     Query,
     Frame,
+    /// A `subscribe` with `since`: answered by `subscribed`.
+    Subscribe {
+        channel: Channel,
+        reference: Option<Value>,
+    },
 }
 
 impl<W: Wire> Session<W> {
@@ -148,9 +168,18 @@ impl<W: Wire> Session<W> {
             token_expires_at: self.identity.expires_at,
             resumed,
             since: self.resume.since,
+            channels: self
+                .following
+                .at_connect
+                .iter()
+                .map(|c| c.as_str())
+                .collect(),
         };
         let text = self.wire.frame(&welcome);
-        self.write_framed(text, ctx);
+        // A client that starts afresh resumes from here; one replaying, from its last event.
+        if self.reserve(ctx, text.len()) {
+            self.wire.send_at(ctx, text, (!resumed).then_some(seq));
+        }
         self.lifetime.welcomed = true;
         self.check_token(ctx);
     }
@@ -173,6 +202,12 @@ impl<W: Wire> Session<W> {
             None => self.welcome(ctx, seq, false),
             Some(since) => self.begin_replay(since, Asked::Query, ctx),
         }
+        self.send_early_follows();
+    }
+
+    /// A replay is under way.
+    pub(super) fn replaying(&self) -> bool {
+        self.resume.replay.is_some()
     }
 
     /// A frame from the room (which counted it in the backlog): written, or held back while a
@@ -215,7 +250,7 @@ impl<W: Wire> Session<W> {
             .into_iter()
             .flatten()
             .fold(resume.skip_through, u64::max);
-        let mut replay = Replay::new(from, seq);
+        let mut replay = Replay::new(from, seq, self.following.channels.clone().into());
         replay.flowing = true;
         self.resume.replay = Some(replay);
         self.backlog.set_replaying(true);
@@ -225,10 +260,12 @@ impl<W: Wire> Session<W> {
     /// Writes a frame already counted in the backlog.
     fn write_counted(&mut self, ctx: &mut W::Context, seq: Option<u64>, frame: ByteString) {
         if !self.closing() {
-            if seq.is_some() {
-                self.resume.written_through = seq;
+            if let Some(seq) = seq {
+                // A channel's history, replayed after a `subscribe`, goes below what was written.
+                let written = &mut self.resume.written_through;
+                *written = Some(written.map_or(seq, |w| w.max(seq)));
             }
-            self.wire.send(ctx, frame);
+            self.wire.send_at(ctx, frame, seq);
         }
     }
 
@@ -260,18 +297,47 @@ impl<W: Wire> Session<W> {
     }
 
     fn refuse_since(&mut self, ctx: &mut W::Context, error: SinceError) {
+        self.refuse_since_with(ctx, error, None);
+    }
+
+    pub(super) fn refuse_since_with(
+        &mut self,
+        ctx: &mut W::Context,
+        error: SinceError,
+        reference: Option<Value>,
+    ) {
         let frame = ServerFrame::Error {
             code: error.code(),
             message: error.to_string(),
-            reference: None,
+            reference,
             retry_after_ms: None,
         };
         self.write(ctx, &frame);
     }
 
+    /// A `subscribe` with `since`, answered by the room at `seq`: the channel's events after
+    /// `since`, up to `seq`, are replayed; live events wait until they are written.
+    pub(super) fn begin_channel_replay(
+        &mut self,
+        channel: Channel,
+        since: u64,
+        seq: u64,
+        reference: Option<Value>,
+        ctx: &mut W::Context,
+    ) {
+        let mut replay = Replay::new(since, seq, self.following.channels.clone().into());
+        replay.narrow = Some((channel.clone(), seq));
+        self.start_replay(replay, since, Asked::Subscribe { channel, reference }, ctx);
+    }
+
     fn begin_replay(&mut self, since: u64, asked: Asked, ctx: &mut W::Context) {
         let joined = self.resume.joined_seq.expect("replay starts once joined");
-        self.resume.replay = Some(Replay::new(since, joined));
+        let replay = Replay::new(since, joined, self.following.at_connect.clone());
+        self.start_replay(replay, since, asked, ctx);
+    }
+
+    fn start_replay(&mut self, replay: Replay, since: u64, asked: Asked, ctx: &mut W::Context) {
+        self.resume.replay = Some(replay);
         self.backlog.set_replaying(true);
         let store = self.shared.store.clone();
         let account = self.identity.account.clone();
@@ -287,7 +353,10 @@ impl<W: Wire> Session<W> {
     /// The resume point checked against the account's `history` (oldest kept, last): the client
     /// is told, and the replay starts.
     fn checked(&mut self, since: u64, history: (u64, u64), asked: Asked, ctx: &mut W::Context) {
-        let joined = self.resume.joined_seq.unwrap_or(0);
+        let joined = match (&asked, &self.resume.replay) {
+            (Asked::Subscribe { .. }, Some(replay)) => replay.narrow.as_ref().map_or(0, |n| n.1),
+            _ => self.resume.joined_seq.unwrap_or(0),
+        };
         let point = match ResumePoint::check(since, history) {
             Ok(point) => point,
             Err(error) => {
@@ -313,6 +382,10 @@ impl<W: Wire> Session<W> {
                 self.write(ctx, &ServerFrame::Resumed { since, seq: joined });
             }
             Asked::Frame => {}
+            Asked::Subscribe { channel, reference } => {
+                let replayed = kept.then_some(since);
+                self.subscribed_frame(ctx, &channel, joined, replayed, reference);
+            }
         }
         match point {
             ResumePoint::Kept => self.start_flowing(since, ctx),
@@ -400,14 +473,30 @@ impl<W: Wire> Session<W> {
             return;
         };
         replay.reading = true;
-        let span = (replay.read_to, replay.through);
+        let (span, channels, unchanneled) = match &replay.narrow {
+            Some((channel, up_to)) if replay.read_to < *up_to => (
+                (replay.read_to, replay.through.min(*up_to)),
+                Arc::from([channel.clone()]),
+                false,
+            ),
+            _ => (
+                (replay.read_to, replay.through),
+                replay.channels.clone(),
+                true,
+            ),
+        };
         let max_bytes = read_budget(self.backlog.limit());
         let store = self.shared.store.clone();
         let (account, user) = (self.identity.account.clone(), self.identity.user.clone());
         let read = async move {
             store
                 .run(move |conn| {
-                    let page = events::page(conn, &account, &user, span, READ_ROWS, max_bytes)?;
+                    let reader = events::Reader {
+                        user: &user,
+                        channels: &channels,
+                        unchanneled,
+                    };
+                    let page = events::page(conn, &account, reader, span, READ_ROWS, max_bytes)?;
                     Ok::<_, StoreError>(Read::framed(page, W::FRAMING))
                 })
                 .await

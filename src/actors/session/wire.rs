@@ -25,6 +25,14 @@ pub enum Framing {
 }
 
 impl Framing {
+    /// The transport's name, as the control API shows it.
+    pub fn transport(self) -> &'static str {
+        match self {
+            Self::Native => "websocket",
+            Self::SocketIo => "socket.io",
+        }
+    }
+
     /// An event's native frame in this framing; `None` if it is not an event frame.
     pub fn encode(self, native: &ByteString) -> Option<ByteString> {
         match self {
@@ -42,6 +50,8 @@ pub trait Wire: Sized + Unpin + 'static {
 
     /// How the room frames events for this wire.
     const FRAMING: Framing;
+    /// The transport's name in metrics (`transport` label).
+    const TRANSPORT: &'static str;
     /// What a ping costs in the client's backlog.
     const PING_BYTES: usize;
 
@@ -56,6 +66,22 @@ pub trait Wire: Sized + Unpin + 'static {
 
     /// Hands a framed text to the client's transport (already counted in the backlog).
     fn send(&mut self, ctx: &mut Self::Context, text: ByteString);
+
+    /// [`Wire::send`], for a frame after which the client may resume from `resume_point`: an
+    /// event's sequence number, or a fresh session's welcome's. For a transport that tells its
+    /// client where it stands with each frame (SSE's `id:`); the others resume from the frames
+    /// themselves.
+    fn send_at(&mut self, ctx: &mut Self::Context, text: ByteString, resume_point: Option<u64>) {
+        let _ = resume_point;
+        self.send(ctx, text);
+    }
+
+    /// Whether the client has shown it is alive since last asked, by the transport's own means:
+    /// for a transport whose client cannot answer a ping (SSE), that it took bytes. Asked on
+    /// each heartbeat tick.
+    fn heard_since_last_asked(&mut self) -> bool {
+        false
+    }
 
     /// The heartbeat's ping; the client's answer (any sign of life) resets its timeout.
     fn ping(&mut self, ctx: &mut Self::Context);

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::Report;
+use crate::room::Report;
 
 /// Which figure of a report a line shows.
 type Pick = fn(&Report) -> f64;

@@ -19,9 +19,9 @@ use diesel::sql_types::{BigInt, Text};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::auth;
-use crate::config::{Config, Database};
-use crate::ids::{AccountId, UserId};
+use switchboard::auth;
+use switchboard::config::{Config, Database};
+use switchboard::ids::{AccountId, UserId};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct OutboxBenchArgs {
@@ -66,7 +66,7 @@ pub fn run(config: &Config, args: OutboxBenchArgs) -> Result<String, String> {
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let run_id = crate::ids::random_id("ob");
+    let run_id = switchboard::ids::random_id("ob");
     let accounts: Vec<String> = (0..args.accounts)
         .map(|a| format!("{run_id}-{a}"))
         .collect();

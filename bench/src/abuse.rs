@@ -1,5 +1,5 @@
 //! `switchboard bench --abuse`: legitimate sessions receive events published at a steady rate,
-//! first alone (the baseline), then while one attacker ([`super::attack`]) does at full speed what
+//! first alone (the baseline), then while one attacker ([`crate::attack`]) does at full speed what
 //! an unauthenticated client can do; reports the server's peak memory and descriptors in each
 //! phase, lost and duplicated events (which must be 0), and the legitimate latency with and
 //! without the attack.
@@ -17,14 +17,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use super::attack::{self, Tally, Target};
-use super::{
-    bench_event, connected, percentiles, proc, publish, server_addr, BenchArgs, Percentiles,
-    Reader, Received,
-};
-use crate::auth;
-use crate::config::Config;
-use crate::ids::{AccountId, UserId};
+use crate::attack::{self, Tally, Target};
+use crate::proc;
+use crate::room::{bench_event, percentiles, publish, server_addr, BenchArgs, Percentiles};
+use crate::sessions::{self, connected, Dial, Reader, Received};
+use switchboard::auth;
+use switchboard::config::Config;
+use switchboard::ids::{AccountId, UserId};
 
 const SESSIONS_FROM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const ATTACKER_FROM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
@@ -135,12 +134,12 @@ async fn open_sessions(
 ) -> Result<Sessions, String> {
     let connections = args.connections;
     let accounts = args.accounts.max(1);
-    let run_id = crate::ids::SessionId::random();
+    let run_id = switchboard::ids::SessionId::random();
     let account_name = move |a: usize| format!("abuse-{run_id}-{a}");
     let started = Instant::now();
     let received: Vec<Arc<Mutex<Received>>> = (0..connections).map(|_| Arc::default()).collect();
     let delivered = Arc::new(AtomicU64::new(0));
-    let connecting = Arc::new(Semaphore::new(super::CONNECTING_AT_ONCE));
+    let connecting = Arc::new(Semaphore::new(sessions::CONNECTING_AT_ONCE));
     let (ready_tx, mut ready_rx) =
         tokio::sync::mpsc::channel::<Result<(), String>>(connections.max(1));
     for (i, sink) in received.iter().enumerate() {
@@ -154,18 +153,17 @@ async fn open_sessions(
         .map_err(|e| e.to_string())?;
         let reader = Reader {
             account,
+            channel: None,
             started,
             sink: sink.clone(),
             delivered: delivered.clone(),
             deadline,
         };
-        tokio::spawn(reader.run(
-            connecting.clone(),
-            server,
-            IpAddr::V4(SESSIONS_FROM),
-            token,
-            ready_tx.clone(),
-        ));
+        let dial = Dial::Ws {
+            source: IpAddr::V4(SESSIONS_FROM),
+        };
+        let query = format!("token={token}");
+        tokio::spawn(reader.run(connecting.clone(), server, dial, query, ready_tx.clone()));
     }
     drop(ready_tx);
     connected(&mut ready_rx, connections, deadline).await?;
@@ -214,7 +212,60 @@ async fn phase(
         std::thread::spawn(move || attack::run(target, until, &kinds))
     });
 
-    // Publish at a steady rate: event e is due at start + e / rate.
+    let (events, expected, failures) =
+        publish_steadily(config, args, sessions, rate, seconds, start).await;
+    let tallies = match attacker {
+        Some(attacker) => tokio::task::spawn_blocking(move || attacker.join())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "the attacker panicked".to_owned())??,
+        None => Vec::new(),
+    };
+    // Every delivery, within the bench's deadline.
+    while sessions.delivered.load(Ordering::Relaxed) - delivered_before < expected
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await; // stragglers, duplicates
+    let cpu_after = pid.and_then(proc::cpu_time);
+    sampling.store(false, Ordering::Relaxed);
+    let (rss_peak, fds_peak) = sampler.await.map_err(|e| e.to_string())?;
+
+    let seen = seen_since(sessions, marks)?;
+    Ok((
+        Phase {
+            name,
+            events: events as u64,
+            publish_failures: failures,
+            expected_deliveries: expected,
+            deliveries: sessions.delivered.load(Ordering::Relaxed) - delivered_before,
+            lost: expected.saturating_sub(seen.unique),
+            duplicated: seen.duplicated,
+            cross_account: seen.cross_account,
+            latency_ms: seen.latency_ms,
+            server_rss_peak_bytes: rss_peak,
+            server_fds_peak: fds_peak,
+            server_cpu_seconds: match (cpu_before, cpu_after) {
+                (Some(before), Some(after)) => Some((after - before).as_secs_f64()),
+                _ => None,
+            },
+        },
+        tallies,
+    ))
+}
+
+/// Publishes at a steady `rate` for `seconds` from `start` (event e is due at start + e / rate),
+/// to the accounts in turn: the events published, the deliveries they call for, the publishes
+/// that failed.
+async fn publish_steadily(
+    config: &Config,
+    args: &BenchArgs,
+    sessions: &Sessions,
+    rate: f64,
+    seconds: Duration,
+    start: Instant,
+) -> (usize, u64, u64) {
     let client = reqwest::Client::new();
     let publish_url = format!("{}/api/v1/publish", args.url.trim_end_matches('/'));
     let pad = "x".repeat(args.payload_bytes);
@@ -248,24 +299,18 @@ async fn phase(
             _ => failures += 1,
         }
     }
-    let tallies = match attacker {
-        Some(attacker) => tokio::task::spawn_blocking(move || attacker.join())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|_| "the attacker panicked".to_owned())??,
-        None => Vec::new(),
-    };
-    // Every delivery, within the bench's deadline.
-    while sessions.delivered.load(Ordering::Relaxed) - delivered_before < expected
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await; // stragglers, duplicates
-    let cpu_after = pid.and_then(proc::cpu_time);
-    sampling.store(false, Ordering::Relaxed);
-    let (rss_peak, fds_peak) = sampler.await.map_err(|e| e.to_string())?;
+    (events, expected, failures)
+}
 
+/// What the sessions saw after `marks` (how much each had seen before).
+struct Seen {
+    unique: u64,
+    duplicated: u64,
+    cross_account: u64,
+    latency_ms: Percentiles,
+}
+
+fn seen_since(sessions: &Sessions, marks: Vec<usize>) -> Result<Seen, String> {
     let (mut unique, mut duplicated, mut cross) = (0u64, 0u64, 0u64);
     let mut latencies = Vec::new();
     for (sink, mark) in sessions.received.iter().zip(marks) {
@@ -280,26 +325,12 @@ async fn phase(
         cross += sink.cross_account;
         latencies.extend_from_slice(&sink.latencies_ns[mark.min(sink.latencies_ns.len())..]);
     }
-    Ok((
-        Phase {
-            name,
-            events: events as u64,
-            publish_failures: failures,
-            expected_deliveries: expected,
-            deliveries: sessions.delivered.load(Ordering::Relaxed) - delivered_before,
-            lost: expected.saturating_sub(unique),
-            duplicated,
-            cross_account: cross,
-            latency_ms: percentiles(&mut latencies),
-            server_rss_peak_bytes: rss_peak,
-            server_fds_peak: fds_peak,
-            server_cpu_seconds: match (cpu_before, cpu_after) {
-                (Some(before), Some(after)) => Some((after - before).as_secs_f64()),
-                _ => None,
-            },
-        },
-        tallies,
-    ))
+    Ok(Seen {
+        unique,
+        duplicated,
+        cross_account: cross,
+        latency_ms: percentiles(&mut latencies),
+    })
 }
 
 /// The highest resident memory and descriptor count of `pid`, read every [`SAMPLE_EVERY`]

@@ -1,5 +1,6 @@
 //! The native wire: the `/ws` protocol's JSON text frames on a WebSocket, with WebSocket pings
-//! for the heartbeat and close codes that say why a session ended.
+//! for the heartbeat and close codes that say why a session ended. Uses the session's wire
+//! contract and `protocol`.
 
 use actix::prelude::*;
 use actix_http::ws::Item;
@@ -7,8 +8,7 @@ use actix_web::web::{Bytes, BytesMut};
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use bytestring::ByteString;
 
-use super::wire::{Framing, Wire};
-use super::Session;
+use crate::actors::session::{Framing, Session, Wire};
 use crate::protocol::{ClientFrame, Close, FrameError, ServerFrame};
 
 #[derive(Default)]
@@ -20,6 +20,7 @@ pub struct Native {
 impl Wire for Native {
     type Context = ws::WebsocketContext<Session<Self>>;
     const FRAMING: Framing = Framing::Native;
+    const TRANSPORT: &'static str = "ws";
     const PING_BYTES: usize = 0;
 
     fn frame(&mut self, frame: &ServerFrame) -> ByteString {
@@ -58,7 +59,7 @@ impl Session<Native> {
             Ok(message) => message,
             Err(ws::ProtocolError::Overflow) => return self.close(ctx, Close::FrameTooLarge),
             Err(error) => {
-                log::debug!("websocket protocol error session={}: {error}", self.id);
+                log::debug!("websocket protocol error session={}: {error}", self.id());
                 return self.close(ctx, Close::ProtocolError);
             }
         };
@@ -74,7 +75,7 @@ impl Session<Native> {
         }
         match message {
             ws::Message::Text(text) => self.on_frame(ClientFrame::parse(&text), ctx),
-            ws::Message::Binary(_) => self.send_error(ctx, &FrameError::Binary),
+            ws::Message::Binary(_) => self.on_frame(Err(FrameError::Binary), ctx),
             ws::Message::Continuation(item) => self.on_fragment(item, ctx),
             ws::Message::Ping(payload) => {
                 if self.reserve(ctx, payload.len()) {
@@ -84,9 +85,8 @@ impl Session<Native> {
             ws::Message::Pong(_) | ws::Message::Nop => {}
             ws::Message::Close(reason) => {
                 let code = reason.as_ref().map_or(1005, |r| u16::from(r.code));
-                self.end_reason = Some(format!("client closed ({code})"));
                 ctx.close(reason);
-                ctx.stop();
+                self.client_closed(format!("client closed ({code})"), ctx);
             }
         }
     }
@@ -98,22 +98,28 @@ impl Session<Native> {
             Item::Continue(b) => (None, b, false),
             Item::Last(b) => (None, b, true),
         };
-        match (first, self.wire.fragments.as_mut()) {
+        let fragments = &mut self.wire_mut().fragments;
+        match (first, fragments.as_mut()) {
             (Some(false), _) => {
-                self.wire.fragments = None;
-                self.send_error(ctx, &FrameError::Binary);
+                *fragments = None;
+                self.on_frame(Err(FrameError::Binary), ctx);
                 return;
             }
-            (Some(true), _) => self.wire.fragments = Some(BytesMut::from(&bytes[..])),
+            (Some(true), _) => *fragments = Some(BytesMut::from(&bytes[..])),
             (None, Some(buffer)) => buffer.extend_from_slice(&bytes),
             // The rest of a binary message we already refused.
             (None, None) => return,
         }
-        let size = self.wire.fragments.as_ref().map_or(0, BytesMut::len);
-        if size > self.shared.max_frame_bytes {
+        let size = self.wire_mut().fragments.as_ref().map_or(0, BytesMut::len);
+        if size > self.shared().max_frame_bytes {
             self.close(ctx, Close::FrameTooLarge);
         } else if last {
-            let message: Bytes = self.wire.fragments.take().unwrap_or_default().freeze();
+            let message: Bytes = self
+                .wire_mut()
+                .fragments
+                .take()
+                .unwrap_or_default()
+                .freeze();
             match std::str::from_utf8(&message) {
                 Ok(text) => self.on_frame(ClientFrame::parse(text), ctx),
                 Err(_) => self.close(ctx, Close::ProtocolError),

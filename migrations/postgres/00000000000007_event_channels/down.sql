@@ -1,0 +1,2 @@
+DROP INDEX events_channel;
+ALTER TABLE events DROP COLUMN channel;
