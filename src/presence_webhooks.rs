@@ -158,6 +158,7 @@ impl Writer {
                     user,
                     online,
                     decided,
+                    alone: false,
                 });
             }
             Change::Here {
@@ -185,6 +186,7 @@ impl Writer {
                         user,
                         online: true,
                         decided,
+                        alone: true,
                     });
                 }
             }
@@ -208,6 +210,7 @@ impl Writer {
                 user,
                 online: false,
                 decided,
+                alone: true,
             });
         }
     }
@@ -275,6 +278,7 @@ impl Writer {
                 user,
                 online: false,
                 decided,
+                alone: true,
             });
         }
     }

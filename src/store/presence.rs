@@ -26,6 +26,8 @@ pub struct Transition {
     pub online: bool,
     /// When it was decided, in microseconds: later decisions have larger numbers.
     pub decided: i64,
+    /// Decided by a node without a cluster (see [`online`]).
+    pub alone: bool,
 }
 
 /// A transition recorded, with its delivery queued.
@@ -91,6 +93,7 @@ fn advance(conn: &mut DbConnection, t: &Transition) -> Result<Option<i64>, Store
                 p::online.eq(true),
                 p::generation.eq(1_i64),
                 p::decided.eq(t.decided),
+                p::alone.eq(t.alone),
                 p::updated_at.eq(now),
             ))
             .execute(conn)?;
@@ -109,6 +112,7 @@ fn advance(conn: &mut DbConnection, t: &Transition) -> Result<Option<i64>, Store
             p::online.eq(t.online),
             p::generation.eq(generation),
             p::decided.eq(t.decided),
+            p::alone.eq(t.alone),
             p::updated_at.eq(now),
         ))
         .execute(conn)?;
@@ -140,11 +144,13 @@ fn payload(t: &Transition, generation: i64) -> String {
     .to_string()
 }
 
-/// Users recorded online (up to `limit`): at the start of a node without a cluster, they are
-/// the ones a previous run left online, who are offline now that no session survived it.
+/// Users recorded online by a node without a cluster (up to `limit`): at the start of such a
+/// node, they are the ones a previous run left online, who are offline now that no session
+/// survived it. (A cluster's are the cluster's to take offline.)
 pub fn online(conn: &mut DbConnection, limit: i64) -> Result<Vec<(String, String)>, StoreError> {
     Ok(p::table
         .filter(p::online.eq(true))
+        .filter(p::alone.eq(true))
         .select((p::account_id, p::user_id))
         .limit(limit)
         .load(conn)?)

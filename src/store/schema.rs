@@ -120,6 +120,7 @@ diesel::table! {
         online -> Bool,
         generation -> BigInt,
         decided -> BigInt,
+        alone -> Bool,
         updated_at -> BigInt,
     }
 }

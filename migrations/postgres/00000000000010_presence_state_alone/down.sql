@@ -1,0 +1,1 @@
+ALTER TABLE presence_state DROP COLUMN alone;
