@@ -138,8 +138,18 @@ impl Writer {
             };
             match next {
                 Ok(change) => self.take(change),
-                Err(RecvTimeoutError::Timeout) => self.left(),
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            // Also while changes keep coming: a steady stream of them (a reconnect storm on
+            // this node) must not hold back the offline of a user whose grace is over.
+            if self
+                .leaving
+                .values()
+                .min()
+                .is_some_and(|due| *due <= Instant::now())
+            {
+                self.left();
             }
         }
     }

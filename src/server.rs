@@ -38,6 +38,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("SWITCHBOARD_PRESENCE_WEBHOOK_URL: {0}")]
+    PresenceWebhookUrl(String),
 }
 
 /// A bound server, not yet awaited. Await `server` to run it; [`Running::shutdown`] stops it
@@ -86,6 +88,16 @@ impl Running {
 
 /// Binds, opens the database (migrating it) and starts the broker. Call inside an actix System.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    // The address rules of an integration's `outbound_url` (checked when it is created) hold for
+    // the global receiver too, checked before anything starts rather than at each delivery.
+    if let Some(hook) = &config.presence_webhook {
+        let policy = crate::outbound::address::Policy {
+            allow_private: config.outbound.allow_private,
+        };
+        policy
+            .check_url(&hook.url)
+            .map_err(|refused| StartError::PresenceWebhookUrl(refused.to_string()))?;
+    }
     // First, so that a port in use fails before any actor has started.
     let listener = listen(config.bind).map_err(|source| StartError::Bind {
         addr: config.bind,

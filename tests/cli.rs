@@ -120,6 +120,33 @@ async fn the_run_command_works_from_nothing_and_logs_no_secret() {
     }
 }
 
+/// The global presence receiver follows the address rules of an integration's `outbound_url`,
+/// checked as the server starts: a loopback one, without `SWITCHBOARD_OUTBOUND_ALLOW_PRIVATE`,
+/// stops it with the setting named.
+#[test]
+fn a_presence_webhook_url_the_address_rules_refuse_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Switchboard::new()
+        .in_dir(dir.path())
+        .keys()
+        .env(
+            "SWITCHBOARD_PRESENCE_WEBHOOK_URL",
+            "http://127.0.0.1:9/hooks",
+        )
+        .env(
+            "SWITCHBOARD_PRESENCE_WEBHOOK_SECRET",
+            "a-presence-secret-long-enough",
+        )
+        .output_within(Duration::from_secs(20));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("SWITCHBOARD_PRESENCE_WEBHOOK_URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("a-presence-secret"), "{stderr}");
+}
+
 #[test]
 fn bad_configuration_is_refused_with_the_setting_named() {
     let dir = tempfile::tempdir().unwrap();

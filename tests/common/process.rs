@@ -136,6 +136,29 @@ impl Switchboard {
             .output()
             .unwrap_or_else(|e| panic!("run {command:?}: {e}"))
     }
+
+    /// [`Self::output`] of a run expected to end by itself within `limit` (a start that must be
+    /// refused): one still running then is killed and fails the test, rather than hanging it.
+    pub fn output_within(&self, limit: Duration) -> Output {
+        let mut command = self.command();
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
+        let deadline = Instant::now() + limit;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let output = child.wait_with_output().unwrap();
+                panic!(
+                    "still running after {limit:?}:\n{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    }
 }
 
 pub struct Process {
