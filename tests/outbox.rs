@@ -313,8 +313,14 @@ async fn a_bad_row_is_moved_aside_and_the_rows_behind_it_still_go() {
             App::insert(conn, &table, &account, "good", &json!({"n": 1}));
             App::insert(conn, &table, &account, "bad name!", &json!({}));
             App::insert(conn, &table, &account, "good", &json!({"n": 2}));
+            // A channel this client does not follow: published, and skipped by it.
             diesel::sql_query(format!(
-                "INSERT INTO {table} (account_id, channel, event) VALUES ($1, 'lobby', 'chan')"
+                "INSERT INTO {table} (account_id, channel, event) VALUES ($1, 'order:7', 'chan')"
+            ))
+            .bind::<Text, _>(&account)
+            .execute(conn)?;
+            diesel::sql_query(format!(
+                "INSERT INTO {table} (account_id, channel, event) VALUES ($1, 'lob by', 'chan')"
             ))
             .bind::<Text, _>(&account)
             .execute(conn)?;
@@ -358,7 +364,7 @@ async fn a_bad_row_is_moved_aside_and_the_rows_behind_it_still_go() {
         refused,
         [
             ("bad name!", None, "event"),
-            ("chan", Some("lobby"), "channel"),
+            ("chan", Some("lob by"), "channel"),
             ("large", None, "data"),
             ("no-account", None, "account_id"),
         ]

@@ -5,6 +5,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::QueryableByName;
 use serde_json::value::RawValue;
 
+use crate::channel::{Channel, InvalidChannel};
 use crate::config::TableName;
 use crate::ids::{AccountId, IdError, UserId};
 use crate::protocol::check_event_name;
@@ -44,8 +45,8 @@ pub enum Refusal {
     Account(IdError),
     #[error("user_id: {0}")]
     User(IdError),
-    #[error("channel: channels do not exist yet; publish to the account or a user")]
-    Channel,
+    #[error("channel: {0}")]
+    Channel(InvalidChannel),
     #[error("event: {0}")]
     Event(&'static str),
     #[error("data: {size} bytes, more than the {max} a publish may carry")]
@@ -67,9 +68,12 @@ impl Row {
             .map(UserId::new)
             .transpose()
             .map_err(Refusal::User)?;
-        if self.channel.is_some() {
-            return Err(Refusal::Channel);
-        }
+        let channel = self
+            .channel
+            .as_deref()
+            .map(Channel::new)
+            .transpose()
+            .map_err(Refusal::Channel)?;
         check_event_name(&self.event).map_err(Refusal::Event)?;
         let data = match &self.data {
             Some(data) if data.len() <= max_data => data,
@@ -89,7 +93,7 @@ impl Row {
         Ok(Request {
             account,
             user,
-            channel: None,
+            channel,
             event: self.event.clone(),
             data,
             idempotency_key: Some(idempotency_key),
