@@ -367,6 +367,21 @@ async fn a_presence_integration_needs_a_url_and_no_external_id() {
 
 /// A node of a three-node cluster on PostgreSQL and the test's Redis, its deliveries scanned
 /// for often (a dead node's are taken over soon).
+/// Waits until the node says it is ready with its Redis link up.
+async fn linked(api: &Api) {
+    eventually("the node linked to Redis", WAIT, || async {
+        let body: Value = match reqwest::get(api.http_url("/readyz")).await {
+            Ok(response) => response.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        match (body["status"].as_str(), body["redis"].as_str()) {
+            (Some("ready"), Some("ok")) => Ok(()),
+            _ => Err(body),
+        }
+    })
+    .await;
+}
+
 fn cluster_node(db: &Db, redis: &Redis) -> (Process, Api) {
     Switchboard::new()
         .keys()
@@ -393,6 +408,11 @@ async fn in_a_cluster_each_transition_is_sent_once_across_a_node_kill_and_a_reco
     let db = Db::postgres();
     let redis = Redis::start();
     let mut nodes: Vec<(Process, Api)> = (0..3).map(|_| cluster_node(&db, &redis)).collect();
+    // A node takes sessions before its Redis link is up (alone, degraded), and presence
+    // decided alone is not the cluster's: start once every node has joined.
+    for (_, api) in &nodes {
+        linked(api).await;
+    }
     let account = unique("presence");
     // The account's own integration (a global receiver would be every test server's on this
     // shared database, and those without one would fail its deliveries).
