@@ -365,20 +365,21 @@ async fn a_user_whose_token_allows_it_sends_ephemeral_messages_to_a_channels_oth
     }
 
     // A token without `publish` for the channel, a bad channel, a bad event name: refused.
+    // Each with its `ref` echoed.
     let cases = [
         (
             false,
-            r#"{"type":"publish","channel":"doc:7","event":"x"}"#,
+            r#"{"type":"publish","channel":"doc:7","event":"x","ref":1}"#,
             "channel-forbidden",
         ),
         (
             true,
-            r#"{"type":"publish","channel":"doc 7","event":"x"}"#,
+            r#"{"type":"publish","channel":"doc 7","event":"x","ref":1}"#,
             "invalid-channel",
         ),
         (
             true,
-            r#"{"type":"publish","channel":"doc:7","event":"a b"}"#,
+            r#"{"type":"publish","channel":"doc:7","event":"a b","ref":1}"#,
             "invalid-frame",
         ),
     ];
@@ -387,9 +388,87 @@ async fn a_user_whose_token_allows_it_sends_ephemeral_messages_to_a_channels_oth
         client.send_text(frame).await;
         let answer = client.next_json().await;
         assert_eq!(
-            (&answer["type"], &answer["code"]),
-            (&json!("error"), &json!(code)),
+            (&answer["type"], &answer["code"], &answer["ref"]),
+            (&json!("error"), &json!(code), &json!(1)),
             "{frame}"
         );
     }
+    // Taken with a `ref`: not answered, delivered.
+    alice
+        .send_text(r#"{"type":"publish","channel":"doc:7","event":"cursor","data":1,"ref":2}"#)
+        .await;
+    assert_eq!(bob.next_json().await["data"], json!(1));
+    let sentinel = server.sentinel(&account, None).await;
+    alice.expect_sentinel(sentinel).await;
+    bob.expect_sentinel(sentinel).await;
+
+    // On Socket.IO: the sender in the metadata; the ack says taken, or the refusal.
+    let auth = json!({ "token": publisher, "channels": ["doc:7"] });
+    let (mut socket, _) = EngineSocket::connect(&server, &auth).await;
+    socket
+        .send(r#"421["publish",{"channel":"doc:7","event":"x y"}]"#)
+        .await;
+    let ack = socket.next_packet().await;
+    assert!(
+        ack.starts_with("431[") && ack.contains(r#""code":"invalid-frame""#),
+        "{ack}"
+    );
+    socket
+        .send(r#"422["publish",{"channel":"doc:7","event":"cursor","data":{"line":4}}]"#)
+        .await;
+    assert_eq!(socket.next_packet().await, r#"432[{"type":"ack"}]"#);
+    let message = bob.next_json().await;
+    assert_eq!(message["data"], json!({"line": 4}), "{message}");
+    let (mut watcher, _) =
+        EngineSocket::connect(&server, &json!({ "token": reader, "channels": ["doc:7"] })).await;
+    alice
+        .send_text(r#"{"type":"publish","channel":"doc:7","event":"cursor","data":5}"#)
+        .await;
+    assert_eq!(
+        watcher.next_packet().await,
+        r#"42["cursor",5,{"channel":"doc:7","user_id":"alice"}]"#
+    );
+}
+
+#[actix_web::test]
+async fn a_refused_or_withdrawn_subscribe_leaves_the_channel_unfollowed() {
+    let db = crate::common::Db::sqlite();
+    let server = TestServer::on(&db);
+    let account = unique("chr");
+    let token = token_with(&account, "alice", &["doc:*"]);
+    let (mut client, _) = server.connect(&token).await;
+    let last = server.publish(&account, None, "x", json!(0)).await;
+    assert_eq!(client.next_event().await.0, last);
+
+    // `since` ahead of the account: only the refusal, and the channel is not followed.
+    let ahead = last + 1000;
+    client
+        .send_text(&format!(
+            r#"{{"type":"subscribe","channel":"doc:1","since":{ahead},"ref":3}}"#
+        ))
+        .await;
+    let answer = client.next_json().await;
+    assert_eq!(
+        (&answer["type"], &answer["code"], &answer["ref"]),
+        (&json!("error"), &json!("since-in-future"), &json!(3)),
+        "{answer}"
+    );
+
+    // Unsubscribed before the answer came: the subscribe is never announced.
+    client
+        .send_texts(&[
+            r#"{"type":"subscribe","channel":"doc:2","ref":4}"#,
+            r#"{"type":"unsubscribe","channel":"doc:2","ref":5}"#,
+        ])
+        .await;
+    let answer = client.next_json().await;
+    assert_eq!(
+        (&answer["type"], &answer["ref"]),
+        (&json!("unsubscribed"), &json!(5)),
+        "{answer}"
+    );
+    publish_to(&server, &account, "doc:1", "edit", json!(1)).await;
+    publish_to(&server, &account, "doc:2", "edit", json!(2)).await;
+    let sentinel = server.sentinel(&account, None).await;
+    client.expect_sentinel(sentinel).await;
 }

@@ -328,7 +328,10 @@ impl<W: Wire> Session<W> {
                 channel,
                 event,
                 data,
-            }) => self.on_channel_message(&channel, &event, data, ctx),
+                reference,
+            }) => {
+                self.on_channel_message(&channel, &event, data, reference, ctx);
+            }
             Ok(ClientFrame::Unsubscribe { channel, reference }) => {
                 self.on_unsubscribe(&channel, reference, ctx)
             }
