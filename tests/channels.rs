@@ -200,6 +200,20 @@ async fn who_may_follow_comes_only_from_the_token_and_narrows_with_a_fresh_one()
         (status, &body["error"]["code"]),
         (400, &json!("invalid-channel"))
     );
+    // An empty name inside a list is a bad name; a list given twice, a malformed query.
+    for list in ["order:1,,order:2", "order:1,"] {
+        let (status, body) = refused(list).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("invalid-channel")),
+            "{list}"
+        );
+    }
+    let (status, body) = refused("order:1&channels=order:2").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid-query"))
+    );
     let many: Vec<String> = (0..65).map(|i| format!("order:{i}")).collect();
     let (status, body) = refused(&many.join(",")).await;
     assert_eq!(
@@ -314,6 +328,25 @@ async fn socket_io_clients_follow_channels_and_recover_them() {
     assert_eq!(
         socket.next_packet().await,
         format!(r#"42["paid",{{"n":2}},{{"channel":"order:1"}},"{missed}"]"#)
+    );
+
+    // Repeats count once; a list past its bound is refused whatever it repeats.
+    let repeated = vec!["order:1"; 200];
+    let auth = json!({ "token": token, "channels": repeated });
+    let (_, connected) = EngineSocket::connect(&server, &auth).await;
+    assert!(connected["sid"].is_string(), "{connected}");
+    let (mut socket, _) = EngineSocket::open(&server).await;
+    let endless = vec!["order:1"; 1025];
+    socket
+        .send(&format!(
+            "40{}",
+            json!({ "token": token, "channels": endless })
+        ))
+        .await;
+    let refused = socket.next_packet().await;
+    assert!(
+        refused.starts_with("44") && refused.contains("too-many-channels"),
+        "{refused}"
     );
 
     // A channel the token does not allow: refused at CONNECT.

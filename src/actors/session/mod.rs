@@ -407,6 +407,11 @@ impl<W: Wire> Session<W> {
             user,
             seen_seq,
             framing: W::FRAMING,
+            // SSE shares the native framing: the wire itself says which it is.
+            transport: match W::TRANSPORT {
+                "ws" => "websocket",
+                other => other,
+            },
             deliver: address.clone().recipient(),
             notices: address.recipient(),
             backlog,
