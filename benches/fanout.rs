@@ -88,6 +88,7 @@ fn fan_out(c: &mut Criterion) {
                     .start();
                     broker.do_send(Join {
                         framing: Framing::Native,
+                        transport: "bench",
                         session: SessionId::random(),
                         account: account.clone(),
                         user: UserId::new(&format!("user-{}", i % 100)).unwrap(),

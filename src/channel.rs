@@ -142,9 +142,10 @@ impl ChannelGrant {
     }
 }
 
-/// The names in a `channels=a,b` query parameter (empty for an empty one).
+/// The names in a `channels=a,b` query parameter: none for a wholly empty one; otherwise every
+/// entry, an empty one (`a,,b`) included, for [`ChannelGrant::admit`] to refuse.
 pub fn split_list(list: &str) -> impl Iterator<Item = &str> {
-    list.split(',').filter(|name| !name.is_empty())
+    list.split(',').filter(move |_| !list.is_empty())
 }
 
 #[cfg(test)]

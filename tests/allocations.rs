@@ -82,6 +82,7 @@ fn fan_out_shares_one_serialized_event() {
                 } else {
                     Framing::SocketIo
                 },
+                transport: "test",
                 session: SessionId::random(),
                 account: account.clone(),
                 user: UserId::new(&format!("u{i}")).unwrap(),

@@ -200,6 +200,20 @@ async fn who_may_follow_comes_only_from_the_token_and_narrows_with_a_fresh_one()
         (status, &body["error"]["code"]),
         (400, &json!("invalid-channel"))
     );
+    // An empty name inside a list is a bad name; a list given twice, a malformed query.
+    for list in ["order:1,,order:2", "order:1,"] {
+        let (status, body) = refused(list).await;
+        assert_eq!(
+            (status, &body["error"]["code"]),
+            (400, &json!("invalid-channel")),
+            "{list}"
+        );
+    }
+    let (status, body) = refused("order:1&channels=order:2").await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid-query"))
+    );
     let many: Vec<String> = (0..65).map(|i| format!("order:{i}")).collect();
     let (status, body) = refused(&many.join(",")).await;
     assert_eq!(
@@ -316,6 +330,25 @@ async fn socket_io_clients_follow_channels_and_recover_them() {
         format!(r#"42["paid",{{"n":2}},{{"channel":"order:1"}},"{missed}"]"#)
     );
 
+    // Repeats count once; a list past its bound is refused whatever it repeats.
+    let repeated = vec!["order:1"; 200];
+    let auth = json!({ "token": token, "channels": repeated });
+    let (_, connected) = EngineSocket::connect(&server, &auth).await;
+    assert!(connected["sid"].is_string(), "{connected}");
+    let (mut socket, _) = EngineSocket::open(&server).await;
+    let endless = vec!["order:1"; 1025];
+    socket
+        .send(&format!(
+            "40{}",
+            json!({ "token": token, "channels": endless })
+        ))
+        .await;
+    let refused = socket.next_packet().await;
+    assert!(
+        refused.starts_with("44") && refused.contains("too-many-channels"),
+        "{refused}"
+    );
+
     // A channel the token does not allow: refused at CONNECT.
     let (mut socket, _) = EngineSocket::open(&server).await;
     socket
@@ -365,20 +398,21 @@ async fn a_user_whose_token_allows_it_sends_ephemeral_messages_to_a_channels_oth
     }
 
     // A token without `publish` for the channel, a bad channel, a bad event name: refused.
+    // Each with its `ref` echoed.
     let cases = [
         (
             false,
-            r#"{"type":"publish","channel":"doc:7","event":"x"}"#,
+            r#"{"type":"publish","channel":"doc:7","event":"x","ref":1}"#,
             "channel-forbidden",
         ),
         (
             true,
-            r#"{"type":"publish","channel":"doc 7","event":"x"}"#,
+            r#"{"type":"publish","channel":"doc 7","event":"x","ref":1}"#,
             "invalid-channel",
         ),
         (
             true,
-            r#"{"type":"publish","channel":"doc:7","event":"a b"}"#,
+            r#"{"type":"publish","channel":"doc:7","event":"a b","ref":1}"#,
             "invalid-frame",
         ),
     ];
@@ -387,9 +421,87 @@ async fn a_user_whose_token_allows_it_sends_ephemeral_messages_to_a_channels_oth
         client.send_text(frame).await;
         let answer = client.next_json().await;
         assert_eq!(
-            (&answer["type"], &answer["code"]),
-            (&json!("error"), &json!(code)),
+            (&answer["type"], &answer["code"], &answer["ref"]),
+            (&json!("error"), &json!(code), &json!(1)),
             "{frame}"
         );
     }
+    // Taken with a `ref`: not answered, delivered.
+    alice
+        .send_text(r#"{"type":"publish","channel":"doc:7","event":"cursor","data":1,"ref":2}"#)
+        .await;
+    assert_eq!(bob.next_json().await["data"], json!(1));
+    let sentinel = server.sentinel(&account, None).await;
+    alice.expect_sentinel(sentinel).await;
+    bob.expect_sentinel(sentinel).await;
+
+    // On Socket.IO: the sender in the metadata; the ack says taken, or the refusal.
+    let auth = json!({ "token": publisher, "channels": ["doc:7"] });
+    let (mut socket, _) = EngineSocket::connect(&server, &auth).await;
+    socket
+        .send(r#"421["publish",{"channel":"doc:7","event":"x y"}]"#)
+        .await;
+    let ack = socket.next_packet().await;
+    assert!(
+        ack.starts_with("431[") && ack.contains(r#""code":"invalid-frame""#),
+        "{ack}"
+    );
+    socket
+        .send(r#"422["publish",{"channel":"doc:7","event":"cursor","data":{"line":4}}]"#)
+        .await;
+    assert_eq!(socket.next_packet().await, r#"432[{"type":"ack"}]"#);
+    let message = bob.next_json().await;
+    assert_eq!(message["data"], json!({"line": 4}), "{message}");
+    let (mut watcher, _) =
+        EngineSocket::connect(&server, &json!({ "token": reader, "channels": ["doc:7"] })).await;
+    alice
+        .send_text(r#"{"type":"publish","channel":"doc:7","event":"cursor","data":5}"#)
+        .await;
+    assert_eq!(
+        watcher.next_packet().await,
+        r#"42["cursor",5,{"channel":"doc:7","user_id":"alice"}]"#
+    );
+}
+
+#[actix_web::test]
+async fn a_refused_or_withdrawn_subscribe_leaves_the_channel_unfollowed() {
+    let db = crate::common::Db::sqlite();
+    let server = TestServer::on(&db);
+    let account = unique("chr");
+    let token = token_with(&account, "alice", &["doc:*"]);
+    let (mut client, _) = server.connect(&token).await;
+    let last = server.publish(&account, None, "x", json!(0)).await;
+    assert_eq!(client.next_event().await.0, last);
+
+    // `since` ahead of the account: only the refusal, and the channel is not followed.
+    let ahead = last + 1000;
+    client
+        .send_text(&format!(
+            r#"{{"type":"subscribe","channel":"doc:1","since":{ahead},"ref":3}}"#
+        ))
+        .await;
+    let answer = client.next_json().await;
+    assert_eq!(
+        (&answer["type"], &answer["code"], &answer["ref"]),
+        (&json!("error"), &json!("since-in-future"), &json!(3)),
+        "{answer}"
+    );
+
+    // Unsubscribed before the answer came: the subscribe is never announced.
+    client
+        .send_texts(&[
+            r#"{"type":"subscribe","channel":"doc:2","ref":4}"#,
+            r#"{"type":"unsubscribe","channel":"doc:2","ref":5}"#,
+        ])
+        .await;
+    let answer = client.next_json().await;
+    assert_eq!(
+        (&answer["type"], &answer["ref"]),
+        (&json!("unsubscribed"), &json!(5)),
+        "{answer}"
+    );
+    publish_to(&server, &account, "doc:1", "edit", json!(1)).await;
+    publish_to(&server, &account, "doc:2", "edit", json!(2)).await;
+    let sentinel = server.sentinel(&account, None).await;
+    client.expect_sentinel(sentinel).await;
 }

@@ -1160,7 +1160,11 @@ async fn channel_events_cross_nodes_and_a_revoked_user_is_closed_and_refused_on_
     let sentinel = nodes[0].sentinel(&account, None).await;
     bob.expect_sentinel(sentinel).await;
 
-    // One session revoked through another node than its own: that node closes it.
+    // One session revoked through another node than its own: that node closes it — even after
+    // a call that named the wrong account (which closes nothing).
+    let wrong = format!("/api/v1/accounts/{account}-x/sessions/{bob_session}/revoke");
+    let (status, _) = nodes[0].admin(Method::POST, &wrong, None).await;
+    assert_eq!(status, 200);
     let path = format!("/api/v1/accounts/{account}/sessions/{}/revoke", bob_session);
     let (status, body) = nodes[0].admin(Method::POST, &path, None).await;
     assert_eq!(

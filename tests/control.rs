@@ -14,7 +14,7 @@ use crate::on_each_backend;
 fn token_at(account: &str, user: &str, iat: Option<u64>) -> String {
     let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
     let mut claims = json!({ "sub": user, "account_id": account, "exp": now() + 3600,
-                             "channels": ["order:*"] });
+                             "channels": ["order:*", "team/*"] });
     if let Some(iat) = iat {
         claims["iat"] = json!(iat);
     }
@@ -89,7 +89,10 @@ on_each_backend! {
         let url = format!("{}?token={token}&channels=order:1", server.ws_url());
         let mut following = server.try_connect(url).await.unwrap();
         let welcome = following.next_json().await;
-        let (mut plain, _) = server.connect(&token_at(&account, "bob", Some(now()))).await;
+        let bob = token_at(&account, "bob", Some(now()));
+        let url = format!("{}?token={bob}&channels=team/support", server.ws_url());
+        let mut plain = server.try_connect(url).await.unwrap();
+        plain.next_json().await;
         server.connect(&token_at(&other, "carol", Some(now()))).await;
 
         let base = format!("/api/v1/accounts/{account}");
@@ -112,6 +115,10 @@ on_each_backend! {
         let path = format!("{base}/channels/order:1/online");
         let (_, body) = server.admin(Method::GET, &path, None).await;
         assert_eq!(body["users"], json!(["alice"]));
+        let path = format!("{base}/channels/team/support/online");
+        let (status, body) = server.admin(Method::GET, &path, None).await;
+        assert_eq!((status, &body["channel"], &body["users"]),
+                   (200, &json!("team/support"), &json!(["bob"])), "{body}");
         let path = format!("/api/v1/accounts/{other}/channels/order:1/online");
         let (_, body) = server.admin(Method::GET, &path, None).await;
         assert_eq!(body["users"], json!([]), "another account's channel of the same name");
@@ -137,6 +144,10 @@ on_each_backend! {
         let (_, page) = server.admin(Method::GET, &path, None).await;
         assert_eq!(page["events"][0]["seq"], json!(third));
         assert_eq!(page["next_since"], Value::Null);
+        // A last page that is full is still the last.
+        let (_, page) = server.admin(Method::GET, &format!("{base}/events?limit=3"), None).await;
+        assert_eq!((page["events"].as_array().unwrap().len(), &page["next_since"]),
+                   (3, &Value::Null), "{page}");
         let path = format!("/api/v1/accounts/{other}/events");
         let (_, page) = server.admin(Method::GET, &path, None).await;
         assert_eq!(page["events"], json!([]));
@@ -180,17 +191,25 @@ async fn the_control_api_takes_only_the_server_key_and_checks_what_it_is_given()
         let (status, _) = server.as_user("nope", method.clone(), path, None).await;
         assert_eq!(status, 401, "{path}");
     }
+    let events = format!("/api/v1/accounts/{account}/events");
     let bad = [
-        (format!("/api/v1/accounts/{account}/events?limit=501"), 400),
+        (format!("{events}?limit=501"), "invalid-field"),
+        (format!("{events}?limit=ten"), "invalid-field"),
+        (format!("{events}?since=x"), "invalid-since"),
+        (
+            format!("{events}?since=9223372036854775808"),
+            "invalid-since",
+        ),
         (
             format!("/api/v1/accounts/{account}/channels/a%20b/online"),
-            400,
+            "invalid-field",
         ),
     ];
-    for (path, status) in bad {
+    for (path, code) in bad {
+        let (status, body) = server.admin(Method::GET, &path, None).await;
         assert_eq!(
-            server.admin(Method::GET, &path, None).await.0,
-            status,
+            (status, &body["error"]["code"]),
+            (400, &json!(code)),
             "{path}"
         );
     }

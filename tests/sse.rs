@@ -421,6 +421,12 @@ async fn a_stream_gets_only_its_accounts_and_its_users_events() {
     let sentinel = server.sentinel(&account, None).await;
     assert_eq!(alice.next_event().await.0, Some(own));
     assert_eq!(alice.next_event().await.0, Some(sentinel));
+
+    // The control API names its transport.
+    let path = format!("/api/v1/accounts/{account}/sessions");
+    let (status, body) = server.admin(Method::GET, &path, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sessions"][0]["transport"], json!("sse"), "{body}");
 }
 
 #[tokio::test]

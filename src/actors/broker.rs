@@ -41,6 +41,8 @@ pub struct Join {
     pub seen_seq: Option<u64>,
     /// How the session's client takes event frames.
     pub framing: Framing,
+    /// The session's wire, as the control API names it (`websocket`, `socket.io`, `sse`).
+    pub transport: &'static str,
     pub deliver: Recipient<Deliver>,
     pub notices: Recipient<FromRoom>,
     /// What is queued for the session's client; the room stops queueing past its bound.
@@ -79,7 +81,7 @@ impl Revoke {
 pub struct SessionInfo {
     pub session_id: String,
     pub user_id: String,
-    /// `websocket` or `socket.io`.
+    /// `websocket`, `socket.io` or `sse`.
     pub transport: &'static str,
     /// Milliseconds since the Unix epoch.
     pub connected_at: i64,

@@ -21,6 +21,7 @@ use crate::actors::broker::{ChannelUsers, ListSessions, OnlineUsers, Revoke};
 use crate::channel::Channel;
 use crate::error::{field, ApiError};
 use crate::ids::{AccountId, SessionId, UserId};
+use crate::protocol::SinceError;
 use crate::store::{self, events, revocations};
 
 /// Events one page lists at most, and by default.
@@ -157,10 +158,34 @@ pub async fn channel_online(
     Ok(HttpResponse::Ok().json(json!({ "channel": name, "users": users })))
 }
 
+/// Taken as text, so that a bad value gets its own code rather than `invalid-query`.
 #[derive(Deserialize)]
 pub struct EventsQuery {
-    since: Option<u64>,
-    limit: Option<i64>,
+    since: Option<String>,
+    limit: Option<String>,
+}
+
+/// `limit`: 1 to [`MAX_EVENTS`], [`DEFAULT_EVENTS`] when absent.
+fn events_limit(limit: Option<&str>) -> Result<i64, ApiError> {
+    let Some(limit) = limit else {
+        return Ok(DEFAULT_EVENTS);
+    };
+    match limit.parse::<i64>() {
+        Ok(limit) if (1..=MAX_EVENTS).contains(&limit) => Ok(limit),
+        _ => Err(ApiError::InvalidField {
+            field: "limit",
+            reason: format!("must be an integer from 1 to {MAX_EVENTS}"),
+        }),
+    }
+}
+
+/// `since`: a sequence number, which the store keeps as an `i64`.
+fn events_since(since: Option<&str>) -> Result<u64, ApiError> {
+    let Some(since) = since else { return Ok(0) };
+    match since.parse::<u64>() {
+        Ok(since) if i64::try_from(since).is_ok() => Ok(since),
+        _ => Err(ApiError::Since(SinceError::Malformed)),
+    }
 }
 
 pub async fn stored_events(
@@ -171,19 +196,16 @@ pub async fn stored_events(
 ) -> Result<HttpResponse, ApiError> {
     let account = self::account(&path.into_inner())?;
     let query = query.into_inner();
-    let limit = query.limit.unwrap_or(DEFAULT_EVENTS);
-    if !(1..=MAX_EVENTS).contains(&limit) {
-        return Err(ApiError::InvalidField {
-            field: "limit",
-            reason: format!("must be 1 to {MAX_EVENTS}"),
-        });
-    }
-    let since = query.since.unwrap_or(0);
-    let rows = state
+    let limit = events_limit(query.limit.as_deref())?;
+    let since = events_since(query.since.as_deref())?;
+    // One more than the page: only a further event makes this page not the last.
+    let mut rows = state
         .store
-        .run(move |conn| events::after(conn, &account, since, limit))
+        .run(move |conn| events::after(conn, &account, since, limit + 1))
         .await?;
-    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.seq));
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more.then(|| rows.last().map(|r| r.seq)).flatten();
     let events: Vec<Value> = rows
         .into_iter()
         .map(|row| {
@@ -198,5 +220,5 @@ pub async fn stored_events(
             })
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "events": events, "next_since": next.flatten() })))
+    Ok(HttpResponse::Ok().json(json!({ "events": events, "next_since": next })))
 }

@@ -159,8 +159,9 @@ fn server_api(cfg: &mut web::ServiceConfig) {
             )
             .route("/sessions", web::get().to(control::sessions))
             .route("/online", web::get().to(control::online))
+            // A channel name may hold `/` (`team/support`): the name is all before `/online`.
             .route(
-                "/channels/{channel}/online",
+                "/channels/{channel:.+}/online",
                 web::get().to(control::channel_online),
             )
             .route("/events", web::get().to(control::stored_events)),

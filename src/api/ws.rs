@@ -56,7 +56,7 @@ pub async fn connect(
 /// The resume point of `?since=`, if any.
 pub fn since_in_query(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
     let since = web::Query::<ResumeQuery>::from_query(req.query_string())
-        .map_err(|_| ApiError::Since(SinceError::Malformed))?
+        .map_err(|e| ApiError::InvalidQuery(e.to_string()))?
         .into_inner()
         .since;
     parse_since(since)
@@ -65,7 +65,7 @@ pub fn since_in_query(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
 /// The channels of `?channels=a,b` to follow from the start, each allowed by the token's grant.
 pub fn channels_in_query(req: &HttpRequest, identity: &Identity) -> Result<Vec<Channel>, ApiError> {
     let list = web::Query::<ResumeQuery>::from_query(req.query_string())
-        .map_err(|_| ApiError::Since(SinceError::Malformed))?
+        .map_err(|e| ApiError::InvalidQuery(e.to_string()))?
         .into_inner()
         .channels;
     Ok(identity

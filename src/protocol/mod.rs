@@ -77,12 +77,14 @@ pub enum ClientFrame {
         reference: Option<Value>,
     },
     /// An ephemeral message to a channel's other followers, where the token's `publish` claim
-    /// allows it; not stored, not answered.
+    /// allows it; not stored, answered only when refused (an `error` with the same `ref`).
     Publish {
         channel: String,
         event: String,
         #[serde(default)]
         data: Option<Value>,
+        #[serde(default, rename = "ref")]
+        reference: Option<Value>,
     },
     /// Stop following a channel; answered by `unsubscribed`.
     Unsubscribe {

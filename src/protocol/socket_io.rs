@@ -200,7 +200,8 @@ pub fn ack(id: u64, frame: &str) -> ByteString {
 /// `42["<event>",<data>,"<seq>"]`: the handler gets the data and then the sequence number — as a
 /// string, which is how socket.io-client recognises the offset it sends back to recover.
 /// Ephemeral events have no sequence number and so no last argument. A channel event has
-/// `{"channel":"…"}` before the sequence number: `42["<event>",<data>,{"channel":"…"},"<seq>"]`.
+/// `{"channel":"…"}` before the sequence number: `42["<event>",<data>,{"channel":"…"},"<seq>"]`;
+/// a client's channel message has its sender there too: `{"channel":"…","user_id":"…"}`.
 /// `None` for a frame that is not an event frame (the room drops it).
 pub fn event(native: &ByteString) -> Option<ByteString> {
     #[derive(Deserialize)]
@@ -210,8 +211,18 @@ pub fn event(native: &ByteString) -> Option<ByteString> {
         seq: Option<u64>,
         #[serde(default, borrow)]
         channel: Option<Cow<'a, str>>,
+        /// The sender of a client's channel message.
+        #[serde(default, borrow)]
+        user_id: Option<Cow<'a, str>>,
         #[serde(borrow)]
         data: &'a RawValue,
+    }
+    #[derive(Serialize)]
+    struct Metadata<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user_id: Option<&'a str>,
     }
     let event: Event = serde_json::from_str(native).ok()?;
     let name = serde_json::to_string(&event.event).ok()?;
@@ -221,11 +232,13 @@ pub fn event(native: &ByteString) -> Option<ByteString> {
     packet.push_str(&name);
     packet.push(',');
     packet.push_str(event.data.get());
-    if let Some(channel) = event.channel {
-        packet.push_str(&format!(
-            ",{{\"channel\":{}}}",
-            serde_json::to_string(&channel).ok()?
-        ));
+    if event.channel.is_some() || event.user_id.is_some() {
+        let metadata = Metadata {
+            channel: event.channel.as_deref(),
+            user_id: event.user_id.as_deref(),
+        };
+        packet.push(',');
+        packet.push_str(&serde_json::to_string(&metadata).ok()?);
     }
     if let Some(seq) = event.seq {
         packet.push_str(&format!(",\"{seq}\""));
@@ -303,6 +316,11 @@ mod tests {
         assert_eq!(
             event(&native).as_deref(),
             Some(r#"42["paid",{"a":"\"q\""},{"channel":"order:1"},"8"]"#)
+        );
+        let message = crate::protocol::channel_message_frame("doc:7", "cursor", &json!(3), "al");
+        assert_eq!(
+            event(&message).as_deref(),
+            Some(r#"42["cursor",3,{"channel":"doc:7","user_id":"al"}]"#)
         );
         let typing = crate::protocol::ephemeral_frame("typing", &json!({"user_id": "u"}));
         assert_eq!(

@@ -41,9 +41,7 @@ use serde_json::Value;
 use crate::actors::session::{self, Session};
 use crate::auth::throttle::{peer, Authenticator, Refused};
 use crate::auth::{self, TokenError};
-use crate::channel::{
-    split_list, Channel, ChannelsError, InvalidChannel, MAX_CHANNELS_PER_SESSION,
-};
+use crate::channel::{split_list, Channel, ChannelsError, InvalidChannel};
 use crate::config::{Handshakes, Origins, Secret};
 use crate::ids::AccountId;
 use crate::metrics;
@@ -471,6 +469,11 @@ async fn connect(state: &SocketIo, link: &Arc<Link>, auth: Value) {
     link.set_session(session.start());
 }
 
+/// Entries `auth.channels` may hold before duplicates are dropped: enough for every way of
+/// repeating [`crate::channel::MAX_CHANNELS_PER_SESSION`] names a client would plausibly send, and a bound on the
+/// work of deduplicating. More is `too-many-channels`.
+const MAX_LISTED_CHANNELS: usize = 1024;
+
 /// The channels a CONNECT asks to follow: `auth.channels`, an array of names (or one string of
 /// names separated by commas), each allowed by the token.
 fn channels_of(auth: &Value, identity: &auth::Identity) -> Result<Vec<Channel>, ChannelsError> {
@@ -478,7 +481,7 @@ fn channels_of(auth: &Value, identity: &auth::Identity) -> Result<Vec<Channel>, 
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::String(list)) => identity.channels.admit(split_list(list)),
         Some(Value::Array(names)) => {
-            if names.len() > MAX_CHANNELS_PER_SESSION * 2 {
+            if names.len() > MAX_LISTED_CHANNELS {
                 return Err(ChannelsError::TooMany);
             }
             let names = names.iter().map(|name| name.as_str().unwrap_or(" "));

@@ -164,6 +164,19 @@ impl Session<Engine> {
         let kind = native_name(&name);
         let answered = answers(kind);
         match client_frame(kind, args, ack.filter(|_| answered)) {
+            Ok(ClientFrame::Publish {
+                channel,
+                event,
+                data,
+                reference,
+            }) => {
+                // Natively answered only when refused (the ack gets the error): taken, it is
+                // acknowledged as such.
+                let taken = self.on_channel_message(&channel, &event, data, reference, ctx);
+                if let (Some(id), true) = (ack, taken) {
+                    self.write_framed(packet::ack(id, r#"{"type":"ack"}"#), ctx);
+                }
+            }
             Ok(frame) => {
                 self.on_frame(Ok(frame), ctx);
                 if let (Some(id), false) = (ack, answered) {
@@ -198,7 +211,7 @@ fn native_name(emit: &str) -> &str {
 
 /// Whether the native protocol answers frames of this type (with their `ref`).
 fn answers(kind: &str) -> bool {
-    !matches!(kind, "typing" | "resume" | "publish")
+    !matches!(kind, "typing" | "resume")
 }
 
 /// `emit(name, {…})` as the native frame `{"type": name, …, "ref": ack}`. A `ref` of the

@@ -66,17 +66,22 @@ pub fn recorded_after(
         .load(conn)?)
 }
 
-/// Records that `session` of `account` is to be closed, by whichever node holds it.
+/// Records that `session` of `account` is to be closed, by whichever node holds it. A session
+/// already recorded is recorded again, with this account: a call naming the wrong account
+/// (which closes nothing) must not keep a later right one from being seen.
 pub fn revoke_session(
     conn: &mut DbConnection,
     account: &AccountId,
     session: &str,
 ) -> Result<(), StoreError> {
-    let known = session_revocations::table
-        .filter(session_revocations::session_id.eq(session))
-        .count()
-        .get_result::<i64>(conn)?;
-    if known == 0 {
+    let row = session_revocations::table.filter(session_revocations::session_id.eq(session));
+    let updated = diesel::update(row)
+        .set((
+            session_revocations::account_id.eq(account.as_str()),
+            session_revocations::recorded_at.eq(super::now_ms()),
+        ))
+        .execute(conn)?;
+    if updated == 0 {
         diesel::insert_into(session_revocations::table)
             .values((
                 session_revocations::session_id.eq(session),

@@ -445,6 +445,17 @@ impl Client {
             .expect("send text frame");
     }
 
+    /// Sends text frames in one write, so that the server reads them together (pipelined).
+    pub async fn send_texts(&mut self, texts: &[&str]) {
+        for text in texts {
+            self.ws
+                .feed(Message::text(*text))
+                .await
+                .expect("queue text frame");
+        }
+        self.ws.flush().await.expect("send text frames");
+    }
+
     pub async fn send(&mut self, message: Message) {
         self.ws.send(message).await.expect("send frame");
     }

@@ -60,6 +60,7 @@ pub(super) struct Member {
     /// The channels it follows, each also in the room's index [`Room::channels`].
     pub(super) channels: Vec<Channel>,
     framing: Framing,
+    transport: &'static str,
     deliver: Recipient<Deliver>,
     pub(super) notices: Recipient<FromRoom>,
     backlog: Arc<Backlog>,
@@ -73,7 +74,7 @@ impl Member {
         SessionInfo {
             session_id: id.to_string(),
             user_id: self.user.as_str().to_owned(),
-            transport: self.framing.transport(),
+            transport: self.transport,
             connected_at: self.connected_at,
             channels: self
                 .channels
@@ -284,6 +285,7 @@ impl Room {
                 user: join.user.clone(),
                 channels: join.channels,
                 framing: join.framing,
+                transport: join.transport,
                 deliver: join.deliver,
                 notices: join.notices.clone(),
                 backlog: join.backlog,

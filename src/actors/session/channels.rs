@@ -166,10 +166,17 @@ impl<W: Wire> Session<W> {
         request: FollowRequest,
         ctx: &mut W::Context,
     ) {
+        // Unsubscribed while the room was answering: the room has let go of it too (it hears
+        // of the unsubscribe after the subscribe), so there is nothing to announce or replay.
+        if !self.following.channels.contains(&channel) {
+            return;
+        }
         let FollowRequest { reference, since } = request;
         match since {
+            // Only the room knows the channel's position, so the follow is undone here: the
+            // client hears only the refusal and follows nothing new.
             Some(since) if since > seq => {
-                self.subscribed_frame(ctx, &channel, seq, None, reference.clone());
+                self.stop_following(&channel);
                 self.refuse_since_with(ctx, SinceError::InFuture, reference);
             }
             // Another replay began meanwhile (the room could not queue an event): live only.
@@ -201,26 +208,40 @@ impl<W: Wire> Session<W> {
     /// A `publish` frame: an ephemeral message to the channel's followers (other than this
     /// user), where the token's `publish` claim allows it. At most
     /// [`super::requests::CHANNEL_MESSAGES_PER_SECOND`] a second are forwarded; the rest are dropped.
-    pub(super) fn on_channel_message(
+    /// Answers whether it was taken (forwarded or dropped), so that a wire acknowledging every
+    /// command (Socket.IO) can say so; a refusal has been answered with `reference`.
+    pub(crate) fn on_channel_message(
         &mut self,
         name: &str,
         event: &str,
         data: Option<Value>,
+        reference: Option<Value>,
         ctx: &mut W::Context,
-    ) {
+    ) -> bool {
         let channel = match Channel::new(name) {
             Ok(channel) => channel,
-            Err(e) => return self.channel_error(ctx, &ChannelsError::Invalid(e), None),
+            Err(e) => {
+                self.channel_error(ctx, &ChannelsError::Invalid(e), reference);
+                return false;
+            }
         };
         if !self.identity.publish.allows(&channel) {
-            return self.channel_error(ctx, &ChannelsError::Forbidden(channel), None);
+            self.channel_error(ctx, &ChannelsError::Forbidden(channel), reference);
+            return false;
         }
         if let Err(reason) = check_event_name(event) {
             let error = FrameError::Invalid(format!("event: {reason}"));
-            return self.write(ctx, &ServerFrame::error(&error));
+            let frame = ServerFrame::Error {
+                code: error.code(),
+                message: error.to_string(),
+                reference,
+                retry_after_ms: None,
+            };
+            self.write(ctx, &frame);
+            return false;
         }
         if self.limits.publish.check().is_err() {
-            return;
+            return true;
         }
         let data = data.unwrap_or(Value::Null);
         let user = self.identity.user.clone();
@@ -232,6 +253,7 @@ impl<W: Wire> Session<W> {
             channel: Some(channel),
             frame,
         });
+        true
     }
 
     /// A fresh token took over: the channels it no longer allows are left, and the client told.

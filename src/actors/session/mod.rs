@@ -328,7 +328,10 @@ impl<W: Wire> Session<W> {
                 channel,
                 event,
                 data,
-            }) => self.on_channel_message(&channel, &event, data, ctx),
+                reference,
+            }) => {
+                self.on_channel_message(&channel, &event, data, reference, ctx);
+            }
             Ok(ClientFrame::Unsubscribe { channel, reference }) => {
                 self.on_unsubscribe(&channel, reference, ctx)
             }
@@ -404,6 +407,11 @@ impl<W: Wire> Session<W> {
             user,
             seen_seq,
             framing: W::FRAMING,
+            // SSE shares the native framing: the wire itself says which it is.
+            transport: match W::TRANSPORT {
+                "ws" => "websocket",
+                other => other,
+            },
             deliver: address.clone().recipient(),
             notices: address.recipient(),
             backlog,

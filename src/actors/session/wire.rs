@@ -25,14 +25,6 @@ pub enum Framing {
 }
 
 impl Framing {
-    /// The transport's name, as the control API shows it.
-    pub fn transport(self) -> &'static str {
-        match self {
-            Self::Native => "websocket",
-            Self::SocketIo => "socket.io",
-        }
-    }
-
     /// An event's native frame in this framing; `None` if it is not an event frame.
     pub fn encode(self, native: &ByteString) -> Option<ByteString> {
         match self {
