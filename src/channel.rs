@@ -177,9 +177,12 @@ mod tests {
     #[test]
     fn lists_are_admitted_or_refused_with_a_code() {
         let grant = ChannelGrant::from_claim(["order:*"]).unwrap();
-        let admitted = grant.admit(split_list("order:1,order:2,order:1,")).unwrap();
+        let admitted = grant.admit(split_list("order:1,order:2,order:1")).unwrap();
         assert_eq!(admitted.len(), 2);
+        assert!(grant.admit(split_list("")).unwrap().is_empty());
         let code = |list| grant.admit(split_list(list)).unwrap_err().code();
+        assert_eq!(code("order:1,"), "invalid-channel");
+        assert_eq!(code("order:1,,order:2"), "invalid-channel");
         assert_eq!(code("order:1,doc:1"), "channel-forbidden");
         assert_eq!(code("order 1"), "invalid-channel");
         let many: Vec<String> = (0..=MAX_CHANNELS_PER_SESSION)
