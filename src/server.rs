@@ -230,21 +230,7 @@ fn start_services(
     .start();
     Pruner::new(store.clone(), config.retention).start();
 
-    let publisher = Publisher::start(
-        store.clone(),
-        broker.clone(),
-        config.retention.idempotency_window,
-        config.publish_queue,
-    );
-    if let Some(outbox) = &config.outbox {
-        let stop =
-            crate::outbox::start(outbox.clone(), publisher.clone(), config.max_publish_bytes);
-        // Held by a task of this actix system, so the consumer stops with it.
-        actix::spawn(async move {
-            let _stop = stop;
-            std::future::pending::<()>().await;
-        });
-    }
+    let publisher = start_publisher(config, &store, &broker);
     let authenticator = Arc::new(Authenticator::new(
         &config.jwt,
         config.auth_failures_per_minute,
@@ -299,6 +285,26 @@ fn start_services(
             tolerance: config.webhooks.tolerance,
         },
     })
+}
+
+/// The publisher, and the outbox consumer that feeds it when one is configured.
+fn start_publisher(config: &Config, store: &Store, broker: &Addr<Broker>) -> Publisher {
+    let publisher = Publisher::start(
+        store.clone(),
+        broker.clone(),
+        config.retention.idempotency_window,
+        config.publish_queue,
+    );
+    if let Some(outbox) = &config.outbox {
+        let stop =
+            crate::outbox::start(outbox.clone(), publisher.clone(), config.max_publish_bytes);
+        // Held by a task of this actix system, so the consumer stops with it.
+        actix::spawn(async move {
+            let _stop = stop;
+            std::future::pending::<()>().await;
+        });
+    }
+    publisher
 }
 
 /// What every session shares: the engine's handles, the services' port and the settings.
