@@ -11,7 +11,7 @@ use actix_web::http::header::{self, HeaderName};
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::extract::User;
-use super::ws::{channels_in_query, check_origin, check_resume_point, parse_since, since_in_query};
+use super::ws::{admit, channels_in_query, check_resume_point, parse_since, since_in_query};
 use super::AppState;
 use crate::actors::session::Session;
 use crate::error::ApiError;
@@ -25,11 +25,7 @@ pub async fn connect(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(ApiError::Draining);
-    }
-    check_origin(&req, &state)?;
-    let identity = super::extract::identity(&req)?;
+    let identity = admit(&req, &state)?;
     // An empty one says no event was received (some clients send it so): the query decides.
     let header = req.headers().get(LAST_EVENT_ID).filter(|v| !v.is_empty());
     let since = match header {

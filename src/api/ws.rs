@@ -29,11 +29,7 @@ pub async fn connect(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return Err(ApiError::Draining);
-    }
-    check_origin(&req, &state)?;
-    let identity = super::extract::identity(&req)?;
+    let identity = admit(&req, &state)?;
     ws::handshake(&req).map_err(|_| ApiError::NotWebSocket)?;
     let since = since_in_query(&req)?;
     let channels = channels_in_query(&req, &identity)?;
@@ -105,7 +101,17 @@ pub async fn check_resume_point(
 }
 
 /// Before any token work: see [`crate::auth::origin_allowed`].
-pub fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+/// What every session's handshake checks first: the node takes sessions (it is not draining),
+/// the page may open one (the `Origin` check, before any token work), and the token names who.
+pub fn admit(req: &HttpRequest, state: &AppState) -> Result<Identity, ApiError> {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ApiError::Draining);
+    }
+    check_origin(req, state)?;
+    super::extract::identity(req)
+}
+
+fn check_origin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     if crate::auth::origin_allowed(req, &state.allowed_origins) {
         Ok(())
     } else {
